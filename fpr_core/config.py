@@ -1,0 +1,276 @@
+"""Typed configs for fpr_core: one dataclass per concern, validated once, then trusted.
+
+Every field here can be a sweep axis (the orchestrator addresses fields as
+``model.recall``, ``solver.eval_cap``, ``grad.mode``, ``train.lr`` ...). Unknown keys are rejected by
+``from_dict`` so a typo in a sweep never silently falls back to a default.
+
+Paper references: FPRM = Fixed-Point Reasoners (Movahedi et al. 2026); SGLT = Stability and
+Generalization in Looped Transformers (Labovich 2026); DT = Deep Thinking (Schwarzschild/Bansal).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional
+
+Recall = Literal["none", "standard", "internal"]
+RecallForm = Literal["scaled", "concat"]
+Norm = Literal["none", "rms", "layer"]
+ResidualScale = Literal["none", "fixed", "learned"]
+Positions = Literal["none", "rope1d", "rope2d"]
+Conv = Literal["none", "1d", "2d"]
+Mlp = Literal["swiglu", "gelu"]
+SolverName = Literal["damped", "anderson"]
+GradMode = Literal["bptt", "truncated", "phantom", "implicit", "progressive"]
+LossName = Literal["ce", "stablemax"]
+
+
+class ConfigError(ValueError):
+    """A config value is invalid; the message names the field and what was expected."""
+
+
+def _from_dict(cls, data: dict[str, Any] | None, where: str):
+    data = dict(data or {})
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {unknown}; expected some of {sorted(names)}")
+    obj = cls(**data)
+    obj.validate(where)
+    return obj
+
+
+def _check_choice(where: str, name: str, value: Any, choices: tuple) -> None:
+    if value not in choices:
+        raise ConfigError(f"{where}.{name}: got {value!r}, expected one of {list(choices)}")
+
+
+def _literal_choices(lit) -> tuple:
+    return lit.__args__
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """One composable looped transformer (see DESIGN.md, 'fpr_core')."""
+
+    vocab_size: int = 2
+    """Input token vocabulary; set from the task, not by hand."""
+    n_classes: int = 2
+    """Output classes per token; set from the task, not by hand."""
+    dim: int = 64
+    """Width d of the state z (B, T, d)."""
+    heads: int = 4
+    """Attention heads; dim must be divisible by heads."""
+    n_layers: int = 1
+    """Transformer blocks (attention + MLP) per loop step; 1 = the single-layer looped model of SGLT."""
+    mlp: Mlp = "swiglu"
+    """MLP sublayer type."""
+    mlp_ratio: float = 2.0
+    """MLP hidden width as a multiple of dim."""
+    recall: Recall = "standard"
+    """Where the input x enters the loop: none (only z0 = x), standard (residual stream at loop
+    entry), internal (only the sublayer inputs, r = Norm(W[z; x]); SGLT)."""
+    recall_form: RecallForm = "scaled"
+    """Form of standard recall: scaled = FPRM's z <- a2*z + b2*x; concat = DT's z <- W[z; x]."""
+    pre_norm: bool = True
+    """RMSNorm on every sublayer input (FPRM)."""
+    outer_norm: Norm = "rms"
+    """Norm applied to the state at the output of every loop step (SGLT's outer normalization)."""
+    residual_scale: ResidualScale = "learned"
+    """z <- a1*z + b1*sublayer(Norm(z)) with FPRM's coupled coefficients; fixed = not trained."""
+    a1_init: float = 0.75
+    """Initial a1 = sigmoid(logit) per channel (FPRM's best init)."""
+    a2_init: float = 0.25
+    """Initial a2 for scaled standard recall (FPRM's best init)."""
+    spectral: Optional[float] = None
+    """Target spectral norm sigma of the loop's linear maps (None = no spectral normalization).
+    <1 contractive, ~1 critical, >1 expansive."""
+    positions: Positions = "none"
+    """Positional scheme; never learned absolute positions, so weights run on any size."""
+    conv: Conv = "none"
+    """Depthwise conv on the state at the start of every loop step (FPRM: needed for stability)."""
+    conv_kernel: int = 3
+    """Kernel size of the depthwise conv."""
+    log_n_attention: bool = True
+    """Scale attention logits by log(n)/log(n_train) so attention stays sharp on larger inputs."""
+    init_std: float = 0.02
+    """Std of weight init."""
+
+    def validate(self, where: str = "model") -> None:
+        for name, lit in [("recall", Recall), ("recall_form", RecallForm), ("outer_norm", Norm),
+                          ("residual_scale", ResidualScale), ("positions", Positions),
+                          ("conv", Conv), ("mlp", Mlp)]:
+            _check_choice(where, name, getattr(self, name), _literal_choices(lit))
+        if self.dim <= 0 or self.heads <= 0 or self.dim % self.heads:
+            raise ConfigError(f"{where}.dim: got {self.dim}, expected a positive multiple of heads={self.heads}")
+        if self.n_layers < 1:
+            raise ConfigError(f"{where}.n_layers: got {self.n_layers}, expected >= 1")
+        if self.spectral is not None and not self.spectral > 0:
+            raise ConfigError(f"{where}.spectral: got {self.spectral}, expected a positive number or null")
+        for name in ("a1_init", "a2_init"):
+            v = getattr(self, name)
+            if not 0.0 < v < 1.0:
+                raise ConfigError(f"{where}.{name}: got {v}, expected a number strictly between 0 and 1")
+
+    @classmethod
+    def from_dict(cls, data: dict | None, where: str = "model") -> "ModelConfig":
+        return _from_dict(cls, data, where)
+
+
+@dataclass(frozen=True)
+class SolverConfig:
+    """Fixed-point solver and halting (FPRM's damped iteration with patience decay)."""
+
+    name: SolverName = "damped"
+    """damped iteration z <- eta*F(z) + (1-eta)*z, or anderson acceleration."""
+    tol: float = 1e-2
+    """Halt a sample when r = max_tokens ||z - F(z)||_inf / ||F(z)||_inf < tol."""
+    train_cap: int = 16
+    """Max loop steps per forward pass in training."""
+    eval_cap: int = 64
+    """Max loop steps in evaluation (OOD splits may scale it up with size, see eval_cap_scale)."""
+    eval_cap_scale: bool = True
+    """Multiply eval_cap by size/train_size on larger OOD instances (loop cap grows with size)."""
+    eta: float = 1.0
+    """Initial damping (1 = plain iteration)."""
+    patience: int = 5
+    """Steps without improvement of r before eta decays (FPRM P)."""
+    decay_train: float = 0.9
+    """eta <- decay*eta on stagnation, in training (FPRM gamma)."""
+    decay_eval: float = 0.99
+    """eta <- decay*eta on stagnation, in evaluation."""
+    min_eta: float = 1e-3
+    """Halt when eta falls below this."""
+    per_sample: bool = True
+    """Converged samples leave the active batch (compute follows difficulty). False = FPRM's
+    batch-level halting (the batch stops at its slowest sample)."""
+    detect_cycles: bool = True
+    """Detect period-2 cycles (z_{t+2} ~ z_t while r stays high) and halt them as 'cycled'."""
+    anderson_m: int = 5
+    """History size for Anderson acceleration."""
+
+    def validate(self, where: str = "solver") -> None:
+        _check_choice(where, "name", self.name, _literal_choices(SolverName))
+        if self.tol <= 0:
+            raise ConfigError(f"{where}.tol: got {self.tol}, expected > 0")
+        for name in ("train_cap", "eval_cap", "patience", "anderson_m"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{where}.{name}: got {getattr(self, name)}, expected an integer >= 1")
+        if not 0 < self.eta <= 1:
+            raise ConfigError(f"{where}.eta: got {self.eta}, expected 0 < eta <= 1")
+
+    @classmethod
+    def from_dict(cls, data: dict | None, where: str = "solver") -> "SolverConfig":
+        return _from_dict(cls, data, where)
+
+
+@dataclass(frozen=True)
+class GradConfig:
+    """How gradients flow through the loop (DESIGN.md, 'Gradient modes')."""
+
+    mode: GradMode = "truncated"
+    """bptt | truncated (k steps with grad after a no-grad solve) | phantom (k damped steps from the
+    detached fixed point) | implicit (IFT backward solve) | progressive (DT's progressive loss)."""
+    k: int = 4
+    """Steps with grad for truncated / phantom; max steps with grad for progressive."""
+    phantom_eta: float = 0.5
+    """Damping of phantom-gradient steps."""
+    alpha: float = 0.5
+    """Progressive loss mix: loss = (1-alpha)*full + alpha*progressive (DT: prefix sums 1.0)."""
+    segments: int = 1
+    """Deep supervision segments per training step (state detached between segments; FPRM/TRM)."""
+    implicit_iters: int = 30
+    """Max fixed-point iterations for the implicit backward solve g = J^T g + dL/dz*."""
+
+    @classmethod
+    def parse(cls, text: str) -> "GradConfig":
+        """Parse the sweep shorthand 'bptt', 'truncated:4', 'phantom:2', 'implicit', 'progressive:8'."""
+        mode, _, k = text.partition(":")
+        kwargs: dict[str, Any] = {"mode": mode}
+        if k:
+            try:
+                kwargs["k"] = int(k)
+            except ValueError:
+                raise ConfigError(f"grad: got {text!r}, expected MODE or MODE:K with integer K") from None
+        cfg = cls(**kwargs)
+        cfg.validate()
+        return cfg
+
+    def validate(self, where: str = "grad") -> None:
+        _check_choice(where, "mode", self.mode, _literal_choices(GradMode))
+        if self.k < 1 or self.segments < 1:
+            raise ConfigError(f"{where}: k={self.k}, segments={self.segments}, expected integers >= 1")
+        if not 0 <= self.alpha <= 1:
+            raise ConfigError(f"{where}.alpha: got {self.alpha}, expected 0 <= alpha <= 1")
+
+    @classmethod
+    def from_dict(cls, data: dict | str | None, where: str = "grad") -> "GradConfig":
+        if isinstance(data, str):
+            return cls.parse(data)
+        return _from_dict(cls, data, where)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation budget and settings; separate from the eval budget."""
+
+    steps: int = 500
+    """Optimizer steps."""
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup: int = 50
+    """Linear warmup steps, then cosine decay to 10% of lr."""
+    grad_clip: float = 1.0
+    ema: Optional[float] = None
+    """EMA decay of weights used for evaluation (e.g. 0.999); None = off."""
+    loss: LossName = "ce"
+    """ce, or stablemax cross-entropy (FPRM/TRM)."""
+    n_train: int = 4096
+    """Training instances generated for the task."""
+    log_every: int = 25
+    """Report training metrics every this many steps."""
+    checkpoint_every: int = 100
+    """Offer a checkpoint to the caller every this many steps."""
+    seed: int = 0
+    device: str = "auto"
+    """auto = CUDA if available else CPU."""
+
+    def validate(self, where: str = "train") -> None:
+        _check_choice(where, "loss", self.loss, _literal_choices(LossName))
+        for name in ("steps", "batch_size", "n_train", "log_every", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{where}.{name}: got {getattr(self, name)}, expected an integer >= 1")
+        if self.lr <= 0:
+            raise ConfigError(f"{where}.lr: got {self.lr}, expected > 0")
+
+    @classmethod
+    def from_dict(cls, data: dict | None, where: str = "train") -> "TrainConfig":
+        return _from_dict(cls, data, where)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Evaluation budget: instances per split and which diagnostics to run."""
+
+    n_eval: int = 256
+    """Instances per eval split (in-distribution and each OOD size)."""
+    batch_size: int = 64
+    diagnostics: bool = True
+    """Run the three stability axes (on a subset of diag_n instances)."""
+    diag_n: int = 32
+    power_iters: int = 20
+    """Power-iteration steps for the spectral radius of dF/dz at z*."""
+
+    def validate(self, where: str = "eval") -> None:
+        for name in ("n_eval", "batch_size", "diag_n", "power_iters"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{where}.{name}: got {getattr(self, name)}, expected an integer >= 1")
+
+    @classmethod
+    def from_dict(cls, data: dict | None, where: str = "eval") -> "EvalConfig":
+        return _from_dict(cls, data, where)
+
+
+def to_dict(cfg) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)

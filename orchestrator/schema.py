@@ -1,0 +1,75 @@
+"""The results table: one row per (trial, eval split). Fixed up front and versioned, because
+pyarrow.dataset takes its schema from the first file it reads and silently drops later columns.
+
+Config columns are flattened with a ``cfg.`` prefix (``cfg.model.recall``, ``cfg.train.lr``) and
+stored as plain strings (``str(value)``; null for None) so every file has the same types: the set of
+config fields is fixed by fpr_core's dataclasses, so ``config_columns()`` lists them all.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import pyarrow as pa
+
+from fpr_core.config import EvalConfig, GradConfig, ModelConfig, SolverConfig, TrainConfig
+
+SCHEMA_VERSION = "1"
+
+STATUSES = ("ok", "failed", "diverged", "stopped")
+
+_BASE_FIELDS = [
+    pa.field("sweep", pa.string(), nullable=False),
+    pa.field("trial_id", pa.string(), nullable=False),
+    pa.field("spec_hash", pa.string()),
+    pa.field("variant", pa.string()),          # human label of the grid cell, e.g. "recall=none,outer_norm=rms"
+    pa.field("task", pa.string(), nullable=False),
+    pa.field("task_params", pa.string()),      # JSON of task params, e.g. {"group": "S5"}
+    pa.field("split", pa.string(), nullable=False),  # "id" or "ood_<size>" ("train" never appears)
+    pa.field("size", pa.int64()),
+    pa.field("train_size", pa.int64()),
+    pa.field("n", pa.int64()),
+    pa.field("exact_acc", pa.float64()),       # verifier-based, per instance
+    pa.field("token_acc", pa.float64()),       # masked positions
+    pa.field("iters_mean", pa.float64()),
+    pa.field("iters_p50", pa.float64()),
+    pa.field("iters_p95", pa.float64()),
+    pa.field("eval_cap", pa.int64()),
+    pa.field("reachability", pa.float64()),    # fraction with r < tol within the cap
+    pa.field("cycled_frac", pa.float64()),
+    pa.field("residual_median", pa.float64()),
+    pa.field("input_dependence", pa.float64()),      # ||z*(x)-z*(x')|| / ||x-x'||, small perturbations
+    pa.field("fixed_point_spread", pa.float64()),    # spread of z* across distinct inputs
+    pa.field("path_independence", pa.float64()),     # distance of z* reached from different z0 (0 = independent)
+    pa.field("spectral_radius", pa.float64()),       # rho(dF/dz) at z*
+    pa.field("instance_iters", pa.list_(pa.float32())),       # per instance, for iterations vs difficulty
+    pa.field("instance_difficulty", pa.list_(pa.float32())),  # per instance, task.difficulty_key
+    pa.field("instance_correct", pa.list_(pa.bool_())),
+    pa.field("difficulty_key", pa.string()),
+    pa.field("train_seconds", pa.float64()),
+    pa.field("eval_seconds", pa.float64()),
+    pa.field("train_steps", pa.int64()),
+    pa.field("final_loss", pa.float64()),
+    pa.field("status", pa.string(), nullable=False),  # one of STATUSES
+    pa.field("error", pa.string()),
+    pa.field("seed", pa.int64()),
+    pa.field("git_commit", pa.string()),
+    pa.field("versions", pa.string()),         # JSON {"torch": ..., "ray": ..., ...}
+    pa.field("hostname", pa.string()),
+    pa.field("node_id", pa.string()),
+    pa.field("device", pa.string()),
+    pa.field("finished_at", pa.timestamp("us", tz="UTC")),
+]
+
+
+def config_columns() -> list[str]:
+    """Every flattened config column, ``cfg.<section>.<field>``, in a fixed order."""
+    cols = []
+    for section, cls in [("model", ModelConfig), ("solver", SolverConfig), ("grad", GradConfig),
+                         ("train", TrainConfig), ("eval", EvalConfig)]:
+        cols += [f"cfg.{section}.{f.name}" for f in dataclasses.fields(cls)]
+    return cols
+
+
+def results_schema() -> pa.Schema:
+    fields = list(_BASE_FIELDS) + [pa.field(c, pa.string()) for c in config_columns()]
+    return pa.schema(fields, metadata={"fpr_sweep.schema_version": SCHEMA_VERSION})
