@@ -1,0 +1,113 @@
+"""Registry, make_splits disjointness and the disk cache, shared by every task family."""
+import os
+
+import numpy as np
+import pytest
+
+from fpr_core.tasks import TASK_NAMES, Task, get_task, make_splits
+from fpr_core.tasks import cache
+from fpr_core.tasks.splits import derive_seed, instance_hashes
+
+MINE = ["prefix_sums"]
+
+
+def test_registry_lists_all_five_and_rejects_unknown_names():
+    assert set(TASK_NAMES) == {"prefix_sums", "mazes", "sudoku", "chess", "state_tracking"}
+    with pytest.raises(ValueError, match="unknown task 'sodoku'.*prefix_sums"):
+        get_task("sodoku")
+
+
+@pytest.mark.parametrize("name", MINE)
+def test_get_task_returns_the_named_task(name):
+    task = get_task(name)
+    assert isinstance(task, Task) and task.name == name
+    assert task.default_train_size < min(task.default_ood_sizes)
+
+
+def test_derive_seed_is_deterministic_and_label_dependent():
+    assert derive_seed(0, "id", 0) == derive_seed(0, "id", 0)
+    assert len({derive_seed(0, "id", 0), derive_seed(0, "id", 1), derive_seed(1, "id", 0),
+                derive_seed(0, "train")}) == 4
+
+
+def _hashes(data):
+    return set(instance_hashes(data.inputs))
+
+
+def _assert_disjoint(splits, n_eval):
+    train = _hashes(splits["train"])
+    evals = [k for k in splits if k != "train"]
+    seen = set(train)
+    for k in evals:
+        assert len(splits[k]) == n_eval
+        h = instance_hashes(splits[k].inputs)
+        assert len(set(h)) == n_eval, f"{k} repeats an instance"
+        assert not (set(h) & seen), f"{k} shares an instance with train or another eval split"
+        seen |= set(h)
+
+
+def test_make_splits_disjoint_where_collisions_are_frequent(tmp_path):
+    # 8-bit strings: 256 possible; 200 train draws cover ~54% of them, so eval must skip many.
+    task = get_task("prefix_sums")
+    splits = make_splits(task, train_size=8, ood_sizes=(9, 10), n_train=200, n_eval=60, seed=0,
+                         cache_dir=tmp_path)
+    assert sorted(splits) == ["id", "ood_10", "ood_9", "train"]
+    assert splits["id"].inputs.shape == (60, 8) and splits["ood_10"].inputs.shape == (60, 10)
+    assert len(_hashes(splits["train"])) < 200  # collisions really happened in train
+    _assert_disjoint(splits, 60)
+    again = make_splits(task, train_size=8, ood_sizes=(9, 10), n_train=200, n_eval=60, seed=0,
+                        cache_dir=False)
+    for k in splits:
+        assert np.array_equal(splits[k].inputs, again[k].inputs)
+
+
+def test_make_splits_raises_when_the_space_is_too_small():
+    with pytest.raises(ValueError, match="prefix_sums.*too small"):
+        make_splits("prefix_sums", train_size=3, ood_sizes=(), n_train=100, n_eval=5,
+                    cache_dir=False)
+
+
+def test_make_splits_defaults_come_from_the_task():
+    task = get_task("prefix_sums")
+    splits = make_splits(task, n_train=8, n_eval=4, cache_dir=False)
+    assert set(splits) == {"train", "id"} | {f"ood_{s}" for s in task.default_ood_sizes}
+    assert splits["train"].size == task.default_train_size
+
+
+def test_cache_round_trip_is_identical_and_keyed_by_version(tmp_path, monkeypatch):
+    task = get_task("prefix_sums")
+    first = cache.generate_cached(task, 16, 12, seed=5, cache_dir=tmp_path)
+    files = list(tmp_path.glob("*.npz"))
+    assert len(files) == 1 and not list(tmp_path.glob("*.tmp"))
+    # a second call reads the file: make generate fail to prove it is not called
+    monkeypatch.setattr(type(task), "generate", lambda *a, **k: pytest.fail("regenerated"))
+    second = cache.generate_cached(task, 16, 12, seed=5, cache_dir=tmp_path)
+    for attr in ("inputs", "targets", "mask"):
+        assert np.array_equal(getattr(first, attr), getattr(second, attr))
+        assert getattr(first, attr).dtype == getattr(second, attr).dtype
+    assert first.meta.keys() == second.meta.keys() and second.size == 12
+    assert all(np.array_equal(first.meta[k], second.meta[k]) for k in first.meta)
+    monkeypatch.undo()
+    # a new generator version is a different key, hence a different file
+    monkeypatch.setattr(type(task), "version", "999")
+    cache.generate_cached(task, 16, 12, seed=5, cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("*.npz"))) == 2
+
+
+def test_cache_default_dir_follows_env_and_can_be_disabled(tmp_path, monkeypatch):
+    monkeypatch.setenv(cache.CACHE_ENV, str(tmp_path / "c"))
+    assert cache.default_cache_dir() == tmp_path / "c"
+    task = get_task("prefix_sums")
+    cache.generate_cached(task, 4, 6, seed=0, cache_dir=None)
+    assert len(list((tmp_path / "c").glob("*.npz"))) == 1
+    cache.generate_cached(task, 4, 6, seed=1, cache_dir=False)
+    assert len(list((tmp_path / "c").glob("*.npz"))) == 1
+
+
+def test_cache_ignores_a_corrupt_file(tmp_path):
+    task = get_task("prefix_sums")
+    path = cache.cache_path(tmp_path, task, 6, 4, 0)
+    path.write_bytes(b"not an npz")
+    data = cache.generate_cached(task, 4, 6, seed=0, cache_dir=tmp_path)
+    assert np.array_equal(data.inputs, task.generate(4, 6, 0).inputs)
+    assert os.path.getsize(path) > 100
