@@ -8,7 +8,7 @@ from fpr_core.tasks import TASK_NAMES, Task, get_task, make_splits
 from fpr_core.tasks import cache
 from fpr_core.tasks.splits import derive_seed, instance_hashes
 
-MINE = ["prefix_sums"]
+MINE = ["prefix_sums", "state_tracking"]
 
 
 def test_registry_lists_all_five_and_rejects_unknown_names():
@@ -111,3 +111,25 @@ def test_cache_ignores_a_corrupt_file(tmp_path):
     data = cache.generate_cached(task, 4, 6, seed=0, cache_dir=tmp_path)
     assert np.array_equal(data.inputs, task.generate(4, 6, 0).inputs)
     assert os.path.getsize(path) > 100
+
+
+def test_cache_is_keyed_by_task_params(tmp_path):
+    s5, a5 = get_task("state_tracking", group="S5"), get_task("state_tracking", group="A5")
+    x = cache.generate_cached(s5, 8, 10, seed=0, cache_dir=tmp_path)
+    y = cache.generate_cached(a5, 8, 10, seed=0, cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("*.npz"))) == 2
+    assert x.inputs.max() < 120 and y.inputs.max() < 60
+
+
+@pytest.mark.parametrize("name", MINE)
+def test_make_splits_every_task_small(name):
+    task = get_task(name)
+    sizes = (task.default_ood_sizes[0],)
+    splits = make_splits(task, ood_sizes=sizes, n_train=64, n_eval=16, seed=1, cache_dir=False)
+    _assert_disjoint(splits, 16)
+    for split in splits.values():
+        assert split.inputs.dtype == np.int64 and split.targets.dtype == np.int64
+        assert split.mask.dtype == bool and split.inputs.shape == split.targets.shape
+        assert all(v.shape == (len(split),) for v in split.meta.values())
+        assert task.difficulty_key in split.meta
+        assert task.verify(split, split.targets).all()
