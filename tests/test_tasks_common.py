@@ -8,7 +8,7 @@ from fpr_core.tasks import TASK_NAMES, Task, get_task, make_splits
 from fpr_core.tasks import cache
 from fpr_core.tasks.splits import derive_seed, instance_hashes
 
-MINE = ["prefix_sums", "state_tracking"]
+MINE = ["prefix_sums", "mazes", "state_tracking"]
 
 
 def test_registry_lists_all_five_and_rejects_unknown_names():
@@ -59,6 +59,14 @@ def test_make_splits_disjoint_where_collisions_are_frequent(tmp_path):
                         cache_dir=False)
     for k in splits:
         assert np.array_equal(splits[k].inputs, again[k].inputs)
+
+
+def test_make_splits_disjoint_for_tiny_mazes():
+    # 5x5 grids hold 2x2 cells: 4 spanning trees x 12 (start, goal) pairs = 48 distinct mazes
+    splits = make_splits("mazes", train_size=5, ood_sizes=(7,), n_train=30, n_eval=8, seed=3,
+                         cache_dir=False)
+    assert len(_hashes(splits["train"])) < 30
+    _assert_disjoint(splits, 8)
 
 
 def test_make_splits_raises_when_the_space_is_too_small():
