@@ -16,8 +16,9 @@ std across seeds of one variant (the largest over the variants a part compares).
 Thresholds (module constants, so a reader sees them and a test can import them):
 
 1. Recall beats no recall OOD (SGLT): per task, matched variants (same other axes), recall in
-   {standard, internal} minus recall=none; supported if the mean difference > margin, contradicted
-   if < -margin, margin = max(seed spread, MIN_MARGIN); needs MIN_SEEDS seeds per variant.
+   {standard, internal} minus recall=none, over the pairs where both variants have MIN_SEEDS seeds;
+   supported if the mean difference > margin, contradicted if < -margin,
+   margin = max(seed spread, MIN_MARGIN).
 2. Recall + outer norm reachable and stable in every spectral regime (SGLT): per task x regime,
    recall != none and outer_norm != none; supported if reachability - spread >= REACH_MIN and
    spectral radius + spread < RHO_MAX; contradicted if reachability + spread < REACH_MIN or spectral
@@ -27,8 +28,8 @@ Thresholds (module constants, so a reader sees them and a test can import them):
    < DEP_ABS; contradicted if none's (mean - spread) >= DEP_RATIO_CONTRADICT x recall's
    (mean + spread) and >= DEP_ABS.
 4. Internal >= standard recall on sudoku with outer norm (SGLT), a non-inferiority test: matched
-   variants, d = internal - standard; supported if d - spread >= -NONINF_MARGIN, contradicted if
-   d + spread < -NONINF_MARGIN; needs MIN_SEEDS seeds.
+   variants with MIN_SEEDS seeds each, d = internal - standard; supported if
+   d - spread >= -NONINF_MARGIN, contradicted if d + spread < -NONINF_MARGIN.
 5. Iterations grow with difficulty (FPRM's adaptive compute): per task, the median over variants of
    Spearman rho(instance difficulty, iterations) pooled over a variant's ok rows, and of rho(split
    size, mean iterations); each measure: supported if >= RHO_SUPPORT, contradicted if
@@ -162,9 +163,11 @@ def _nanmax(values) -> float:
 
 
 def _matched_diff(variants: pd.DataFrame, better: tuple[str, ...], worse: str):
-    """Differences of mean metric, variant with recall in `better` minus the recall=`worse` variant
-    in the same context. Returns (mean diff, better mean, worse mean, max seed std, min seeds) or
-    None when no context has both."""
+    """Compare each variant with recall in `better` to the recall=`worse` variant of the same
+    context (all other axes equal), over the pairs where both have MIN_SEEDS seeds.
+
+    Returns None when no context has both, else a dict: diff (mean of pair differences), better and
+    worse (mean metric), spread (largest seed std), pairs (used), all_pairs (matched)."""
     pairs = []
     for _, b in variants[variants["recall"].isin(better)].iterrows():
         match = variants[(variants["recall"] == worse) & (variants["context_label"] == b["context_label"])]
@@ -172,9 +175,16 @@ def _matched_diff(variants: pd.DataFrame, better: tuple[str, ...], worse: str):
             pairs.append((b["mean"], w["mean"], _nanmax([b["std"], w["std"]]), min(b["n"], w["n"])))
     if not pairs:
         return None
-    b_mean, w_mean, stds, ns = zip(*pairs)
-    diffs = np.subtract(b_mean, w_mean)
-    return float(diffs.mean()), float(np.mean(b_mean)), float(np.mean(w_mean)), _nanmax(stds), int(min(ns))
+    used = [p for p in pairs if p[3] >= MIN_SEEDS]
+    out = {"pairs": len(used), "all_pairs": len(pairs)}
+    b_mean, w_mean, stds, _ = zip(*(used or pairs))
+    out.update(diff=float(np.mean(np.subtract(b_mean, w_mean))), better=float(np.mean(b_mean)),
+               worse=float(np.mean(w_mean)), spread=_nanmax(stds))
+    return out
+
+
+def _pairs_text(found: dict) -> str:
+    return f"{found['pairs']}/{found['all_pairs']} matched pair(s) with >= {MIN_SEEDS} seeds"
 
 
 def claim_recall_beats_none(trials: pd.DataFrame) -> Verdict:
@@ -184,12 +194,12 @@ def claim_recall_beats_none(trials: pd.DataFrame) -> Verdict:
         if found is None:
             skipped.append(f"{task} (no matched recall / no-recall variants with OOD accuracy)")
             continue
-        diff, rec, none, spread, n = found
-        margin = max(0.0 if math.isnan(spread) else spread, MIN_MARGIN)
-        text = f"{task}: recall {rec:.3f} vs none {none:.3f} (diff {diff:+.3f}, margin {margin:.3f}, {n} seed(s))"
-        if n < MIN_SEEDS:
+        diff, spread = found["diff"], found["spread"]
+        margin = max(_zero_if_nan(spread), MIN_MARGIN)
+        text = (f"{task}: recall {found['better']:.3f} vs none {found['worse']:.3f} (diff {diff:+.3f}, "
+                f"margin {margin:.3f}, {_pairs_text(found)})")
+        if not found["pairs"]:
             verdict = INCONCLUSIVE
-            text += f", needs >= {MIN_SEEDS} seeds"
         else:
             verdict = SUPPORTED if diff > margin else CONTRADICTED if diff < -margin else INCONCLUSIVE
         parts.append(Part(task, verdict, text, spread))
@@ -265,13 +275,12 @@ def claim_internal_ge_standard_sudoku(trials: pd.DataFrame) -> Verdict:
         if found is None:
             skipped.append(f"{task} (no matched internal / standard variants with OOD accuracy)")
             continue
-        diff, internal, standard, spread, n = found
+        diff, spread = found["diff"], found["spread"]
         sd = _zero_if_nan(spread)
-        text = (f"{task}: internal {internal:.3f} vs standard {standard:.3f} (diff {diff:+.3f}, "
-                f"non-inferiority margin {NONINF_MARGIN}, {n} seed(s))")
-        if n < MIN_SEEDS:
+        text = (f"{task}: internal {found['better']:.3f} vs standard {found['worse']:.3f} (diff {diff:+.3f}, "
+                f"non-inferiority margin {NONINF_MARGIN}, {_pairs_text(found)})")
+        if not found["pairs"]:
             verdict = INCONCLUSIVE
-            text += f", needs >= {MIN_SEEDS} seeds"
         else:
             verdict = (SUPPORTED if diff - sd >= -NONINF_MARGIN
                        else CONTRADICTED if diff + sd < -NONINF_MARGIN else INCONCLUSIVE)

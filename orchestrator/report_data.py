@@ -41,18 +41,20 @@ vocabulary/class counts that are set from the task."""
 
 
 def load_results(sweep_dir: Path) -> pd.DataFrame:
-    """Read ``sweep_dir/results.parquet``; without it (a sweep still running), every other
-    non-hidden ``*.parquet`` under sweep_dir (one file per trial), read with the fixed schema."""
+    """The sweep's rows: ``sweep_dir/results.parquet``, unless per-trial files (``trials/*.parquet``,
+    or any other non-hidden ``*.parquet`` under sweep_dir) are newer, as while a sweep runs; then
+    those files, read with the fixed schema."""
     sweep_dir = Path(sweep_dir)
     main = sweep_dir / RESULTS_FILE
-    if main.exists():
+    parts = sorted(p for p in sweep_dir.rglob("*.parquet") if p != main
+                   and not any(part.startswith(".") for part in p.relative_to(sweep_dir).parts))
+    newest_part = max((p.stat().st_mtime for p in parts), default=-math.inf)
+    if main.exists() and main.stat().st_mtime >= newest_part:
         table = pq.read_table(main)
+    elif parts:
+        table = ds.dataset([str(p) for p in parts], schema=results_schema(), format="parquet").to_table()
     else:
-        files = sorted(p for p in sweep_dir.rglob("*.parquet")
-                       if not any(part.startswith(".") for part in p.relative_to(sweep_dir).parts))
-        if not files:
-            raise FileNotFoundError(f"{sweep_dir}: no {RESULTS_FILE} and no per-trial *.parquet files")
-        table = ds.dataset([str(f) for f in files], schema=results_schema(), format="parquet").to_table()
+        raise FileNotFoundError(f"{sweep_dir}: no {RESULTS_FILE} and no per-trial *.parquet files")
     return _conform(table).to_pandas()
 
 
@@ -121,21 +123,27 @@ def _axis_value(col: str, value) -> str:
 
 
 def _task_labels(df: pd.DataFrame) -> pd.Series:
-    """The task name, plus its params where one task appears with several param sets (S5 vs A5)."""
+    """The task name, plus its params where one task appears with several param sets (S5 vs A5),
+    plus its training size where one task appears with several."""
     params = df["task_params"].fillna("{}").astype(str)
+    train = df["train_size"].astype("Int64").astype(str)
     n_params = params.groupby(df["task"]).transform("nunique")
+    n_train = train.groupby(df["task"]).transform("nunique")
 
-    def label(task, p, n):
-        if n <= 1:
-            return task
-        try:
-            items = json.loads(p)
-            text = ",".join(f"{k}={v}" for k, v in sorted(items.items())) if isinstance(items, dict) else p
-        except ValueError:
-            text = p
-        return f"{task}[{text}]"
+    def label(task, p, t, np_, nt):
+        extra = [_params_text(p)] if np_ > 1 else []
+        extra += [f"train={t}"] if nt > 1 else []
+        return f"{task}[{','.join(extra)}]" if extra else task
 
-    return pd.Series([label(t, p, n) for t, p, n in zip(df["task"], params, n_params)], index=df.index)
+    return pd.Series([label(*x) for x in zip(df["task"], params, train, n_params, n_train)], index=df.index)
+
+
+def _params_text(params_json: str) -> str:
+    try:
+        items = json.loads(params_json)
+    except ValueError:
+        return params_json
+    return ",".join(f"{k}={v}" for k, v in sorted(items.items())) if isinstance(items, dict) else params_json
 
 
 def prepare(df: pd.DataFrame) -> pd.DataFrame:

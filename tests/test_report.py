@@ -150,7 +150,7 @@ def test_iterations_falling_with_difficulty_contradicts_claim_5(tmp_path):
 
 def test_one_seed_makes_comparisons_inconclusive_but_thresholds_still_judge(tmp_path):
     verdicts = verdicts_of(tmp_path, make_rows(seeds=(0,)))
-    assert verdicts[1].verdict == INCONCLUSIVE and "seeds" in verdicts[1].evidence
+    assert verdicts[1].verdict == INCONCLUSIVE and "0/12 matched pair(s)" in verdicts[1].evidence
     assert verdicts[2].verdict == SUPPORTED and math.isnan(verdicts[2].seed_spread)
 
 
@@ -199,3 +199,37 @@ def test_report_with_a_single_variant_and_seed(tmp_path):
     verdicts = compute_verdicts(load_results(report.parent))
     assert verdicts[0].verdict == INCONCLUSIVE and "no data" in verdicts[0].reason
     assert len(list(report.parent.glob("*.png"))) == 3
+
+
+def test_running_sweep_reads_per_trial_files_and_labels_task_params(tmp_path):
+    sweep_dir = tmp_path / "running"
+    (sweep_dir / "trials").mkdir(parents=True)
+    rows = make_rows(tasks=("prefix_sums",), recalls=("none", "standard"), norms=("rms",), spectrals=(None,))
+    for row in rows:
+        row["task_params"] = '{"group": "S5"}' if row["seed"] == 0 else '{"group": "A5"}'
+    for trial_id in sorted({r["trial_id"] for r in rows}):
+        mine = [r for r in rows if r["trial_id"] == trial_id]
+        pq.write_table(pa.Table.from_pylist(mine, schema=results_schema()), sweep_dir / "trials" / f"{trial_id}.parquet")
+    (sweep_dir / "trials" / ".t999.parquet.tmp").write_bytes(b"half written")
+    df = load_results(sweep_dir)
+    assert len(df) == len(rows)
+    assert set(ood_table(df)["task"]) == {"prefix_sums[group=A5]", "prefix_sums[group=S5]"}
+
+
+def test_sweep_where_every_trial_failed_still_reports(tmp_path):
+    rows = make_rows(tasks=("sudoku",), spectrals=(None,))
+    for row in rows:
+        row.update(status="failed", error="CUDA out of memory", exact_acc=None, reachability=None,
+                   instance_iters=None, instance_difficulty=None, iters_mean=None)
+    report = build_report(write_table(tmp_path, rows), console=Console(record=True))
+    text = report.read_text()
+    assert "| failed | 12 |" in text and "CUDA out of memory" in text
+    verdicts = compute_verdicts(load_results(report.parent))
+    assert [v.verdict for v in verdicts] == [INCONCLUSIVE] * 5
+    assert not list(report.parent.glob("*.png"))
+
+
+def test_a_variant_short_of_seeds_drops_out_of_the_comparison_only(tmp_path):
+    rows = [r for r in make_rows(tasks=("prefix_sums",)) if r["trial_id"] != "t000"]  # none/none/0.5, seed 0
+    verdict = verdicts_of(tmp_path, rows)[1]
+    assert verdict.verdict == SUPPORTED and "10/12 matched pair(s)" in verdict.evidence
