@@ -317,8 +317,11 @@ def _difficulty_rhos(rows: pd.DataFrame) -> tuple[list[float], list[float], list
         sized = sub.dropna(subset=["size", "iters_mean"])
         if sized["size"].nunique() >= MIN_SIZES:
             size.append(spearman(sized["size"], sized["iters_mean"]))
-    finite = lambda xs: [x for x in xs if not math.isnan(x)]  # noqa: E731
-    return finite(inst), finite(size), finite(spreads)
+    return _finite(inst), _finite(size), _finite(spreads)
+
+
+def _finite(values: list[float]) -> list[float]:
+    return [v for v in values if not math.isnan(v)]
 
 
 def claim_iterations_grow(frame: pd.DataFrame) -> Verdict:
