@@ -17,7 +17,14 @@ def test_registry_lists_all_five_and_rejects_unknown_names():
         get_task("sodoku")
 
 
-@pytest.mark.parametrize("name", MINE)
+def test_registry_requires_exactly_one_matching_task_class(monkeypatch):
+    import fpr_core.tasks as tasks
+    monkeypatch.setitem(tasks._MODULES, "prefix_sums", "fpr_core.tasks.cache")
+    with pytest.raises(ValueError, match="exactly one Task subclass.*found 0"):
+        get_task("prefix_sums")
+
+
+@pytest.mark.parametrize("name", TASK_NAMES)
 def test_get_task_returns_the_named_task(name):
     task = get_task(name)
     assert isinstance(task, Task) and task.name == name
