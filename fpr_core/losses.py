@@ -1,0 +1,64 @@
+"""Masked token losses, picked by name (``TrainConfig.loss``).
+
+Every loss has one signature: ``loss_fn(logits, targets, mask) -> scalar`` with
+``logits (B, *shape, C)``, ``targets (B, *shape)`` int64 and ``mask (B, *shape)`` bool; the loss is
+the mean over masked positions of the whole batch (positions outside the mask never count).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _masked_mean(per_position: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of (B, *shape) values over the True positions of mask; 0 if the mask is empty."""
+    mask = mask.to(per_position.dtype)
+    return (per_position * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def masked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Softmax cross-entropy averaged over masked positions (computed in float32)."""
+    n_classes = logits.shape[-1]
+    per_position = F.cross_entropy(logits.float().reshape(-1, n_classes), targets.reshape(-1),
+                                   reduction="none")  # (B * prod(shape),)
+    return _masked_mean(per_position.view(targets.shape), mask)
+
+
+def _stablemax_s(x: torch.Tensor) -> torch.Tensor:
+    """s(x) = x + 1 for x >= 0, 1 / (1 - x) for x < 0: positive, monotone, linear growth (no exp)."""
+    return torch.where(x >= 0, x + 1.0, 1.0 / (1.0 - torch.minimum(x, torch.zeros_like(x))))
+
+
+def log_stablemax(logits: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """log of stablemax(x)_i = s(x_i) / sum_j s(x_j) (Prieto et al. 2025; used by TRM and FPRM)."""
+    s = _stablemax_s(logits)
+    return torch.log(s) - torch.log(s.sum(dim=dim, keepdim=True))
+
+
+def stablemax_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Stablemax cross-entropy averaged over masked positions.
+
+    Computed in float64 like TRM's ``stablemax_cross_entropy``: stablemax has no exponential, so
+    probabilities of confident predictions approach 1 slowly and need the extra precision.
+    """
+    logprobs = log_stablemax(logits.to(torch.float64), dim=-1)  # (B, *shape, C)
+    picked = torch.gather(logprobs, -1, targets.unsqueeze(-1)).squeeze(-1)  # (B, *shape)
+    return _masked_mean(-picked, mask).to(torch.float32)
+
+
+LOSSES: dict[str, LossFn] = {
+    "ce": masked_cross_entropy,
+    "stablemax": stablemax_cross_entropy,
+}
+
+
+def get_loss(name: str) -> LossFn:
+    """The loss registered under ``name`` (see LOSSES)."""
+    try:
+        return LOSSES[name]
+    except KeyError:
+        raise ValueError(f"train.loss: got {name!r}, expected one of {sorted(LOSSES)}") from None
