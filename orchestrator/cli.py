@@ -1,0 +1,263 @@
+"""`fpr-sweep`: run, validate, inspect and report benchmark sweeps of looped transformers.
+
+Exit codes: 0 ok, 1 some trials failed (or the run was interrupted), 2 bad input (spec, options,
+resources, unreachable tracking server). User mistakes print one clear message, never a traceback.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from orchestrator.spec import SpecError, SweepSpec, load_spec, spec_json_schema
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                  help="Benchmark sweeps of looped transformers that halt at a fixed point: "
+                       "expand a YAML spec into trials, run them on Ray Tune, log to MLflow, "
+                       "write Parquet tables under results/.")
+console = Console(width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+
+EXIT_OK, EXIT_TRIALS_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+SWEEP_INFO = "sweep.json"
+
+
+def _fail(message: str) -> None:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(EXIT_BAD_INPUT)
+
+
+def _load(spec_path: Path) -> SweepSpec:
+    try:
+        return load_spec(spec_path)
+    except SpecError as e:
+        _fail(str(e))
+        raise  # unreachable: _fail exits
+
+
+SPEC_ARG = typer.Argument(..., help="Sweep spec (YAML); see `fpr-sweep schema` and the README.",
+                          show_default=False)
+SWEEP_ARG = typer.Argument(..., help="Sweep name (looked up under --results-dir) or a sweep directory.",
+                           show_default=False)
+RESULTS_OPT = typer.Option(None, "--results-dir", help="Results root (default: the spec's results_dir, "
+                                                       "which defaults to results/).")
+
+
+@app.command()
+def run(spec_path: Path = SPEC_ARG,
+        address: Optional[str] = typer.Option(
+            None, "--address", help="Ray cluster to run on (e.g. 'auto' or 'ray://head:10001'); "
+                                    "default: $RAY_ADDRESS, else a local Ray using every core."),
+        max_concurrent: Optional[int] = typer.Option(
+            None, "--max-concurrent", min=1, help="Max trials running at once (default: the spec's, else "
+                                                 "as many as resources allow)."),
+        tracking_uri: Optional[str] = typer.Option(
+            None, "--tracking-uri", help="MLflow tracking URI, e.g. http://host:5000 (default: the spec's, "
+                                         "else sqlite:///<results>/<sweep>/mlflow.db)."),
+        results_dir: Optional[str] = RESULTS_OPT,
+        storage: Optional[str] = typer.Option(
+            None, "--storage", help="Tune storage for checkpoints and experiment state (default: "
+                                    "<results>/<sweep>/tune); on a multi-node cluster use shared storage "
+                                    "(s3://..., gs://..., or an NFS path)."),
+        dry_run: bool = typer.Option(False, "--dry-run", help="Print the expanded trial table and counts; run nothing."),
+        smoke: bool = typer.Option(False, "--smoke", help="Tiny budget (few steps, small eval sets, first seed, "
+                                                          "two OOD sizes), written to <sweep>-smoke/."),
+        ) -> None:
+    """Run a sweep (or resume it: the same command continues an interrupted sweep)."""
+    spec = _load(spec_path)
+    if dry_run:
+        _print_plan(spec, smoke, results_dir)
+        raise typer.Exit(EXIT_OK)
+    from orchestrator import tracking
+    from orchestrator.tune_driver import RunOptions, SweepError, run_sweep, sweep_dir_for
+
+    opts = RunOptions(address, max_concurrent, tracking_uri, results_dir, storage, smoke)
+    sweep_dir = sweep_dir_for(spec, opts)
+    uri = tracking_uri or spec.tracking_uri or tracking.default_tracking_uri(sweep_dir)
+    try:
+        tracking.check_reachable(uri)
+    except tracking.TrackingError as e:
+        _fail(str(e))
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    _write_sweep_info(sweep_dir, spec, spec_path, uri, smoke)
+
+    def tracker_factory(directory: Path, meta):
+        t = tracking.SweepTracker(uri, meta.sweep, directory, {"spec_hash": meta.spec_hash,
+                                                                "git_commit": meta.git_commit})
+        t.log_sweep_params({"spec": spec.science(), "description": spec.description, "smoke": smoke})
+        return t
+
+    try:
+        outcome = run_sweep(spec, opts, tracker_factory, console)
+    except (SweepError, tracking.TrackingError) as e:
+        _fail(str(e))
+    _print_outcome(outcome, uri)
+    raise typer.Exit(outcome.exit_code)
+
+
+def _write_sweep_info(sweep_dir: Path, spec: SweepSpec, spec_path: Path, uri: str, smoke: bool) -> None:
+    info = {"name": sweep_dir.name, "spec_hash": spec.spec_hash(), "spec_path": str(Path(spec_path).resolve()),
+            "tracking_uri": uri, "smoke": smoke, "updated": dt.datetime.now(dt.timezone.utc).isoformat()}
+    (sweep_dir / SWEEP_INFO).write_text(json.dumps(info, indent=2))
+    (sweep_dir / "spec.yaml").write_text(Path(spec_path).read_text())
+
+
+def _print_plan(spec: SweepSpec, smoke: bool, results_dir: Optional[str]) -> None:
+    from orchestrator.expand import expand, trial_count
+
+    cells = expand(spec, smoke=smoke)
+    samples = spec.search.num_samples if spec.search else 1
+    done = _done_statuses(Path(results_dir or spec.results_dir) / (spec.name + ("-smoke" if smoke else "")))
+    table = Table(title=f"{spec.name}{' (smoke)' if smoke else ''}: trials")
+    for col in ("#", "trial", "task", "variant", "seed", "train", "ood sizes", "samples", "done"):
+        table.add_column(col)
+    for i, c in enumerate(cells, 1):
+        table.add_row(str(i), c.cell_id, c.task, c.variant, str(c.seed), str(c.train_size),
+                      ",".join(map(str, c.ood_sizes)), str(samples), done.get(c.cell_id, ""))
+    console.print(table)
+    n_grid = math.prod(len(v) for v in spec.axes.values()) if spec.axes else 1
+    n_seeds = 1 if smoke else len(spec.seeds)
+    console.print(f"{n_grid} grid cells x {len(spec.tasks)} tasks x {n_seeds} seeds x {samples} samples "
+                  f"= {trial_count(spec, cells)} trials", highlight=False)
+
+
+def _done_statuses(sweep_dir: Path) -> dict[str, str]:
+    from orchestrator import results
+
+    return results.finished_statuses(sweep_dir) if sweep_dir.is_dir() else {}
+
+
+def _print_outcome(outcome, uri: str) -> None:
+    from orchestrator import results
+
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(outcome.counts.items())) or "no trials finished"
+    console.print(f"\ntrials: {counts}" + (f"; {outcome.unfinished} unfinished (interrupted: run the same "
+                                           "command again to resume)" if outcome.unfinished else ""),
+                  highlight=False)
+    if outcome.results_path is not None:
+        _print_accuracy(results.accuracy_table(outcome.sweep_dir))
+        console.print(f"results: {outcome.results_path}", highlight=False)
+    console.print(f"MLflow:  {uri}   (fpr-sweep ui {outcome.sweep_dir.name})", highlight=False)
+    if outcome.counts.get("failed"):
+        for s in results.trial_summaries(outcome.sweep_dir):
+            if s["status"] == "failed":
+                err_console.print(f"[red]failed[/] {s['trial_id']} {s['task']} {s['variant']} seed={s['seed']}: "
+                                  f"{s['error']}", highlight=False)
+
+
+def _print_accuracy(rows: list[dict]) -> None:
+    """Exact accuracy per task x variant (mean over seeds), one column per split."""
+    if not rows:
+        return
+    splits = sorted({r["split"] for r in rows}, key=lambda s: (s != "id", int(s.split("_")[1]) if s != "id" else 0))
+    table = Table(title="exact accuracy (mean over seeds)")
+    for col in ["task", "variant", *splits, "iters (last split)"]:
+        table.add_column(col)
+    keyed: dict[tuple, dict] = {}
+    for r in rows:
+        keyed.setdefault((r["task"], r["variant"]), {})[r["split"]] = r
+    for (task, variant), by_split in sorted(keyed.items()):
+        cells = [_pct(by_split.get(s, {}).get("exact_acc")) for s in splits]
+        last = next((by_split[s] for s in reversed(splits) if s in by_split), {})
+        iters = last.get("iters_mean")
+        table.add_row(task, variant, *cells, "" if iters is None else f"{iters:.1f}")
+    console.print(table)
+
+
+def _pct(x: Optional[float]) -> str:
+    return "" if x is None else f"{100 * x:.1f}%"
+
+
+@app.command()
+def validate(spec_path: Path = SPEC_ARG) -> None:
+    """Check a spec (shape, every fpr_core value, every trial config) without running anything."""
+    from orchestrator.expand import expand, trial_count
+
+    spec = _load(spec_path)
+    cells = expand(spec)
+    console.print(f"{spec_path}: ok ({trial_count(spec, cells)} trials, spec hash {spec.spec_hash()})",
+                  highlight=False)
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON schema of sweep specs (every key, its type and its meaning)."""
+    print(json.dumps(spec_json_schema(), indent=2))
+
+
+def _sweep_dir(sweep: str, results_dir: Optional[str]) -> Path:
+    candidate = Path(sweep)
+    if (candidate / SWEEP_INFO).exists() or (candidate / "trials").is_dir():
+        return candidate
+    in_results = Path(results_dir or "results") / sweep
+    if in_results.is_dir():
+        return in_results
+    _fail(f"no sweep {sweep!r}: neither {candidate} nor {in_results} holds a sweep "
+          "(run `fpr-sweep run SPEC` first, or pass --results-dir).")
+    raise AssertionError("unreachable")
+
+
+@app.command()
+def status(sweep: str = SWEEP_ARG, results_dir: Optional[str] = RESULTS_OPT) -> None:
+    """Per-trial state of a sweep: done (ok/diverged/stopped), failed, running or pending."""
+    from orchestrator import results
+    from orchestrator.tune_driver import tune_trial_states
+
+    sweep_dir = _sweep_dir(sweep, results_dir)
+    finished = {s["trial_id"]: s for s in results.trial_summaries(sweep_dir)}
+    tune_states = tune_trial_states(sweep_dir)
+    table = Table(title=f"{sweep_dir.name}: trials")
+    for col in ("trial", "task", "variant", "seed", "status", "error"):
+        table.add_column(col)
+    counts: dict[str, int] = {}
+    for tid in sorted(set(finished) | set(tune_states)):
+        if tid in finished:
+            s = finished[tid]
+            state, row = s["status"], (s["task"], s["variant"], str(s["seed"]))
+        else:
+            state = {"RUNNING": "running", "ERROR": "failed"}.get(tune_states[tid], "pending")
+            row = ("", "", "")
+        counts[state] = counts.get(state, 0) + 1
+        error = (finished.get(tid, {}).get("error") or "")[:80]
+        table.add_row(tid, *row, state, error)
+    console.print(table)
+    console.print(", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no trials yet", highlight=False)
+
+
+@app.command()
+def report(sweep: str = SWEEP_ARG, results_dir: Optional[str] = RESULTS_OPT) -> None:
+    """Build the sweep's report (tables and plots) from results.parquet."""
+    from orchestrator.report import build_report
+
+    sweep_dir = _sweep_dir(sweep, results_dir)
+    if not (sweep_dir / "results.parquet").exists():
+        _fail(f"{sweep_dir}/results.parquet does not exist yet; run the sweep first.")
+    console.print(f"report: {build_report(sweep_dir)}", highlight=False)
+
+
+@app.command()
+def ui(sweep: str = SWEEP_ARG, results_dir: Optional[str] = RESULTS_OPT,
+       port: int = typer.Option(5000, "--port", help="Port on 127.0.0.1.")) -> None:
+    """Serve the MLflow UI for a sweep's tracking store on http://127.0.0.1:PORT (Ctrl-C stops it)."""
+    from orchestrator import tracking
+
+    sweep_dir = _sweep_dir(sweep, results_dir)
+    info_path = sweep_dir / SWEEP_INFO
+    uri = (json.loads(info_path.read_text())["tracking_uri"] if info_path.exists()
+           else tracking.default_tracking_uri(sweep_dir))
+    if uri.startswith(("http://", "https://")):
+        console.print(f"{sweep_dir.name} logs to the tracking server {uri}: open it in a browser.", highlight=False)
+        return
+    console.print(f"MLflow UI for {sweep_dir.name}: http://127.0.0.1:{port}  (store {uri})", highlight=False)
+    raise typer.Exit(tracking.run_ui(uri, port))
+
+
+if __name__ == "__main__":
+    app()

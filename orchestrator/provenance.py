@@ -1,0 +1,44 @@
+"""Where a result came from: git commit, package versions, host. Attached to every row and run."""
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import json
+import socket
+import subprocess
+from pathlib import Path
+
+PACKAGES = ("fpr-sweep", "torch", "numpy", "ray", "mlflow", "optuna", "pyarrow", "numba", "chess")
+"""Distributions whose versions go into the ``versions`` column."""
+
+REPO_DIR = Path(__file__).resolve().parent.parent
+
+
+@functools.lru_cache(maxsize=None)
+def git_commit(repo_dir: str | Path = REPO_DIR) -> str:
+    """HEAD commit of the repo (suffix '+dirty' when tracked files changed), or 'unknown'."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(repo_dir), *args], capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty else "")
+
+
+@functools.lru_cache(maxsize=None)
+def package_versions() -> str:
+    """JSON object of installed versions of PACKAGES (missing ones omitted)."""
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return json.dumps(versions, sort_keys=True)
+
+
+def hostname() -> str:
+    return socket.gethostname()

@@ -1,0 +1,108 @@
+"""Result rows as plain JSON-able dicts, one per (trial, eval split), keyed by the columns of
+``orchestrator.schema``. Built on the worker for trials that ran (they travel back to the driver
+inside the trial's final Tune result) and on the driver for trials that failed or were stopped.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import math
+from typing import Any, Optional
+
+from orchestrator.expand import Trial
+from orchestrator.schema import config_columns
+
+SPLIT_METRICS = ("n", "exact_acc", "token_acc", "iters_mean", "iters_p50", "iters_p95", "eval_cap",
+                 "reachability", "cycled_frac", "residual_median", "input_dependence",
+                 "fixed_point_spread", "path_independence", "spectral_radius", "eval_seconds")
+"""Per-split metrics copied from fpr_core's evaluation into the row (schema columns)."""
+INT_METRICS = ("n", "eval_cap")
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepMeta:
+    """Sweep-level provenance the driver hands to every trial."""
+
+    sweep: str
+    spec_hash: str
+    git_commit: str
+
+    def as_dict(self) -> dict[str, str]:
+        return dataclasses.asdict(self)
+
+
+def config_cells(sections: dict[str, dict[str, Any]]) -> dict[str, Optional[str]]:
+    """``cfg.<section>.<field>`` -> str(value) (None stays null), for every schema config column."""
+    out: dict[str, Optional[str]] = {}
+    for col in config_columns():
+        _, section, fld = col.split(".", 2)
+        value = sections.get(section, {}).get(fld)
+        out[col] = None if value is None else str(value)
+    return out
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat()
+
+
+def base_row(trial: Trial, meta: SweepMeta, sections: Optional[dict] = None) -> dict[str, Any]:
+    """Columns shared by every row of a trial."""
+    c = trial.cell
+    return {"sweep": meta.sweep, "trial_id": trial.trial_id, "spec_hash": meta.spec_hash,
+            "variant": c.variant, "task": c.task, "task_params": json.dumps(c.task_params, sort_keys=True),
+            "train_size": c.train_size, "seed": c.seed, "git_commit": meta.git_commit,
+            "finished_at": _now(), **config_cells(sections or trial.sections)}
+
+
+def _split_size(trial: Trial, split: str) -> int:
+    return trial.cell.train_size if split == "id" else int(split.split("_", 1)[1])
+
+
+def placeholder_rows(trial: Trial, meta: SweepMeta, status: str, error: str = "",
+                     extra: Optional[dict[str, Any]] = None) -> list[dict[str, Any]]:
+    """One row per expected split with no metrics: for failed, stopped or diverged trials."""
+    rows = []
+    for split in trial.cell.splits():
+        row = base_row(trial, meta)
+        row.update({"split": split, "size": _split_size(trial, split), "status": status,
+                    "error": error or None, **(extra or {})})
+        rows.append(row)
+    return rows
+
+
+def _float(x: Any) -> Optional[float]:
+    if x is None:
+        return None
+    x = float(x)
+    return None if math.isnan(x) else x
+
+
+def experiment_rows(trial: Trial, meta: SweepMeta, result: Any, worker: dict[str, str]) -> list[dict[str, Any]]:
+    """Rows of a trial that ran: ``result`` is fpr_core's ExperimentResult; ``worker`` holds
+    hostname, node_id, versions (where it ran)."""
+    tr = result.train
+    sections = dict(trial.sections, model=dataclasses.asdict(result.model_cfg_resolved))
+    common = {"train_seconds": float(tr.seconds), "train_steps": int(tr.steps),
+              "final_loss": _float(tr.final_loss), "device": result.device,
+              "difficulty_key": result.difficulty_key, **worker}
+    if tr.status != "ok" or not result.splits:
+        return placeholder_rows(trial, meta, tr.status, tr.message or f"training ended {tr.status}", common)
+    rows = []
+    for s in result.splits:
+        row = base_row(trial, meta, sections)
+        row.update(common)
+        row.update({"split": s.split, "size": int(s.size), "status": "ok", "error": None})
+        for key in SPLIT_METRICS:
+            value = s.metrics.get(key)
+            row[key] = (None if value is None else int(value)) if key in INT_METRICS else _float(value)
+        row["instance_iters"] = [float(v) for v in s.instance_iters]
+        row["instance_difficulty"] = [float(v) for v in s.instance_difficulty]
+        row["instance_correct"] = [bool(v) for v in s.instance_correct]
+        rows.append(row)
+    return rows
+
+
+def residual_curves(result: Any) -> dict[str, list[float]]:
+    """Mean residual per loop step, per split (for the convergence plot)."""
+    return {s.split: [float(v) for v in s.residual_curve] for s in result.splits}

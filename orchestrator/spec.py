@@ -1,0 +1,463 @@
+"""The sweep spec: a YAML file, validated once here, trusted after.
+
+Two layers of checking, both before anything starts:
+
+1. the *shape* of the file (pydantic, ``extra="forbid"`` everywhere, so a misspelt key is an error);
+2. every ``fpr_core`` value it mentions, by building fpr_core's own config dataclasses (base config,
+   each per-task override, each grid value, each search bound, then every expanded trial) and the
+   task itself, so ``model.recall: nonee`` or ``grad: truncatd:4`` fails with the file and the field
+   path, not half an hour later on a Ray worker.
+
+Precedence when resolving a trial's config: ``base`` < ``tasks[i].overrides`` < ``axes`` (grid cell)
+< ``search`` (sampled value). A field may be set by at most one of overrides / axes / search.
+
+Every error is a ``SpecError`` whose message names the file, the field path, the bad value and what
+was expected.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from fpr_core.config import (ConfigError, EvalConfig, GradConfig, ModelConfig, SolverConfig,
+                             TrainConfig)
+
+SECTIONS: dict[str, type] = {"model": ModelConfig, "solver": SolverConfig, "grad": GradConfig,
+                             "train": TrainConfig, "eval": EvalConfig}
+"""Config sections of an fpr_core experiment, addressed in specs as ``<section>.<field>``."""
+
+SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+
+
+class SpecError(ValueError):
+    """The sweep spec is invalid; the message is meant for the user, as is."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TaskEntry(_Strict):
+    """One task family of the sweep, trained at one size and evaluated at larger ones."""
+
+    name: str = Field(description="Task registry name: prefix_sums, mazes, sudoku, chess, state_tracking.")
+    params: dict[str, Any] = Field(default_factory=dict,
+                                   description="Task parameters, e.g. {group: S5} for state_tracking.")
+    train_size: Optional[int] = Field(None, gt=0, description="Training size (default: the task's).")
+    ood_sizes: Optional[list[Annotated[int, Field(gt=0)]]] = Field(
+        None, description="Out-of-distribution eval sizes (default: the task's ladder).")
+    overrides: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Per-task config values by dotted field, e.g. {train.steps: 800, solver.eval_cap: 128}.")
+
+
+class BaseSections(_Strict):
+    """Defaults for every trial, one mapping per fpr_core config section (fpr_core/config.py)."""
+
+    model: dict[str, Any] = Field(default_factory=dict, description="ModelConfig fields.")
+    solver: dict[str, Any] = Field(default_factory=dict, description="SolverConfig fields.")
+    grad: Union[str, dict[str, Any]] = Field(
+        default_factory=dict, description="GradConfig fields, or the shorthand 'truncated:4', 'bptt', ...")
+    train: dict[str, Any] = Field(default_factory=dict, description="TrainConfig fields.")
+    eval: dict[str, Any] = Field(default_factory=dict, description="EvalConfig fields.")
+
+
+class LogUniform(_Strict):
+    """Log-uniform float in [low, high] (e.g. learning rates)."""
+    type: Literal["loguniform"]
+    low: float = Field(gt=0)
+    high: float = Field(gt=0)
+
+
+class Uniform(_Strict):
+    """Uniform float in [low, high]."""
+    type: Literal["uniform"]
+    low: float
+    high: float
+
+
+class IntRange(_Strict):
+    """Integer in [low, high] (inclusive), optionally log-scaled."""
+    type: Literal["int"]
+    low: int
+    high: int
+    log: bool = False
+
+
+class Categorical(_Strict):
+    """One of a list of values."""
+    type: Literal["categorical"]
+    values: list[Any] = Field(min_length=1)
+
+
+Distribution = Annotated[Union[LogUniform, Uniform, IntRange, Categorical], Field(discriminator="type")]
+
+
+class SearchSpec(_Strict):
+    """Optuna (TPE) search over dotted config fields, run separately inside every grid cell."""
+
+    space: dict[str, Distribution] = Field(min_length=1, description="Dotted field -> distribution.")
+    num_samples: int = Field(gt=0, description="Sampled trials per grid cell (x task x seed).")
+    metric: str = Field("acc/id", description="Final trial metric Optuna optimises, e.g. acc/id, acc/ood_64.")
+    mode: Literal["max", "min"] = "max"
+
+
+class SchedulerSpec(_Strict):
+    """Early stopping of weak trials (ASHA) on a training metric reported every log step."""
+
+    type: Literal["none", "asha"] = "none"
+    metric: str = Field("train/loss", description="Metric reported during training, e.g. train/loss.")
+    mode: Literal["min", "max"] = "min"
+    grace_period: int = Field(50, gt=0, description="Training steps before a trial may be stopped.")
+    max_t: Optional[int] = Field(None, gt=0, description="Max training steps (default: train.steps).")
+    reduction_factor: float = Field(3.0, gt=1)
+
+
+class Resources(_Strict):
+    """Ray resources per trial (fractions allowed, e.g. gpu: 0.5 shares a GPU between two trials)."""
+
+    cpu: float = Field(1.0, gt=0)
+    gpu: float = Field(0.0, ge=0)
+
+
+class SweepSpec(_Strict):
+    """A benchmark sweep: trials = grid cells x tasks x seeds (x search samples)."""
+
+    name: str = Field(description="Sweep name: a slug (letters, digits, - and _); results go to results_dir/name.")
+    description: str = ""
+    tasks: list[TaskEntry] = Field(min_length=1)
+    axes: dict[str, list[Any]] = Field(
+        default_factory=dict,
+        description="The grid: dotted field -> list of values, e.g. {model.recall: [none, standard]}.")
+    base: BaseSections = Field(default_factory=BaseSections)
+    search: Optional[SearchSpec] = None
+    scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    resources: Resources = Field(default_factory=Resources)
+    max_failures: int = Field(1, ge=0, description="Retries of a trial that raises, before it counts as failed.")
+    max_concurrent: Optional[int] = Field(None, gt=0, description="Max trials running at once (default: as resources allow).")
+    tracking_uri: Optional[str] = Field(None, description="MLflow URI (default: sqlite under the sweep's results).")
+    results_dir: str = Field("results", description="Where results/<name>/ goes (relative to the working directory).")
+
+    @field_validator("name")
+    @classmethod
+    def _slug(cls, v: str) -> str:
+        if not SLUG.match(v):
+            raise ValueError("expected a slug of letters, digits, '-' and '_' (no slashes, dots or '..'), "
+                             "at most 64 characters")
+        return v
+
+    @field_validator("axes")
+    @classmethod
+    def _non_empty_axes(cls, v: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        for key, values in v.items():
+            if not values:
+                raise ValueError(f"axis {key!r} has no values; expected a non-empty list")
+        return v
+
+    @field_validator("seeds")
+    @classmethod
+    def _unique_seeds(cls, v: list[int]) -> list[int]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"seeds repeat: {v}; expected distinct integers")
+        return v
+
+    def science(self) -> dict[str, Any]:
+        """The part of the spec that decides which trials exist (hashed into spec_hash)."""
+        return self.model_dump(include={"tasks", "axes", "base", "search", "scheduler", "seeds"})
+
+    def spec_hash(self) -> str:
+        """Stable short hash of the science part (name, description and runtime knobs excluded)."""
+        return stable_hash(self.science(), 12)
+
+
+def stable_hash(obj: Any, n: int = 10) -> str:
+    """Short sha256 of the canonical JSON of ``obj``."""
+    text = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:n]
+
+
+# ---------------------------------------------------------------- dotted fields and sections
+
+def check_dotted(key: str) -> tuple[str, Optional[str]]:
+    """Split ``section.field`` (or the bare ``grad`` shorthand); raise ValueError naming the choices."""
+    section, _, fld = key.partition(".")
+    if section not in SECTIONS:
+        raise ValueError(f"unknown config section {section!r}; expected <section>.<field> with section "
+                         f"one of {list(SECTIONS)}")
+    if not fld:
+        if section == "grad":
+            return section, None
+        raise ValueError(f"expected <section>.<field>, e.g. {section}.{dataclasses.fields(SECTIONS[section])[0].name}")
+    names = [f.name for f in dataclasses.fields(SECTIONS[section])]
+    if fld not in names:
+        raise ValueError(f"unknown field {fld!r} of {section}; expected one of {names}")
+    return section, fld
+
+
+def base_sections(base: BaseSections) -> dict[str, dict[str, Any]]:
+    """The base config as plain dicts per section (grad shorthand expanded)."""
+    out = {name: dict(getattr(base, name)) for name in SECTIONS if name != "grad"}
+    out["grad"] = _grad_dict(base.grad)
+    return out
+
+
+def _grad_dict(value: Any) -> dict[str, Any]:
+    if isinstance(value, str):
+        return dataclasses.asdict(GradConfig.parse(value))
+    if isinstance(value, dict):
+        return dict(value)
+    raise ConfigError(f"grad: got {value!r}, expected MODE[:K] (e.g. 'truncated:4') or a mapping of GradConfig fields")
+
+
+def apply_overrides(sections: dict[str, dict[str, Any]], overrides: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A copy of ``sections`` with dotted ``overrides`` applied (``grad`` alone replaces the section)."""
+    out = {k: dict(v) for k, v in sections.items()}
+    for key, value in overrides.items():
+        section, fld = check_dotted(key)
+        if fld is None:
+            out["grad"] = _grad_dict(value)
+        else:
+            out[section][fld] = value
+    return out
+
+
+def build_sections(sections: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """fpr_core's dataclasses from plain dicts; raises ConfigError naming the bad field."""
+    out = {}
+    for name, cls in SECTIONS.items():
+        data = coerce_numbers(cls, sections.get(name) or {})
+        check_types(cls, data, name)
+        out[name] = cls.from_dict(data, where=name)
+    return out
+
+
+def coerce_numbers(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    """YAML 1.1 reads ``1e-3`` (no dot) as a string: turn such strings into floats for float fields."""
+    hints = typing.get_type_hints(cls)
+    out = dict(data)
+    for key, value in data.items():
+        if isinstance(value, str) and key in hints and _accepts_float(hints[key]):
+            try:
+                out[key] = float(value)
+            except ValueError:
+                pass
+    return out
+
+
+def _accepts_float(hint: Any) -> bool:
+    if typing.get_origin(hint) is Union:
+        return any(_accepts_float(h) for h in typing.get_args(hint))
+    return hint is float
+
+
+def check_types(cls: type, data: dict[str, Any], where: str) -> None:
+    """Reject values of the wrong type (fpr_core's dataclasses check ranges, not types)."""
+    hints = typing.get_type_hints(cls)
+    for key, value in data.items():
+        if key in hints and not _type_ok(hints[key], value):
+            raise ConfigError(f"{where}.{key}: got {_short(value)}, expected {_type_name(hints[key])}")
+
+
+def _type_ok(hint: Any, value: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if origin is Union:
+        return any(_type_ok(h, value) for h in typing.get_args(hint))
+    if origin is Literal:
+        return value in typing.get_args(hint)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    return True
+
+
+def _type_name(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin is Union:
+        return " or ".join(_type_name(h) for h in typing.get_args(hint))
+    if origin is Literal:
+        return f"one of {list(typing.get_args(hint))}"
+    if hint is type(None):
+        return "null"
+    return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(hint, str(hint))
+
+
+def resolved_sections(sections: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Validated sections with every default filled in (what a trial actually runs)."""
+    return {name: dataclasses.asdict(obj) for name, obj in build_sections(sections).items()}
+
+
+# ---------------------------------------------------------------- loading
+
+def load_spec(path: str | Path) -> SweepSpec:
+    """Read and fully validate a sweep spec; raise SpecError with a user-facing message."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise SpecError(f"{path}: cannot read the sweep spec ({e.strerror or e}).") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise SpecError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"{path}: expected a mapping of sweep keys (name, tasks, axes, ...), "
+                        f"got {type(data).__name__}.")
+    try:
+        spec = SweepSpec.model_validate(data)
+    except ValidationError as e:
+        raise SpecError(format_validation_error(path, e)) from None
+    check_fpr_core(spec, path)
+    return spec
+
+
+def format_validation_error(path: Path, err: ValidationError) -> str:
+    """One line per problem: file, field path, what was wrong, the bad value."""
+    lines = []
+    for item in err.errors(include_url=False):
+        loc = _loc_path(item["loc"])
+        msg = item["msg"]
+        if item["type"] == "extra_forbidden":
+            msg = "unknown key (not allowed here; check the spelling against `fpr-sweep schema`)"
+        got = item.get("input")
+        got_text = "" if item["type"] in ("missing", "extra_forbidden") else f" (got {_short(got)})"
+        lines.append(f"{loc}: {msg}{got_text}")
+    return f"{path}: invalid sweep spec:\n  " + "\n  ".join(lines)
+
+
+def _loc_path(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("loguniform", "uniform", "int", "categorical") and out.count(".") >= 2:
+            continue  # discriminated-union tag pydantic inserts into the path
+        else:
+            out += ("." if out else "") + (str(part) if "." not in str(part) else f"[{part!r}]")
+    return out or "(top level)"
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _fail(path: Path, where: str, message: str) -> SpecError:
+    return SpecError(f"{path}: {where}: {message}")
+
+
+def check_fpr_core(spec: SweepSpec, path: Path) -> None:
+    """Validate every fpr_core value the spec mentions by building fpr_core's own objects."""
+    from orchestrator.expand import expand  # expansion validates every combined trial config
+
+    try:
+        base = base_sections(spec.base)
+        build_sections(base)
+    except (ConfigError, TypeError, ValueError) as e:
+        raise _fail(path, "base", str(e)) from None
+    _check_tasks(spec, path, base)
+    claimed: dict[str, str] = {}
+    for key, values in spec.axes.items():
+        where = f"axes[{key!r}]"
+        _check_key(path, where, key)
+        claimed[key] = where
+        for i, value in enumerate(values):
+            _check_value(path, f"{where}[{i}]", base, key, value)
+    if spec.search is not None:
+        for key, dist in spec.search.space.items():
+            where = f"search.space[{key!r}]"
+            _check_key(path, where, key)
+            if key in claimed:
+                raise _fail(path, where, f"{key} is also set by {claimed[key]}; a field may be a grid axis "
+                                         "or a search dimension, not both")
+            claimed[key] = where
+            for label, value in _dist_probes(dist):
+                _check_value(path, f"{where}.{label}", base, key, value)
+    for i, task in enumerate(spec.tasks):
+        for key in task.overrides:
+            if key in claimed:
+                raise _fail(path, f"tasks[{i}].overrides[{key!r}]",
+                            f"{key} is also set by {claimed[key]}; set it in one place only")
+    cells = expand(spec, path=path)  # combinations (e.g. dim vs heads set on different axes)
+    _check_metrics(spec, path, cells)
+
+
+TRAIN_METRICS = ("loss", "lr", "grad_norm", "token_acc", "exact_acc", "iters_mean")
+"""What fpr_core's trainer logs every train.log_every steps (reported as ``train/<name>``)."""
+FINAL_METRIC_PREFIXES = ("acc", "iters_mean")
+"""Per-split metrics of a trial's final report (``acc/<split>``), usable as the search metric."""
+
+
+def _check_metrics(spec: SweepSpec, path: Path, cells: list) -> None:
+    """Metric names are checked here because Tune's own check is off (intermediate reports carry
+    training metrics only, the final one the per-split metrics)."""
+    if spec.scheduler.type == "asha":
+        allowed = [f"train/{m}" for m in TRAIN_METRICS]
+        if spec.scheduler.metric not in allowed:
+            raise _fail(path, "scheduler.metric", f"got {spec.scheduler.metric!r}, expected one of {allowed}")
+    if spec.search is not None:
+        splits = set.intersection(*(set(c.splits()) for c in cells))
+        allowed = sorted(f"{p}/{s}" for p in FINAL_METRIC_PREFIXES for s in splits) + ["train/final_loss"]
+        if spec.search.metric not in allowed:
+            raise _fail(path, "search.metric", f"got {spec.search.metric!r}, expected one of {allowed} "
+                                               "(a split every task evaluates)")
+
+
+def _check_key(path: Path, where: str, key: str) -> None:
+    try:
+        check_dotted(key)
+    except ValueError as e:
+        raise _fail(path, where, str(e)) from None
+
+
+def _check_value(path: Path, where: str, base: dict, key: str, value: Any) -> None:
+    try:
+        build_sections(apply_overrides(base, {key: value}))
+    except (ConfigError, TypeError, ValueError) as e:
+        raise _fail(path, where, f"bad value {_short(value)} for {key}: {e}") from None
+
+
+def _dist_probes(dist: Any) -> list[tuple[str, Any]]:
+    if isinstance(dist, Categorical):
+        return [(f"values[{i}]", v) for i, v in enumerate(dist.values)]
+    return [("low", dist.low), ("high", dist.high)]
+
+
+def _check_tasks(spec: SweepSpec, path: Path, base: dict) -> None:
+    from fpr_core.tasks import TASK_NAMES, get_task
+
+    for i, entry in enumerate(spec.tasks):
+        where = f"tasks[{i}]"
+        if entry.name not in TASK_NAMES:
+            raise _fail(path, f"{where}.name", f"unknown task {entry.name!r}; expected one of {list(TASK_NAMES)}")
+        try:
+            get_task(entry.name, **entry.params)
+        except (TypeError, ValueError) as e:
+            raise _fail(path, f"{where}.params", f"{_short(entry.params)} rejected by task {entry.name}: {e}") from None
+        for key, value in entry.overrides.items():
+            _check_key(path, f"{where}.overrides[{key!r}]", key)
+            _check_value(path, f"{where}.overrides[{key!r}]", base, key, value)
+    for i, entry in enumerate(spec.tasks):
+        for j, prior in enumerate(spec.tasks[:i]):
+            if (prior.name, prior.params) == (entry.name, entry.params):
+                raise _fail(path, f"tasks[{i}]", f"repeats tasks[{j}] ({entry.name} with the same params)")
+
+
+def spec_json_schema() -> dict[str, Any]:
+    """JSON schema of the sweep spec (what `fpr-sweep schema` prints)."""
+    return SweepSpec.model_json_schema()

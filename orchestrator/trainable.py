@@ -1,0 +1,96 @@
+"""The Ray Tune trainable: a plain function of the Tune config that runs one fpr_core experiment.
+
+The config carries ``cell`` (a grid cell x task x seed, see expand.Cell), ``meta`` (sweep name,
+spec hash, git commit) and, in search sweeps, ``search`` (the sampled values).
+
+Reports, all through ``tune.report`` (the trial may run on another node than the driver):
+  - every ``train.log_every`` steps: ``step`` and ``train/<metric>`` (loss, accuracy, iterations);
+  - every ``train.checkpoint_every`` steps: the training state as a Tune checkpoint, so a retried or
+    resumed trial continues where it stopped;
+  - once at the end: the trial's result rows (``fpr/rows``, JSON), residual curves, and per-split
+    metrics (``acc/<split>``, for Optuna), with a final checkpoint holding the rows, so a restored
+    trial that had already finished re-reports its rows instead of training again.
+A diverged trial ends normally with ``diverged`` rows; an exception propagates so Tune retries it.
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+from orchestrator.expand import Cell, resolve
+from orchestrator.provenance import hostname, package_versions
+from orchestrator.rows import SweepMeta, experiment_rows, residual_curves
+
+STATE_FILE = "train_state.pt"
+ROWS_FILE = "rows.json"
+ROWS_KEY = "fpr/rows"
+CURVES_KEY = "fpr/curves"
+STATUS_KEY = "fpr/status"
+
+
+def _worker_info() -> dict[str, str]:
+    import ray
+
+    try:
+        node_id = ray.get_runtime_context().get_node_id()
+    except Exception:  # outside a Ray worker (never in a sweep)
+        node_id = None
+    return {"hostname": hostname(), "node_id": node_id, "versions": package_versions()}
+
+
+def final_result(rows: list[dict[str, Any]], curves: dict[str, list[float]]) -> dict[str, Any]:
+    """The trial's last report: rows, curves, status, and flat per-split metrics for the searcher."""
+    out: dict[str, Any] = {ROWS_KEY: json.dumps(rows), CURVES_KEY: json.dumps(curves),
+                           STATUS_KEY: rows[0]["status"], "step": rows[0].get("train_steps") or 0}
+    for row in rows:
+        if row["status"] == "ok":
+            out[f"acc/{row['split']}"] = row["exact_acc"]
+            out[f"iters_mean/{row['split']}"] = row["iters_mean"]
+    if rows[0].get("final_loss") is not None:
+        out["train/final_loss"] = rows[0]["final_loss"]
+    return out
+
+
+def _report_final(result: dict[str, Any]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        Path(tmp, ROWS_FILE).write_text(json.dumps({ROWS_KEY: result[ROWS_KEY], CURVES_KEY: result[CURVES_KEY]}))
+        tune.report(result, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+
+def fpr_trainable(config: dict[str, Any]) -> None:
+    """Train and evaluate one trial (see module doc)."""
+    from fpr_core.experiment import ExperimentConfig, run_experiment
+    from fpr_core.train import load_checkpoint, save_checkpoint
+
+    trial = resolve(Cell.from_payload(config["cell"]), config.get("search"))
+    meta = SweepMeta(**config["meta"])
+    resume_state = None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            rows_file, state_file = Path(d, ROWS_FILE), Path(d, STATE_FILE)
+            if rows_file.exists():  # finished before the driver went down: report again, don't retrain
+                saved = json.loads(rows_file.read_text())
+                rows = json.loads(saved[ROWS_KEY])
+                tune.report(final_result(rows, json.loads(saved[CURVES_KEY])))
+                return
+            if state_file.exists():
+                resume_state = load_checkpoint(state_file)
+
+    def on_log(step: int, metrics: dict[str, float]) -> None:
+        tune.report({"step": step, **{f"train/{k}": v for k, v in metrics.items()}})
+
+    def on_checkpoint(step: int, state: dict[str, Any]) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            save_checkpoint(Path(tmp, STATE_FILE), state)
+            tune.report({"step": step}, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+    cfg = ExperimentConfig.from_dict(trial.experiment_config())
+    result = run_experiment(cfg, on_log=on_log, on_checkpoint=on_checkpoint,
+                            resume_state=resume_state, device="auto")
+    rows = experiment_rows(trial, meta, result, _worker_info())
+    _report_final(final_result(rows, residual_curves(result)))
