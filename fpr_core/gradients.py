@@ -1,0 +1,155 @@
+"""Gradient modes through the loop (DESIGN.md, 'Gradient modes'), picked by ``GradConfig.mode``.
+
+Every mode has one signature, ``mode(lm, z0, solver_cfg, grad_cfg, cap) -> (z, trace)``, and runs in
+training only (evaluation is a plain solve). Step budget: ``cap`` bounds the F evaluations of one
+forward; modes that finish with k steps with grad spend at most ``cap - k`` in the no-grad solve.
+
+- ``bptt``: the solver unrolled with grad; memory grows with the iterations (baseline).
+- ``truncated``: no-grad solve, then k plain steps ``z <- F(z)`` with grad (FPRM/TRM/HRM).
+- ``phantom``: no-grad solve, then k damped steps ``z <- l*F(z) + (1-l)*z``, l = phantom_eta, from
+  the detached z* (phantom gradient, Geng et al.; k = 1 is the one-step gradient).
+- ``implicit``: no-grad solve, one F step with grad, and a backward hook that replaces the incoming
+  gradient by the solution of ``g = J^T g + dL/dz*`` (J = dF/dz at z*), found by fixed-point
+  iteration on vector-Jacobian products, at most implicit_iters steps (DEQ, Bai et al.).
+- ``progressive``: the forward is the full unroll (bptt); ``training_loss`` adds Deep Thinking's
+  progressive term: n ~ U{0..cap-1} detached steps, then j ~ U{1..k} steps with grad;
+  loss = (1 - alpha)*full + alpha*progressive (alpha = 1: the full unroll runs without grad).
+
+``segments > 1`` is deep supervision (FPRM/TRM): the forward runs ``segments`` times, each from the
+previous segment's detached state, and the per-segment losses are summed.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from fpr_core.config import GradConfig, SolverConfig
+from fpr_core.registry import Registry
+from fpr_core.solver import LoopTrace, solve
+
+GRAD_MODES: Registry = Registry("grad.mode")
+IMPLICIT_TOL = 1e-5
+"""Stop the implicit backward iteration when ||g_{i+1} - g_i|| / ||g_{i+1}|| falls below this."""
+
+
+def run_loop(lm, z0: torch.Tensor, solver_cfg: SolverConfig, grad_cfg: GradConfig, cap: int, *,
+             training: bool) -> tuple[torch.Tensor, LoopTrace]:
+    """Solve the loop of LoopMap ``lm`` from z0 (B, T, d); in training, gradients follow grad_cfg.mode."""
+    if not training:
+        return solve(lm.f_subset, z0, solver_cfg, cap, train=False)
+    return GRAD_MODES.get(grad_cfg.mode)(lm, z0, solver_cfg, grad_cfg, cap)
+
+
+def _no_grad_solve(lm, z0, solver_cfg, cap):
+    with torch.no_grad():
+        z, trace = solve(lm.f_subset, z0, solver_cfg, cap, train=True)
+    return z.detach(), trace
+
+
+@GRAD_MODES.register("bptt")
+@GRAD_MODES.register("progressive")
+def bptt(lm, z0, solver_cfg, grad_cfg, cap):
+    """Full unroll with grad (the solver is differentiable, per-sample halting included)."""
+    return solve(lm.f_subset, z0, solver_cfg, cap, train=True)
+
+
+@GRAD_MODES.register("truncated")
+def truncated(lm, z0, solver_cfg, grad_cfg, cap):
+    """No-grad solve for at most cap - k steps, then k plain steps with grad."""
+    z, trace = _no_grad_solve(lm, z0, solver_cfg, max(cap - grad_cfg.k, 0))
+    for _ in range(grad_cfg.k):
+        z = lm.f(z)
+    return z, trace.add_steps(grad_cfg.k)
+
+
+@GRAD_MODES.register("phantom")
+def phantom(lm, z0, solver_cfg, grad_cfg, cap):
+    """No-grad solve for at most cap - k steps, then k damped steps with grad from the detached z*."""
+    z, trace = _no_grad_solve(lm, z0, solver_cfg, max(cap - grad_cfg.k, 0))
+    lam = grad_cfg.phantom_eta
+    for _ in range(grad_cfg.k):
+        z = lam * lm.f(z) + (1.0 - lam) * z
+    return z, trace.add_steps(grad_cfg.k)
+
+
+@GRAD_MODES.register("implicit")
+def implicit(lm, z0, solver_cfg, grad_cfg, cap):
+    """No-grad solve, one F step with grad, and an IFT backward hook (see module doc).
+
+    The VJPs use a second graph f0 = F(z0_leaf) rather than the graph being backpropagated
+    (re-entering the running graph from its own hook deadlocks the autograd engine), as in DEQ.
+    """
+    z_star, trace = _no_grad_solve(lm, z0, solver_cfg, max(cap - 1, 0))
+    fz = lm.f(z_star)  # (B, T, d): graph to the parameters and x, not to z_star
+    if fz.requires_grad:
+        z_leaf = z_star.clone().requires_grad_()
+        f0 = lm.f(z_leaf)  # (B, T, d): graph for J^T g
+        fz.register_hook(_implicit_backward(f0, z_leaf, grad_cfg.implicit_iters))
+    return fz, trace.add_steps(1)
+
+
+def _implicit_backward(f0: torch.Tensor, z_leaf: torch.Tensor, iters: int) -> Callable:
+    def hook(grad: torch.Tensor) -> torch.Tensor:
+        g = grad
+        for _ in range(iters):
+            jtg = torch.autograd.grad(f0, z_leaf, g, retain_graph=True)[0]  # J^T g
+            g_next = jtg + grad
+            change = (g_next - g).norm() / g_next.norm().clamp_min(1e-30)
+            g = g_next
+            if change < IMPLICIT_TOL:
+                break
+        return g
+    return hook
+
+
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def training_loss(model, inputs: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
+                  loss_fn: LossFn):
+    """The training loss for every grad mode (incl. progressive) and deep-supervision segments.
+
+    inputs/targets/mask (B, *shape); loss_fn(logits (B, *shape, C), targets, mask) -> scalar.
+    Returns (loss, out) with out the LoopOutput of the last segment. The model must be in training
+    mode; the caller runs backward and the optimizer step.
+    """
+    grad_cfg = model.grad_cfg
+    total, z, out = None, None, None
+    for _ in range(grad_cfg.segments):
+        if grad_cfg.mode == "progressive":
+            loss, out = _progressive_loss(model, inputs, targets, mask, loss_fn, z)
+        else:
+            out = model(inputs, z0=z)
+            loss = loss_fn(out.logits, targets, mask)
+        total = loss if total is None else total + loss
+        z = out.z.detach()
+    return total, out
+
+
+def _progressive_loss(model, inputs, targets, mask, loss_fn, z0):
+    """Deep Thinking's progressive loss mixed with the full-unroll loss by alpha."""
+    grad_cfg, cap = model.grad_cfg, model.default_cap()
+    alpha = grad_cfg.alpha
+    if alpha < 1.0:
+        out = model(inputs, z0=z0)
+        loss = (1.0 - alpha) * loss_fn(out.logits, targets, mask)
+    else:
+        with torch.no_grad():
+            out = model(inputs, z0=z0)
+        loss = None
+    if alpha > 0.0:
+        n = int(torch.randint(0, max(cap, 1), ()).item())
+        j = int(torch.randint(1, grad_cfg.k + 1, ()).item())
+        with model._weights_cached():
+            lm = model.loop_map(inputs)
+            z = lm.z0 if z0 is None else z0
+            with torch.no_grad():
+                for _ in range(n):
+                    z = lm.f(z)
+            z = z.detach()
+            for _ in range(j):
+                z = lm.f(z)
+            prog = alpha * loss_fn(model.readout(z, lm.shape), targets, mask)
+        loss = prog if loss is None else loss + prog
+    return loss, out

@@ -1,0 +1,100 @@
+"""Size-agnostic positional machinery: RoPE (1-D or axial 2-D) and a depthwise conv on the state.
+
+Nothing here is learned per absolute position, so the same weights run on a 16-token sequence and a
+512-token one, on a 9x9 grid and a 33x33 grid. Axial 2-D RoPE rotates half of each head's pairs by
+the row index and half by the column index, so vertical neighbours are one step apart at any width
+(1-D RoPE over a flattened grid puts them `width` steps apart, which changes with size: DESIGN.md).
+FPRM puts a depthwise conv on the state at the start of each loop step (2-D k=3 for sudoku, 1-D
+k=4 for maze and state tracking) and calls it necessary for fixed-point stability.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from fpr_core.registry import Registry
+
+ROPE_BASE = 10000.0
+POSITIONS: Registry = Registry("model.positions")
+
+
+def _inv_freq(n: int, device) -> torch.Tensor:  # (n,)
+    return ROPE_BASE ** (-torch.arange(n, device=device, dtype=torch.float32) / n)
+
+
+@POSITIONS.register("none")
+def no_angles(shape: tuple[int, ...], head_dim: int, device) -> Optional[torch.Tensor]:
+    """No positional signal (works with input re-injection: looped length generalization)."""
+    return None
+
+
+@POSITIONS.register("rope1d")
+def rope1d_angles(shape: tuple[int, ...], head_dim: int, device) -> torch.Tensor:
+    """Angles (T, head_dim/2) for 1-D RoPE over the flattened token order."""
+    if head_dim % 2:
+        raise ValueError(f"model.positions=rope1d: head_dim={head_dim}, expected an even number")
+    n_tokens = 1
+    for s in shape:
+        n_tokens *= s
+    pos = torch.arange(n_tokens, device=device, dtype=torch.float32)
+    return pos[:, None] * _inv_freq(head_dim // 2, device)[None, :]
+
+
+@POSITIONS.register("rope2d")
+def rope2d_angles(shape: tuple[int, ...], head_dim: int, device) -> torch.Tensor:
+    """Angles (H*W, head_dim/2): first half of the pairs rotate by row, second half by column."""
+    if len(shape) != 2:
+        raise ValueError(f"model.positions=rope2d: needs grid inputs (B, H, W), got token shape {shape}")
+    if head_dim % 4:
+        raise ValueError(f"model.positions=rope2d: head_dim={head_dim}, expected a multiple of 4")
+    h, w = shape
+    rows = torch.arange(h, device=device, dtype=torch.float32).repeat_interleave(w)  # (H*W,)
+    cols = torch.arange(w, device=device, dtype=torch.float32).repeat(h)             # (H*W,)
+    inv = _inv_freq(head_dim // 4, device)
+    return torch.cat([rows[:, None] * inv, cols[:, None] * inv], dim=-1)
+
+
+def rope_tables(name: str, shape: tuple[int, ...], head_dim: int, device):
+    """(cos, sin) each (T, head_dim) for ``apply_rope``, or None for positions='none'."""
+    angles = POSITIONS.get(name)(shape, head_dim, device)
+    if angles is None:
+        return None
+    angles = torch.cat([angles, angles], dim=-1)  # (T, head_dim): pair i with i + head_dim/2
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, tables) -> torch.Tensor:
+    """Rotate q or k (B, h, T, hd) by the angle tables (rotate-half convention)."""
+    if tables is None:
+        return x
+    cos, sin = tables
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos.to(x.dtype) + rotated * sin.to(x.dtype)
+
+
+class DepthwiseConv(nn.Module):
+    """z <- z + dwconv(z): a residual depthwise conv over tokens ('1d') or the grid ('2d') (FPRM).
+
+    'same' padding keeps the token count at any size; even kernels (FPRM's k=4) pad asymmetrically.
+    """
+
+    def __init__(self, kind: str, dim: int, kernel: int, init_std: float) -> None:
+        super().__init__()
+        if kind not in ("1d", "2d"):
+            raise ValueError(f"model.conv: got {kind!r}, expected '1d' or '2d'")
+        conv_cls = nn.Conv1d if kind == "1d" else nn.Conv2d
+        self.kind = kind
+        self.conv = conv_cls(dim, dim, kernel, padding="same", groups=dim, bias=False)
+        nn.init.normal_(self.conv.weight, std=init_std)
+
+    def forward(self, z: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:  # (B, T, d)
+        b, t, d = z.shape
+        if self.kind == "2d":
+            if len(shape) != 2:
+                raise ValueError(f"model.conv=2d: needs grid inputs (B, H, W), got token shape {shape}")
+            grid = z.transpose(1, 2).reshape(b, d, *shape)          # (B, d, H, W)
+            return z + self.conv(grid).reshape(b, d, t).transpose(1, 2)
+        return z + self.conv(z.transpose(1, 2)).transpose(1, 2)    # (B, T, d)

@@ -1,0 +1,191 @@
+"""Fixed-point solvers with per-sample halting (FPRM's damped iteration; Anderson acceleration).
+
+Interface (one signature for every solver, picked by ``SolverConfig.name`` from ``SOLVERS``)::
+
+    z_star, trace = solve(f, z0, cfg, cap, train=True|False)
+
+``f(z_active, idx_active) -> F(z_active)``: z_active (A, T, d) holds the rows ``idx_active`` (A,)
+long of the batch; f must return F on exactly those samples (``LoopMap.f_subset`` does this by
+indexing the embedding x with idx). With ``cfg.per_sample`` converged samples leave the active
+batch, so F is never computed on finished samples and compute follows difficulty; with
+``per_sample=False`` every sample is updated until the slowest one halts (FPRM's batch halting).
+
+Per step on the active rows: ``r = max|z - F(z)| / max|F(z)|`` per sample (the max over tokens of
+the per-token inf-norm, over the sample's inf-norm of F(z)); then the update (damped:
+``z <- eta*F(z) + (1-eta)*z`` with a per-sample eta); if r has not improved for ``patience`` steps
+and r >= tol, ``eta <- gamma*eta`` (gamma = decay_train or decay_eval). A sample halts when
+r < tol (converged), eta < min_eta, or a period-2 cycle is seen (``max|z_{t+1} - z_{t-1}|`` /
+``max|z_{t+1}|`` < tol while r >= tol: flagged ``cycled``, Knutson et al. 2026), or at the cap.
+The solver is autograd-agnostic: with grad enabled the unroll is differentiable (BPTT), under
+``torch.no_grad`` it keeps no graph. Halting statistics are always computed without grad.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from fpr_core.config import SolverConfig
+from fpr_core.registry import Registry
+
+SubsetMap = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+SOLVERS: Registry = Registry("solver.name")
+_TINY = 1e-12
+
+
+@dataclass
+class LoopTrace:
+    """Per-sample halting record of one solve; every tensor lives on the model's device."""
+
+    iterations: torch.Tensor
+    """(B,) long: evaluations of F applied to each sample."""
+    residual: torch.Tensor
+    """(B,) float: the last residual r measured for each sample (inf if never measured)."""
+    converged: torch.Tensor
+    """(B,) bool: r < tol at the sample's last step."""
+    cycled: torch.Tensor
+    """(B,) bool: a period-2 cycle was detected for the sample."""
+    residual_curve: torch.Tensor
+    """(T_steps,) float: mean residual over the samples active at each step (for plots)."""
+
+    def add_steps(self, k: int) -> "LoopTrace":
+        """The same trace with k more F evaluations per sample (steps taken after the solve)."""
+        return LoopTrace(self.iterations + k, self.residual, self.converged, self.cycled,
+                         self.residual_curve)
+
+
+def residual(z: torch.Tensor, fz: torch.Tensor) -> torch.Tensor:
+    """(A,) FPRM's relative residual ``max_tokens ||z - F(z)||_inf / ||F(z)||_inf`` per sample."""
+    num = (z - fz).abs().flatten(1).amax(1)
+    den = fz.abs().flatten(1).amax(1)
+    return num / den.clamp_min(_TINY)
+
+
+@SOLVERS.register("damped")
+class DampedIteration:
+    """``z <- eta*F(z) + (1-eta)*z`` with per-sample eta (eta = 1: plain iteration)."""
+
+    def __init__(self, cfg: SolverConfig, z0: torch.Tensor) -> None:
+        pass
+
+    def update(self, z, fz, idx, eta, batch):  # (A, T, d) each; eta (A,)
+        e = eta.view(-1, 1, 1).to(z.dtype)
+        return e * fz + (1.0 - e) * z
+
+
+@SOLVERS.register("anderson")
+class Anderson:
+    """Anderson acceleration with history m: mix the last n<=m (z, F(z)) pairs with weights alpha,
+    sum(alpha) = 1, minimising ||sum alpha_i (F_i - z_i)||; then damp by eta:
+    ``z <- eta*sum alpha F_i + (1-eta)*sum alpha z_i``. alpha is solved without grad; the mix keeps
+    the graph of the history, so BPTT through Anderson works. Rows of finished samples stay in the
+    stored history (full-batch tensors) and are simply never read again."""
+
+    LAM = 1e-6  # ridge on the normal equations, relative to their mean diagonal
+
+    def __init__(self, cfg: SolverConfig, z0: torch.Tensor) -> None:
+        self.m = cfg.anderson_m
+        self.zs: list[torch.Tensor] = []
+        self.fs: list[torch.Tensor] = []
+
+    def _store(self, hist: list, rows: torch.Tensor, idx, batch: int) -> None:
+        if rows.shape[0] != batch:
+            rows = rows.new_zeros((batch,) + rows.shape[1:]).index_copy(0, idx, rows)
+        hist.append(rows)
+        del hist[:-self.m]
+
+    def update(self, z, fz, idx, eta, batch):
+        self._store(self.zs, z, idx, batch)
+        self._store(self.fs, fz, idx, batch)
+        full = z.shape[0] == batch
+        zs = torch.stack([h if full else h[idx] for h in self.zs], 1)  # (A, n, T, d)
+        fs = torch.stack([h if full else h[idx] for h in self.fs], 1)  # (A, n, T, d)
+        alpha = self._weights((fs - zs).detach()).to(z.dtype)           # (A, n)
+        mix_f = torch.einsum("an,an...->a...", alpha, fs)
+        mix_z = torch.einsum("an,an...->a...", alpha, zs)
+        e = eta.view(-1, 1, 1).to(z.dtype)
+        return e * mix_f + (1.0 - e) * mix_z
+
+    def _weights(self, g: torch.Tensor) -> torch.Tensor:  # g (A, n, T, d) -> alpha (A, n)
+        g = g.flatten(2).double()
+        gram = g @ g.transpose(1, 2)                                     # (A, n, n)
+        n = gram.shape[-1]
+        scale = gram.diagonal(dim1=1, dim2=2).mean(-1).clamp_min(_TINY)  # (A,)
+        eye = torch.eye(n, dtype=gram.dtype, device=gram.device)
+        gram = gram + self.LAM * scale.view(-1, 1, 1) * eye
+        ones = torch.ones(gram.shape[0], n, 1, dtype=gram.dtype, device=gram.device)
+        w = torch.linalg.solve(gram, ones).squeeze(-1)                  # (A, n)
+        return w / w.sum(-1, keepdim=True)
+
+
+class _HaltState:
+    """Per-sample solver bookkeeping, all (B,) tensors on the device of z0."""
+
+    def __init__(self, b: int, cfg: SolverConfig, device) -> None:
+        self.eta = torch.full((b,), float(cfg.eta), device=device)
+        self.best = torch.full((b,), float("inf"), device=device)
+        self.stall = torch.zeros(b, dtype=torch.long, device=device)
+        self.iterations = torch.zeros(b, dtype=torch.long, device=device)
+        self.residual = torch.full((b,), float("inf"), device=device)
+        self.converged = torch.zeros(b, dtype=torch.bool, device=device)
+        self.cycled = torch.zeros(b, dtype=torch.bool, device=device)
+        self.halted = torch.zeros(b, dtype=torch.bool, device=device)
+
+    def record(self, idx, r, cyc, cfg: SolverConfig, gamma: float) -> None:
+        """Update the rows idx after one step with residual r (A,) and cycle flags cyc (A,)."""
+        self.iterations[idx] += 1
+        self.residual[idx] = r
+        improved = r < self.best[idx]
+        self.best[idx] = torch.minimum(self.best[idx], r)
+        stall = torch.where(improved, 0, self.stall[idx] + 1)
+        decay = (stall >= cfg.patience) & (r >= cfg.tol)
+        self.eta[idx] = torch.where(decay, self.eta[idx] * gamma, self.eta[idx])
+        self.stall[idx] = torch.where(decay, 0, stall)
+        conv = r < cfg.tol
+        self.converged[idx] = conv
+        self.cycled[idx] |= cyc
+        self.halted[idx] |= conv | cyc | (self.eta[idx] < cfg.min_eta)
+
+
+def _two_step_change(z_new: torch.Tensor, z_prev: torch.Tensor) -> torch.Tensor:
+    """(A,) max|z_{t+1} - z_{t-1}| / max|z_{t+1}|."""
+    return residual(z_prev, z_new)
+
+
+def solve(f: SubsetMap, z0: torch.Tensor, cfg: SolverConfig, cap: int, *, train: bool
+          ) -> tuple[torch.Tensor, LoopTrace]:
+    """Iterate z <- update(z, F(z)) from z0 (B, T, d) for at most ``cap`` steps; see module doc.
+
+    Returns z_star (B, T, d) (after the last applied update of each sample) and its LoopTrace.
+    """
+    b = z0.shape[0]
+    rule = SOLVERS.get(cfg.name)(cfg, z0)
+    state = _HaltState(b, cfg, z0.device)
+    gamma = cfg.decay_train if train else cfg.decay_eval
+    all_idx = torch.arange(b, device=z0.device)
+    z, prev = z0, None  # prev: (B, T, d) detached state one step back, for cycle detection
+    curve: list[torch.Tensor] = []
+    for _ in range(cap):
+        active = ~state.halted
+        if not bool(active.any()):
+            break
+        idx = active.nonzero().squeeze(1) if cfg.per_sample else all_idx
+        full = idx.numel() == b
+        z_act = z if full else z[idx]
+        fz = f(z_act, idx)
+        z_new = rule.update(z_act, fz, idx, state.eta[idx], b)
+        with torch.no_grad():
+            r = residual(z_act, fz).float()
+            cyc = torch.zeros_like(r, dtype=torch.bool)
+            if cfg.detect_cycles and prev is not None:
+                cyc = (_two_step_change(z_new, prev if full else prev[idx]) < cfg.tol) & (r >= cfg.tol)
+            state.record(idx, r, cyc, cfg, gamma)
+            curve.append(r.mean())
+            if cfg.detect_cycles:
+                z_det = z_act.detach()
+                prev = z_det if full else (prev if prev is not None else z.detach()).index_copy(0, idx, z_det)
+        z = z_new if full else z.index_copy(0, idx, z_new)
+    residual_curve = torch.stack(curve) if curve else z0.new_zeros(0, dtype=torch.float32)
+    trace = LoopTrace(state.iterations, state.residual, state.converged, state.cycled, residual_curve)
+    return z, trace
