@@ -96,10 +96,94 @@ def bench_mazes(smoke: bool) -> list[Row]:
     return rows
 
 
+def _unique_fraction(puzzles: list[list[int]]) -> float:
+    """Fraction of 81-cell puzzles (0 = blank) with exactly one solution, by our bitmask counter."""
+    import numpy as np
+    from fpr_core.tasks.sudoku import count_solutions
+    scratch = np.zeros(81, np.int64)
+    counts = [count_solutions(np.asarray(p, np.int64), 2, scratch)[0] for p in puzzles]
+    return sum(c == 1 for c in counts) / len(counts)
+
+
+def _peer_sudoku_py(blanks: int, n: int, out: list) -> Callable[[], object]:
+    """py-sudoku: n puzzles with `blanks` random cells blanked (no uniqueness guarantee)."""
+    from sudoku import Sudoku as PySudoku
+
+    def run():
+        out.clear()
+        for i in range(n):
+            puzzle = PySudoku(3, seed=i).difficulty((blanks + 0.5) / 81)
+            out.append([cell or 0 for row in puzzle.board for cell in row])
+    return run
+
+
+def _peer_sudoku_rg(blanks: int, n: int, out: list) -> Callable[[], object]:
+    """reasoning-gym: n puzzles, clues removed while unique, stopping at `blanks` (or short)."""
+    from reasoning_gym.games.sudoku import SudokuConfig, SudokuDataset
+    config = SudokuConfig(min_empty=blanks, max_empty=blanks, seed=0, size=n)
+
+    def run():
+        out.clear()
+        dataset = SudokuDataset(config)
+        for i in range(n):
+            out.append([cell for row in dataset[i]["metadata"]["puzzle"] for cell in row])
+    return run
+
+
+def bench_sudoku(smoke: bool) -> list[Row]:
+    """Ours vs py-sudoku and reasoning-gym on equal work: n puzzles with the same blank count.
+
+    Ours always returns unique puzzles with exactly `blanks` blanks; the note lines give the
+    fraction of each peer's puzzles that are unique (our counter) and that reach the blank count.
+    """
+    task = get_task("sudoku")
+    plan = [(40, 8)] if smoke else [(40, 100), (54, 100), (58, 50)]
+    for size, _ in plan:
+        task.generate(1, size, seed=0)  # compile the numba kernels outside the timing
+    rows = time_task("sudoku", plan, 1 if smoke else 3)
+    peers = [("py-sudoku", "sudoku", _peer_sudoku_py), ("reasoning-gym", "reasoning_gym",
+                                                         _peer_sudoku_rg)]
+    out_rows = []
+    for row in rows:
+        compared = []
+        for peer, module, make in peers:
+            try:
+                __import__(module)
+            except ImportError:
+                print(f"{peer} not installed: skipping it (.venv/bin/pip install {peer})")
+                continue
+            puzzles: list = []
+            seconds = best_time(make(row["size"], row["n"], puzzles), 1)
+            unique = _unique_fraction(puzzles)
+            at_size = sum(p.count(0) == row["size"] for p in puzzles) / len(puzzles)
+            per_unique = (f"time per unique puzzle {seconds / unique / row['ours_s']:.4g}x ours"
+                          if unique else "no unique puzzle at all")
+            print(f"sudoku {row['size']} blanks, {peer}: unique {unique:.0%}, exactly "
+                  f"{row['size']} blanks {at_size:.0%} (ours: 100%, 100%); {per_unique}")
+            compared.append({**row, "peer": peer, "peer_s": seconds,
+                             "peer/ours": seconds / row["ours_s"]})
+        out_rows += compared or [row]
+    return out_rows
+
+
+def bench_chess(smoke: bool) -> list[Row]:
+    """Mate puzzles per second: `generate` (process pool over the cores) and one process alone."""
+    from fpr_core.tasks.chess import _generate_chunk
+    plan = [(1, 8), (2, 2)] if smoke else [(1, 256), (2, 32)]
+    rows = time_task("chess", plan, 1)
+    for size, n in plan:
+        seconds = best_time(lambda: _generate_chunk(n, size, (0, size, 0)), 1)
+        rows.append({"task": "chess[1 process]", "size": size, "n": n, "ours_s": seconds,
+                     "per_s": n / seconds})
+    return rows
+
+
 BENCHES: dict[str, Callable[[bool], list[Row]]] = {
     "prefix_sums": bench_prefix_sums,
     "mazes": bench_mazes,
     "state_tracking": bench_state_tracking,
+    "sudoku": bench_sudoku,
+    "chess": bench_chess,
 }
 """Task name -> benchmark function(smoke) returning rows; other task families append theirs."""
 
