@@ -138,9 +138,21 @@ class LoopedModel(nn.Module):
                                  SPECTRAL_WARMUP_ITERS)
             parametrize.register_parametrization(lin, "weight", _ScaleBy(sigma))
 
+    @contextlib.contextmanager
     def _weights_cached(self):
-        """Compute parametrized weights once per forward (spectral_norm otherwise reruns per step)."""
-        return parametrize.cached() if self.model_cfg.spectral is not None else contextlib.nullcontext()
+        """Compute parametrized weights once per forward (spectral_norm otherwise reruns per step).
+
+        The cache is filled with grad enabled up front: a first access inside the no-grad solve
+        would otherwise cache a weight without graph and silently cut the gradient to it.
+        """
+        if self.model_cfg.spectral is None:
+            yield
+            return
+        with parametrize.cached():
+            with torch.set_grad_enabled(torch.is_grad_enabled() or self.training):
+                for lin in self.loop_linears():
+                    lin.weight
+            yield
 
     # ----- the loop map -------------------------------------------------------------------
     def token_shape(self, inputs: torch.Tensor) -> tuple[int, ...]:
