@@ -1,0 +1,176 @@
+"""One trial end to end, without Ray or MLflow: data -> model -> train -> evaluate every split.
+
+The orchestrator's trainable is a thin wrapper around ``run_experiment``: it passes callbacks for
+metrics and checkpoints and turns an ``ExperimentResult`` into result rows.
+
+Seeds: ``ExperimentConfig.seed`` is the trial seed. It generates the data (``make_splits``) and,
+mixed with ``train.seed`` as ``seed * 1_000_003 + train.seed``, the model init, the batch order and
+the global torch RNG of training, so trials with different seeds differ in data and init while
+``train.seed`` alone re-rolls init and batches over the same data.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from fpr_core.config import (ConfigError, EvalConfig, GradConfig, ModelConfig, SolverConfig,
+                             TrainConfig, _from_dict)
+from fpr_core.device import select_device
+from fpr_core.evaluate import evaluate_split, scaled_eval_cap
+from fpr_core.train import CheckpointFn, LogFn, TrainResult, train
+
+SEED_STRIDE = 1_000_003
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """Which task, its parameters, and the sizes to train and evaluate at."""
+
+    name: str = "prefix_sums"
+    """Registered task name (fpr_core.tasks.TASK_NAMES)."""
+    params: dict = field(default_factory=dict)
+    """Task parameters, e.g. {"group": "S5"} for state tracking."""
+    train_size: Optional[int] = None
+    """Size knob of the training and 'id' splits; None = the task's default_train_size."""
+    ood_sizes: Optional[tuple[int, ...]] = None
+    """Sizes of the 'ood_<size>' splits; None = the task's default_ood_sizes; () = none."""
+
+    def validate(self, where: str = "task") -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ConfigError(f"{where}.name: got {self.name!r}, expected a registered task name")
+        if not isinstance(self.params, dict):
+            raise ConfigError(f"{where}.params: got {self.params!r}, expected a mapping")
+        if self.train_size is not None and int(self.train_size) < 1:
+            raise ConfigError(f"{where}.train_size: got {self.train_size}, expected an integer >= 1")
+        for size in self.ood_sizes or ():
+            if int(size) < 1:
+                raise ConfigError(f"{where}.ood_sizes: got {self.ood_sizes}, expected integers >= 1")
+
+    @classmethod
+    def from_dict(cls, data: dict | None, where: str = "task") -> "TaskSpec":
+        data = dict(data or {})
+        if data.get("ood_sizes") is not None:
+            data["ood_sizes"] = tuple(int(s) for s in data["ood_sizes"])
+        return _from_dict(cls, data, where)
+
+
+_SECTIONS = {"task": TaskSpec, "model": ModelConfig, "solver": SolverConfig, "grad": GradConfig,
+             "train": TrainConfig, "eval": EvalConfig}
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """Everything that defines one trial."""
+
+    task: TaskSpec = field(default_factory=TaskSpec)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    solver: SolverConfig = field(default_factory=SolverConfig)
+    grad: GradConfig = field(default_factory=GradConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    seed: int = 0
+    """Trial seed (data; mixed with train.seed for init and batches; see module doc)."""
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> "ExperimentConfig":
+        """Strict: unknown sections or fields raise ConfigError naming them."""
+        data = dict(data or {})
+        unknown = sorted(set(data) - set(_SECTIONS) - {"seed"})
+        if unknown:
+            raise ConfigError(f"experiment: unknown section(s) {unknown}; expected some of "
+                              f"{sorted(_SECTIONS) + ['seed']}")
+        sections = {name: cls_.from_dict(data.get(name), name) for name, cls_ in _SECTIONS.items()}
+        seed = data.get("seed", 0)
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise ConfigError(f"seed: got {seed!r}, expected an integer")
+        return cls(**sections, seed=seed)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict that ``from_dict`` reads back to an equal config."""
+        out = dataclasses.asdict(self)
+        if out["task"]["ood_sizes"] is not None:
+            out["task"]["ood_sizes"] = list(out["task"]["ood_sizes"])
+        return out
+
+
+@dataclass
+class SplitResult:
+    """Evaluation of one split: one row of the results table."""
+
+    split: str
+    """'id' or 'ood_<size>'."""
+    size: int
+    metrics: dict[str, float]
+    """evaluate.METRIC_KEYS."""
+    instance_iters: np.ndarray
+    instance_difficulty: np.ndarray
+    instance_correct: np.ndarray
+    residual_curve: np.ndarray
+
+
+@dataclass
+class ExperimentResult:
+    """Training outcome and one SplitResult per eval split (empty unless training ended ok)."""
+
+    train: TrainResult
+    splits: list[SplitResult]
+    model_cfg_resolved: ModelConfig
+    """The model config with vocab_size / n_classes filled in from the task."""
+    train_size: int
+    difficulty_key: str
+    device: str
+
+
+def training_seed(cfg: ExperimentConfig) -> int:
+    """Seed of model init, batch order and training RNG (see module doc)."""
+    return cfg.seed * SEED_STRIDE + cfg.train.seed
+
+
+def _eval_order(name: str, size: int) -> tuple[int, int]:
+    return (0 if name == "id" else 1, size)
+
+
+def run_experiment(cfg: ExperimentConfig, *, cache_dir: str | os.PathLike | None | bool = None,
+                   on_log: Optional[LogFn] = None, on_checkpoint: Optional[CheckpointFn] = None,
+                   resume_state: Optional[dict] = None, should_stop=None,
+                   device: str | torch.device = "auto") -> ExperimentResult:
+    """Build the splits, train, and evaluate 'id' and every 'ood_<size>' split.
+
+    device: 'auto' defers to ``cfg.train.device`` (itself 'auto' = CUDA if available). The eval
+    cap of each split follows ``evaluate.scaled_eval_cap``. If training does not end 'ok'
+    (diverged or stopped) nothing is evaluated and ``splits`` is empty.
+    """
+    from fpr_core.model import LoopedModel
+    from fpr_core.tasks import get_task, make_splits
+
+    task = get_task(cfg.task.name, **cfg.task.params)
+    train_size = task.default_train_size if cfg.task.train_size is None else int(cfg.task.train_size)
+    ood_sizes = task.default_ood_sizes if cfg.task.ood_sizes is None else cfg.task.ood_sizes
+    splits = make_splits(task, train_size=train_size, ood_sizes=tuple(ood_sizes),
+                         n_train=cfg.train.n_train, n_eval=cfg.eval.n_eval, seed=cfg.seed,
+                         cache_dir=cache_dir)
+    dev = select_device(cfg.train.device if device == "auto" else device)
+    model_cfg = dataclasses.replace(cfg.model, vocab_size=task.vocab_size, n_classes=task.n_classes)
+    seed = training_seed(cfg)
+    torch.manual_seed(seed)
+    train_tokens = math.prod(splits["train"].inputs.shape[1:])
+    model = LoopedModel(model_cfg, cfg.solver, cfg.grad, grid=task.grid, train_tokens=train_tokens).to(dev)
+    train_cfg = dataclasses.replace(cfg.train, seed=seed)
+    result = train(model, task, splits["train"], train_cfg, on_log=on_log, on_checkpoint=on_checkpoint,
+                   resume_state=resume_state, should_stop=should_stop)
+    evaluated: list[SplitResult] = []
+    if result.status == "ok":
+        names = sorted((n for n in splits if n != "train"), key=lambda n: _eval_order(n, splits[n].size))
+        for name in names:
+            data = splits[name]
+            cap = scaled_eval_cap(cfg.solver, data.size, train_size)
+            ev = evaluate_split(result.eval_model, task, data, cap=cap, cfg=cfg.eval, device=dev, seed=cfg.seed)
+            evaluated.append(SplitResult(name, int(data.size), ev.metrics, ev.instance_iters,
+                                         ev.instance_difficulty, ev.instance_correct, ev.residual_curve))
+    return ExperimentResult(result, evaluated, model_cfg, train_size, task.difficulty_key, str(dev))
