@@ -27,11 +27,10 @@ def data(task):
     return task.generate(256, SIZE, seed=1)
 
 
-def tiny_model(seed=0, **model_kw):
+def tiny_model(seed=0, grad=GradConfig(mode="truncated", k=2), **model_kw):
     torch.manual_seed(seed)
     cfg = ModelConfig(dim=16, heads=2, **model_kw)
-    return LoopedModel(cfg, SolverConfig(train_cap=6, eval_cap=12), GradConfig(mode="truncated", k=2),
-                       grid=False, train_tokens=SIZE)
+    return LoopedModel(cfg, SolverConfig(train_cap=6, eval_cap=12), grad, grid=False, train_tokens=SIZE)
 
 
 def tiny_train_cfg(**kw):
@@ -128,15 +127,20 @@ def test_same_seed_same_loss_history(task, data):
     assert a.losses != c.losses
 
 
-def test_checkpoint_resume_is_exact(task, data, tmp_path):
+@pytest.mark.parametrize("grad, model_kw", [
+    (GradConfig(mode="truncated", k=2), {}),
+    # progressive draws its prefix lengths from the global torch RNG; spectral_norm adds buffers
+    (GradConfig(mode="progressive", k=2), {"spectral": 0.8}),
+])
+def test_checkpoint_resume_is_exact(task, data, tmp_path, grad, model_kw):
     cfg = tiny_train_cfg(ema=0.9)
     states = {}
-    full_model = tiny_model()
+    full_model = tiny_model(grad=grad, **model_kw)
     full = train(full_model, task, data, cfg, on_checkpoint=lambda step, s: states.setdefault(step, s))
     assert sorted(states) == [6, 12]
     save_checkpoint(tmp_path / "ckpt.pt", states[6])
     state = load_checkpoint(tmp_path / "ckpt.pt")  # weights_only=True round trip
-    resumed_model = tiny_model(seed=123)  # different init: everything must come from the state
+    resumed_model = tiny_model(seed=123, grad=grad, **model_kw)  # everything must come from the state
     resumed = train(resumed_model, task, data, cfg, resume_state=state)
     assert resumed.status == "ok" and resumed.steps == 12
     assert resumed.losses == full.losses
