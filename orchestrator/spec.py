@@ -331,7 +331,7 @@ def format_validation_error(path: Path, err: ValidationError) -> str:
     lines = []
     for item in err.errors(include_url=False):
         loc = _loc_path(item["loc"])
-        msg = item["msg"]
+        msg = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             msg = "unknown key (not allowed here; check the spelling against `fpr-sweep schema`)"
         got = item.get("input")
@@ -347,8 +347,10 @@ def _loc_path(loc: tuple) -> str:
             out += f"[{part}]"
         elif part in ("loguniform", "uniform", "int", "categorical") and out.count(".") >= 2:
             continue  # discriminated-union tag pydantic inserts into the path
+        elif "." in str(part):  # a dotted config field used as a key: axes['model.recall']
+            out += f"[{part!r}]"
         else:
-            out += ("." if out else "") + (str(part) if "." not in str(part) else f"[{part!r}]")
+            out += ("." if out else "") + str(part)
     return out or "(top level)"
 
 
@@ -454,8 +456,8 @@ def _check_tasks(spec: SweepSpec, path: Path, base: dict) -> None:
             _check_value(path, f"{where}.overrides[{key!r}]", base, key, value)
     for i, entry in enumerate(spec.tasks):
         for j, prior in enumerate(spec.tasks[:i]):
-            if (prior.name, prior.params) == (entry.name, entry.params):
-                raise _fail(path, f"tasks[{i}]", f"repeats tasks[{j}] ({entry.name} with the same params)")
+            if prior == entry:
+                raise _fail(path, f"tasks[{i}]", f"repeats tasks[{j}] ({entry.name}); expected distinct task entries")
 
 
 def spec_json_schema() -> dict[str, Any]:

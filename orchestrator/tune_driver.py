@@ -124,11 +124,16 @@ def trial_of_config(config: dict[str, Any]) -> Trial:
 
 def _error_text(tune_trial: Any) -> str:
     """The last line of a failed trial's error (the exception's type and message)."""
-    try:
-        err = tune_trial.get_error()
-    except Exception:  # unreadable error file: still mark the trial failed
-        err = None
-    text = str(err) if err is not None else "trial failed (no error recorded)"
+    text = ""
+    local = tune_trial.error_file  # the driver's staging copy, written before callbacks run
+    if local and Path(local).exists():
+        text = Path(local).read_text()
+    if not text.strip():
+        try:
+            text = str(tune_trial.get_error() or "")  # from the storage path (e.g. after a restore)
+        except Exception:  # unreadable error file: still mark the trial failed
+            text = ""
+    text = text or "trial failed (no error recorded)"
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     return lines[-1] if lines else text
 
@@ -289,8 +294,27 @@ def _scheduler(spec: SweepSpec, cells: list[Cell]) -> Any:
     from ray.tune.schedulers import ASHAScheduler
 
     max_t = s.max_t or max(int(c.sections["train"]["steps"]) for c in cells)
+    # stop_last_trials=False: a trial reaching max_t has finished training and must still evaluate.
     return ASHAScheduler(time_attr="step", metric=s.metric, mode=s.mode, max_t=max_t,
-                         grace_period=min(s.grace_period, max_t), reduction_factor=s.reduction_factor)
+                         grace_period=min(s.grace_period, max_t), reduction_factor=s.reduction_factor,
+                         stop_last_trials=False)
+
+
+def _optuna_search(metric: str, mode: str, seed: int) -> Any:
+    """Tune's OptunaSearch, told only final results: our intermediate reports carry training
+    metrics, the search metric (e.g. acc/ood_64) arrives once at the end. ASHA-stopped trials
+    never report it and reach Optuna as PRUNED, so their early values do not bias TPE."""
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+    class FinalResultOptunaSearch(OptunaSearch):
+        def on_trial_result(self, trial_id: str, result: dict) -> None:
+            if self.metric in result:
+                super().on_trial_result(trial_id, result)
+
+    return FinalResultOptunaSearch(metric=metric, mode=mode, seed=seed)
 
 
 @dataclass
@@ -320,12 +344,9 @@ def _tuner(spec: SweepSpec, study: Study, storage: str, meta: SweepMeta, max_con
     if spec.search is None:
         param_space = {"cell": tune.grid_search([c.payload() for c in study.cells]), "meta": meta.as_dict()}
     else:
-        from ray.tune.search.optuna import OptunaSearch
-
         param_space = {"cell": study.cells[0].payload(), "meta": meta.as_dict(),
                        "search": {k: _search_domain(d) for k, d in spec.search.space.items()}}
-        search_alg = OptunaSearch(metric=spec.search.metric, mode=spec.search.mode,
-                                  seed=study.cells[0].seed)
+        search_alg = _optuna_search(spec.search.metric, spec.search.mode, study.cells[0].seed)
     tune_config = tune.TuneConfig(num_samples=study.samples, search_alg=search_alg,
                                   scheduler=_scheduler(spec, study.cells),
                                   max_concurrent_trials=max_concurrent, reuse_actors=True,

@@ -1,0 +1,98 @@
+"""Expansion: trial counts, stable trial ids, precedence of overrides, smoke budgets, search values."""
+from __future__ import annotations
+
+import re
+
+import pytest
+from typer.testing import CliRunner
+
+from orchestrator.cli import app
+from orchestrator.expand import expand, resolve, trial_count
+from orchestrator.spec import load_spec
+
+from conftest import write_spec
+
+runner = CliRunner()
+TASKS = [{"name": "prefix_sums", "train_size": 8, "ood_sizes": [16, 32]},
+         {"name": "prefix_sums", "params": {}, "train_size": 12, "ood_sizes": [24]}]
+
+
+@pytest.mark.parametrize("axes,seeds,samples", [({}, [0], None), ({"model.recall": ["none", "standard"]}, [0, 1, 2], None),
+                                                ({"model.recall": ["none", "internal"], "model.outer_norm": ["none", "rms", "layer"]}, [3], 4)])
+def test_dry_run_counts_match_grid_tasks_seeds_samples(spec_dir, axes, seeds, samples):
+    # two entries of the same task family need distinct params; use one task entry per family here
+    tasks = TASKS[:1]
+    spec = {"name": "count", "tasks": tasks, "axes": axes, "seeds": seeds}
+    if samples:
+        spec["search"] = {"num_samples": samples, "space": {"train.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}}}
+    path = write_spec(spec_dir, **spec)
+    n_grid = 1
+    for values in axes.values():
+        n_grid *= len(values)
+    expected = n_grid * len(tasks) * len(seeds) * (samples or 1)
+    result = runner.invoke(app, ["run", str(path), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert re.search(rf"= {expected} trials", result.output), result.output
+    assert trial_count(load_spec(path), expand(load_spec(path))) == expected
+
+
+def test_trial_ids_are_stable_and_ignore_spelling(spec_dir):
+    a = write_spec(spec_dir, name="a", tasks=TASKS[:1], axes={"model.recall": ["none", "standard"]})
+    # same trials, spelled with an explicit default and a different name/description
+    b = write_spec(spec_dir, name="b", description="x", tasks=TASKS[:1],
+                   axes={"model.recall": ["none", "standard"]},
+                   base={**__import__("conftest").TINY_BASE, "eval": {**__import__("conftest").TINY_BASE["eval"],
+                                                                       "batch_size": 64}})
+    ids_a = [c.cell_id for c in expand(load_spec(a))]
+    ids_b = [c.cell_id for c in expand(load_spec(b))]
+    assert ids_a == ids_b and len(set(ids_a)) == 2
+    assert ids_a == [c.cell_id for c in expand(load_spec(a))]  # deterministic across calls
+
+
+def test_seed_and_task_change_the_id(spec_dir):
+    path = write_spec(spec_dir, name="s", tasks=TASKS[:1], seeds=[0, 1])
+    c0, c1 = expand(load_spec(path))
+    assert c0.cell_id != c1.cell_id and (c0.seed, c1.seed) == (0, 1)
+
+
+def test_precedence_base_override_axis(spec_dir):
+    path = write_spec(spec_dir, name="p", tasks=[dict(TASKS[0], overrides={"solver.eval_cap": 20})],
+                      axes={"train.steps": [3, 4]})
+    cells = expand(load_spec(path))
+    assert [c.sections["train"]["steps"] for c in cells] == [3, 4]
+    assert all(c.sections["solver"]["eval_cap"] == 20 for c in cells)
+    assert cells[0].variant == "steps=3"
+    assert cells[0].splits() == ["id", "ood_16", "ood_32"]
+
+
+def test_grad_shorthand_axis_resolves_to_fields(spec_dir):
+    path = write_spec(spec_dir, name="g", tasks=TASKS[:1], axes={"grad": ["bptt", "truncated:3"]})
+    cells = expand(load_spec(path))
+    assert [(c.sections["grad"]["mode"], c.sections["grad"]["k"]) for c in cells] == [("bptt", 4), ("truncated", 3)]
+    assert cells[1].variant == "grad=truncated:3"
+
+
+def test_smoke_shrinks_budget_and_keeps_ids_distinct(spec_dir):
+    path = write_spec(spec_dir, name="sm", tasks=[{"name": "prefix_sums", "train_size": 8, "ood_sizes": [16, 32, 64]}],
+                      seeds=[0, 1], base={"train": {"steps": 500}})
+    spec = load_spec(path)
+    full, smoke = expand(spec), expand(spec, smoke=True)
+    assert len(full) == 2 and len(smoke) == 1
+    assert smoke[0].sections["train"]["steps"] == 30 and smoke[0].ood_sizes == (16, 32)
+    assert smoke[0].cell_id != full[0].cell_id
+
+
+def test_search_values_change_the_trial_id(spec_dir):
+    path = write_spec(spec_dir, name="sv", tasks=TASKS[:1])
+    cell = expand(load_spec(path))[0]
+    assert resolve(cell).trial_id == cell.cell_id
+    t = resolve(cell, {"train.lr": 0.003})
+    assert t.trial_id != cell.cell_id and t.sections["train"]["lr"] == 0.003
+    assert t.experiment_config()["train"]["lr"] == 0.003
+    assert resolve(cell, {"train.lr": 0.003}).trial_id == t.trial_id
+
+
+def test_duplicate_grid_values_are_rejected(spec_dir):
+    path = write_spec(spec_dir, name="dup", tasks=TASKS[:1], axes={"model.dim": [16, 16]})
+    result = runner.invoke(app, ["validate", str(path)])
+    assert result.exit_code == 2 and "same config" in result.output

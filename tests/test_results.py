@@ -1,0 +1,89 @@
+"""Parquet results: fixed schema, atomic per-trial files, one collected table readable everywhere."""
+from __future__ import annotations
+
+import duckdb
+import pandas as pd
+import polars as pl
+import pyarrow.parquet as pq
+import pytest
+
+from orchestrator import results
+from orchestrator.expand import expand, resolve
+from orchestrator.rows import SweepMeta, placeholder_rows
+from orchestrator.schema import SCHEMA_VERSION, config_columns, results_schema
+from orchestrator.spec import load_spec
+
+from conftest import write_spec
+
+META = SweepMeta("rs", "abc123", "deadbeef")
+
+
+@pytest.fixture
+def trials(spec_dir):
+    path = write_spec(spec_dir, name="rs", tasks=[{"name": "prefix_sums", "train_size": 8, "ood_sizes": [16, 32]}],
+                      axes={"model.recall": ["none", "standard"]})
+    return [resolve(c) for c in expand(load_spec(path))]
+
+
+def _ok_rows(trial, acc):
+    rows = placeholder_rows(trial, META, "ok")
+    for r in rows:
+        r.update(exact_acc=acc, n=8, instance_iters=[1.0, 2.0], instance_correct=[True, False],
+                 hostname="h", device="cpu", versions='{"torch": "x"}')
+    return rows
+
+
+def test_trial_file_is_written_atomically_with_the_schema(tmp_path, trials):
+    path = results.write_trial_rows(tmp_path, trials[0].trial_id, _ok_rows(trials[0], 0.5))
+    assert path == tmp_path / "trials" / f"{trials[0].trial_id}.parquet"
+    assert [p.name for p in (tmp_path / "trials").iterdir()] == [path.name]  # no temp files left
+    table = pq.read_table(path)
+    assert table.schema.equals(results_schema(), check_metadata=False)
+    assert table.schema.metadata[b"fpr_sweep.schema_version"] == SCHEMA_VERSION.encode()
+    assert table.column("split").to_pylist() == ["id", "ood_16", "ood_32"]
+    assert table.column("size").to_pylist() == [8, 16, 32]
+    assert table.column("cfg.model.recall").to_pylist() == ["none"] * 3
+
+
+def test_rewrite_replaces_rows_instead_of_appending(tmp_path, trials):
+    t = trials[0]
+    results.write_trial_rows(tmp_path, t.trial_id, placeholder_rows(t, META, "failed", "boom"))
+    assert results.finished_statuses(tmp_path) == {t.trial_id: "failed"}
+    results.write_trial_rows(tmp_path, t.trial_id, _ok_rows(t, 1.0))
+    assert results.finished_statuses(tmp_path) == {t.trial_id: "ok"}
+    assert results.read_trial(tmp_path, t.trial_id).num_rows == 3
+
+
+def test_unknown_columns_are_rejected(tmp_path, trials):
+    rows = _ok_rows(trials[0], 0.5)
+    rows[0]["not_a_column"] = 1
+    with pytest.raises(ValueError, match="not_a_column"):
+        results.write_trial_rows(tmp_path, trials[0].trial_id, rows)
+
+
+def test_collect_gives_one_row_per_trial_and_split_for_every_reader(tmp_path, trials):
+    assert results.collect(tmp_path) is None
+    results.write_trial_rows(tmp_path, trials[0].trial_id, _ok_rows(trials[0], 0.25))
+    results.write_trial_rows(tmp_path, trials[1].trial_id, placeholder_rows(trials[1], META, "failed", "boom"))
+    (tmp_path / "trials" / ".half-written.parquet.tmp").write_bytes(b"partial")  # a crashed writer
+    path = results.collect(tmp_path)
+    results.collect(tmp_path)  # idempotent: collecting again never duplicates rows
+    df = pd.read_parquet(path)
+    assert len(df) == 6 and not df.duplicated(["trial_id", "split"]).any()
+    assert set(config_columns()) <= set(df.columns)
+    assert pl.read_parquet(path).height == 6
+    n_ok = duckdb.sql(f"select count(*) from '{path}' where status = 'ok'").fetchall()[0][0]
+    assert n_ok == 3
+    failed = df[df.status == "failed"]
+    assert set(failed.error) == {"boom"} and failed.exact_acc.isna().all()
+    acc = {(r["variant"], r["split"]): r["exact_acc"] for r in results.accuracy_table(tmp_path)}
+    assert acc == {("recall=none", "id"): 0.25, ("recall=none", "ood_16"): 0.25, ("recall=none", "ood_32"): 0.25}
+
+
+def test_older_files_missing_a_column_are_conformed(tmp_path, trials):
+    t = trials[0]
+    table = results.rows_table(_ok_rows(t, 0.5)).drop_columns(["node_id"])
+    (tmp_path / "trials").mkdir()
+    pq.write_table(table, tmp_path / "trials" / f"{t.trial_id}.parquet")
+    out = pq.read_table(results.collect(tmp_path))
+    assert "node_id" in out.column_names and out.column("node_id").null_count == 3
