@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from fpr_core.config import EvalConfig, SolverConfig
-from fpr_core.diagnostics import probe_loop, reachability
+from fpr_core.diagnostics import eval_mode, probe_loop, reachability
 from fpr_core.tasks.base import Task, TaskData
 
 METRIC_KEYS = ("n", "exact_acc", "token_acc", "iters_mean", "iters_p50", "iters_p95", "reachability",
@@ -107,16 +107,12 @@ def evaluate_split(model: nn.Module, task: Task, data: TaskData, *, cap: int, cf
     """
     started = time.perf_counter()
     device = torch.device(device)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         preds, token_acc, traces, curve = _run_batches(model, task, data, cap, cfg.batch_size, device)
         probes = dict.fromkeys(PROBE_KEYS, float("nan"))
         if cfg.diagnostics:
             subset = torch.as_tensor(data.inputs[:cfg.diag_n], device=device)
             probes = probe_loop(model, subset, cap=cap, power_iters=cfg.power_iters, seed=seed)
-    finally:
-        model.train(was_training)
     correct = np.asarray(task.verify(data, preds), dtype=bool)
     iters = traces[:, 0].numpy()
     metrics = {"n": len(data), "exact_acc": float(correct.mean()), "token_acc": float(token_acc),
