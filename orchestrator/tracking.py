@@ -188,6 +188,10 @@ class SweepTracker:
                 convergence_plot(curves, plot, title=str(first.get("variant", "")))
                 self.client.log_artifact(run_id, str(plot))
 
+    def is_open(self, trial_id: str) -> bool:
+        """Did this driver open (or reopen) the trial's run and not end it yet?"""
+        return trial_id in self._runs
+
     def end_trial(self, trial_id: str, status: str) -> None:
         """Close a trial's run: ok/diverged/stopped -> FINISHED (status in a tag), failed -> FAILED."""
         run_id = self._runs.pop(trial_id, None) or self._find(f"tags.trial_id = '{trial_id}'")

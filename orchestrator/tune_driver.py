@@ -179,7 +179,8 @@ class DriverHub:
 
     def started(self, tune_trial: Any) -> None:
         t = self.trial(tune_trial)
-        self._run(t)
+        if not self.is_final(t):  # a finished trial restored as running only re-reports its rows
+            self._run(t)
         self.progress.started(*self._label(t))
 
     def result(self, tune_trial: Any, result: dict[str, Any]) -> None:
@@ -214,6 +215,8 @@ class DriverHub:
         """MLflow final metrics + artifacts, then the rows file (its existence marks the trial done)."""
         rows, curves = rows_curves
         if self.is_final(t) and not force:
+            if self.tracker.is_open(t.trial_id):
+                self.tracker.end_trial(t.trial_id, rows[0]["status"])
             self.progress.finished(*self._label(t), rows[0]["status"])
             return
         run_id = self._run(t)

@@ -1,0 +1,75 @@
+"""Resume: SIGKILL the driver after its first trial finished, run the same command again."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from conftest import TINY_BASE, write_spec
+
+pytestmark = pytest.mark.slow
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "orchestrator.cli", *args]
+
+
+def _kill_group(pid: int) -> None:
+    """The killed driver's own local Ray (raylet, GCS, workers) shares its process group."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def test_killed_sweep_resumes_without_loss_or_duplicates(spec_dir):
+    base = {**TINY_BASE, "train": {**TINY_BASE["train"], "steps": 20}}
+    path = write_spec(spec_dir, name="resume", base=base, max_concurrent=1,
+                      tasks=[{"name": "prefix_sums", "train_size": 8, "ood_sizes": [16]}],
+                      axes={"model.recall": ["none", "standard", "internal"]})
+    sweep_dir = spec_dir / "results" / "resume"
+    trials_dir = sweep_dir / "trials"
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    with open(spec_dir / "first.log", "w") as log:
+        driver = subprocess.Popen(_cli("run", str(path)), stdout=log, stderr=subprocess.STDOUT,
+                                  start_new_session=True, env=env)
+        try:
+            deadline = time.time() + 240
+            while not list(trials_dir.glob("*.parquet")) and time.time() < deadline and driver.poll() is None:
+                time.sleep(0.2)
+            driver.send_signal(signal.SIGKILL)
+            driver.wait(timeout=30)
+        finally:
+            _kill_group(driver.pid)
+    finished_before = {p.stem: pd.read_parquet(p).finished_at.tolist() for p in trials_dir.glob("*.parquet")}
+    assert 1 <= len(finished_before) < 3, (spec_dir / "first.log").read_text()
+    assert not (sweep_dir / "results.parquet").exists()  # the driver died before collecting
+
+    second = subprocess.run(_cli("run", str(path)), capture_output=True, text=True, timeout=400,
+                            start_new_session=True, env=env)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "resuming Tune experiment" in second.stdout
+
+    df = pd.read_parquet(sweep_dir / "results.parquet")
+    assert len(df) == 3 * 2 and df.trial_id.nunique() == 3
+    assert not df.duplicated(["trial_id", "split"]).any() and set(df.status) == {"ok"}
+    for trial_id, stamps in finished_before.items():  # finished trials were not trained again
+        assert df[df.trial_id == trial_id].finished_at.tolist() == stamps
+
+    client = MlflowClient(f"sqlite:///{sweep_dir / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("resume")
+    runs = client.search_runs([exp.experiment_id], max_results=100)
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert sum(r.data.tags.get("fpr.role") == "sweep" for r in runs) == 1
+    assert sorted(r.data.tags["trial_id"] for r in children) == sorted(df.trial_id.unique())
+    assert all(r.info.status == "FINISHED" and "acc/ood_16" in r.data.metrics for r in children)
+
+    third = subprocess.run(_cli("run", str(path)), capture_output=True, text=True, timeout=120, env=env)
+    assert third.returncode == 0 and "Ray" not in third.stdout  # all done: nothing starts
+    assert pd.read_parquet(sweep_dir / "results.parquet").equals(df)
