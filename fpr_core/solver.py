@@ -69,9 +69,12 @@ class DampedIteration:
     def __init__(self, cfg: SolverConfig, z0: torch.Tensor) -> None:
         pass
 
-    def update(self, z, fz, idx, eta, batch):  # (A, T, d) each; eta (A,)
+    def update(self, z, fz, eta):  # z, fz (A, T, d); eta (A,)
         e = eta.view(-1, 1, 1).to(z.dtype)
         return e * fz + (1.0 - e) * z
+
+    def keep(self, rows: torch.Tensor) -> None:
+        """The active batch shrank to ``rows`` (bool mask over the previous active rows)."""
 
 
 @SOLVERS.register("anderson")
@@ -79,33 +82,29 @@ class Anderson:
     """Anderson acceleration with history m: mix the last n<=m (z, F(z)) pairs with weights alpha,
     sum(alpha) = 1, minimising ||sum alpha_i (F_i - z_i)||; then damp by eta:
     ``z <- eta*sum alpha F_i + (1-eta)*sum alpha z_i``. alpha is solved without grad; the mix keeps
-    the graph of the history, so BPTT through Anderson works. Rows of finished samples stay in the
-    stored history (full-batch tensors) and are simply never read again."""
+    the graph of the history, so BPTT through Anderson works. The history holds the active rows
+    only and shrinks with them."""
 
     LAM = 1e-6  # ridge on the normal equations, relative to their mean diagonal
 
     def __init__(self, cfg: SolverConfig, z0: torch.Tensor) -> None:
         self.m = cfg.anderson_m
-        self.zs: list[torch.Tensor] = []
+        self.zs: list[torch.Tensor] = []  # each (A, T, d)
         self.fs: list[torch.Tensor] = []
 
-    def _store(self, hist: list, rows: torch.Tensor, idx, batch: int) -> None:
-        if rows.shape[0] != batch:
-            rows = rows.new_zeros((batch,) + rows.shape[1:]).index_copy(0, idx, rows)
-        hist.append(rows)
-        del hist[:-self.m]
-
-    def update(self, z, fz, idx, eta, batch):
-        self._store(self.zs, z, idx, batch)
-        self._store(self.fs, fz, idx, batch)
-        full = z.shape[0] == batch
-        zs = torch.stack([h if full else h[idx] for h in self.zs], 1)  # (A, n, T, d)
-        fs = torch.stack([h if full else h[idx] for h in self.fs], 1)  # (A, n, T, d)
-        alpha = self._weights((fs - zs).detach()).to(z.dtype)           # (A, n)
+    def update(self, z, fz, eta):
+        self.zs = (self.zs + [z])[-self.m:]
+        self.fs = (self.fs + [fz])[-self.m:]
+        zs, fs = torch.stack(self.zs, 1), torch.stack(self.fs, 1)  # (A, n, T, d)
+        alpha = self._weights((fs - zs).detach()).to(z.dtype)      # (A, n)
         mix_f = torch.einsum("an,an...->a...", alpha, fs)
         mix_z = torch.einsum("an,an...->a...", alpha, zs)
         e = eta.view(-1, 1, 1).to(z.dtype)
         return e * mix_f + (1.0 - e) * mix_z
+
+    def keep(self, rows: torch.Tensor) -> None:
+        self.zs = [h[rows] for h in self.zs]
+        self.fs = [h[rows] for h in self.fs]
 
     def _weights(self, g: torch.Tensor) -> torch.Tensor:  # g (A, n, T, d) -> alpha (A, n)
         g = g.flatten(2).double()
@@ -158,34 +157,46 @@ def solve(f: SubsetMap, z0: torch.Tensor, cfg: SolverConfig, cap: int, *, train:
     """Iterate z <- update(z, F(z)) from z0 (B, T, d) for at most ``cap`` steps; see module doc.
 
     Returns z_star (B, T, d) (after the last applied update of each sample) and its LoopTrace.
+    The active rows are kept compact (A, T, d); a halted sample's state is written to the output
+    once, when it leaves, so per-step cost follows the number of active samples only. The same
+    ``idx`` tensor object is passed to f until the active set changes (f may cache by identity).
     """
     b = z0.shape[0]
     rule = SOLVERS.get(cfg.name)(cfg, z0)
     state = _HaltState(b, cfg, z0.device)
     gamma = cfg.decay_train if train else cfg.decay_eval
-    all_idx = torch.arange(b, device=z0.device)
-    z, prev = z0, None  # prev: (B, T, d) detached state one step back, for cycle detection
+    idx = torch.arange(b, device=z0.device)  # (A,) rows of the active samples
+    z_out, z, prev = z0, z0, None            # prev: (A, T, d) detached state one step back
     curve: list[torch.Tensor] = []
     for _ in range(cap):
-        active = ~state.halted
-        if not bool(active.any()):
+        if idx.numel() == 0:
             break
-        idx = active.nonzero().squeeze(1) if cfg.per_sample else all_idx
-        full = idx.numel() == b
-        z_act = z if full else z[idx]
-        fz = f(z_act, idx)
-        z_new = rule.update(z_act, fz, idx, state.eta[idx], b)
+        fz = f(z, idx)
+        z_new = rule.update(z, fz, state.eta[idx])
         with torch.no_grad():
-            r = residual(z_act, fz).float()
+            r = residual(z, fz).float()
             cyc = torch.zeros_like(r, dtype=torch.bool)
             if cfg.detect_cycles and prev is not None:
-                cyc = (_two_step_change(z_new, prev if full else prev[idx]) < cfg.tol) & (r >= cfg.tol)
+                cyc = (_two_step_change(z_new, prev) < cfg.tol) & (r >= cfg.tol)
             state.record(idx, r, cyc, cfg, gamma)
             curve.append(r.mean())
-            if cfg.detect_cycles:
-                z_det = z_act.detach()
-                prev = z_det if full else (prev if prev is not None else z.detach()).index_copy(0, idx, z_det)
-        z = z_new if full else z.index_copy(0, idx, z_new)
+            prev = z.detach() if cfg.detect_cycles else None
+        z = z_new
+        if not cfg.per_sample:
+            if bool(state.halted.all()):
+                break
+            continue
+        done = state.halted[idx]
+        if bool(done.any()):
+            z_out = z_out.index_copy(0, idx[done], z[done])
+            keep = ~done
+            idx, z = idx[keep], z[keep]
+            prev = prev[keep] if prev is not None else None
+            rule.keep(keep)
+    if idx.numel() == b:
+        z_out = z
+    elif idx.numel() > 0:
+        z_out = z_out.index_copy(0, idx, z)
     residual_curve = torch.stack(curve) if curve else z0.new_zeros(0, dtype=torch.float32)
     trace = LoopTrace(state.iterations, state.residual, state.converged, state.cycled, residual_curve)
-    return z, trace
+    return z_out, trace

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import torch
@@ -60,15 +60,23 @@ class LoopMap:
     """(L,) or (H, W)."""
     step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     """step(z, x_rows) -> F(z; x_rows) for matching rows of z and x."""
+    _rows: Optional[tuple] = field(default=None, repr=False)
 
     def f(self, z: torch.Tensor) -> torch.Tensor:
         """F(z; x) on the whole batch: (B, T, d) -> (B, T, d), one full loop step incl. outer norm."""
         return self.step(z, self.x)
 
     def f_subset(self, z: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        """F on the samples idx (A,) long: z (A, T, d) -> (A, T, d). The solver's ``f``."""
-        x = self.x if idx.numel() == self.x.shape[0] else self.x[idx]
-        return self.step(z, x)
+        """F on the samples idx (A,) long: z (A, T, d) -> (A, T, d). The solver's ``f``.
+
+        The rows of x are gathered once per distinct ``idx`` object (the solver reuses it until
+        the active set changes)."""
+        if idx.numel() == self.x.shape[0]:
+            return self.step(z, self.x)
+        cached = self._rows
+        if cached is None or cached[0] is not idx:
+            cached = self._rows = (idx, self.x[idx])
+        return self.step(z, cached[1])
 
 
 class _ScaleBy(nn.Module):
