@@ -1,0 +1,51 @@
+"""Fault-injection tasks for the reliability tests, loaded only through the task plugin mechanism
+(``FPR_TASK_PLUGINS=fault_tasks`` with this directory on PYTHONPATH); nothing in fpr_core or the
+orchestrator knows about them.
+
+``flaky_parity`` is prefix sums whose data generation raises on the first ``fail_attempts``
+attempts of a trial (``-1``: on every attempt). Each attempt builds a fresh task object and
+appends one line to the file ``counter`` on its first ``generate`` call, so a test can count how
+often Tune started the trial. The instance-unique ``version`` keeps the disk cache from skipping
+``generate`` on a retry.
+"""
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+from fpr_core.tasks.base import TaskData
+from fpr_core.tasks.prefix_sums import PrefixSums
+
+
+class InjectedFault(RuntimeError):
+    """The error a flaky task raises on purpose."""
+
+
+def attempts(counter: str | Path) -> int:
+    """How many attempts the trial counting into ``counter`` has started."""
+    path = Path(counter)
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+class FlakyParity(PrefixSums):
+    """Prefix sums that fail on purpose: params ``counter`` (file path) and ``fail_attempts``."""
+
+    name = "flaky_parity"
+
+    def __init__(self, counter: str, fail_attempts: int = 0) -> None:
+        super().__init__()
+        self.params = {"counter": counter, "fail_attempts": fail_attempts}
+        self.version = uuid.uuid4().hex  # never served from the disk cache: every attempt generates
+        self._counted = False
+
+    def generate(self, n: int, size: int, seed: int) -> TaskData:
+        if not self._counted:
+            self._counted = True
+            with open(self.params["counter"], "a") as f:
+                f.write(f"{os.getpid()}\n")
+        attempt = attempts(self.params["counter"])
+        fail = self.params["fail_attempts"]
+        if fail < 0 or attempt <= fail:
+            raise InjectedFault(f"injected fault on attempt {attempt}")
+        return super().generate(n, size, seed)
