@@ -19,6 +19,7 @@ from rich.table import Table
 from orchestrator.spec import SpecError, SweepSpec, load_spec, spec_json_schema
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                  pretty_exceptions_show_locals=False,
                   help="Benchmark sweeps of looped transformers that halt at a fixed point: "
                        "expand a YAML spec into trials, run them on Ray Tune, log to MLflow, "
                        "write Parquet tables under results/.")
@@ -153,26 +154,26 @@ def _print_outcome(outcome, uri: str) -> None:
 
 
 def _print_accuracy(rows: list[dict]) -> None:
-    """Exact accuracy per task x variant (mean over seeds), one column per split."""
-    if not rows:
-        return
-    splits = sorted({r["split"] for r in rows}, key=lambda s: (s != "id", int(s.split("_")[1]) if s != "id" else 0))
-    table = Table(title="exact accuracy (mean over seeds)")
-    for col in ["task", "variant", *splits, "iters (last split)"]:
-        table.add_column(col)
-    keyed: dict[tuple, dict] = {}
-    for r in rows:
-        keyed.setdefault((r["task"], r["variant"]), {})[r["split"]] = r
-    for (task, variant), by_split in sorted(keyed.items()):
-        cells = [_pct(by_split.get(s, {}).get("exact_acc")) for s in splits]
-        last = next((by_split[s] for s in reversed(splits) if s in by_split), {})
-        iters = last.get("iters_mean")
-        table.add_row(task, variant, *cells, "" if iters is None else f"{iters:.1f}")
-    console.print(table)
+    """Per task: exact accuracy and mean loop iterations per variant (mean over seeds) and split."""
+    for task in sorted({r["task"] for r in rows}):
+        mine = [r for r in rows if r["task"] == task]
+        splits = sorted({r["split"] for r in mine}, key=lambda s: (s != "id", int(s.split("_")[1]) if s != "id" else 0))
+        table = Table(title=f"{task}: exact accuracy / mean loop iterations (mean over seeds)")
+        for col in ["variant", *splits]:
+            table.add_column(col)
+        keyed: dict[str, dict] = {}
+        for r in mine:
+            keyed.setdefault(r["variant"], {})[r["split"]] = r
+        for variant, by_split in sorted(keyed.items()):
+            table.add_row(variant, *[_cell(by_split.get(s)) for s in splits])
+        console.print(table)
 
 
-def _pct(x: Optional[float]) -> str:
-    return "" if x is None else f"{100 * x:.1f}%"
+def _cell(row: Optional[dict]) -> str:
+    if not row or row.get("exact_acc") is None:
+        return ""
+    iters = row.get("iters_mean")
+    return f"{100 * row['exact_acc']:.1f}%" + ("" if iters is None else f" / {iters:.0f}")
 
 
 @app.command()
@@ -195,10 +196,10 @@ def schema() -> None:
 def _sweep_dir(sweep: str, results_dir: Optional[str]) -> Path:
     candidate = Path(sweep)
     if (candidate / SWEEP_INFO).exists() or (candidate / "trials").is_dir():
-        return candidate
+        return candidate.resolve()
     in_results = Path(results_dir or "results") / sweep
     if in_results.is_dir():
-        return in_results
+        return in_results.resolve()
     _fail(f"no sweep {sweep!r}: neither {candidate} nor {in_results} holds a sweep "
           "(run `fpr-sweep run SPEC` first, or pass --results-dir).")
     raise AssertionError("unreachable")
@@ -222,8 +223,9 @@ def status(sweep: str = SWEEP_ARG, results_dir: Optional[str] = RESULTS_OPT) -> 
             s = finished[tid]
             state, row = s["status"], (s["task"], s["variant"], str(s["seed"]))
         else:
-            state = {"RUNNING": "running", "ERROR": "failed"}.get(tune_states[tid], "pending")
-            row = ("", "", "")
+            tune_status, t = tune_states[tid]
+            state = {"RUNNING": "running", "ERROR": "failed"}.get(tune_status, "pending")
+            row = (t.cell.task, t.cell.variant, str(t.cell.seed))
         counts[state] = counts.get(state, 0) + 1
         error = (finished.get(tid, {}).get("error") or "")[:80]
         table.add_row(tid, *row, state, error)

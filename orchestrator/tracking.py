@@ -185,7 +185,7 @@ class SweepTracker:
             self.client.log_artifact(run_id, str(cfg_path))
             if any(curves.values()):
                 plot = Path(tmp) / "convergence.png"
-                convergence_plot(curves, plot, title=str(first.get("variant", "")))
+                convergence_plot(curves, plot, title=f"{first.get('task', '')} {first.get('variant', '')}")
                 self.client.log_artifact(run_id, str(plot))
 
     def is_open(self, trial_id: str) -> bool:

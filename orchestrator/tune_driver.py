@@ -380,20 +380,21 @@ def reconcile(hub: DriverHub, exp_path: str) -> int:
     return unfinished
 
 
-def tune_trial_states(sweep_dir: Path) -> dict[str, str]:
-    """trial_id -> Tune status (PENDING/RUNNING/PAUSED/TERMINATED/ERROR) from the experiment state
-    files under the sweep's tune dir (for `fpr-sweep status`; reads files, starts nothing)."""
+def tune_trial_states(sweep_dir: Path) -> dict[str, tuple[str, Trial]]:
+    """trial_id -> (Tune status: PENDING/RUNNING/PAUSED/TERMINATED/ERROR, trial) from the experiment
+    state files under the sweep's tune dir (for `fpr-sweep status`; reads files, starts nothing)."""
     from ray.tune import ExperimentAnalysis
 
-    states: dict[str, str] = {}
-    tune_dir = Path(sweep_dir) / TUNE_DIR
+    states: dict[str, tuple[str, Trial]] = {}
+    tune_dir = Path(sweep_dir).resolve() / TUNE_DIR
     if not tune_dir.is_dir():
         return states
     for exp in sorted(tune_dir.iterdir()):
         if not any(exp.glob("experiment_state-*.json")):
             continue
         for tt in ExperimentAnalysis(str(exp)).trials:
-            states[trial_of_config(tt.config).trial_id] = tt.status
+            t = trial_of_config(tt.config)
+            states[t.trial_id] = (tt.status, t)
     return states
 
 
