@@ -63,6 +63,6 @@ class Block(nn.Module):
     def forward(self, z, x, recall, coeffs, first_sublayer: int, rope, scale: float) -> torch.Tensor:
         a1, b1, _, _ = coeffs
         h = self.pre_norm(recall.sublayer_input(z, x, first_sublayer))
-        z = a1 * z + b1 * self.attn(h, rope, scale)
+        z = torch.addcmul(a1 * z, b1, self.attn(h, rope, scale))  # a1*z + b1*attn(h), one fewer pass
         h = self.pre_norm(recall.sublayer_input(z, x, first_sublayer + 1))
-        return a1 * z + b1 * self.mlp(h)  # (B, T, d)
+        return torch.addcmul(a1 * z, b1, self.mlp(h))  # (B, T, d)

@@ -24,7 +24,7 @@ class RMSNorm(nn.Module):
         self.dim = dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., d) -> (..., d)
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + EPS)
+        return F.rms_norm(x, (self.dim,), eps=EPS)  # fused kernel: x / sqrt(mean(x^2) + eps)
 
 
 @NORMS.register("layer")

@@ -1,0 +1,117 @@
+"""One training step of LoopedModel vs a plain loop of torch.nn.TransformerEncoderLayer.
+
+Both: embedding, `steps` loop steps with gradient through all of them (our grad mode bptt with an
+unreachable tolerance, so no early halting; the baseline re-injects x with z <- layer(z + x)),
+a per-token linear head, cross-entropy, backward and an AdamW step. Same width, heads, MLP width
+(GELU, 4x) and pre-norm. Timed side by side in interleaved rounds, best of `--repeats`.
+
+Also prints the achieved FLOP/s of our step (analytic count: per loop step and token,
+2*(4d^2 + 2*d*4d) for the linear maps plus 4*T*d for attention scores and values; training = 3x the
+forward) as a fraction of this machine's measured float32 matmul peak (a 1024^3 torch.mm).
+Goal: ours / baseline throughput >= 1.0. Run: python benchmarks/bench_throughput.py [--smoke-test]
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fpr_core.config import GradConfig, ModelConfig, SolverConfig
+from fpr_core.model import LoopedModel
+
+
+class PlainLoop(nn.Module):
+    """Baseline: embedding -> steps x TransformerEncoderLayer (z <- layer(z + x)) -> head."""
+
+    def __init__(self, vocab: int, classes: int, dim: int, heads: int, steps: int) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.layer = nn.TransformerEncoderLayer(dim, heads, 4 * dim, dropout=0.0, activation="gelu",
+                                                batch_first=True, norm_first=True, bias=False)
+        self.head = nn.Linear(dim, classes)
+        self.steps = steps
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        x = self.embed(inputs)
+        z = torch.zeros_like(x)
+        for _ in range(self.steps):
+            z = self.layer(z + x)
+        return self.head(z)
+
+
+def matmul_peak(device: str, n: int = 1024, reps: int = 10) -> float:
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        a @ b
+        if device == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n ** 3 / best
+
+
+def train_flops(batch: int, tokens: int, dim: int, steps: int) -> float:
+    per_token = 2 * (4 * dim * dim + 2 * dim * 4 * dim) + 4 * tokens * dim
+    return 3.0 * batch * tokens * steps * per_token
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--dim", type=int, default=256)
+    parser.add_argument("--heads", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--smoke-test", action="store_true")
+    args = parser.parse_args()
+    if args.smoke_test:
+        args.batch, args.tokens, args.dim, args.steps, args.repeats = 2, 16, 32, 2, 1
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=4, n_classes=2, dim=args.dim, heads=args.heads, mlp="gelu", mlp_ratio=4.0)
+    ours = LoopedModel(cfg, SolverConfig(tol=1e-30, train_cap=args.steps, detect_cycles=False),
+                       GradConfig(mode="bptt"), grid=False, train_tokens=args.tokens).to(device).train()
+    base = PlainLoop(4, 2, args.dim, args.heads, args.steps).to(device).train()
+    inputs = torch.randint(0, 4, (args.batch, args.tokens), device=device)
+    targets = inputs.remainder(2)
+    opts = {id(m): torch.optim.AdamW(m.parameters(), lr=1e-4) for m in (ours, base)}
+
+    def step(model, logits_of):
+        opt = opts[id(model)]
+        opt.zero_grad(set_to_none=True)
+        logits = logits_of(inputs)
+        F.cross_entropy(logits.reshape(-1, 2), targets.reshape(-1)).backward()
+        opt.step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    runs = {"ours": lambda: step(ours, lambda i: ours(i).logits), "baseline": lambda: step(base, base)}
+    for fn in runs.values():
+        fn()  # warm-up
+    best = {name: float("inf") for name in runs}
+    for _ in range(args.repeats):
+        for name, fn in runs.items():
+            t0 = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - t0)
+    with torch.no_grad():
+        iters = int(ours(inputs).trace.iterations.max())
+    assert iters == args.steps, f"ours halted after {iters} of {args.steps} steps"
+    peak = matmul_peak(device)
+    flops = train_flops(args.batch, args.tokens, args.dim, args.steps)
+    print(f"{device}, threads {torch.get_num_threads()}: batch {args.batch} x {args.tokens} tokens, "
+          f"dim {args.dim}, heads {args.heads}, {args.steps} loop steps with grad")
+    print(f"ours      {best['ours'] * 1e3:8.1f} ms / training step")
+    print(f"baseline  {best['baseline'] * 1e3:8.1f} ms / training step (nn.TransformerEncoderLayer loop)")
+    print(f"throughput ours / baseline = {best['baseline'] / best['ours']:.2f}  (goal >= 1.0)")
+    print(f"achieved {flops / best['ours'] / 1e9:.1f} GFLOP/s of measured matmul peak {peak / 1e9:.1f} "
+          f"GFLOP/s = {flops / best['ours'] / peak:.2f} of peak")
+
+
+if __name__ == "__main__":
+    main()
