@@ -241,7 +241,7 @@ def report(sweep: str = SWEEP_ARG, results_dir: Optional[str] = RESULTS_OPT) -> 
     sweep_dir = _sweep_dir(sweep, results_dir)
     if not (sweep_dir / "results.parquet").exists():
         _fail(f"{sweep_dir}/results.parquet does not exist yet; run the sweep first.")
-    console.print(f"report: {build_report(sweep_dir)}", highlight=False)
+    build_report(sweep_dir, console=console)  # prints its summary and the report's path
 
 
 @app.command()

@@ -375,7 +375,7 @@ def reconcile(hub: DriverHub, exp_path: str) -> int:
             table = results.read_trial(hub.sweep_dir, t.trial_id)
             if table is None:
                 hub.guarded("reconcile", hub.errored, tt)
-        else:
+        elif not hub.is_final(hub.trial(tt)):  # rows can arrive just before an interrupt
             unfinished += 1
     return unfinished
 

@@ -84,3 +84,18 @@ def test_search_sweep_with_asha(spec_dir, ray_session):
     assert set(df.status) <= {"ok", "stopped"} and "ok" in set(df.status)
     _, parents, children = _runs(spec_dir / "results" / "search", "search")
     assert len(parents) == 1 and len(children) == 3
+
+
+def test_gpu_request_without_gpus_fails_fast(spec_dir, ray_session):
+    path = write_spec(spec_dir, name="gpu", tasks=[{"name": "prefix_sums", "train_size": 8, "ood_sizes": [16]}],
+                      resources={"cpu": 1, "gpu": 1})
+    result = runner.invoke(app, ["run", str(path)])
+    assert result.exit_code == 2
+    assert "resources.gpu" in result.output and "has 0" in result.output
+
+
+def test_unreachable_tracking_server_is_bad_input(spec_dir):
+    path = write_spec(spec_dir, name="trk", tasks=[{"name": "prefix_sums", "train_size": 8, "ood_sizes": [16]}])
+    result = runner.invoke(app, ["run", str(path), "--tracking-uri", "http://127.0.0.1:9"])
+    assert result.exit_code == 2 and "not reachable" in result.output
+    assert not (spec_dir / "results" / "trk").exists()  # nothing started

@@ -87,3 +87,20 @@ def test_older_files_missing_a_column_are_conformed(tmp_path, trials):
     pq.write_table(table, tmp_path / "trials" / f"{t.trial_id}.parquet")
     out = pq.read_table(results.collect(tmp_path))
     assert "node_id" in out.column_names and out.column("node_id").null_count == 3
+
+
+def test_diverged_trial_gives_diverged_rows_for_every_split(trials):
+    from fpr_core.config import ModelConfig
+    from fpr_core.experiment import ExperimentResult
+    from fpr_core.train import TrainResult
+    from orchestrator.rows import experiment_rows
+
+    t = trials[0]
+    train = TrainResult("diverged", 7, 0.5, float("nan"), "non-finite loss nan at step 7")
+    result = ExperimentResult(train, [], ModelConfig(), 8, "length", "cpu")
+    rows = experiment_rows(t, META, result, {"hostname": "h", "node_id": "n", "versions": "{}"})
+    assert [r["split"] for r in rows] == ["id", "ood_16", "ood_32"]
+    assert {r["status"] for r in rows} == {"diverged"} and rows[0]["error"] == train.message
+    assert rows[0]["train_steps"] == 7 and rows[0]["final_loss"] is None
+    table = results.rows_table(rows)
+    assert table.column("exact_acc").null_count == 3
