@@ -8,6 +8,7 @@ rows file already holds a final status are never trained again.
 """
 from __future__ import annotations
 
+import json
 import os
 import time
 import traceback
@@ -47,6 +48,8 @@ class RunOptions:
     results_dir: Optional[str] = None
     storage: Optional[str] = None
     smoke: bool = False
+    dashboard_host: Optional[str] = None
+    """Start the local Ray with its dashboard bound to this host (None: no dashboard)."""
 
 
 @dataclass
@@ -71,7 +74,23 @@ def sweep_name(spec: SweepSpec, smoke: bool) -> str:
 
 
 def sweep_dir_for(spec: SweepSpec, opts: RunOptions) -> Path:
-    return (Path(opts.results_dir or spec.results_dir) / sweep_name(spec, opts.smoke)).resolve()
+    """results_dir/<sweep>, refused if it resolves outside results_dir (e.g. a symlink elsewhere)."""
+    root = Path(opts.results_dir or spec.results_dir).resolve()
+    sweep_dir = (root / sweep_name(spec, opts.smoke)).resolve()
+    if sweep_dir.parent != root:
+        raise SweepError(f"{root / sweep_name(spec, opts.smoke)} resolves to {sweep_dir}, outside the results "
+                         f"dir {root}; remove the link or pick another name / --results-dir.")
+    return sweep_dir
+
+
+def storage_for(sweep_dir: Path, storage: Optional[str]) -> str:
+    """Tune's storage path: <sweep>/tune by default; under shared storage (--storage-path
+    s3://bucket/prefix, an NFS dir) one folder per sweep, so two sweeps never share experiments.
+    A URI is passed to Tune as is: saving and restoring both resolve its filesystem from it."""
+    if storage is None:
+        return str(sweep_dir / TUNE_DIR)
+    base = storage.rstrip("/") if "://" in storage else str(Path(storage).resolve())
+    return f"{base}/{sweep_dir.name}"
 
 
 # ---------------------------------------------------------------- Ray
@@ -84,18 +103,27 @@ def quiet_tune() -> None:
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 
-def ensure_ray(address: Optional[str], console: Console) -> Optional[float]:
+def ensure_ray(address: Optional[str], console: Console, dashboard_host: Optional[str] = None) -> Optional[float]:
     """Join a running Ray session, the cluster at ``address`` (or $RAY_ADDRESS), or start a local
-    one with every core. Returns the start-up time in seconds when this call started Ray."""
+    one with every core (with a dashboard on ``dashboard_host`` if given, else none). Returns the
+    start-up time in seconds when this call started Ray."""
     if ray.is_initialized():
         return None
     address = address or os.environ.get("RAY_ADDRESS")
     started = time.perf_counter()
-    common = dict(include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    common = dict(log_to_driver=False, logging_level="WARNING")
     if address:
-        ray.init(address=address, **common)
+        try:
+            ray.init(address=address, **common)
+        except (ConnectionError, ray.exceptions.AuthenticationError) as e:
+            raise SweepError(f"--address {address}: cannot join the Ray cluster ({str(e).splitlines()[0]}); "
+                             "check the address, and for a token-authenticated cluster set RAY_AUTH_MODE=token "
+                             "with its token in ~/.ray/auth_token or $RAY_AUTH_TOKEN.") from None
     else:
-        ray.init(address="local", num_cpus=os.cpu_count(), **common)
+        context = ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=dashboard_host is not None,
+                           dashboard_host=dashboard_host or "127.0.0.1", **common)
+        if dashboard_host is not None:
+            console.print(f"Ray dashboard: http://{context.dashboard_url}", highlight=False)
     seconds = time.perf_counter() - started
     console.print(f"Ray {'joined ' + address if address else 'started locally'} in {seconds:.1f} s "
                   f"({ray.cluster_resources().get('CPU', 0):g} CPUs, {ray.cluster_resources().get('GPU', 0):g} GPUs)",
@@ -238,8 +266,7 @@ class DriverHub:
 
 
 def results_from(result: dict[str, Any]) -> tuple[list[dict], dict]:
-    import json
-
+    """The rows and residual curves a trial's final report carries."""
     return json.loads(result[ROWS_KEY]), json.loads(result.get(CURVES_KEY) or "{}")
 
 
@@ -420,11 +447,11 @@ def run_sweep(spec: SweepSpec, opts: RunOptions, tracker_factory, console: Conso
     with ThreadPoolExecutor(1) as pool:
         opening = pool.submit(tracker_factory, sweep_dir, meta)
         if studies:
-            outcome.ray_start_seconds = ensure_ray(opts.address, console)
+            outcome.ray_start_seconds = ensure_ray(opts.address, console, opts.dashboard_host)
         tracker = opening.result()
     if studies:
         check_resources(spec)
-    storage = opts.storage or str(sweep_dir / TUNE_DIR)
+    storage = storage_for(sweep_dir, opts.storage)
     progress = SweepProgress(console, total, already, title=name)
     hub = DriverHub(sweep_dir, meta, tracker, progress, console)
     _ACTIVE = hub
