@@ -136,7 +136,8 @@ def expand(spec: SweepSpec, smoke: bool = False, path: Optional[Path] = None) ->
         if smoke:
             ood = tuple(sorted(ood)[:SMOKE_OOD_SIZES])
         task_base = apply_overrides(base, entry.overrides)
-        for combo in itertools.product(*(spec.axes[k] for k in keys)):
+        task_axes = {k: entry.axes.get(k, spec.axes[k]) for k in keys}
+        for combo in itertools.product(*(task_axes[k] for k in keys)):
             axis_values = dict(zip(keys, combo))
             raw = apply_overrides(task_base, axis_values)
             if smoke:

@@ -57,6 +57,18 @@ class TaskEntry(_Strict):
     overrides: dict[str, Any] = Field(
         default_factory=dict,
         description="Per-task config values by dotted field, e.g. {train.steps: 800, solver.eval_cap: 128}.")
+    axes: dict[str, list[Any]] = Field(
+        default_factory=dict,
+        description="Per-task values of global grid axes (same keys as the sweep's axes), replacing "
+                    "the global list for this task only, e.g. fewer spectral regimes on an expensive task.")
+
+    @field_validator("axes")
+    @classmethod
+    def _non_empty_task_axes(cls, v: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        for key, values in v.items():
+            if not values:
+                raise ValueError(f"axis {key!r} has no values; expected a non-empty list")
+        return v
 
 
 class BaseSections(_Strict):
@@ -454,6 +466,12 @@ def _check_tasks(spec: SweepSpec, path: Path, base: dict) -> None:
         for key, value in entry.overrides.items():
             _check_key(path, f"{where}.overrides[{key!r}]", key)
             _check_value(path, f"{where}.overrides[{key!r}]", base, key, value)
+        for key, values in entry.axes.items():
+            if key not in spec.axes:
+                raise _fail(path, f"{where}.axes[{key!r}]", f"{key} is not a grid axis of the sweep; "
+                                                            f"expected one of {list(spec.axes)}")
+            for j, value in enumerate(values):
+                _check_value(path, f"{where}.axes[{key!r}][{j}]", base, key, value)
     for i, entry in enumerate(spec.tasks):
         for j, prior in enumerate(spec.tasks[:i]):
             if prior == entry:

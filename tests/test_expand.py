@@ -36,6 +36,19 @@ def test_dry_run_counts_match_grid_tasks_seeds_samples(spec_dir, axes, seeds, sa
     assert trial_count(load_spec(path), expand(load_spec(path))) == expected
 
 
+def test_task_axes_replace_the_global_axis_for_that_task_only(spec_dir):
+    cheap = dict(TASKS[0])
+    costly = dict(TASKS[1], params={}, axes={"model.outer_norm": ["rms"]})
+    path = write_spec(spec_dir, name="per-task", tasks=[cheap, costly],
+                      axes={"model.recall": ["none", "standard"], "model.outer_norm": ["none", "rms"]})
+    cells = expand(load_spec(path))
+    per_task = {size: [c for c in cells if c.train_size == size] for size in (8, 12)}
+    assert len(per_task[8]) == 4 and len(per_task[12]) == 2
+    assert {c.sections["model"]["outer_norm"] for c in per_task[12]} == {"rms"}
+    result = runner.invoke(app, ["run", str(path), "--dry-run"])
+    assert result.exit_code == 0 and re.search(r"= 6 trials", result.output), result.output
+
+
 def test_trial_ids_are_stable_and_ignore_spelling(spec_dir):
     a = write_spec(spec_dir, name="a", tasks=TASKS[:1], axes={"model.recall": ["none", "standard"]})
     # same trials, spelled with an explicit default and a different name/description

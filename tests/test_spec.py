@@ -75,6 +75,12 @@ BAD = [
      ["search.metric", "acc/ood_99", "acc/ood_16"]),
     ("bad_scheduler_metric", {"scheduler": {"type": "asha", "metric": "loss"}}, ["scheduler.metric", "train/loss"]),
     ("empty_axis", {"axes": {"model.recall": []}}, ["axes", "no values"]),
+    ("task_axis_not_global", {"tasks": [dict(TASK, axes={"model.outer_norm": ["rms"]})],
+                              "axes": {"model.recall": ["none"]}},
+     ["tasks[0].axes['model.outer_norm']", "not a grid axis", "model.recall"]),
+    ("task_axis_bad_value", {"tasks": [dict(TASK, axes={"model.recall": ["nope"]})],
+                             "axes": {"model.recall": ["none"]}},
+     ["tasks[0].axes['model.recall'][0]", "'nope'"]),
 ]
 
 
