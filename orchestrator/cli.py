@@ -6,6 +6,7 @@ resources, unreachable tracking server). User mistakes print one clear message, 
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import json
 import math
 import sys
@@ -27,6 +28,8 @@ console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 EXIT_OK, EXIT_TRIALS_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+LOOPBACK = "127.0.0.1"
+"""The MLflow UI binds here unless told otherwise (with a warning); a local Ray runs no dashboard."""
 SWEEP_INFO = "sweep.json"
 
 
@@ -64,9 +67,10 @@ def run(spec_path: Path = SPEC_ARG,
                                          "else sqlite:///<results>/<sweep>/mlflow.db)."),
         results_dir: Optional[str] = RESULTS_OPT,
         storage: Optional[str] = typer.Option(
-            None, "--storage", help="Tune storage for checkpoints and experiment state (default: "
-                                    "<results>/<sweep>/tune); on a multi-node cluster use shared storage "
-                                    "(s3://..., gs://..., or an NFS path)."),
+            None, "--storage-path", "--storage",
+            help="Tune storage for checkpoints and experiment state (default: <results>/<sweep>/tune); on a "
+                 "multi-node cluster use shared storage (s3://bucket/prefix, gs://..., or an NFS path); "
+                 "each sweep gets its own folder under it. results.parquet is still written under --results-dir."),
         dry_run: bool = typer.Option(False, "--dry-run", help="Print the expanded trial table and counts; run nothing."),
         smoke: bool = typer.Option(False, "--smoke", help="Tiny budget (few steps, small eval sets, first seed, "
                                                           "two OOD sizes), written to <sweep>-smoke/."),
@@ -80,7 +84,10 @@ def run(spec_path: Path = SPEC_ARG,
     from orchestrator.tune_driver import RunOptions, SweepError, run_sweep, sweep_dir_for
 
     opts = RunOptions(address, max_concurrent, tracking_uri, results_dir, storage, smoke)
-    sweep_dir = sweep_dir_for(spec, opts)
+    try:
+        sweep_dir = sweep_dir_for(spec, opts)
+    except SweepError as e:
+        _fail(str(e))
     uri = tracking_uri or spec.tracking_uri or tracking.default_tracking_uri(sweep_dir)
     try:
         tracking.check_reachable(uri)
@@ -101,6 +108,20 @@ def run(spec_path: Path = SPEC_ARG,
         _fail(str(e))
     _print_outcome(outcome, uri)
     raise typer.Exit(outcome.exit_code)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to any interface
+        return False
+
+
+def _warn_if_exposed(host: str, option: str, what: str) -> None:
+    if not _is_loopback(host):
+        err_console.print(f"[bold yellow]warning:[/] {option} {host}: {what} will accept connections from "
+                          "other machines; keep it on 127.0.0.1 and use an SSH tunnel "
+                          "(e.g. `ray attach CLUSTER.yaml --port-forward PORT`).", highlight=False, soft_wrap=True)
 
 
 def _write_sweep_info(sweep_dir: Path, spec: SweepSpec, spec_path: Path, uri: str, smoke: bool) -> None:
@@ -246,10 +267,13 @@ def report(sweep: str = SWEEP_ARG, results_dir: Optional[str] = RESULTS_OPT) -> 
 
 @app.command()
 def ui(sweep: str = SWEEP_ARG, results_dir: Optional[str] = RESULTS_OPT,
-       port: int = typer.Option(5000, "--port", help="Port on 127.0.0.1.")) -> None:
-    """Serve the MLflow UI for a sweep's tracking store on http://127.0.0.1:PORT (Ctrl-C stops it)."""
+       port: int = typer.Option(5000, "--port", help="Port to serve on."),
+       host: str = typer.Option(LOOPBACK, "--host", help="Interface to bind; anything but loopback exposes "
+                                                         "the UI (and the runs) to the network.")) -> None:
+    """Serve the MLflow UI for a sweep's tracking store on http://127.0.0.1:PORT (--host to expose it; Ctrl-C stops it)."""
     from orchestrator import tracking
 
+    _warn_if_exposed(host, "--host", "the MLflow UI")
     sweep_dir = _sweep_dir(sweep, results_dir)
     info_path = sweep_dir / SWEEP_INFO
     uri = (json.loads(info_path.read_text())["tracking_uri"] if info_path.exists()
@@ -257,8 +281,8 @@ def ui(sweep: str = SWEEP_ARG, results_dir: Optional[str] = RESULTS_OPT,
     if uri.startswith(("http://", "https://")):
         console.print(f"{sweep_dir.name} logs to the tracking server {uri}: open it in a browser.", highlight=False)
         return
-    console.print(f"MLflow UI for {sweep_dir.name}: http://127.0.0.1:{port}  (store {uri})", highlight=False)
-    raise typer.Exit(tracking.run_ui(uri, port))
+    console.print(f"MLflow UI for {sweep_dir.name}: http://{host}:{port}  (store {uri})", highlight=False)
+    raise typer.Exit(tracking.run_ui(uri, port, host))
 
 
 if __name__ == "__main__":

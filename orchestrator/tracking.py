@@ -58,16 +58,17 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
                             f"(mlflow server --host 127.0.0.1 --port 5000) or pass another --tracking-uri.") from None
 
 
-def ui_command(uri: str, port: int) -> list[str]:
-    """The `mlflow server` command serving ``uri`` on 127.0.0.1 (what `fpr-sweep ui` runs)."""
+def ui_command(uri: str, port: int, host: str = "127.0.0.1") -> list[str]:
+    """The `mlflow server` command serving ``uri`` on ``host`` (what `fpr-sweep ui` runs); one
+    worker process is plenty for browsing a sweep."""
     return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
-            "--host", "127.0.0.1", "--port", str(port)]
+            "--host", host, "--port", str(port), "--workers", "1"]
 
 
-def run_ui(uri: str, port: int) -> int:
+def run_ui(uri: str, port: int, host: str = "127.0.0.1") -> int:
     """Serve the MLflow UI in the foreground until interrupted; returns its exit code."""
     try:
-        return subprocess.run(ui_command(uri, port)).returncode
+        return subprocess.run(ui_command(uri, port, host)).returncode
     except KeyboardInterrupt:
         return 0
 

@@ -48,8 +48,6 @@ class RunOptions:
     results_dir: Optional[str] = None
     storage: Optional[str] = None
     smoke: bool = False
-    dashboard_host: Optional[str] = None
-    """Start the local Ray with its dashboard bound to this host (None: no dashboard)."""
 
 
 @dataclass
@@ -103,15 +101,15 @@ def quiet_tune() -> None:
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 
-def ensure_ray(address: Optional[str], console: Console, dashboard_host: Optional[str] = None) -> Optional[float]:
+def ensure_ray(address: Optional[str], console: Console) -> Optional[float]:
     """Join a running Ray session, the cluster at ``address`` (or $RAY_ADDRESS), or start a local
-    one with every core (with a dashboard on ``dashboard_host`` if given, else none). Returns the
-    start-up time in seconds when this call started Ray."""
+    one with every core and no dashboard (no HTTP server). Returns the start-up time in seconds
+    when this call started Ray."""
     if ray.is_initialized():
         return None
     address = address or os.environ.get("RAY_ADDRESS")
     started = time.perf_counter()
-    common = dict(log_to_driver=False, logging_level="WARNING")
+    common = dict(include_dashboard=False, log_to_driver=False, logging_level="WARNING")
     if address:
         try:
             ray.init(address=address, **common)
@@ -120,10 +118,7 @@ def ensure_ray(address: Optional[str], console: Console, dashboard_host: Optiona
                              "check the address, and for a token-authenticated cluster set RAY_AUTH_MODE=token "
                              "with its token in ~/.ray/auth_token or $RAY_AUTH_TOKEN.") from None
     else:
-        context = ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=dashboard_host is not None,
-                           dashboard_host=dashboard_host or "127.0.0.1", **common)
-        if dashboard_host is not None:
-            console.print(f"Ray dashboard: http://{context.dashboard_url}", highlight=False)
+        ray.init(address="local", num_cpus=os.cpu_count(), **common)
     seconds = time.perf_counter() - started
     console.print(f"Ray {'joined ' + address if address else 'started locally'} in {seconds:.1f} s "
                   f"({ray.cluster_resources().get('CPU', 0):g} CPUs, {ray.cluster_resources().get('GPU', 0):g} GPUs)",
@@ -447,7 +442,7 @@ def run_sweep(spec: SweepSpec, opts: RunOptions, tracker_factory, console: Conso
     with ThreadPoolExecutor(1) as pool:
         opening = pool.submit(tracker_factory, sweep_dir, meta)
         if studies:
-            outcome.ray_start_seconds = ensure_ray(opts.address, console, opts.dashboard_host)
+            outcome.ray_start_seconds = ensure_ray(opts.address, console)
         tracker = opening.result()
     if studies:
         check_resources(spec)
