@@ -72,7 +72,7 @@ def make_rows(tasks=("prefix_sums", "sudoku"), recalls=("none", "standard", "int
 
 def write_table(tmp_path, rows, name="synthetic"):
     sweep_dir = tmp_path / name
-    sweep_dir.mkdir()
+    sweep_dir.mkdir(parents=True)
     pq.write_table(pa.Table.from_pylist(rows, schema=results_schema()), sweep_dir / "results.parquet")
     return sweep_dir
 
@@ -232,3 +232,16 @@ def test_a_variant_short_of_seeds_drops_out_of_the_comparison_only(tmp_path):
     rows = [r for r in make_rows(tasks=("prefix_sums",)) if r["trial_id"] != "t000"]  # none/none/0.5, seed 0
     verdict = verdicts_of(tmp_path, rows)[1]
     assert verdict.verdict == SUPPORTED and "10/12 matched pair(s)" in verdict.evidence
+
+
+def test_claim_3_ignores_splits_where_no_fixed_point_was_reached(tmp_path):
+    rows = make_rows()
+    for row in rows:  # no-recall states that never settle blow the sensitivity ratio up
+        if row["cfg.model.recall"] == "none" and row["cfg.model.outer_norm"] == "none":
+            row["input_dependence"], row["reachability"] = 1e5, 0.0
+    verdicts = verdicts_of(tmp_path, rows)
+    assert verdicts[3].verdict == SUPPORTED
+    for row in rows:  # ... but a reached, input-dependent no-recall fixed point still contradicts
+        if row["cfg.model.recall"] == "none" and row["cfg.model.outer_norm"] == "none":
+            row["reachability"] = 0.9
+    assert verdicts_of(tmp_path / "reached", rows)[3].verdict == CONTRADICTED
