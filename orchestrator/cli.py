@@ -144,10 +144,12 @@ def _print_plan(spec: SweepSpec, smoke: bool, results_dir: Optional[str]) -> Non
         table.add_row(str(i), c.cell_id, c.task, c.variant, str(c.seed), str(c.train_size),
                       ",".join(map(str, c.ood_sizes)), str(samples), done.get(c.cell_id, ""))
     console.print(table)
-    n_grid = math.prod(len(v) for v in spec.axes.values()) if spec.axes else 1
+    per_task = [math.prod(len(t.axes.get(k, v)) for k, v in spec.axes.items()) for t in spec.tasks]
     n_seeds = 1 if smoke else len(spec.seeds)
-    console.print(f"{n_grid} grid cells x {len(spec.tasks)} tasks x {n_seeds} seeds x {samples} samples "
-                  f"= {trial_count(spec, cells)} trials", highlight=False)
+    grid = (f"{per_task[0]} grid cells x {len(spec.tasks)} tasks" if len(set(per_task)) == 1
+            else f"({' + '.join(map(str, per_task))}) grid cells over {len(spec.tasks)} tasks")
+    console.print(f"{grid} x {n_seeds} seeds x {samples} samples = {trial_count(spec, cells)} trials",
+                  highlight=False)
 
 
 def _done_statuses(sweep_dir: Path) -> dict[str, str]:
