@@ -87,6 +87,20 @@ def test_raising_trials_retry_then_fail_and_diverged_trials_are_not_retried(tmp_
     assert children[diverged.trial_id.iloc[0]].data.tags["status"] == "diverged"
 
 
+def test_task_plugins_register_and_bad_ones_are_named(monkeypatch):
+    from fpr_core import tasks
+
+    monkeypatch.setenv(tasks.PLUGINS_ENV, "fault_tasks")
+    assert "flaky_parity" in tasks.TASK_NAMES and tasks.TASK_NAMES[:5] == ("prefix_sums", "mazes", "sudoku",
+                                                                           "chess", "state_tracking")
+    assert tasks.get_task("flaky_parity", counter="x").params["fail_attempts"] == 0
+    monkeypatch.setenv(tasks.PLUGINS_ENV, "fault_tasks,no_such_module_xyz")
+    with pytest.raises(ImportError, match="FPR_TASK_PLUGINS: cannot import task plugin module 'no_such_module_xyz'"):
+        tasks.task_class("prefix_sums")
+    monkeypatch.delenv(tasks.PLUGINS_ENV)
+    assert "flaky_parity" not in tasks.TASK_NAMES
+
+
 def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -137,9 +137,9 @@ def cluster(tmp_path_factory):
             c.kill(proc)
 
 
-def _run(spec: Path, cluster: Cluster, log: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "run", str(spec), "--address", cluster.address],
-                            env=cluster.env, cwd=REPO, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+def _run(spec: Path, cluster: Cluster, log: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "run", str(spec), "--address", cluster.address,
+                             *extra], env=cluster.env, cwd=REPO, stdout=open(log, "w"), stderr=subprocess.STDOUT)
 
 
 def _counter_task(counter: Path) -> dict:
@@ -169,7 +169,9 @@ def test_two_sweeps_share_the_cluster_and_use_both_nodes(cluster, tmp_path):
     reader = threading.Thread(target=read_all)
     reader.start()
     try:
-        drivers = [_run(s, cluster, tmp_path / f"{s.stem}.log") for s in specs]
+        # Same trials (same spec hash) under one shared storage path: each sweep gets its own folder.
+        drivers = [_run(s, cluster, tmp_path / f"{s.stem}.log", "--storage-path", str(tmp_path / "shared"))
+                   for s in specs]
         codes = [d.wait(timeout=400) for d in drivers]
     finally:
         stop.set()
@@ -177,6 +179,7 @@ def test_two_sweeps_share_the_cluster_and_use_both_nodes(cluster, tmp_path):
     logs = "\n".join((tmp_path / f"{s.stem}.log").read_text() for s in specs)
     assert codes == [0, 0], logs
     assert not errors, errors[:3]
+    assert sorted(p.name for p in (tmp_path / "shared").iterdir()) == ["mn-a", "mn-b"]
     df = pd.concat([pd.read_parquet(tmp_path / "results" / s.stem / "results.parquet") for s in specs])
     assert len(df) == 2 * 2 * 2 and set(df.status) == {"ok"}
     assert not df.duplicated(["sweep", "trial_id", "split"]).any()
