@@ -16,24 +16,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import time
 
 import torch
 
 from fpr_core.config import GradConfig, ModelConfig, SolverConfig
 from fpr_core.model import LoopedModel
 from fpr_core.solver import solve
+from timing import best_times
 
-
-def best_times(fns, repeats: int) -> list[float]:
-    """Best-of-repeats wall time per function, rounds interleaved so load drifts hit all alike."""
-    best = [float("inf")] * len(fns)
-    for _ in range(repeats):
-        for i, fn in enumerate(fns):
-            t0 = time.perf_counter()
-            fn()
-            best[i] = min(best[i], time.perf_counter() - t0)
-    return best
 
 
 def main() -> None:

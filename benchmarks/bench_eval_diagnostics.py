@@ -11,7 +11,6 @@ three stability axes add to every eval split of every trial.
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
@@ -19,16 +18,8 @@ from fpr_core.config import EvalConfig, GradConfig, ModelConfig, SolverConfig
 from fpr_core.evaluate import evaluate_split, scaled_eval_cap
 from fpr_core.model import LoopedModel
 from fpr_core.tasks import get_task
+from timing import best_time
 
-
-def best_time(fn, repeats: int) -> float:
-    """Fastest of ``repeats`` wall-clock runs of fn(), in seconds."""
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def main() -> None:

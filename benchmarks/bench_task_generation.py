@@ -14,22 +14,13 @@ Every task is one function in `BENCHES` returning rows; add a task by appending 
 from __future__ import annotations
 
 import argparse
-import time
 from typing import Callable
 
 from fpr_core.tasks import get_task
+from timing import best_time
 
 Row = dict[str, object]
 
-
-def best_time(fn: Callable[[], object], repeats: int) -> float:
-    """Fastest of `repeats` wall-clock runs of fn(), in seconds."""
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def time_task(name: str, sizes_n: list[tuple[int, int]], repeats: int, **params) -> list[Row]:

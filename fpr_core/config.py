@@ -10,7 +10,7 @@ Generalization in Looped Transformers (Labovich 2026); DT = Deep Thinking (Schwa
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, Optional
 
 Recall = Literal["none", "standard", "internal"]
