@@ -360,11 +360,40 @@ def plan_studies(spec: SweepSpec, cells: list[Cell], done: dict[str, str]) -> li
     return [Study(f"search-{h}-{c.cell_id}", [c], spec.search.num_samples) for c in cells]
 
 
-def _tuner(spec: SweepSpec, study: Study, storage: str, meta: SweepMeta, max_concurrent: Optional[int]):
+def experiment_state_readable(path: str) -> bool:
+    """False when the newest Tune experiment-state file under a local ``path`` is not valid JSON.
+
+    A driver SIGKILLed while Tune rewrites that file leaves it truncated; ``Tuner.restore`` then
+    logs "Failed to restore the run state" and goes on to crash on a half-built trial list.
+    Remote storage (``s3://``...) is trusted: its uploads are whole-object."""
+    if "://" in path:
+        return True
+    states = sorted(Path(path).glob("experiment_state-*.json"), key=lambda p: p.stat().st_mtime)
+    if not states:
+        return False
+    try:
+        json.loads(states[-1].read_text())
+    except (ValueError, OSError):
+        return False
+    return True
+
+
+def _set_aside(path: str, console: Console) -> None:
+    aside = f"{path}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}"
+    os.replace(path, aside)
+    console.print(f"[yellow]Tune's saved state in {path} is unreadable (the driver was killed while "
+                  f"writing it); moved it to {aside} and restarting the unfinished trials from scratch. "
+                  "Finished trials keep their rows.[/]", highlight=False)
+
+
+def _tuner(spec: SweepSpec, study: Study, storage: str, meta: SweepMeta, max_concurrent: Optional[int],
+           console: Console):
     trainable = tune.with_resources(fpr_trainable, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
     path = f"{storage.rstrip('/')}/{study.name}"
     if tune.Tuner.can_restore(path):
-        return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True), True
+        if experiment_state_readable(path):
+            return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True), True
+        _set_aside(path, console)
     search_alg = None
     if spec.search is None:
         param_space = {"cell": tune.grid_search([c.payload() for c in study.cells]), "meta": meta.as_dict()}
@@ -412,7 +441,7 @@ def tune_trial_states(sweep_dir: Path) -> dict[str, tuple[str, Trial]]:
     if not tune_dir.is_dir():
         return states
     for exp in sorted(tune_dir.iterdir()):
-        if not any(exp.glob("experiment_state-*.json")):
+        if not experiment_state_readable(str(exp)):  # none yet, or set aside as unreadable
             continue
         for tt in ExperimentAnalysis(str(exp)).trials:
             t = trial_of_config(tt.config)
@@ -453,7 +482,8 @@ def run_sweep(spec: SweepSpec, opts: RunOptions, tracker_factory, console: Conso
     progress.start()
     try:
         for study in studies:
-            tuner, restored = _tuner(spec, study, storage, meta, opts.max_concurrent or spec.max_concurrent)
+            tuner, restored = _tuner(spec, study, storage, meta, opts.max_concurrent or spec.max_concurrent,
+                                     console)
             if restored:
                 console.print(f"resuming Tune experiment {study.name}", highlight=False)
             tuner.fit()

@@ -28,7 +28,8 @@ def _kill_group(pid: int) -> None:
         pass
 
 
-def test_killed_sweep_resumes_without_loss_or_duplicates(spec_dir):
+@pytest.mark.parametrize("truncate_state", [False, True], ids=["state-intact", "state-truncated"])
+def test_killed_sweep_resumes_without_loss_or_duplicates(spec_dir, truncate_state):
     base = {**TINY_BASE, "train": {**TINY_BASE["train"], "steps": 20}}
     path = write_spec(spec_dir, name="resume", base=base, max_concurrent=1,
                       tasks=[{"name": "prefix_sums", "train_size": 8, "ood_sizes": [16]}],
@@ -50,11 +51,18 @@ def test_killed_sweep_resumes_without_loss_or_duplicates(spec_dir):
     finished_before = {p.stem: pd.read_parquet(p).finished_at.tolist() for p in trials_dir.glob("*.parquet")}
     assert 1 <= len(finished_before) < 3, (spec_dir / "first.log").read_text()
     assert not (sweep_dir / "results.parquet").exists()  # the driver died before collecting
+    states = sorted((sweep_dir / "tune").glob("*/experiment_state-*.json"))
+    assert states, "Tune saved its experiment state before the kill"
+    if truncate_state:  # what a SIGKILL in the middle of Tune rewriting its state leaves behind
+        states[-1].write_text(states[-1].read_text()[:40])
 
     second = subprocess.run(_cli("run", str(path)), capture_output=True, text=True, timeout=400,
                             start_new_session=True, env=env)
     assert second.returncode == 0, second.stdout + second.stderr
-    assert "resuming Tune experiment" in second.stdout
+    if truncate_state:
+        assert "unreadable" in second.stdout and "resuming Tune experiment" not in second.stdout
+    else:  # the kill itself can land mid-write: then the run restarts the unfinished trials instead
+        assert "resuming Tune experiment" in second.stdout or "unreadable" in second.stdout
 
     df = pd.read_parquet(sweep_dir / "results.parquet")
     assert len(df) == 3 * 2 and df.trial_id.nunique() == 3
