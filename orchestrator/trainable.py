@@ -5,8 +5,8 @@ spec hash, git commit) and, in search sweeps, ``search`` (the sampled values).
 
 Reports, all through ``tune.report`` (the trial may run on another node than the driver):
   - every ``train.log_every`` steps: ``step`` and ``train/<metric>`` (loss, accuracy, iterations);
-  - every ``train.checkpoint_every`` steps: the training state as a Tune checkpoint, so a retried or
-    resumed trial continues where it stopped;
+  - every ``train.checkpoint_every`` steps (at most every MIN_CHECKPOINT_INTERVAL_S): the training
+    state as a Tune checkpoint, so a retried or resumed trial continues where it stopped;
   - once at the end: the trial's result rows (``fpr/rows``, JSON), residual curves, and per-split
     metrics (``acc/<split>``, for Optuna), with a final checkpoint holding the rows, so a restored
     trial that had already finished re-reports its rows instead of training again.
@@ -15,7 +15,9 @@ A diverged trial ends normally with ``diverged`` rows; an exception propagates s
 from __future__ import annotations
 
 import json
+import math
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,12 @@ from orchestrator.expand import Cell, resolve
 from orchestrator.provenance import hostname, package_versions
 from orchestrator.rows import SweepMeta, experiment_rows, residual_curves
 
+MIN_CHECKPOINT_INTERVAL_S = 30.0
+"""Checkpoints closer together than this are skipped. Tune saves its experiment state (which names
+each trial's latest checkpoint) at most every ~10 s and keeps only the newest CHECKPOINTS_KEPT
+checkpoints: spacing them wider than the state's period means the checkpoint a killed driver's
+state points at still exists when the sweep resumes."""
+CHECKPOINTS_KEPT = 2
 STATE_FILE = "train_state.pt"
 ROWS_FILE = "rows.json"
 ROWS_KEY = "fpr/rows"
@@ -84,7 +92,12 @@ def fpr_trainable(config: dict[str, Any]) -> None:
     def on_log(step: int, metrics: dict[str, float]) -> None:
         tune.report({"step": step, **{f"train/{k}": v for k, v in metrics.items()}})
 
+    last_checkpoint = [-math.inf]
+
     def on_checkpoint(step: int, state: dict[str, Any]) -> None:
+        if time.monotonic() - last_checkpoint[0] < MIN_CHECKPOINT_INTERVAL_S:
+            return
+        last_checkpoint[0] = time.monotonic()
         with tempfile.TemporaryDirectory() as tmp:
             save_checkpoint(Path(tmp, STATE_FILE), state)
             tune.report({"step": step}, checkpoint=tune.Checkpoint.from_directory(tmp))

@@ -26,7 +26,7 @@ from orchestrator.expand import Cell, Trial, expand, resolve, trial_count
 from orchestrator.progress import SweepProgress
 from orchestrator.rows import SweepMeta, placeholder_rows
 from orchestrator.spec import SweepSpec
-from orchestrator.trainable import CURVES_KEY, ROWS_KEY, fpr_trainable
+from orchestrator.trainable import CHECKPOINTS_KEPT, CURVES_KEY, ROWS_KEY, fpr_trainable
 from orchestrator.tracking import SweepTracker
 
 FINAL_STATUSES = ("ok", "diverged", "stopped")
@@ -408,7 +408,7 @@ def _tuner(spec: SweepSpec, study: Study, storage: str, meta: SweepMeta, max_con
     run_config = tune.RunConfig(
         name=study.name, storage_path=storage, verbose=0, callbacks=[ForwardingCallback()],
         failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=1))
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT))
     return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config), False
 
 
