@@ -99,3 +99,10 @@ def test_unreachable_tracking_server_is_bad_input(spec_dir):
     result = runner.invoke(app, ["run", str(path), "--tracking-uri", "http://127.0.0.1:9"])
     assert result.exit_code == 2 and "not reachable" in result.output
     assert not (spec_dir / "results" / "trk").exists()  # nothing started
+
+    # the report builds from this real (partly failed) sweep and says what is missing
+    report = runner.invoke(app, ["report", str(sweep_dir)])
+    assert report.exit_code == 0, report.output
+    text = (sweep_dir / "report.md").read_text()
+    assert "| failed | 2 |" in text and "instance space is too small" in text
+    assert "recall=standard" in text and (sweep_dir / "prefix_sums_ood_accuracy.png").stat().st_size > 1000

@@ -1,0 +1,42 @@
+"""The OOD study's specs (GPU scale and its CPU profile) validate, and --dry-run counts what their
+axes multiply to."""
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from orchestrator.cli import app
+
+SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
+runner = CliRunner()
+
+
+def expected_trials(path: Path) -> int:
+    raw = yaml.safe_load(path.read_text())
+    axes = raw.get("axes", {})
+    per_task = [math.prod(len(task.get("axes", {}).get(k, v)) for k, v in axes.items()) for task in raw["tasks"]]
+    return sum(per_task) * len(raw.get("seeds", [0]))
+
+
+@pytest.mark.parametrize("name", ["ood_generalization.yaml", "ood_generalization_cpu.yaml", "quickstart.yaml"])
+def test_study_spec_validates_and_dry_run_counts_its_axes(name, tmp_path):
+    path = SWEEPS / name
+    assert runner.invoke(app, ["validate", str(path)]).exit_code == 0
+    result = runner.invoke(app, ["run", str(path), "--dry-run", "--results-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert re.search(rf"= {expected_trials(path)} trials", result.output), result.output
+
+
+def test_the_gpu_study_covers_the_full_design():
+    raw = yaml.safe_load((SWEEPS / "ood_generalization.yaml").read_text())
+    assert raw["axes"]["model.recall"] == ["none", "standard", "internal"]
+    assert raw["axes"]["model.outer_norm"] == ["none", "rms"]
+    assert raw["axes"]["model.spectral"] == [0.5, 1.0, 2.0]
+    assert {t["name"] for t in raw["tasks"]} == {"prefix_sums", "mazes", "sudoku", "chess", "state_tracking"}
+    assert len(raw["seeds"]) == 3 and raw["resources"]["gpu"] > 0
+    assert expected_trials(SWEEPS / "ood_generalization.yaml") == 270
