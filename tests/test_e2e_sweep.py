@@ -69,6 +69,13 @@ def test_grid_sweep_writes_rows_runs_and_failures(spec_dir, ray_session):
     status = runner.invoke(app, ["status", str(sweep_dir)])
     assert status.exit_code == 0 and "2 failed, 2 ok" in status.output
 
+    # the report builds from this real (partly failed) sweep and says what is missing
+    report = runner.invoke(app, ["report", str(sweep_dir)])
+    assert report.exit_code == 0, report.output
+    text = (sweep_dir / "report.md").read_text()
+    assert "| failed | 2 |" in text and "status failed: ValueError: make_splits" in text
+    assert "recall=standard" in text and (sweep_dir / "prefix_sums_ood_accuracy.png").stat().st_size > 1000
+
 
 def test_search_sweep_with_asha(spec_dir, ray_session):
     path = write_spec(spec_dir, name="search", tasks=[{"name": "prefix_sums", "train_size": 8, "ood_sizes": [16]}],
@@ -99,10 +106,3 @@ def test_unreachable_tracking_server_is_bad_input(spec_dir):
     result = runner.invoke(app, ["run", str(path), "--tracking-uri", "http://127.0.0.1:9"])
     assert result.exit_code == 2 and "not reachable" in result.output
     assert not (spec_dir / "results" / "trk").exists()  # nothing started
-
-    # the report builds from this real (partly failed) sweep and says what is missing
-    report = runner.invoke(app, ["report", str(sweep_dir)])
-    assert report.exit_code == 0, report.output
-    text = (sweep_dir / "report.md").read_text()
-    assert "| failed | 2 |" in text and "instance space is too small" in text
-    assert "recall=standard" in text and (sweep_dir / "prefix_sums_ood_accuracy.png").stat().st_size > 1000

@@ -190,7 +190,7 @@ def test_two_sweeps_share_the_cluster_and_use_both_nodes(cluster, tmp_path):
 def test_worker_node_killed_mid_trial_is_retried_and_the_sweep_completes(cluster, tmp_path):
     nodes = cluster.node_ids()
     counters = [tmp_path / f"trial{i}.attempts" for i in range(2)]
-    base = {**TINY_BASE, "train": {**TINY_BASE["train"], "steps": 60, "checkpoint_every": 10}}
+    base = {**TINY_BASE, "train": {**TINY_BASE["train"], "steps": 600, "checkpoint_every": 10}}
     spec = write_spec(tmp_path, name="mn-kill", base=base, max_failures=2,
                       tasks=[_counter_task(c) for c in counters])
     log = tmp_path / "kill.log"
@@ -202,7 +202,8 @@ def test_worker_node_killed_mid_trial_is_retried_and_the_sweep_completes(cluster
         worker_pids = node_pids(cluster.worker.pid)
         on_worker = [c for c in counters if c.exists() and int(c.read_text().split()[0]) in worker_pids]
         assert len(on_worker) == 1, log.read_text()  # one CPU per node: one trial runs on each
-        time.sleep(2)  # mid-training
+        time.sleep(2)  # mid-training: 600 steps take well over 2 s (a trial already finished would
+        # be re-reported from its final checkpoint, rows and node id included)
         cluster.kill(cluster.worker)
         code = driver.wait(timeout=400)
     finally:
