@@ -55,8 +55,15 @@ class Task(ABC):
     difficulty_key: ClassVar[str]
     """The meta key the report plots iterations against (e.g. 'path_len')."""
 
+    accepted_params: ClassVar[tuple[str, ...]] = ()
+    """Names of the task's parameters (e.g. ('group',) for state tracking); others are rejected."""
+
     def __init__(self, **params) -> None:
         """Task-specific parameters (e.g. group='S5' for state tracking); unknown ones raise ValueError."""
+        unknown = sorted(set(params) - set(self.accepted_params))
+        if unknown:
+            expected = f"only {list(self.accepted_params)}" if self.accepted_params else "none"
+            raise ValueError(f"task {self.name!r}: unknown parameter(s) {unknown}; it takes {expected}")
         self.params = params
 
     @property

@@ -232,11 +232,6 @@ class Chess(Task):
     default_ood_sizes = (2,)
     difficulty_key = "depth"
 
-    def __init__(self, **params) -> None:
-        if params:
-            raise ValueError(f"task 'chess' takes no parameters, got {sorted(params)}")
-        super().__init__()
-
     @property
     def vocab_size(self) -> int:
         return 13

@@ -162,11 +162,6 @@ class Mazes(Task):
     default_ood_sizes = (13, 17, 25, 33)
     difficulty_key = "path_len"
 
-    def __init__(self, **params) -> None:
-        if params:
-            raise ValueError(f"task 'mazes': unknown parameter(s) {sorted(params)}; it takes none")
-        super().__init__()
-
     @property
     def vocab_size(self) -> int:
         return 4

@@ -27,12 +27,6 @@ class PrefixSums(Task):
     default_ood_sizes = (64, 128, 256, 512)
     difficulty_key = "length"
 
-    def __init__(self, **params) -> None:
-        if params:
-            raise ValueError(f"task 'prefix_sums': unknown parameter(s) {sorted(params)}; "
-                             f"it takes none")
-        super().__init__()
-
     @property
     def vocab_size(self) -> int:
         return 2

@@ -89,14 +89,14 @@ class StateTracking(Task):
     default_ood_sizes = (64, 128, 256)
     difficulty_key = "length"
 
+    accepted_params = ("group",)
+
     def __init__(self, group: str = "S5", **params) -> None:
-        if params:
-            raise ValueError(f"task 'state_tracking': unknown parameter(s) {sorted(params)}; "
-                             f"expected only 'group' (one of {list(GROUPS)})")
+        super().__init__(**params)  # rejects unknown parameters
         if group not in GROUPS:
             raise ValueError(f"task 'state_tracking': group must be one of {list(GROUPS)}, "
                              f"got {group!r}")
-        super().__init__(group=group)
+        self.params = {"group": group}
         self.group = group
         self.order = int(group_elements(group).shape[0])
 

@@ -268,11 +268,6 @@ class Sudoku(Task):
     default_ood_sizes = (45, 50, 54, 58)
     difficulty_key = "rating"
 
-    def __init__(self, **params) -> None:
-        if params:
-            raise ValueError(f"task 'sudoku' takes no parameters, got {sorted(params)}")
-        super().__init__()
-
     @property
     def vocab_size(self) -> int:
         return 10
