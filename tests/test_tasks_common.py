@@ -24,6 +24,14 @@ def test_registry_requires_exactly_one_matching_task_class(monkeypatch):
         get_task("prefix_sums")
 
 
+@pytest.mark.parametrize("name,size", [("prefix_sums", 16), ("mazes", 13), ("state_tracking", 32)])
+def test_generation_is_deterministic_in_seed(name, size):
+    task = get_task(name)
+    a, b, c = task.generate(20, size, 7), task.generate(20, size, 7), task.generate(20, size, 8)
+    assert np.array_equal(a.inputs, b.inputs) and np.array_equal(a.targets, b.targets)
+    assert not np.array_equal(a.inputs, c.inputs)
+
+
 @pytest.mark.parametrize("name", TASK_NAMES)
 def test_get_task_returns_the_named_task(name):
     task = get_task(name)
