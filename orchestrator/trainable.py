@@ -92,12 +92,13 @@ def fpr_trainable(config: dict[str, Any]) -> None:
     def on_log(step: int, metrics: dict[str, float]) -> None:
         tune.report({"step": step, **{f"train/{k}": v for k, v in metrics.items()}})
 
-    last_checkpoint = [-math.inf]
+    last_checkpoint = -math.inf
 
     def on_checkpoint(step: int, state: dict[str, Any]) -> None:
-        if time.monotonic() - last_checkpoint[0] < MIN_CHECKPOINT_INTERVAL_S:
+        nonlocal last_checkpoint
+        if time.monotonic() - last_checkpoint < MIN_CHECKPOINT_INTERVAL_S:
             return
-        last_checkpoint[0] = time.monotonic()
+        last_checkpoint = time.monotonic()
         with tempfile.TemporaryDirectory() as tmp:
             save_checkpoint(Path(tmp, STATE_FILE), state)
             tune.report({"step": step}, checkpoint=tune.Checkpoint.from_directory(tmp))
