@@ -150,7 +150,10 @@ def _read_everything(root: Path, stop: threading.Event, seen: dict, errors: list
     while not stop.is_set():
         for path in root.rglob("*.parquet"):
             try:
-                table = pq.read_table(path)
+                # One open handle pins one file version. pq.read_table(path) opens the path twice
+                # (footer, then data), so across an os.replace it can mix two complete files.
+                with open(path, "rb") as handle:
+                    table = pq.read_table(handle)
             except FileNotFoundError:  # replaced between listing and opening: not a torn file
                 continue
             except Exception as e:  # a partial or corrupt file
