@@ -53,8 +53,8 @@ def sequential_loop(spec_path: Path) -> tuple[float, int]:
     import torch
 
     from fpr_core.experiment import ExperimentConfig, run_experiment
-    from orchestrator.expand import expand, resolve
-    from orchestrator.spec import load_spec
+    from orchestrator.sweep.expand import expand, resolve
+    from orchestrator.sweep.spec import load_spec
 
     torch.set_num_threads(1)
     configs = [ExperimentConfig.from_dict(resolve(c, None).experiment_config()) for c in expand(load_spec(spec_path))]
@@ -102,7 +102,7 @@ def fake_rows(trial_id: str, splits: int, n: int) -> list[dict]:
 
 
 def mlflow_per_trial(directory: Path, trials: int = 20, log_steps: int = 6) -> float:
-    from orchestrator.tracking import SweepTracker, default_tracking_uri
+    from orchestrator.store.tracking import SweepTracker, default_tracking_uri
 
     tracker = SweepTracker(default_tracking_uri(directory), "bench-mlflow", directory, {"spec_hash": "x"})
     config = {"model": {"dim": 32, "recall": "none"}, "train": {"steps": 150, "lr": 0.003}}
@@ -122,7 +122,7 @@ def collection(directory: Path, rows: int, splits: int = 10, n: int = 64) -> dic
     import duckdb
     import pandas as pd
 
-    from orchestrator import results
+    from orchestrator.store import parquet as results
 
     sweep = directory / "collect"
     n_trials = rows // splits

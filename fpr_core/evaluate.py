@@ -1,6 +1,6 @@
 """Evaluation of one split: verifier-based accuracy, iterations per instance, stability diagnostics.
 
-``EvalResult.metrics`` uses the column names of ``orchestrator/schema.py`` so a row is the metrics
+``EvalResult.metrics`` uses the column names of ``orchestrator/store/schema.py`` so a row is the metrics
 plus provenance. Evaluation runs in float32 (no autocast) because the halting rule compares a
 relative residual with ``tol`` and the diagnostics take finite differences; bf16 rounding (~4e-3)
 would blur both.

@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from orchestrator.spec import SpecError, SweepSpec, load_spec, spec_json_schema
+from orchestrator.sweep.spec import SpecError, SweepSpec, load_spec, spec_json_schema
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   pretty_exceptions_show_locals=False,
@@ -80,8 +80,8 @@ def run(spec_path: Path = SPEC_ARG,
     if dry_run:
         _print_plan(spec, smoke, results_dir)
         raise typer.Exit(EXIT_OK)
-    from orchestrator import tracking
-    from orchestrator.tune_driver import RunOptions, SweepError, run_sweep, sweep_dir_for
+    from orchestrator.store import tracking
+    from orchestrator.run.driver import RunOptions, SweepError, run_sweep, sweep_dir_for
 
     opts = RunOptions(address, max_concurrent, tracking_uri, results_dir, storage, smoke)
     try:
@@ -132,7 +132,7 @@ def _write_sweep_info(sweep_dir: Path, spec: SweepSpec, spec_path: Path, uri: st
 
 
 def _print_plan(spec: SweepSpec, smoke: bool, results_dir: Optional[str]) -> None:
-    from orchestrator.expand import expand, trial_count
+    from orchestrator.sweep.expand import expand, trial_count
 
     cells = expand(spec, smoke=smoke)
     samples = spec.search.num_samples if spec.search else 1
@@ -153,13 +153,13 @@ def _print_plan(spec: SweepSpec, smoke: bool, results_dir: Optional[str]) -> Non
 
 
 def _done_statuses(sweep_dir: Path) -> dict[str, str]:
-    from orchestrator import results
+    from orchestrator.store import parquet as results
 
     return results.finished_statuses(sweep_dir) if sweep_dir.is_dir() else {}
 
 
 def _print_outcome(outcome, uri: str) -> None:
-    from orchestrator import results
+    from orchestrator.store import parquet as results
 
     counts = ", ".join(f"{n} {s}" for s, n in sorted(outcome.counts.items())) or "no trials finished"
     console.print(f"\ntrials: {counts}" + (f"; {outcome.unfinished} unfinished (interrupted: run the same "
@@ -202,7 +202,7 @@ def _cell(row: Optional[dict]) -> str:
 @app.command()
 def validate(spec_path: Path = SPEC_ARG) -> None:
     """Check a spec (shape, every fpr_core value, every trial config) without running anything."""
-    from orchestrator.expand import expand, trial_count
+    from orchestrator.sweep.expand import expand, trial_count
 
     spec = _load(spec_path)
     cells = expand(spec)
@@ -231,8 +231,8 @@ def _sweep_dir(sweep: str, results_dir: Optional[str]) -> Path:
 @app.command()
 def status(sweep: str = SWEEP_ARG, results_dir: Optional[str] = RESULTS_OPT) -> None:
     """Per-trial state of a sweep: done (ok/diverged/stopped), failed, running or pending."""
-    from orchestrator import results
-    from orchestrator.tune_driver import tune_trial_states
+    from orchestrator.store import parquet as results
+    from orchestrator.run.driver import tune_trial_states
 
     sweep_dir = _sweep_dir(sweep, results_dir)
     finished = {s["trial_id"]: s for s in results.trial_summaries(sweep_dir)}
@@ -259,7 +259,7 @@ def status(sweep: str = SWEEP_ARG, results_dir: Optional[str] = RESULTS_OPT) -> 
 @app.command()
 def report(sweep: str = SWEEP_ARG, results_dir: Optional[str] = RESULTS_OPT) -> None:
     """Build the sweep's report (tables and plots) from results.parquet."""
-    from orchestrator.report import build_report
+    from orchestrator.report.build import build_report
 
     sweep_dir = _sweep_dir(sweep, results_dir)
     if not (sweep_dir / "results.parquet").exists():
@@ -273,7 +273,7 @@ def ui(sweep: str = SWEEP_ARG, results_dir: Optional[str] = RESULTS_OPT,
        host: str = typer.Option(LOOPBACK, "--host", help="Interface to bind; anything but loopback exposes "
                                                          "the UI (and the runs) to the network.")) -> None:
     """Serve the MLflow UI for a sweep's tracking store on http://127.0.0.1:PORT (--host to expose it; Ctrl-C stops it)."""
-    from orchestrator import tracking
+    from orchestrator.store import tracking
 
     _warn_if_exposed(host, "--host", "the MLflow UI")
     sweep_dir = _sweep_dir(sweep, results_dir)

@@ -9,7 +9,7 @@ from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from orchestrator.cli import app
-from orchestrator.schema import results_schema
+from orchestrator.store.schema import results_schema
 
 from conftest import write_spec
 

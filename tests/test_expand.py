@@ -7,8 +7,8 @@ import pytest
 from typer.testing import CliRunner
 
 from orchestrator.cli import app
-from orchestrator.expand import expand, resolve, trial_count
-from orchestrator.spec import load_spec
+from orchestrator.sweep.expand import expand, resolve, trial_count
+from orchestrator.sweep.spec import load_spec
 
 from conftest import write_spec
 

@@ -124,7 +124,7 @@ THREADS, TRIALS_PER_THREAD = 3, 6
 def _sweep_driver(sweep_dir: str, start: "multiprocessing.synchronize.Barrier") -> None:
     """One sweep's driver: THREADS trials finish at the same moment, again and again; each writes
     its rows file and re-collects results.parquet; a last collect at the end (as run_sweep does)."""
-    from orchestrator import results
+    from orchestrator.store import parquet as results
 
     sweep = Path(sweep_dir)
 

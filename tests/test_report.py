@@ -13,10 +13,10 @@ import pyarrow.parquet as pq
 import pytest
 from rich.console import Console
 
-from orchestrator.claims import (CONTRADICTED, INCONCLUSIVE, SUPPORTED, compute_verdicts, spearman)
-from orchestrator.report import build_report, ood_table
-from orchestrator.report_data import load_results, spectral_regime
-from orchestrator.schema import config_columns, results_schema
+from orchestrator.report.claims import (CONTRADICTED, INCONCLUSIVE, SUPPORTED, compute_verdicts, spearman)
+from orchestrator.report.build import build_report, ood_table
+from orchestrator.report.frame import load_results, spectral_regime
+from orchestrator.store.schema import config_columns, results_schema
 
 SIZES = {"prefix_sums": (32, (64, 128, 256)), "sudoku": (40, (50, 60))}
 """task -> (train size, OOD sizes)."""

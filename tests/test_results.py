@@ -7,11 +7,11 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
-from orchestrator import results
-from orchestrator.expand import expand, resolve
-from orchestrator.rows import SweepMeta, placeholder_rows
-from orchestrator.schema import SCHEMA_VERSION, config_columns, results_schema
-from orchestrator.spec import load_spec
+from orchestrator.store import parquet as results
+from orchestrator.sweep.expand import expand, resolve
+from orchestrator.store.rows import SweepMeta, placeholder_rows
+from orchestrator.store.schema import SCHEMA_VERSION, config_columns, results_schema
+from orchestrator.sweep.spec import load_spec
 
 from conftest import write_spec
 
@@ -93,7 +93,7 @@ def test_diverged_trial_gives_diverged_rows_for_every_split(trials):
     from fpr_core.config import ModelConfig
     from fpr_core.experiment import ExperimentResult
     from fpr_core.train import TrainResult
-    from orchestrator.rows import experiment_rows
+    from orchestrator.store.rows import experiment_rows
 
     t = trials[0]
     train = TrainResult("diverged", 7, 0.5, float("nan"), "non-finite loss nan at step 7")

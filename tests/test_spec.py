@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from orchestrator.cli import app
-from orchestrator.spec import SpecError, load_spec
+from orchestrator.sweep.spec import SpecError, load_spec
 
 from conftest import write_spec
 
@@ -42,7 +42,7 @@ def test_full_spec_loads(spec_dir):
 def test_yaml_exponent_without_dot_is_a_number(spec_dir):
     # YAML 1.1 reads 1e-3 as a string; a float field must still accept it.
     path = write_spec(spec_dir, name="exp", tasks=[TASK], base={"train": {"lr": "1e-3"}})
-    from orchestrator.expand import expand
+    from orchestrator.sweep.expand import expand
 
     assert expand(load_spec(path))[0].sections["train"]["lr"] == pytest.approx(1e-3)
 

@@ -6,7 +6,7 @@ import socket
 import pytest
 from mlflow import MlflowClient
 
-from orchestrator import tracking
+from orchestrator.store import tracking
 
 ROWS = [{"split": "id", "exact_acc": 0.75, "token_acc": 0.9, "iters_mean": 5.0, "iters_p95": 9.0,
          "reachability": 1.0, "input_dependence": 0.3, "spectral_radius": 0.8, "status": "ok",

@@ -21,13 +21,13 @@ import ray
 from ray import tune
 from rich.console import Console
 
-from orchestrator import results
-from orchestrator.expand import Cell, Trial, expand, resolve, trial_count
-from orchestrator.progress import SweepProgress
-from orchestrator.rows import SweepMeta, placeholder_rows
-from orchestrator.spec import SweepSpec
-from orchestrator.trainable import CHECKPOINTS_KEPT, CURVES_KEY, ROWS_KEY, fpr_trainable
-from orchestrator.tracking import SweepTracker
+from orchestrator.store import parquet as results
+from orchestrator.sweep.expand import Cell, Trial, expand, resolve, trial_count
+from orchestrator.console import SweepProgress
+from orchestrator.store.rows import SweepMeta, placeholder_rows
+from orchestrator.sweep.spec import SweepSpec
+from orchestrator.run.trainable import CHECKPOINTS_KEPT, CURVES_KEY, ROWS_KEY, fpr_trainable
+from orchestrator.store.tracking import SweepTracker
 
 FINAL_STATUSES = ("ok", "diverged", "stopped")
 """A trial whose rows file holds one of these is done; 'failed' trials run again on resume."""
@@ -454,7 +454,7 @@ def tune_trial_states(sweep_dir: Path) -> dict[str, tuple[str, Trial]]:
 def run_sweep(spec: SweepSpec, opts: RunOptions, tracker_factory, console: Console) -> SweepOutcome:
     """Run (or resume) the sweep; ``tracker_factory(sweep_dir, meta)`` opens its SweepTracker."""
     global _ACTIVE
-    from orchestrator.provenance import git_commit
+    from orchestrator.store.provenance import git_commit
 
     quiet_tune()
     name = sweep_name(spec, opts.smoke)

@@ -21,8 +21,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from orchestrator.claims import instance_pairs  # noqa: E402
-from orchestrator.report_data import ordered_variants, seed_std, trial_summary  # noqa: E402
+from orchestrator.report.claims import instance_pairs  # noqa: E402
+from orchestrator.report.frame import ordered_variants, seed_std, trial_summary  # noqa: E402
 
 MAX_DIFFICULTY_BINS = 10
 """Difficulties with more distinct values than this are binned by quantiles."""

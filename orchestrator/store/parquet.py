@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from orchestrator.schema import results_schema
+from orchestrator.store.schema import results_schema
 
 
 def trials_dir(sweep_dir: Path) -> Path:

@@ -16,12 +16,12 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from orchestrator import claims
-from orchestrator.claims import Verdict, compute_verdicts
-from orchestrator.plots import plot_task
-from orchestrator.report_data import (is_ood, load_results, ordered_variants, prepare, seed_std,
+from orchestrator.report import claims
+from orchestrator.report.claims import Verdict, compute_verdicts
+from orchestrator.report.plots import plot_task
+from orchestrator.report.frame import (is_ood, load_results, ordered_variants, prepare, seed_std,
                                       split_sort_key)
-from orchestrator.schema import STATUSES
+from orchestrator.store.schema import STATUSES
 
 REPORT_FILE = "report.md"
 ERROR_CHARS = 160
@@ -161,7 +161,7 @@ def verdict_rows(verdicts: list[Verdict]) -> tuple[list[str], list[list[str]]]:
 
 
 def thresholds_text() -> str:
-    """The thresholds the verdicts use, read from orchestrator.claims (never restated by hand)."""
+    """The thresholds the verdicts use, read from orchestrator.report.claims (never restated by hand)."""
     names = ["MIN_SEEDS", "MIN_MARGIN", "REACH_MIN", "RHO_MAX", "DEP_RATIO_SUPPORT", "DEP_RATIO_CONTRADICT",
              "DEP_ABS", "NONINF_MARGIN", "RHO_SUPPORT", "RHO_CONTRADICT", "MIN_INSTANCES", "MIN_SIZES"]
     return ", ".join(f"`{n}` = {getattr(claims, n)}" for n in names)
@@ -184,7 +184,7 @@ def render_markdown(frame: pd.DataFrame, statuses: pd.DataFrame, missing: list[s
         out += [f"### {task}", "", md_table(*ood_display(table, task)), ""]
         out += [f"![{p.stem}]({p.name})" for p in figures.get(task, [])] + [""]
     out += ["## Claim verdicts", "", md_table(*verdict_rows(verdicts)), "",
-            "Verdicts are computed from the rows above (rules in `orchestrator/claims.py`). Thresholds: "
+            "Verdicts are computed from the rows above (rules in `orchestrator/report/claims.py`). Thresholds: "
             + thresholds_text() + ".", ""]
     return "\n".join(out)
 

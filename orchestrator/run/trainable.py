@@ -23,9 +23,9 @@ from typing import Any
 
 from ray import tune
 
-from orchestrator.expand import Cell, resolve
-from orchestrator.provenance import hostname, package_versions
-from orchestrator.rows import SweepMeta, experiment_rows, residual_curves
+from orchestrator.sweep.expand import Cell, resolve
+from orchestrator.store.provenance import hostname, package_versions
+from orchestrator.store.rows import SweepMeta, experiment_rows, residual_curves
 
 MIN_CHECKPOINT_INTERVAL_S = 30.0
 """Checkpoints closer together than this are skipped. Tune saves its experiment state (which names

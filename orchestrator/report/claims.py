@@ -45,7 +45,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from orchestrator.report_data import FIXED_POINT_REACHED, finite_mean, prepare, seed_std, trial_summary
+from orchestrator.report.frame import FIXED_POINT_REACHED, finite_mean, prepare, seed_std, trial_summary
 
 SUPPORTED, CONTRADICTED, INCONCLUSIVE = "supported", "contradicted", "inconclusive"
 VerdictName = Literal["supported", "contradicted", "inconclusive"]

@@ -1,5 +1,5 @@
 """Result rows as plain JSON-able dicts, one per (trial, eval split), keyed by the columns of
-``orchestrator.schema``. Built on the worker for trials that ran (they travel back to the driver
+``orchestrator.store.schema``. Built on the worker for trials that ran (they travel back to the driver
 inside the trial's final Tune result) and on the driver for trials that failed or were stopped.
 """
 from __future__ import annotations
@@ -10,8 +10,8 @@ import json
 import math
 from typing import Any, Optional
 
-from orchestrator.expand import Trial
-from orchestrator.schema import config_columns
+from orchestrator.sweep.expand import Trial
+from orchestrator.store.schema import config_columns
 
 SPLIT_METRICS = ("n", "exact_acc", "token_acc", "iters_mean", "iters_p50", "iters_p95", "eval_cap",
                  "reachability", "cycled_frac", "residual_median", "input_dependence",

@@ -377,7 +377,7 @@ def _fail(path: Path, where: str, message: str) -> SpecError:
 
 def check_fpr_core(spec: SweepSpec, path: Path) -> None:
     """Validate every fpr_core value the spec mentions by building fpr_core's own objects."""
-    from orchestrator.expand import expand  # expansion validates every combined trial config
+    from orchestrator.sweep.expand import expand  # expansion validates every combined trial config
 
     try:
         base = base_sections(spec.base)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from fpr_core.config import ConfigError
-from orchestrator.spec import (SpecError, SweepSpec, apply_overrides, base_sections, check_dotted,
+from orchestrator.sweep.spec import (SpecError, SweepSpec, apply_overrides, base_sections, check_dotted,
                                resolved_sections, stable_hash)
 
 SMOKE_BUDGET: dict[str, Any] = {"train.steps": 30, "train.n_train": 256, "train.warmup": 5,

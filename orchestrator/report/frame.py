@@ -1,6 +1,6 @@
 """Load a sweep's results table and label its rows for the report (variants, regimes, trials).
 
-The results table (``orchestrator/schema.py``) has one row per (trial, eval split). The report groups
+The results table (``orchestrator/store/schema.py``) has one row per (trial, eval split). The report groups
 trials into *variants*: the values of recall, outer_norm and the spectral regime, plus every other
 ``cfg.*`` column that takes more than one value within a task (an lr axis, a grad mode ...). Seeds
 are not a variant axis: trials of one variant that differ only in seed are the seed spread.
@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from orchestrator.schema import results_schema
+from orchestrator.store.schema import results_schema
 
 RESULTS_FILE = "results.parquet"
 
