@@ -11,6 +11,7 @@ the global torch RNG of training, so trials with different seeds differ in data 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import os
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from fpr_core.config import (ConfigError, EvalConfig, GradConfig, ModelConfig, S
                              TrainConfig, _from_dict)
 from fpr_core.device import select_device
 from fpr_core.evaluate import evaluate_split, scaled_eval_cap
+from fpr_core.tasks.base import Task, TaskData
 from fpr_core.train import CheckpointFn, LogFn, TrainResult, train
 
 SEED_STRIDE = 1_000_003
@@ -114,6 +116,19 @@ class SplitResult:
     residual_curve: np.ndarray
 
 
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What one generated split was: enough to recognise the same data again."""
+
+    split: str
+    """'train', 'id' or 'ood_<size>'."""
+    size: int
+    n: int
+    """Instances in the split."""
+    digest: str
+    """Content hash of the split's arrays (``data_digest``)."""
+
+
 @dataclass
 class ExperimentResult:
     """Training outcome and one SplitResult per eval split (empty unless training ended ok)."""
@@ -125,6 +140,28 @@ class ExperimentResult:
     train_size: int
     difficulty_key: str
     device: str
+    model: Optional[torch.nn.Module] = None
+    """The trained model (raw weights; ``train.eval_model`` is the EMA copy when EMA is on)."""
+    train_tokens: int = 0
+    """Tokens per instance at the training size (LoopedModel's ``train_tokens``)."""
+    datasets: list[DatasetInfo] = field(default_factory=list)
+    """Every split the trial generated, train first."""
+
+
+def data_digest(data: TaskData) -> str:
+    """Short blake2b of a split's inputs, targets and mask (shapes included): equal digests mean
+    the same instances in the same order."""
+    h = hashlib.blake2b(digest_size=16)
+    for array in (data.inputs, data.targets, data.mask):
+        a = np.ascontiguousarray(array)
+        h.update(repr((a.dtype.str, a.shape)).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def dataset_infos(splits: dict[str, TaskData]) -> list[DatasetInfo]:
+    """DatasetInfo of every split, in generation order."""
+    return [DatasetInfo(name, int(d.size), len(d), data_digest(d)) for name, d in splits.items()]
 
 
 def training_seed(cfg: ExperimentConfig) -> int:
@@ -147,10 +184,9 @@ def run_experiment(cfg: ExperimentConfig, *, cache_dir: str | os.PathLike | None
     (diverged or stopped) nothing is evaluated and ``splits`` is empty.
     """
     from fpr_core.model import LoopedModel
-    from fpr_core.tasks import get_task, make_splits
+    from fpr_core.tasks import make_splits
 
-    task = get_task(cfg.task.name, **cfg.task.params)
-    train_size = task.default_train_size if cfg.task.train_size is None else int(cfg.task.train_size)
+    task, train_size = task_of(cfg)
     ood_sizes = task.default_ood_sizes if cfg.task.ood_sizes is None else cfg.task.ood_sizes
     splits = make_splits(task, train_size=train_size, ood_sizes=tuple(ood_sizes),
                          n_train=cfg.train.n_train, n_eval=cfg.eval.n_eval, seed=cfg.seed,
@@ -166,11 +202,51 @@ def run_experiment(cfg: ExperimentConfig, *, cache_dir: str | os.PathLike | None
                    resume_state=resume_state, should_stop=should_stop)
     evaluated: list[SplitResult] = []
     if result.status == "ok":
-        names = sorted((n for n in splits if n != "train"), key=lambda n: _eval_order(n, splits[n].size))
-        for name in names:
-            data = splits[name]
-            cap = scaled_eval_cap(cfg.solver, data.size, train_size)
-            ev = evaluate_split(result.eval_model, task, data, cap=cap, cfg=cfg.eval, device=dev, seed=cfg.seed)
-            evaluated.append(SplitResult(name, int(data.size), ev.metrics, ev.instance_iters,
-                                         ev.instance_difficulty, ev.instance_correct, ev.residual_curve))
-    return ExperimentResult(result, evaluated, model_cfg, train_size, task.difficulty_key, str(dev))
+        evaluated = evaluate_splits(result.eval_model, task, splits, cfg, train_size, dev)
+    return ExperimentResult(result, evaluated, model_cfg, train_size, task.difficulty_key, str(dev),
+                            model=model, train_tokens=train_tokens, datasets=dataset_infos(splits))
+
+
+def evaluate_splits(model: torch.nn.Module, task: Task, splits: dict[str, TaskData], cfg: ExperimentConfig,
+                    train_size: int, device: torch.device) -> list[SplitResult]:
+    """Evaluate every split but 'train' ('id' first, then OOD by size), each with the loop cap of
+    ``evaluate.scaled_eval_cap`` under ``cfg.solver``."""
+    out: list[SplitResult] = []
+    names = sorted((n for n in splits if n != "train"), key=lambda n: _eval_order(n, splits[n].size))
+    for name in names:
+        data = splits[name]
+        cap = scaled_eval_cap(cfg.solver, data.size, train_size)
+        ev = evaluate_split(model, task, data, cap=cap, cfg=cfg.eval, device=device, seed=cfg.seed)
+        out.append(SplitResult(name, int(data.size), ev.metrics, ev.instance_iters,
+                               ev.instance_difficulty, ev.instance_correct, ev.residual_curve))
+    return out
+
+
+def task_of(cfg: ExperimentConfig) -> tuple[Task, int]:
+    """The config's task and its training size (the task's default when unset)."""
+    from fpr_core.tasks import get_task
+
+    task = get_task(cfg.task.name, **cfg.task.params)
+    return task, (task.default_train_size if cfg.task.train_size is None else int(cfg.task.train_size))
+
+
+def evaluate_sizes(model: torch.nn.Module, cfg: ExperimentConfig, sizes: tuple[int, ...], *,
+                   include_id: bool = False, cache_dir: str | os.PathLike | None | bool = None,
+                   device: str | torch.device = "cpu") -> tuple[list[SplitResult], list[DatasetInfo]]:
+    """Evaluate a trained ``model`` of the trial ``cfg`` on 'ood_<size>' splits (and 'id'), no training.
+
+    The splits are the ones ``run_experiment`` would have built with these OOD sizes: the same
+    seeds, and the same exclusion of every train and 'id' instance, so an 'id' re-evaluation sees
+    exactly the instances the trial was scored on. Returns the results and the evaluated splits'
+    DatasetInfo."""
+    from fpr_core.tasks import make_splits
+
+    task, train_size = task_of(cfg)
+    splits = make_splits(task, train_size=train_size, ood_sizes=tuple(sizes), n_train=cfg.train.n_train,
+                         n_eval=cfg.eval.n_eval, seed=cfg.seed, cache_dir=cache_dir)
+    if not include_id:
+        del splits["id"]
+    dev = torch.device(device)
+    model = model.to(dev)
+    infos = [i for i in dataset_infos(splits) if i.split != "train"]
+    return evaluate_splits(model, task, splits, cfg, train_size, dev), infos
