@@ -52,7 +52,8 @@ def sequential_loop(spec_path: Path) -> tuple[float, int]:
     """Every trial of the spec through run_experiment, one after another; (seconds, trials)."""
     import torch
 
-    from fpr_core.experiment import ExperimentConfig, run_experiment
+    from fpr_core.config import ExperimentConfig
+    from fpr_core.experiment import run_experiment
     from orchestrator.sweep.expand import expand, resolve
     from orchestrator.sweep.spec import load_spec
 

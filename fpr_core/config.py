@@ -10,7 +10,7 @@ Generalization in Looped Transformers (Labovich 2026); DT = Deep Thinking (Schwa
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
 Recall = Literal["none", "standard", "internal"]
@@ -20,6 +20,7 @@ ResidualScale = Literal["none", "fixed", "learned"]
 Positions = Literal["none", "rope1d", "rope2d"]
 Conv = Literal["none", "1d", "2d"]
 Mlp = Literal["swiglu", "gelu"]
+Mixer = Literal["attention", "local_attention", "conv"]
 SolverName = Literal["damped", "anderson"]
 GradMode = Literal["bptt", "truncated", "phantom", "implicit", "progressive"]
 LossName = Literal["ce", "stablemax"]
@@ -47,6 +48,12 @@ def _check_choice(where: str, name: str, value: Any, choices: tuple) -> None:
 
 def _literal_choices(lit) -> tuple:
     return lit.__args__
+
+
+ADDED_AFTER_IDS = {"added_after_ids": True}
+"""Field metadata: the field was added after trial ids were pinned by committed studies. A trial's
+id omits such a field while it holds its default, so a committed trial keeps its id (see
+``identity_sections``)."""
 
 
 @dataclass(frozen=True)
@@ -95,12 +102,30 @@ class ModelConfig:
     """Scale attention logits by log(n)/log(n_train) so attention stays sharp on larger inputs."""
     init_std: float = 0.02
     """Std of weight init."""
+    mixer: Mixer = field(default="attention", metadata=ADDED_AFTER_IDS)
+    """Token mixing sublayer of each block: attention (global, what FPRM and SGLT use),
+    local_attention (each token attends to a mixer_window x mixer_window neighbourhood on grids, a
+    mixer_window-token window on sequences: a size-agnostic local rule), or conv (a depthwise conv
+    over the grid / sequence, no attention: Deep Thinking's nets are fully convolutional)."""
+    mixer_window: int = field(default=3, metadata=ADDED_AFTER_IDS)
+    """Window side k of local_attention and kernel of the conv mixer (odd, centred; causal: the k
+    positions up to and including the token)."""
+    causal: bool = field(default=False, metadata=ADDED_AFTER_IDS)
+    """Causal mixing (FPRM's state tracking): a causal attention mask and left-padded depthwise
+    convs (padding k-1), so a token never sees a later one. On grids 'later' is raster order:
+    attention masks by raster order, convs and local windows see only the rows above and the
+    columns to the left (a subset)."""
 
     def validate(self, where: str = "model") -> None:
         for name, lit in [("recall", Recall), ("recall_form", RecallForm), ("outer_norm", Norm),
                           ("residual_scale", ResidualScale), ("positions", Positions),
-                          ("conv", Conv), ("mlp", Mlp)]:
+                          ("conv", Conv), ("mlp", Mlp), ("mixer", Mixer)]:
             _check_choice(where, name, getattr(self, name), _literal_choices(lit))
+        if not isinstance(self.causal, bool):
+            raise ConfigError(f"{where}.causal: got {self.causal!r}, expected true or false")
+        if self.mixer_window < 1 or (not self.causal and self.mixer_window % 2 == 0):
+            raise ConfigError(f"{where}.mixer_window: got {self.mixer_window}, expected an odd integer >= 1 "
+                              f"(any integer >= 1 with causal)")
         if self.dim <= 0 or self.heads <= 0 or self.dim % self.heads:
             raise ConfigError(f"{where}.dim: got {self.dim}, expected a positive multiple of heads={self.heads}")
         if self.n_layers < 1:
@@ -272,5 +297,97 @@ class EvalConfig:
         return _from_dict(cls, data, where)
 
 
+@dataclass(frozen=True)
+class TaskSpec:
+    """Which task, its parameters, and the sizes to train and evaluate at."""
+
+    name: str = "prefix_sums"
+    """Registered task name (fpr_core.tasks.TASK_NAMES)."""
+    params: dict = field(default_factory=dict)
+    """Task parameters, e.g. {"group": "S5"} for state tracking."""
+    train_size: Optional[int] = None
+    """Size knob of the training and 'id' splits; None = the task's default_train_size."""
+    ood_sizes: Optional[tuple[int, ...]] = None
+    """Sizes of the 'ood_<size>' splits; None = the task's default_ood_sizes; () = none."""
+
+    def validate(self, where: str = "task") -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ConfigError(f"{where}.name: got {self.name!r}, expected a registered task name")
+        if not isinstance(self.params, dict):
+            raise ConfigError(f"{where}.params: got {self.params!r}, expected a mapping")
+        if self.train_size is not None and int(self.train_size) < 1:
+            raise ConfigError(f"{where}.train_size: got {self.train_size}, expected an integer >= 1")
+        for size in self.ood_sizes or ():
+            if int(size) < 1:
+                raise ConfigError(f"{where}.ood_sizes: got {self.ood_sizes}, expected integers >= 1")
+
+    @classmethod
+    def from_dict(cls, data: dict | None, where: str = "task") -> "TaskSpec":
+        data = dict(data or {})
+        if data.get("ood_sizes") is not None:
+            data["ood_sizes"] = tuple(int(s) for s in data["ood_sizes"])
+        return _from_dict(cls, data, where)
+
+
+EXPERIMENT_SECTIONS: dict[str, type] = {"task": TaskSpec, "model": ModelConfig, "solver": SolverConfig,
+                                        "grad": GradConfig, "train": TrainConfig, "eval": EvalConfig}
+"""The sections of an experiment config, by name."""
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """Everything that defines one trial."""
+
+    task: TaskSpec = field(default_factory=TaskSpec)
+    """Which task and sizes."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The looped model."""
+    solver: SolverConfig = field(default_factory=SolverConfig)
+    """Fixed-point solver and halting."""
+    grad: GradConfig = field(default_factory=GradConfig)
+    """Gradient mode through the loop."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Optimisation budget."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """Evaluation budget and diagnostics."""
+    seed: int = 0
+    """Trial seed: generates the data; mixed with train.seed for init and batches
+    (``fpr_core.experiment.training_seed``)."""
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> "ExperimentConfig":
+        """Strict: unknown sections or fields raise ConfigError naming them."""
+        data = dict(data or {})
+        unknown = sorted(set(data) - set(EXPERIMENT_SECTIONS) - {"seed"})
+        if unknown:
+            raise ConfigError(f"experiment: unknown section(s) {unknown}; expected some of "
+                              f"{sorted(EXPERIMENT_SECTIONS) + ['seed']}")
+        sections = {name: cls_.from_dict(data.get(name), name) for name, cls_ in EXPERIMENT_SECTIONS.items()}
+        seed = data.get("seed", 0)
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise ConfigError(f"seed: got {seed!r}, expected an integer")
+        return cls(**sections, seed=seed)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict that ``from_dict`` reads back to an equal config."""
+        out = dataclasses.asdict(self)
+        if out["task"]["ood_sizes"] is not None:
+            out["task"]["ood_sizes"] = list(out["task"]["ood_sizes"])
+        return out
+
+
 def to_dict(cfg) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
+
+
+def identity_sections(sections: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The part of resolved config sections that names a trial: every field, except fields added
+    after trial ids were pinned (``ADDED_AFTER_IDS``) while they hold their default. A committed
+    study's trials keep their ids; a trial that sets such a field gets a new one."""
+    out = {}
+    for name, values in sections.items():
+        cls = EXPERIMENT_SECTIONS.get(name)
+        late = {} if cls is None else {f.name: f.default for f in dataclasses.fields(cls)
+                                       if f.metadata.get("added_after_ids")}
+        out[name] = {k: v for k, v in values.items() if not (k in late and v == late[k])}
+    return out

@@ -15,90 +15,18 @@ import hashlib
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 import torch
 
-from fpr_core.config import (ConfigError, EvalConfig, GradConfig, ModelConfig, SolverConfig,
-                             TrainConfig, _from_dict)
+from fpr_core.config import ExperimentConfig, ModelConfig, TaskSpec
 from fpr_core.device import select_device
 from fpr_core.evaluate import evaluate_split, scaled_eval_cap
 from fpr_core.tasks.base import Task, TaskData
 from fpr_core.train import CheckpointFn, LogFn, TrainResult, train
 
 SEED_STRIDE = 1_000_003
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    """Which task, its parameters, and the sizes to train and evaluate at."""
-
-    name: str = "prefix_sums"
-    """Registered task name (fpr_core.tasks.TASK_NAMES)."""
-    params: dict = field(default_factory=dict)
-    """Task parameters, e.g. {"group": "S5"} for state tracking."""
-    train_size: Optional[int] = None
-    """Size knob of the training and 'id' splits; None = the task's default_train_size."""
-    ood_sizes: Optional[tuple[int, ...]] = None
-    """Sizes of the 'ood_<size>' splits; None = the task's default_ood_sizes; () = none."""
-
-    def validate(self, where: str = "task") -> None:
-        if not isinstance(self.name, str) or not self.name:
-            raise ConfigError(f"{where}.name: got {self.name!r}, expected a registered task name")
-        if not isinstance(self.params, dict):
-            raise ConfigError(f"{where}.params: got {self.params!r}, expected a mapping")
-        if self.train_size is not None and int(self.train_size) < 1:
-            raise ConfigError(f"{where}.train_size: got {self.train_size}, expected an integer >= 1")
-        for size in self.ood_sizes or ():
-            if int(size) < 1:
-                raise ConfigError(f"{where}.ood_sizes: got {self.ood_sizes}, expected integers >= 1")
-
-    @classmethod
-    def from_dict(cls, data: dict | None, where: str = "task") -> "TaskSpec":
-        data = dict(data or {})
-        if data.get("ood_sizes") is not None:
-            data["ood_sizes"] = tuple(int(s) for s in data["ood_sizes"])
-        return _from_dict(cls, data, where)
-
-
-_SECTIONS = {"task": TaskSpec, "model": ModelConfig, "solver": SolverConfig, "grad": GradConfig,
-             "train": TrainConfig, "eval": EvalConfig}
-
-
-@dataclass(frozen=True)
-class ExperimentConfig:
-    """Everything that defines one trial."""
-
-    task: TaskSpec = field(default_factory=TaskSpec)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    solver: SolverConfig = field(default_factory=SolverConfig)
-    grad: GradConfig = field(default_factory=GradConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    seed: int = 0
-    """Trial seed (data; mixed with train.seed for init and batches; see module doc)."""
-
-    @classmethod
-    def from_dict(cls, data: dict | None) -> "ExperimentConfig":
-        """Strict: unknown sections or fields raise ConfigError naming them."""
-        data = dict(data or {})
-        unknown = sorted(set(data) - set(_SECTIONS) - {"seed"})
-        if unknown:
-            raise ConfigError(f"experiment: unknown section(s) {unknown}; expected some of "
-                              f"{sorted(_SECTIONS) + ['seed']}")
-        sections = {name: cls_.from_dict(data.get(name), name) for name, cls_ in _SECTIONS.items()}
-        seed = data.get("seed", 0)
-        if not isinstance(seed, int) or isinstance(seed, bool):
-            raise ConfigError(f"seed: got {seed!r}, expected an integer")
-        return cls(**sections, seed=seed)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain nested dict that ``from_dict`` reads back to an equal config."""
-        out = dataclasses.asdict(self)
-        if out["task"]["ood_sizes"] is not None:
-            out["task"]["ood_sizes"] = list(out["task"]["ood_sizes"])
-        return out
 
 
 @dataclass

@@ -4,9 +4,9 @@ import dataclasses
 import numpy as np
 import pytest
 
-from fpr_core.config import ConfigError, GradConfig
+from fpr_core.config import ConfigError, ExperimentConfig, GradConfig, TaskSpec
 from fpr_core.evaluate import METRIC_KEYS
-from fpr_core.experiment import ExperimentConfig, TaskSpec, run_experiment, training_seed
+from fpr_core.experiment import run_experiment, training_seed
 
 TINY = {
     "task": {"name": "prefix_sums", "train_size": 6, "ood_sizes": [12]},

@@ -21,8 +21,12 @@ OPTIONS = [
     dict(residual_scale="none"), dict(residual_scale="fixed"), dict(spectral=0.5),
     dict(positions="rope1d"), dict(conv="1d", conv_kernel=4), dict(log_n_attention=False),
     dict(mlp="gelu", mlp_ratio=3.0), dict(n_layers=2),
+    dict(mixer="local_attention"), dict(mixer="local_attention", mixer_window=5, positions="rope1d"),
+    dict(mixer="conv"), dict(mixer="conv", mixer_window=5, recall="internal"),
+    dict(causal=True), dict(causal=True, mixer="local_attention", mixer_window=2),
+    dict(causal=True, mixer="conv", mixer_window=4), dict(causal=True, conv="1d", conv_kernel=4),
 ]
-GRID_ONLY = [dict(positions="rope2d"), dict(conv="2d")]
+GRID_ONLY = [dict(positions="rope2d"), dict(conv="2d"), dict(causal=True, conv="2d", mixer="local_attention")]
 
 
 def build(grid=False, seed=0, solver=None, grad=None, **opts):
@@ -51,8 +55,8 @@ def run_train_and_big(model, grid):
     for name, p in model.named_parameters():
         assert (p.grad is not None) or name in no_grad_ok, name
         assert p.grad is None or torch.isfinite(p.grad).all(), name
-    qkv = [p for n, p in model.named_parameters() if n.startswith("blocks.0.attn.qkv")]
-    assert model.head.weight.grad.abs().sum() > 0 and qkv[0].grad.abs().sum() > 0
+    mixer = [p for n, p in model.named_parameters() if n.startswith("blocks.0.attn.")]
+    assert model.head.weight.grad.abs().sum() > 0 and mixer[0].grad.abs().sum() > 0
     model.eval()
     with torch.no_grad():
         big_out = model(tokens(big))

@@ -1,9 +1,9 @@
-"""Attention and MLP sublayers, and the transformer block applied n_layers times per loop step.
+"""The MLP sublayer, and the transformer block applied n_layers times per loop step.
 
 A sublayer update is ``z <- a1*z + b1*f(PreNorm(recall.sublayer_input(z, x, i)))`` (FPRM residual
-scaling; with residual_scale='none' a1 = b1 = 1). Attention is bidirectional and uses torch's
-scaled_dot_product_attention with an explicit ``scale`` so log-n scaling can sharpen it on larger
-inputs.
+scaling; with residual_scale='none' a1 = b1 = 1). The block's first sublayer is the token mixer
+(``model.mixer``: global attention, local attention or a depthwise conv; fpr_core.model.mixers), the
+second the MLP.
 """
 from __future__ import annotations
 
@@ -11,24 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fpr_core.model.positions import apply_rope
-
-
-class Attention(nn.Module):
-    """Multi-head self-attention; q and k rotated by the RoPE tables when positions != 'none'."""
-
-    def __init__(self, dim: int, heads: int) -> None:
-        super().__init__()
-        self.heads = heads
-        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
-        self.out = nn.Linear(dim, dim, bias=False)
-
-    def forward(self, h: torch.Tensor, rope, scale: float) -> torch.Tensor:  # (B, T, d)
-        b, t, d = h.shape
-        q, k, v = self.qkv(h).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        q, k = apply_rope(q, rope), apply_rope(k, rope)          # (B, h, T, hd)
-        y = F.scaled_dot_product_attention(q, k, v, scale=scale)  # (B, h, T, hd)
-        return self.out(y.transpose(1, 2).reshape(b, t, d))
+from fpr_core.model.mixers import make_mixer
 
 
 class MLP(nn.Module):
@@ -52,17 +35,20 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """One attention sublayer then one MLP sublayer, each with pre-norm and scaled residual."""
+    """One mixing sublayer then one MLP sublayer, each with pre-norm and scaled residual.
 
-    def __init__(self, dim: int, heads: int, mlp: str, mlp_ratio: float, pre_norm: nn.Module) -> None:
+    The mixer is stored as ``attn`` whatever its kind, so checkpoints of attention models keep
+    their parameter names."""
+
+    def __init__(self, cfg, pre_norm: nn.Module, grid: bool) -> None:
         super().__init__()
-        self.attn = Attention(dim, heads)
-        self.mlp = MLP(dim, mlp_ratio, mlp)
+        self.attn = make_mixer(cfg.mixer, cfg.dim, cfg.heads, cfg.mixer_window, cfg.causal, grid, cfg.init_std)
+        self.mlp = MLP(cfg.dim, cfg.mlp_ratio, cfg.mlp)
         self.pre_norm = pre_norm
 
-    def forward(self, z, x, recall, coeffs, first_sublayer: int, rope, scale: float) -> torch.Tensor:
+    def forward(self, z, x, recall, coeffs, first_sublayer: int, shape, rope, scale: float) -> torch.Tensor:
         a1, b1, _, _ = coeffs
         h = self.pre_norm(recall.sublayer_input(z, x, first_sublayer))
-        z = torch.addcmul(a1 * z, b1, self.attn(h, rope, scale))  # a1*z + b1*attn(h), one fewer pass
+        z = torch.addcmul(a1 * z, b1, self.attn(h, shape, rope, scale))  # a1*z + b1*mix(h)
         h = self.pre_norm(recall.sublayer_input(z, x, first_sublayer + 1))
         return torch.addcmul(a1 * z, b1, self.mlp(h))  # (B, T, d)

@@ -106,12 +106,12 @@ class LoopedModel(nn.Module):
         c = model_cfg
         n_sub = 2 * c.n_layers
         self.embed = nn.Embedding(c.vocab_size, c.dim)
-        self.conv = DepthwiseConv(c.conv, c.dim, c.conv_kernel, c.init_std) if c.conv != "none" else None
+        self.conv = (DepthwiseConv(c.conv, c.dim, c.conv_kernel, c.causal, c.init_std)
+                     if c.conv != "none" else None)
         self.coeffs = ResidualCoefficients(c.residual_scale, c.dim, n_sub, c.a1_init, c.a2_init)
         self.recall = make_recall(c.recall, c.dim, n_sub, c.recall_form)
         pre_norm = make_norm("rms" if c.pre_norm else "none", c.dim)
-        self.blocks = nn.ModuleList(Block(c.dim, c.heads, c.mlp, c.mlp_ratio, pre_norm)
-                                    for _ in range(c.n_layers))
+        self.blocks = nn.ModuleList(Block(c, pre_norm, grid) for _ in range(c.n_layers))
         self.outer_norm = make_norm(c.outer_norm, c.dim)
         self.final_norm = RMSNorm(c.dim)
         self.head = nn.Linear(c.dim, c.n_classes)
@@ -203,7 +203,7 @@ class LoopedModel(nn.Module):
         coeffs = self.coeffs()
         z = self.recall.enter(z, x, coeffs)
         for i, block in enumerate(self.blocks):
-            z = block(z, x, self.recall, coeffs, 2 * i, rope, scale)
+            z = block(z, x, self.recall, coeffs, 2 * i, shape, rope, scale)
         return self.outer_norm(z)
 
     def readout(self, z: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from fpr_core.registry import Registry
@@ -75,19 +76,38 @@ def apply_rope(x: torch.Tensor, tables) -> torch.Tensor:
     return x * cos.to(x.dtype) + rotated * sin.to(x.dtype)
 
 
-class DepthwiseConv(nn.Module):
-    """z <- z + dwconv(z): a residual depthwise conv over tokens ('1d') or the grid ('2d') (FPRM).
+def grid_of(shape: tuple[int, ...]) -> tuple[int, int]:
+    """(H, W) of a grid, (1, L) of a sequence: the 2-D layout convs and windows run on."""
+    return (shape[0], shape[1]) if len(shape) == 2 else (1, shape[0])
 
-    'same' padding keeps the token count at any size; even kernels (FPRM's k=4) pad asymmetrically.
-    """
 
-    def __init__(self, kind: str, dim: int, kernel: int, init_std: float) -> None:
+def window_padding(shape: tuple[int, ...], k: int, causal: bool) -> tuple[tuple[int, int], tuple[int, int]]:
+    """((top, bottom), (left, right)) zero padding so a k-window keeps the size: centred ('same',
+    the extra one on the right/bottom for even k) or causal (all k-1 before the token)."""
+    def pad(n: int) -> tuple[int, int]:
+        return (n - 1, 0) if causal else ((n - 1) // 2, n - 1 - (n - 1) // 2)
+    return (pad(k) if len(shape) == 2 else (0, 0)), pad(k)
+
+
+def pad_grid(t: torch.Tensor, pads) -> torch.Tensor:
+    """Zero-pad (..., H, W) by ((top, bottom), (left, right))."""
+    (top, bottom), (left, right) = pads
+    return F.pad(t, (left, right, top, bottom))
+
+
+class DepthwiseTokenConv(nn.Module):
+    """A depthwise conv over tokens: (B, T, d) -> (B, T, d), 1-D on sequences, 2-D on grids.
+
+    ``causal`` pads k-1 on the left (and on top on grids), FPRM's causal conv; otherwise 'same'
+    padding. The weight lives in ``self.conv`` (an nn.Conv1d / nn.Conv2d with padding 0)."""
+
+    def __init__(self, kind: str, dim: int, kernel: int, causal: bool, init_std: float) -> None:
         super().__init__()
         if kind not in ("1d", "2d"):
             raise ValueError(f"model.conv: got {kind!r}, expected '1d' or '2d'")
         conv_cls = nn.Conv1d if kind == "1d" else nn.Conv2d
-        self.kind = kind
-        self.conv = conv_cls(dim, dim, kernel, padding="same", groups=dim, bias=False)
+        self.kind, self.kernel, self.causal = kind, kernel, causal
+        self.conv = conv_cls(dim, dim, kernel, groups=dim, bias=False)
         nn.init.normal_(self.conv.weight, std=init_std)
 
     def forward(self, z: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:  # (B, T, d)
@@ -95,6 +115,15 @@ class DepthwiseConv(nn.Module):
         if self.kind == "2d":
             if len(shape) != 2:
                 raise ValueError(f"model.conv=2d: needs grid inputs (B, H, W), got token shape {shape}")
-            grid = z.transpose(1, 2).reshape(b, d, *shape)          # (B, d, H, W)
-            return z + self.conv(grid).reshape(b, d, t).transpose(1, 2)
-        return z + self.conv(z.transpose(1, 2)).transpose(1, 2)    # (B, T, d)
+            grid = pad_grid(z.transpose(1, 2).reshape(b, d, *shape), window_padding(shape, self.kernel, self.causal))
+            return self.conv(grid).reshape(b, d, t).transpose(1, 2)
+        left, right = window_padding((t,), self.kernel, self.causal)[1]
+        return self.conv(F.pad(z.transpose(1, 2), (left, right))).transpose(1, 2)
+
+
+class DepthwiseConv(DepthwiseTokenConv):
+    """z <- z + dwconv(z): the residual depthwise conv on the state at the start of every loop step
+    (``model.conv``; FPRM: 2-D k=3 for sudoku, 1-D k=4 for maze and state tracking)."""
+
+    def forward(self, z: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:  # (B, T, d)
+        return z + super().forward(z, shape)

@@ -71,7 +71,8 @@ def _report_final(result: dict[str, Any]) -> None:
 
 def fpr_trainable(config: dict[str, Any]) -> None:
     """Train and evaluate one trial (see module doc)."""
-    from fpr_core.experiment import ExperimentConfig, run_experiment
+    from fpr_core.config import ExperimentConfig
+    from fpr_core.experiment import run_experiment
     from fpr_core.train import load_checkpoint, save_checkpoint
 
     trial = resolve(Cell.from_payload(config["cell"]), config.get("search"))

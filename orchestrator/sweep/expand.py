@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from fpr_core.config import ConfigError
+from fpr_core.config import ConfigError, identity_sections
 from orchestrator.sweep.spec import (SpecError, SweepSpec, apply_overrides, base_sections, check_dotted,
                                resolved_sections, stable_hash)
 
@@ -81,9 +81,11 @@ class Trial:
 
 
 def trial_hash(task: str, params: dict, train_size: int, ood_sizes, sections: dict, seed: int) -> str:
-    """The stable trial id: 10 hex chars of sha256 over the resolved config."""
+    """The stable trial id: 10 hex chars of sha256 over the resolved config (fields added after ids
+    were pinned count only when set away from their default: ``identity_sections``)."""
     return stable_hash({"task": task, "params": params, "train_size": train_size,
-                        "ood_sizes": list(ood_sizes), "sections": sections, "seed": seed}, 10)
+                        "ood_sizes": list(ood_sizes), "sections": identity_sections(sections),
+                        "seed": seed}, 10)
 
 
 def resolve(cell: Cell, search_values: Optional[dict[str, Any]] = None) -> Trial:

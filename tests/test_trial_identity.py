@@ -1,0 +1,28 @@
+"""Trial ids survive fpr_core growing new config fields: the committed study's ids reproduce, and a
+trial that sets a new field away from its default gets a new id."""
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from fpr_core.config import identity_sections
+from orchestrator.sweep.expand import expand, trial_hash
+from orchestrator.sweep.spec import load_spec
+
+ROOT = Path(__file__).resolve().parent.parent
+STUDY = "ood_generalization_cpu"
+
+
+def test_committed_study_trial_ids_reproduce():
+    committed = pq.read_table(ROOT / "results" / STUDY / "results.parquet", columns=["trial_id"])
+    ids = {c.cell_id for c in expand(load_spec(ROOT / "sweeps" / f"{STUDY}.yaml"))}
+    assert ids == set(committed.column(0).to_pylist())
+
+
+def test_new_field_counts_only_away_from_its_default():
+    cell = expand(load_spec(ROOT / "sweeps" / f"{STUDY}.yaml"))[0]
+    assert "mixer" in cell.sections["model"]
+    assert "mixer" not in identity_sections(cell.sections)["model"]
+    moved = {**cell.sections, "model": {**cell.sections["model"], "mixer": "conv"}}
+    assert identity_sections(moved)["model"]["mixer"] == "conv"
+    args = (cell.task, cell.task_params, cell.train_size, cell.ood_sizes)
+    assert trial_hash(*args, moved, cell.seed) != trial_hash(*args, cell.sections, cell.seed) == cell.cell_id
