@@ -17,7 +17,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from orchestrator.sweep.spec import SpecError, SweepSpec, load_spec, spec_json_schema
+from orchestrator.sweep.layout import DEFAULT_RESULTS_DIR, SweepDir
+from orchestrator.sweep.plan import SweepPlan, plan_sweep
+from orchestrator.sweep.spec import SpecError, spec_json_schema
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   pretty_exceptions_show_locals=False,
@@ -30,7 +32,6 @@ err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 EXIT_OK, EXIT_TRIALS_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 LOOPBACK = "127.0.0.1"
 """The MLflow UI binds here unless told otherwise (with a warning); a local Ray runs no dashboard."""
-SWEEP_INFO = "sweep.json"
 
 
 def _fail(message: str) -> None:
@@ -38,9 +39,9 @@ def _fail(message: str) -> None:
     raise typer.Exit(EXIT_BAD_INPUT)
 
 
-def _load(spec_path: Path) -> SweepSpec:
+def _load(spec_path: Path, smoke: bool = False) -> SweepPlan:
     try:
-        return load_spec(spec_path)
+        return plan_sweep(spec_path, smoke)
     except SpecError as e:
         _fail(str(e))
         raise  # unreachable: _fail exits
@@ -76,16 +77,17 @@ def run(spec_path: Path = SPEC_ARG,
                                                           "two OOD sizes), written to <sweep>-smoke/."),
         ) -> None:
     """Run a sweep (or resume it: the same command continues an interrupted sweep)."""
-    spec = _load(spec_path)
+    plan = _load(spec_path, smoke)
+    spec = plan.spec
     if dry_run:
-        _print_plan(spec, smoke, results_dir)
+        _print_plan(plan, results_dir)
         raise typer.Exit(EXIT_OK)
     from orchestrator.store import tracking
     from orchestrator.run.driver import RunOptions, SweepError, run_sweep, sweep_dir_for
 
-    opts = RunOptions(address, max_concurrent, tracking_uri, results_dir, storage, smoke)
+    opts = RunOptions(address, max_concurrent, tracking_uri, results_dir, storage)
     try:
-        sweep_dir = sweep_dir_for(spec, opts)
+        sweep_dir = sweep_dir_for(plan, opts)
     except SweepError as e:
         _fail(str(e))
     uri = tracking_uri or spec.tracking_uri or tracking.default_tracking_uri(sweep_dir)
@@ -94,7 +96,7 @@ def run(spec_path: Path = SPEC_ARG,
     except tracking.TrackingError as e:
         _fail(str(e))
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    _write_sweep_info(sweep_dir, spec, spec_path, uri, smoke)
+    _write_sweep_info(SweepDir(sweep_dir), plan, uri)
 
     def tracker_factory(directory: Path, meta):
         t = tracking.SweepTracker(uri, meta.sweep, directory, {"spec_hash": meta.spec_hash,
@@ -103,7 +105,7 @@ def run(spec_path: Path = SPEC_ARG,
         return t
 
     try:
-        outcome = run_sweep(spec, opts, tracker_factory, console)
+        outcome = run_sweep(plan, opts, tracker_factory, console)
     except (SweepError, tracking.TrackingError) as e:
         _fail(str(e))
     _print_outcome(outcome, uri)
@@ -124,19 +126,17 @@ def _warn_if_exposed(host: str, option: str, what: str) -> None:
                           "(e.g. `ray attach CLUSTER.yaml --port-forward PORT`).", highlight=False, soft_wrap=True)
 
 
-def _write_sweep_info(sweep_dir: Path, spec: SweepSpec, spec_path: Path, uri: str, smoke: bool) -> None:
-    info = {"name": sweep_dir.name, "spec_hash": spec.spec_hash(), "spec_path": str(Path(spec_path).resolve()),
-            "tracking_uri": uri, "smoke": smoke, "updated": dt.datetime.now(dt.timezone.utc).isoformat()}
-    (sweep_dir / SWEEP_INFO).write_text(json.dumps(info, indent=2))
-    (sweep_dir / "spec.yaml").write_text(Path(spec_path).read_text())
+def _write_sweep_info(sweep_dir: SweepDir, plan: SweepPlan, uri: str) -> None:
+    info = {"name": sweep_dir.name, "spec_hash": plan.spec.spec_hash(), "spec_path": str(plan.path.resolve()),
+            "tracking_uri": uri, "smoke": plan.smoke, "updated": dt.datetime.now(dt.timezone.utc).isoformat()}
+    sweep_dir.info.write_text(json.dumps(info, indent=2))
+    sweep_dir.spec_copy.write_text(plan.path.read_text())
 
 
-def _print_plan(spec: SweepSpec, smoke: bool, results_dir: Optional[str]) -> None:
-    from orchestrator.sweep.expand import expand, trial_count
-
-    cells = expand(spec, smoke=smoke)
+def _print_plan(plan: SweepPlan, results_dir: Optional[str]) -> None:
+    spec, smoke, cells = plan.spec, plan.smoke, plan.cells
     samples = spec.search.num_samples if spec.search else 1
-    done = _done_statuses(Path(results_dir or spec.results_dir) / (spec.name + ("-smoke" if smoke else "")))
+    done = _done_statuses(SweepDir.under(results_dir or spec.results_dir, spec.name, smoke).root)
     table = Table(title=f"{spec.name}{' (smoke)' if smoke else ''}: trials")
     for col in ("#", "trial", "task", "variant", "seed", "train", "ood sizes", "samples", "done"):
         table.add_column(col)
@@ -148,7 +148,7 @@ def _print_plan(spec: SweepSpec, smoke: bool, results_dir: Optional[str]) -> Non
     n_seeds = 1 if smoke else len(spec.seeds)
     grid = (f"{per_task[0]} grid cells x {len(spec.tasks)} tasks" if len(set(per_task)) == 1
             else f"({' + '.join(map(str, per_task))}) grid cells over {len(spec.tasks)} tasks")
-    console.print(f"{grid} x {n_seeds} seeds x {samples} samples = {trial_count(spec, cells)} trials",
+    console.print(f"{grid} x {n_seeds} seeds x {samples} samples = {plan.trial_count} trials",
                   highlight=False)
 
 
@@ -202,11 +202,8 @@ def _cell(row: Optional[dict]) -> str:
 @app.command()
 def validate(spec_path: Path = SPEC_ARG) -> None:
     """Check a spec (shape, every fpr_core value, every trial config) without running anything."""
-    from orchestrator.sweep.expand import expand, trial_count
-
-    spec = _load(spec_path)
-    cells = expand(spec)
-    console.print(f"{spec_path}: ok ({trial_count(spec, cells)} trials, spec hash {spec.spec_hash()})",
+    plan = _load(spec_path)
+    console.print(f"{spec_path}: ok ({plan.trial_count} trials, spec hash {plan.spec.spec_hash()})",
                   highlight=False)
 
 
@@ -217,13 +214,13 @@ def schema() -> None:
 
 
 def _sweep_dir(sweep: str, results_dir: Optional[str]) -> Path:
-    candidate = Path(sweep)
-    if (candidate / SWEEP_INFO).exists() or (candidate / "trials").is_dir():
-        return candidate.resolve()
-    in_results = Path(results_dir or "results") / sweep
-    if in_results.is_dir():
-        return in_results.resolve()
-    _fail(f"no sweep {sweep!r}: neither {candidate} nor {in_results} holds a sweep "
+    candidate = SweepDir(Path(sweep))
+    if candidate.holds_sweep():
+        return candidate.root.resolve()
+    in_results = SweepDir.under(results_dir or DEFAULT_RESULTS_DIR, sweep)
+    if in_results.root.is_dir():
+        return in_results.root.resolve()
+    _fail(f"no sweep {sweep!r}: neither {candidate.root} nor {in_results.root} holds a sweep "
           "(run `fpr-sweep run SPEC` first, or pass --results-dir).")
     raise AssertionError("unreachable")
 
@@ -262,8 +259,8 @@ def report(sweep: str = SWEEP_ARG, results_dir: Optional[str] = RESULTS_OPT) -> 
     from orchestrator.report.build import build_report
 
     sweep_dir = _sweep_dir(sweep, results_dir)
-    if not (sweep_dir / "results.parquet").exists():
-        _fail(f"{sweep_dir}/results.parquet does not exist yet; run the sweep first.")
+    if not SweepDir(sweep_dir).results.exists():
+        _fail(f"{SweepDir(sweep_dir).results} does not exist yet; run the sweep first.")
     build_report(sweep_dir, console=console)  # prints its summary and the report's path
 
 
@@ -277,7 +274,7 @@ def ui(sweep: str = SWEEP_ARG, results_dir: Optional[str] = RESULTS_OPT,
 
     _warn_if_exposed(host, "--host", "the MLflow UI")
     sweep_dir = _sweep_dir(sweep, results_dir)
-    info_path = sweep_dir / SWEEP_INFO
+    info_path = SweepDir(sweep_dir).info
     uri = (json.loads(info_path.read_text())["tracking_uri"] if info_path.exists()
            else tracking.default_tracking_uri(sweep_dir))
     if uri.startswith(("http://", "https://")):

@@ -8,6 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from orchestrator.cli import app
+from orchestrator.sweep.plan import plan_sweep
 from orchestrator.sweep.spec import SpecError, load_spec
 
 from conftest import write_spec
@@ -96,7 +97,7 @@ def test_bad_spec_exits_2_with_clear_message(spec_dir, case, override, needles):
         for needle in needles:
             assert needle in text, (needle, text)
     with pytest.raises(SpecError):
-        load_spec(path)
+        plan_sweep(path)
 
 
 def test_not_yaml_and_missing_file(spec_dir):

@@ -22,8 +22,7 @@ from orchestrator.report.plots import plot_task
 from orchestrator.report.frame import (is_ood, load_results, ordered_variants, prepare, seed_std,
                                       split_sort_key)
 from orchestrator.store.schema import STATUSES
-
-REPORT_FILE = "report.md"
+from orchestrator.sweep.layout import SweepDir
 ERROR_CHARS = 160
 """Error messages are cut to their first line and this many characters in the report."""
 
@@ -226,7 +225,7 @@ def build_report(sweep_dir: Path, *, console: Console | None = None) -> Path:
     sweep_dir = Path(sweep_dir)
     console = console or Console()
     df = load_results(sweep_dir)
-    report_path = sweep_dir / REPORT_FILE
+    report_path = SweepDir(sweep_dir).report
     if df.empty:
         _write_atomic(report_path, f"# Sweep report: {sweep_dir.name}\n\nThe results table has no rows yet.\n")
         console.print(f"[yellow]{sweep_dir}: the results table has no rows yet[/yellow]")

@@ -16,13 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.dataset as ds
-import pyarrow.parquet as pq
 
-from orchestrator.store.schema import results_schema
-
-RESULTS_FILE = "results.parquet"
+from orchestrator.store import parquet
 
 CRITICAL_TOL = 0.05
 """|sigma - 1| <= CRITICAL_TOL counts as the critical spectral regime."""
@@ -41,29 +36,9 @@ vocabulary/class counts that are set from the task."""
 
 
 def load_results(sweep_dir: Path) -> pd.DataFrame:
-    """The sweep's rows: ``sweep_dir/results.parquet``, unless per-trial files (``trials/*.parquet``,
-    or any other non-hidden ``*.parquet`` under sweep_dir) are newer, as while a sweep runs; then
-    those files, read with the fixed schema."""
-    sweep_dir = Path(sweep_dir)
-    main = sweep_dir / RESULTS_FILE
-    parts = sorted(p for p in sweep_dir.rglob("*.parquet") if p != main
-                   and not any(part.startswith(".") for part in p.relative_to(sweep_dir).parts))
-    newest_part = max((p.stat().st_mtime for p in parts), default=-math.inf)
-    if main.exists() and main.stat().st_mtime >= newest_part:
-        table = pq.read_table(main)
-    elif parts:
-        table = ds.dataset([str(p) for p in parts], schema=results_schema(), format="parquet").to_table()
-    else:
-        raise FileNotFoundError(f"{sweep_dir}: no {RESULTS_FILE} and no per-trial *.parquet files")
-    return _conform(table).to_pandas()
-
-
-def _conform(table: pa.Table) -> pa.Table:
-    """Add any schema column the file lacks (as nulls), so the report can rely on every column."""
-    for field in results_schema():
-        if field.name not in table.column_names:
-            table = table.append_column(field.name, pa.nulls(len(table), field.type))
-    return table
+    """The sweep's rows as they are now (``store.parquet.read_current``: results.parquet, or the
+    newer per-trial files while a sweep runs), every schema column present."""
+    return parquet.read_current(Path(sweep_dir)).to_pandas()
 
 
 def parse_spectral(value) -> float:

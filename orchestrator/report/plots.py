@@ -23,6 +23,7 @@ import pandas as pd  # noqa: E402
 
 from orchestrator.report.claims import instance_pairs  # noqa: E402
 from orchestrator.report.frame import ordered_variants, seed_std, trial_summary  # noqa: E402
+from orchestrator.sweep.layout import SweepDir  # noqa: E402
 
 MAX_DIFFICULTY_BINS = 10
 """Difficulties with more distinct values than this are binned by quantiles."""
@@ -92,7 +93,7 @@ def plot_ood_accuracy(rows: pd.DataFrame, task: str, out_dir: Path) -> Path:
     ax.set_ylabel("exact accuracy")
     ax.set_title(f"{task}: accuracy vs size")
     _legend(fig, ax)
-    return _save(fig, out_dir / f"{slug(task)}_ood_accuracy.png")
+    return _save(fig, SweepDir(out_dir).figure(f"{slug(task)}_ood_accuracy"))
 
 
 def _difficulty_bins(values: np.ndarray) -> np.ndarray | None:
@@ -142,7 +143,7 @@ def plot_adaptive_compute(rows: pd.DataFrame, task: str, out_dir: Path) -> Path:
     right.set_ylabel("mean iterations")
     right.set_title(f"{task}: mean iterations vs size")
     _legend(fig, (left, right))
-    return _save(fig, out_dir / f"{slug(task)}_adaptive_compute.png")
+    return _save(fig, SweepDir(out_dir).figure(f"{slug(task)}_adaptive_compute"))
 
 
 def plot_stability(rows: pd.DataFrame, task: str, out_dir: Path) -> Path:
@@ -166,7 +167,7 @@ def plot_stability(rows: pd.DataFrame, task: str, out_dir: Path) -> Path:
     axes[0].set_ylim(-0.03, 1.03)
     fig.suptitle(f"{task}: stability axes vs OOD accuracy (one point per trial)")
     _legend(fig, axes)
-    return _save(fig, out_dir / f"{slug(task)}_stability.png")
+    return _save(fig, SweepDir(out_dir).figure(f"{slug(task)}_stability"))
 
 
 def plot_task(frame: pd.DataFrame, task: str, out_dir: Path) -> list[Path]:

@@ -1,7 +1,8 @@
 """The Ray Tune trainable: a plain function of the Tune config that runs one fpr_core experiment.
 
 The config carries ``cell`` (a grid cell x task x seed, see expand.Cell), ``meta`` (sweep name,
-spec hash, git commit) and, in search sweeps, ``search`` (the sampled values).
+spec hash, git commit) and, in search sweeps, ``search`` (the sampled values). Every reported name
+comes from sweep/metrics.py.
 
 Reports, all through ``tune.report`` (the trial may run on another node than the driver):
   - every ``train.log_every`` steps: ``step`` and ``train/<metric>`` (loss, accuracy, iterations);
@@ -23,9 +24,11 @@ from typing import Any
 
 from ray import tune
 
-from orchestrator.sweep.expand import Cell, resolve
 from orchestrator.store.provenance import hostname, package_versions
 from orchestrator.store.rows import SweepMeta, experiment_rows, residual_curves
+from orchestrator.sweep.expand import Cell, Trial, resolve
+from orchestrator.sweep.metrics import (CURVES_KEY, FINAL_LOSS, FINAL_SPLIT_COLUMNS, ROWS_KEY, STATUS_KEY, STEP,
+                                        split_metric, train_report)
 
 MIN_CHECKPOINT_INTERVAL_S = 30.0
 """Checkpoints closer together than this are skipped. Tune saves its experiment state (which names
@@ -35,9 +38,18 @@ state points at still exists when the sweep resumes."""
 CHECKPOINTS_KEPT = 2
 STATE_FILE = "train_state.pt"
 ROWS_FILE = "rows.json"
-ROWS_KEY = "fpr/rows"
-CURVES_KEY = "fpr/curves"
-STATUS_KEY = "fpr/status"
+
+CELL_KEY = "cell"
+"""Tune config key: the trial's cell (``Cell.payload()``)."""
+META_KEY = "meta"
+"""Tune config key: the sweep's provenance (``SweepMeta.as_dict()``)."""
+SEARCH_KEY = "search"
+"""Tune config key: the values Optuna sampled (search sweeps only)."""
+
+
+def trial_of_config(config: dict[str, Any]) -> Trial:
+    """The trial a Tune config describes (what this trainable runs, what the driver books)."""
+    return resolve(Cell.from_payload(config[CELL_KEY]), config.get(SEARCH_KEY))
 
 
 def _worker_info() -> dict[str, str]:
@@ -53,13 +65,12 @@ def _worker_info() -> dict[str, str]:
 def final_result(rows: list[dict[str, Any]], curves: dict[str, list[float]]) -> dict[str, Any]:
     """The trial's last report: rows, curves, status, and flat per-split metrics for the searcher."""
     out: dict[str, Any] = {ROWS_KEY: json.dumps(rows), CURVES_KEY: json.dumps(curves),
-                           STATUS_KEY: rows[0]["status"], "step": rows[0].get("train_steps") or 0}
+                           STATUS_KEY: rows[0]["status"], STEP: rows[0].get("train_steps") or 0}
     for row in rows:
         if row["status"] == "ok":
-            out[f"acc/{row['split']}"] = row["exact_acc"]
-            out[f"iters_mean/{row['split']}"] = row["iters_mean"]
+            out.update({split_metric(column, row["split"]): row[column] for column in FINAL_SPLIT_COLUMNS})
     if rows[0].get("final_loss") is not None:
-        out["train/final_loss"] = rows[0]["final_loss"]
+        out[FINAL_LOSS] = rows[0]["final_loss"]
     return out
 
 
@@ -75,8 +86,8 @@ def fpr_trainable(config: dict[str, Any]) -> None:
     from fpr_core.experiment import run_experiment
     from fpr_core.train import load_checkpoint, save_checkpoint
 
-    trial = resolve(Cell.from_payload(config["cell"]), config.get("search"))
-    meta = SweepMeta(**config["meta"])
+    trial = trial_of_config(config)
+    meta = SweepMeta(**config[META_KEY])
     resume_state = None
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
@@ -91,7 +102,7 @@ def fpr_trainable(config: dict[str, Any]) -> None:
                 resume_state = load_checkpoint(state_file)
 
     def on_log(step: int, metrics: dict[str, float]) -> None:
-        tune.report({"step": step, **{f"train/{k}": v for k, v in metrics.items()}})
+        tune.report({STEP: step, **train_report(metrics)})
 
     last_checkpoint = -math.inf
 
@@ -102,7 +113,7 @@ def fpr_trainable(config: dict[str, Any]) -> None:
         last_checkpoint = time.monotonic()
         with tempfile.TemporaryDirectory() as tmp:
             save_checkpoint(Path(tmp, STATE_FILE), state)
-            tune.report({"step": step}, checkpoint=tune.Checkpoint.from_directory(tmp))
+            tune.report({STEP: step}, checkpoint=tune.Checkpoint.from_directory(tmp))
 
     cfg = ExperimentConfig.from_dict(trial.experiment_config())
     result = run_experiment(cfg, on_log=on_log, on_checkpoint=on_checkpoint,

@@ -1,6 +1,7 @@
-"""The Arrow/Parquet results of a sweep (the only module importing pyarrow besides the schema).
+"""The Arrow/Parquet results of a sweep: the only Parquet reader and writer (the only module
+importing pyarrow besides the schema).
 
-Layout under ``results/<sweep>/``:
+Layout under ``results/<sweep>/`` (paths from sweep/layout.py):
   trials/<trial_id>.parquet   one file per trial, every (trial, split) row; written by the driver
                               under a dot-prefixed temp name, then ``os.replace``d (atomic)
   results.parquet             every trial file collected into one table (atomic too), one row per
@@ -12,6 +13,7 @@ duckdb and ``pyarrow.dataset`` all read the same columns.
 from __future__ import annotations
 
 import datetime as dt
+import math
 import os
 import uuid
 from pathlib import Path
@@ -23,18 +25,19 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from orchestrator.store.schema import results_schema
+from orchestrator.sweep.layout import SweepDir
 
 
 def trials_dir(sweep_dir: Path) -> Path:
-    return Path(sweep_dir) / "trials"
+    return SweepDir(Path(sweep_dir)).trials
 
 
 def results_path(sweep_dir: Path) -> Path:
-    return Path(sweep_dir) / "results.parquet"
+    return SweepDir(Path(sweep_dir)).results
 
 
 def trial_path(sweep_dir: Path, trial_id: str) -> Path:
-    return trials_dir(sweep_dir) / f"{trial_id}.parquet"
+    return SweepDir(Path(sweep_dir)).trial_file(trial_id)
 
 
 def _atomic_write(table: pa.Table, path: Path) -> None:
@@ -84,16 +87,23 @@ def _conform(table: pa.Table) -> pa.Table:
     return pa.Table.from_arrays(cols, schema=schema)
 
 
+def _read(path: Path, columns: Optional[list[str]] = None) -> pa.Table:
+    """One file through one open handle: ``pq.read_table(path)`` opens the path twice and can mix
+    two whole versions of a file replaced meanwhile (os.replace by a running driver)."""
+    with open(path, "rb") as f:
+        return pq.read_table(f, columns=columns)
+
+
 def read_trial(sweep_dir: Path, trial_id: str) -> Optional[pa.Table]:
     path = trial_path(sweep_dir, trial_id)
-    return _conform(pq.read_table(path)) if path.exists() else None
+    return _conform(_read(path)) if path.exists() else None
 
 
 def finished_statuses(sweep_dir: Path) -> dict[str, str]:
     """trial_id -> status (the status of its first row) for every trial with a rows file."""
     out = {}
     for path in trial_files(sweep_dir):
-        status = pq.read_table(path, columns=["status"]).column("status")
+        status = _read(path, columns=["status"]).column("status")
         out[path.stem] = status[0].as_py() if len(status) else "failed"
     return out
 
@@ -102,7 +112,7 @@ def trial_summaries(sweep_dir: Path) -> list[dict[str, Any]]:
     """One dict per finished trial: trial_id, task, variant, seed, status, error."""
     out = []
     for path in trial_files(sweep_dir):
-        t = pq.read_table(path, columns=["trial_id", "task", "variant", "seed", "status", "error"])
+        t = _read(path, columns=["trial_id", "task", "variant", "seed", "status", "error"])
         if t.num_rows:
             out.append(t.slice(0, 1).to_pylist()[0])
     return out
@@ -113,9 +123,7 @@ def collect(sweep_dir: Path) -> Optional[Path]:
     files = trial_files(sweep_dir)
     if not files:
         return None
-    # One multi-threaded scan with the fixed schema (missing columns of older files read as null):
-    # ~3x faster than reading and conforming the files one by one (benchmarks/bench_orchestration.py).
-    table = ds.dataset([str(p) for p in files], schema=results_schema(), format="parquet").to_table()
+    table = _scan(files)
     order = pc.sort_indices(table, sort_keys=[("task", "ascending"), ("variant", "ascending"),
                                                       ("seed", "ascending"), ("trial_id", "ascending"),
                                                       ("size", "ascending")])
@@ -124,8 +132,28 @@ def collect(sweep_dir: Path) -> Optional[Path]:
     return path
 
 
+def _scan(files: list[Path]) -> pa.Table:
+    """Many trial files as one table. One multi-threaded scan with the fixed schema (missing
+    columns of older files read as null): ~3x faster than reading and conforming the files one by
+    one (benchmarks/bench_orchestration.py)."""
+    return ds.dataset([str(p) for p in files], schema=results_schema(), format="parquet").to_table()
+
+
 def read_results(sweep_dir: Path) -> pa.Table:
-    return pq.read_table(results_path(sweep_dir))
+    """results.parquet, conformed to the current schema."""
+    return _conform(_read(results_path(sweep_dir)))
+
+
+def read_current(sweep_dir: Path) -> pa.Table:
+    """The sweep's rows as they are now: results.parquet, unless trial files are newer (a sweep
+    still running, or interrupted before its last collect); then the trial files themselves."""
+    main, parts = results_path(sweep_dir), trial_files(sweep_dir)
+    newest_part = max((p.stat().st_mtime for p in parts), default=-math.inf)
+    if main.exists() and main.stat().st_mtime >= newest_part:
+        return read_results(sweep_dir)
+    if parts:
+        return _conform(_scan(parts))
+    raise FileNotFoundError(f"{sweep_dir}: no {main.name} and no trial files under {trials_dir(sweep_dir)}")
 
 
 def accuracy_table(sweep_dir: Path) -> list[dict[str, Any]]:

@@ -10,14 +10,9 @@ import json
 import math
 from typing import Any, Optional
 
-from orchestrator.sweep.expand import Trial
 from orchestrator.store.schema import config_columns
-
-SPLIT_METRICS = ("n", "exact_acc", "token_acc", "iters_mean", "iters_p50", "iters_p95", "eval_cap",
-                 "reachability", "cycled_frac", "residual_median", "input_dependence",
-                 "fixed_point_spread", "path_independence", "spectral_radius", "eval_seconds")
-"""Per-split metrics copied from fpr_core's evaluation into the row (schema columns)."""
-INT_METRICS = ("n", "eval_cap")
+from orchestrator.sweep.expand import Trial
+from orchestrator.sweep.metrics import INT_ROW_COLUMNS, SPLIT_ROW_COLUMNS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,9 +88,9 @@ def experiment_rows(trial: Trial, meta: SweepMeta, result: Any, worker: dict[str
         row = base_row(trial, meta, sections)
         row.update(common)
         row.update({"split": s.split, "size": int(s.size), "status": "ok", "error": None})
-        for key in SPLIT_METRICS:
+        for key in SPLIT_ROW_COLUMNS:
             value = s.metrics.get(key)
-            row[key] = (None if value is None else int(value)) if key in INT_METRICS else _float(value)
+            row[key] = (None if value is None else int(value)) if key in INT_ROW_COLUMNS else _float(value)
         row["instance_iters"] = [float(v) for v in s.instance_iters]
         row["instance_difficulty"] = [float(v) for v in s.instance_difficulty]
         row["instance_correct"] = [bool(v) for v in s.instance_correct]

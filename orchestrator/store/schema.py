@@ -7,15 +7,15 @@ config fields is fixed by fpr_core's dataclasses, so ``config_columns()`` lists 
 """
 from __future__ import annotations
 
-import dataclasses
-
 import pyarrow as pa
 
-from fpr_core.config import EvalConfig, GradConfig, ModelConfig, SolverConfig, TrainConfig
+from orchestrator.sweep.sections import SECTIONS, field_names
 
 SCHEMA_VERSION = "1"
 
 STATUSES = ("ok", "failed", "diverged", "stopped")
+FINAL_STATUSES = ("ok", "diverged", "stopped")
+"""A trial whose rows file holds one of these is done; 'failed' trials run again on resume."""
 
 _BASE_FIELDS = [
     pa.field("sweep", pa.string(), nullable=False),
@@ -64,9 +64,8 @@ _BASE_FIELDS = [
 def config_columns() -> list[str]:
     """Every flattened config column, ``cfg.<section>.<field>``, in a fixed order."""
     cols = []
-    for section, cls in [("model", ModelConfig), ("solver", SolverConfig), ("grad", GradConfig),
-                         ("train", TrainConfig), ("eval", EvalConfig)]:
-        cols += [f"cfg.{section}.{f.name}" for f in dataclasses.fields(cls)]
+    for section in SECTIONS:
+        cols += [f"cfg.{section}.{name}" for name in field_names(section)]
     return cols
 
 

@@ -23,13 +23,10 @@ from typing import Any, Optional
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
+from orchestrator.sweep.layout import SweepDir
+from orchestrator.sweep.metrics import SPLIT_METRIC_NAMES, TRIAL_SUMMARY_COLUMNS, split_metric
+
 PARENT_TAG = "mlflow.parentRunId"
-SPLIT_METRIC_NAMES = {"exact_acc": "acc", "token_acc": "token_acc", "iters_mean": "iters_mean",
-                      "iters_p50": "iters_p50", "iters_p95": "iters_p95", "reachability": "reachability",
-                      "cycled_frac": "cycled_frac", "residual_median": "residual_median",
-                      "input_dependence": "input_dependence", "fixed_point_spread": "fixed_point_spread",
-                      "path_independence": "path_independence", "spectral_radius": "spectral_radius"}
-"""Row column -> MLflow metric prefix; logged as ``<prefix>/<split>`` (e.g. ``acc/ood_64``)."""
 BATCH = 100
 logging.getLogger("mlflow").setLevel(logging.WARNING)  # no INFO lines about creating tables
 
@@ -40,7 +37,7 @@ class TrackingError(RuntimeError):
 
 def default_tracking_uri(sweep_dir: Path) -> str:
     """SQLite store inside the sweep's results dir (MLflow 3 refuses the plain ./mlruns store)."""
-    return f"sqlite:///{Path(sweep_dir).resolve() / 'mlflow.db'}"
+    return f"sqlite:///{SweepDir(Path(sweep_dir).resolve()).mlflow_db}"
 
 
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
@@ -100,7 +97,7 @@ class SweepTracker:
         self.uri = uri
         self.client = MlflowClient(tracking_uri=uri)
         self.tags = dict(tags)
-        self.experiment_id = self._experiment(sweep, Path(sweep_dir).resolve() / "mlartifacts")
+        self.experiment_id = self._experiment(sweep, SweepDir(Path(sweep_dir).resolve()).mlflow_artifacts)
         self.parent_id = self._parent_run(sweep)
         self._runs: dict[str, str] = {}
 
@@ -170,10 +167,10 @@ class SweepTracker:
         """Per-split metrics (``acc/ood_64`` ...), the resolved config JSON and a convergence plot."""
         metrics: dict[str, Any] = {}
         for row in rows:
-            for column, prefix in SPLIT_METRIC_NAMES.items():
-                metrics[f"{prefix}/{row['split']}"] = row.get(column)
+            for column in SPLIT_METRIC_NAMES:
+                metrics[split_metric(column, row["split"])] = row.get(column)
         first = rows[0] if rows else {}
-        for key in ("train_seconds", "train_steps", "final_loss"):
+        for key in TRIAL_SUMMARY_COLUMNS:
             metrics[key] = first.get(key)
         self.log_metrics(run_id, metrics, step)
         status = first.get("status", "failed")

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from fpr_core.config import ConfigError, identity_sections
-from orchestrator.sweep.spec import (SpecError, SweepSpec, apply_overrides, base_sections, check_dotted,
-                               resolved_sections, stable_hash)
+from orchestrator.sweep.sections import apply_overrides, base_sections, check_dotted, resolved_sections
+from orchestrator.sweep.spec import SpecError, SweepSpec, stable_hash
 
 SMOKE_BUDGET: dict[str, Any] = {"train.steps": 30, "train.n_train": 256, "train.warmup": 5,
                                 "train.log_every": 10, "train.checkpoint_every": 15,
@@ -123,7 +123,8 @@ def _smoke_overrides(sections: dict[str, dict[str, Any]]) -> dict[str, Any]:
 def expand(spec: SweepSpec, smoke: bool = False, path: Optional[Path] = None) -> list[Cell]:
     """Every cell of the sweep, in a deterministic order (task, grid cell, seed).
 
-    Each cell's config is built by fpr_core's dataclasses; a bad combination raises SpecError.
+    Each cell's config is built by fpr_core's dataclasses, so a bad combination of values (e.g.
+    dim and heads set on different axes) raises SpecError, as do two cells with the same config.
     """
     from fpr_core.tasks import task_class
 

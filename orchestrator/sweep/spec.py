@@ -1,12 +1,15 @@
-"""The sweep spec: a YAML file, validated once here, trusted after.
+"""The sweep spec: the YAML file's shape, loading, and its error messages.
 
-Two layers of checking, both before anything starts:
+``load_spec`` checks, before anything starts:
 
 1. the *shape* of the file (pydantic, ``extra="forbid"`` everywhere, so a misspelt key is an error);
-2. every ``fpr_core`` value it mentions, by building fpr_core's own config dataclasses (base config,
-   each per-task override, each grid value, each search bound, then every expanded trial) and the
+2. every ``fpr_core`` value it mentions, one at a time, by building fpr_core's own config
+   dataclasses (base config, each per-task override, each grid value, each search bound) and the
    task itself, so ``model.recall: nonee`` or ``grad: truncatd:4`` fails with the file and the field
    path, not half an hour later on a Ray worker.
+
+Combinations of values (every trial's whole config) are checked when the spec is expanded
+(expand.py); ``plan.py`` does both, once, for the CLI.
 
 Precedence when resolving a trial's config: ``base`` < ``tasks[i].overrides`` < ``axes`` (grid cell)
 < ``search`` (sampled value). A field may be set by at most one of overrides / axes / search.
@@ -16,23 +19,19 @@ was expected.
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import re
-import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from fpr_core.config import (ConfigError, EvalConfig, GradConfig, ModelConfig, SolverConfig,
-                             TrainConfig)
-
-SECTIONS: dict[str, type] = {"model": ModelConfig, "solver": SolverConfig, "grad": GradConfig,
-                             "train": TrainConfig, "eval": EvalConfig}
-"""Config sections of an fpr_core experiment, addressed in specs as ``<section>.<field>``."""
+from fpr_core.config import ConfigError
+from orchestrator.sweep.metrics import DEFAULT_SCHEDULER_METRIC, DEFAULT_SEARCH_METRIC
+from orchestrator.sweep.sections import (apply_overrides, base_sections, build_sections, check_dotted,
+                                         short_repr)
 
 SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
@@ -118,7 +117,7 @@ class SearchSpec(_Strict):
 
     space: dict[str, Distribution] = Field(min_length=1, description="Dotted field -> distribution.")
     num_samples: int = Field(gt=0, description="Sampled trials per grid cell (x task x seed).")
-    metric: str = Field("acc/id", description="Final trial metric Optuna optimises, e.g. acc/id, acc/ood_64.")
+    metric: str = Field(DEFAULT_SEARCH_METRIC, description="Final trial metric Optuna optimises, e.g. acc/id, acc/ood_64.")
     mode: Literal["max", "min"] = "max"
 
 
@@ -126,7 +125,7 @@ class SchedulerSpec(_Strict):
     """Early stopping of weak trials (ASHA) on a training metric reported every log step."""
 
     type: Literal["none", "asha"] = "none"
-    metric: str = Field("train/loss", description="Metric reported during training, e.g. train/loss.")
+    metric: str = Field(DEFAULT_SCHEDULER_METRIC, description="Metric reported during training, e.g. train/loss.")
     mode: Literal["min", "max"] = "min"
     grace_period: int = Field(50, gt=0, description="Training steps before a trial may be stopped.")
     max_t: Optional[int] = Field(None, gt=0, description="Max training steps (default: train.steps).")
@@ -197,123 +196,6 @@ def stable_hash(obj: Any, n: int = 10) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:n]
 
 
-# ---------------------------------------------------------------- dotted fields and sections
-
-def check_dotted(key: str) -> tuple[str, Optional[str]]:
-    """Split ``section.field`` (or the bare ``grad`` shorthand); raise ValueError naming the choices."""
-    section, _, fld = key.partition(".")
-    if section not in SECTIONS:
-        raise ValueError(f"unknown config section {section!r}; expected <section>.<field> with section "
-                         f"one of {list(SECTIONS)}")
-    if not fld:
-        if section == "grad":
-            return section, None
-        raise ValueError(f"expected <section>.<field>, e.g. {section}.{dataclasses.fields(SECTIONS[section])[0].name}")
-    names = [f.name for f in dataclasses.fields(SECTIONS[section])]
-    if fld not in names:
-        raise ValueError(f"unknown field {fld!r} of {section}; expected one of {names}")
-    return section, fld
-
-
-def base_sections(base: BaseSections) -> dict[str, dict[str, Any]]:
-    """The base config as plain dicts per section (grad shorthand expanded)."""
-    out = {name: dict(getattr(base, name)) for name in SECTIONS if name != "grad"}
-    out["grad"] = _grad_dict(base.grad)
-    return out
-
-
-def _grad_dict(value: Any) -> dict[str, Any]:
-    if isinstance(value, str):
-        return dataclasses.asdict(GradConfig.parse(value))
-    if isinstance(value, dict):
-        return dict(value)
-    raise ConfigError(f"grad: got {value!r}, expected MODE[:K] (e.g. 'truncated:4') or a mapping of GradConfig fields")
-
-
-def apply_overrides(sections: dict[str, dict[str, Any]], overrides: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """A copy of ``sections`` with dotted ``overrides`` applied (``grad`` alone replaces the section)."""
-    out = {k: dict(v) for k, v in sections.items()}
-    for key, value in overrides.items():
-        section, fld = check_dotted(key)
-        if fld is None:
-            out["grad"] = _grad_dict(value)
-        else:
-            out[section][fld] = value
-    return out
-
-
-def build_sections(sections: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """fpr_core's dataclasses from plain dicts; raises ConfigError naming the bad field."""
-    out = {}
-    for name, cls in SECTIONS.items():
-        data = coerce_numbers(cls, sections.get(name) or {})
-        check_types(cls, data, name)
-        out[name] = cls.from_dict(data, where=name)
-    return out
-
-
-def coerce_numbers(cls: type, data: dict[str, Any]) -> dict[str, Any]:
-    """YAML 1.1 reads ``1e-3`` (no dot) as a string: turn such strings into floats for float fields."""
-    hints = typing.get_type_hints(cls)
-    out = dict(data)
-    for key, value in data.items():
-        if isinstance(value, str) and key in hints and _accepts_float(hints[key]):
-            try:
-                out[key] = float(value)
-            except ValueError:
-                pass
-    return out
-
-
-def _accepts_float(hint: Any) -> bool:
-    if typing.get_origin(hint) is Union:
-        return any(_accepts_float(h) for h in typing.get_args(hint))
-    return hint is float
-
-
-def check_types(cls: type, data: dict[str, Any], where: str) -> None:
-    """Reject values of the wrong type (fpr_core's dataclasses check ranges, not types)."""
-    hints = typing.get_type_hints(cls)
-    for key, value in data.items():
-        if key in hints and not _type_ok(hints[key], value):
-            raise ConfigError(f"{where}.{key}: got {_short(value)}, expected {_type_name(hints[key])}")
-
-
-def _type_ok(hint: Any, value: Any) -> bool:
-    origin = typing.get_origin(hint)
-    if origin is Union:
-        return any(_type_ok(h, value) for h in typing.get_args(hint))
-    if origin is Literal:
-        return value in typing.get_args(hint)
-    if hint is type(None):
-        return value is None
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is str:
-        return isinstance(value, str)
-    return True
-
-
-def _type_name(hint: Any) -> str:
-    origin = typing.get_origin(hint)
-    if origin is Union:
-        return " or ".join(_type_name(h) for h in typing.get_args(hint))
-    if origin is Literal:
-        return f"one of {list(typing.get_args(hint))}"
-    if hint is type(None):
-        return "null"
-    return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(hint, str(hint))
-
-
-def resolved_sections(sections: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Validated sections with every default filled in (what a trial actually runs)."""
-    return {name: dataclasses.asdict(obj) for name, obj in build_sections(sections).items()}
-
-
 # ---------------------------------------------------------------- loading
 
 def load_spec(path: str | Path) -> SweepSpec:
@@ -347,7 +229,7 @@ def format_validation_error(path: Path, err: ValidationError) -> str:
         if item["type"] == "extra_forbidden":
             msg = "unknown key (not allowed here; check the spelling against `fpr-sweep schema`)"
         got = item.get("input")
-        got_text = "" if item["type"] in ("missing", "extra_forbidden") else f" (got {_short(got)})"
+        got_text = "" if item["type"] in ("missing", "extra_forbidden") else f" (got {short_repr(got)})"
         lines.append(f"{loc}: {msg}{got_text}")
     return f"{path}: invalid sweep spec:\n  " + "\n  ".join(lines)
 
@@ -366,19 +248,13 @@ def _loc_path(loc: tuple) -> str:
     return out or "(top level)"
 
 
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
 def _fail(path: Path, where: str, message: str) -> SpecError:
     return SpecError(f"{path}: {where}: {message}")
 
 
 def check_fpr_core(spec: SweepSpec, path: Path) -> None:
-    """Validate every fpr_core value the spec mentions by building fpr_core's own objects."""
-    from orchestrator.sweep.expand import expand  # expansion validates every combined trial config
-
+    """Validate every fpr_core value the spec mentions, one by one, by building fpr_core's own
+    objects (combinations of values are checked when the spec is expanded, in expand.py)."""
     try:
         base = base_sections(spec.base)
         build_sections(base)
@@ -407,29 +283,6 @@ def check_fpr_core(spec: SweepSpec, path: Path) -> None:
             if key in claimed:
                 raise _fail(path, f"tasks[{i}].overrides[{key!r}]",
                             f"{key} is also set by {claimed[key]}; set it in one place only")
-    cells = expand(spec, path=path)  # combinations (e.g. dim vs heads set on different axes)
-    _check_metrics(spec, path, cells)
-
-
-TRAIN_METRICS = ("loss", "lr", "grad_norm", "token_acc", "exact_acc", "iters_mean")
-"""What fpr_core's trainer logs every train.log_every steps (reported as ``train/<name>``)."""
-FINAL_METRIC_PREFIXES = ("acc", "iters_mean")
-"""Per-split metrics of a trial's final report (``acc/<split>``), usable as the search metric."""
-
-
-def _check_metrics(spec: SweepSpec, path: Path, cells: list) -> None:
-    """Metric names are checked here because Tune's own check is off (intermediate reports carry
-    training metrics only, the final one the per-split metrics)."""
-    if spec.scheduler.type == "asha":
-        allowed = [f"train/{m}" for m in TRAIN_METRICS]
-        if spec.scheduler.metric not in allowed:
-            raise _fail(path, "scheduler.metric", f"got {spec.scheduler.metric!r}, expected one of {allowed}")
-    if spec.search is not None:
-        splits = set.intersection(*(set(c.splits()) for c in cells))
-        allowed = sorted(f"{p}/{s}" for p in FINAL_METRIC_PREFIXES for s in splits) + ["train/final_loss"]
-        if spec.search.metric not in allowed:
-            raise _fail(path, "search.metric", f"got {spec.search.metric!r}, expected one of {allowed} "
-                                               "(a split every task evaluates)")
 
 
 def _check_key(path: Path, where: str, key: str) -> None:
@@ -443,7 +296,7 @@ def _check_value(path: Path, where: str, base: dict, key: str, value: Any) -> No
     try:
         build_sections(apply_overrides(base, {key: value}))
     except (ConfigError, TypeError, ValueError) as e:
-        raise _fail(path, where, f"bad value {_short(value)} for {key}: {e}") from None
+        raise _fail(path, where, f"bad value {short_repr(value)} for {key}: {e}") from None
 
 
 def _dist_probes(dist: Any) -> list[tuple[str, Any]]:
@@ -462,7 +315,7 @@ def _check_tasks(spec: SweepSpec, path: Path, base: dict) -> None:
         try:
             get_task(entry.name, **entry.params)
         except (TypeError, ValueError) as e:
-            raise _fail(path, f"{where}.params", f"{_short(entry.params)} rejected by task {entry.name}: {e}") from None
+            raise _fail(path, f"{where}.params", f"{short_repr(entry.params)} rejected by task {entry.name}: {e}") from None
         for key, value in entry.overrides.items():
             _check_key(path, f"{where}.overrides[{key!r}]", key)
             _check_value(path, f"{where}.overrides[{key!r}]", base, key, value)

@@ -1,0 +1,184 @@
+"""What the driver does when trials start, report and end: MLflow runs, the trial's rows file,
+the progress display. Tune calls ``ForwardingCallback``; it forwards to the active ``DriverHub``.
+
+A trial is done when its rows file (``trials/<trial_id>.parquet``) holds a final status; every
+hook checks that first, so a trial restored by Tune after it had finished only re-reports.
+"""
+from __future__ import annotations
+
+import json
+import traceback
+from pathlib import Path
+from typing import Any, Optional
+
+from ray import tune
+from rich.console import Console
+
+from orchestrator.console import SweepProgress
+from orchestrator.store import parquet
+from orchestrator.store.rows import SweepMeta, placeholder_rows
+from orchestrator.store.schema import FINAL_STATUSES
+from orchestrator.store.tracking import SweepTracker
+from orchestrator.run.trainable import trial_of_config
+from orchestrator.sweep.expand import Trial
+from orchestrator.sweep.metrics import (CURVES_KEY, FINAL_SPLIT_COLUMNS, PROGRESS_METRICS, ROWS_KEY, STEP,
+                                        is_train_metric, split_metric, train_metric)
+
+def _error_text(tune_trial: Any) -> str:
+    """The last line of a failed trial's error (the exception's type and message)."""
+    text = ""
+    local = tune_trial.error_file  # the driver's staging copy, written before callbacks run
+    if local and Path(local).exists():
+        text = Path(local).read_text()
+    if not text.strip():
+        try:
+            text = str(tune_trial.get_error() or "")  # from the storage path (e.g. after a restore)
+        except Exception:  # unreadable error file: still mark the trial failed
+            text = ""
+    text = text or "trial failed (no error recorded)"
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else text
+
+
+def _latest_metric(result: dict[str, Any]) -> str:
+    for key in PROGRESS_METRICS:
+        if isinstance(result.get(key), (int, float)):
+            return f"{key}={result[key]:.4g}"
+    return ""
+
+
+def results_from(result: dict[str, Any]) -> tuple[list[dict], dict]:
+    """The rows and residual curves a trial's final report carries."""
+    return json.loads(result[ROWS_KEY]), json.loads(result.get(CURVES_KEY) or "{}")
+
+
+class DriverHub:
+    """Everything the driver does when trials start, report and end: MLflow, Parquet, progress."""
+
+    def __init__(self, sweep_dir: Path, meta: SweepMeta, tracker: SweepTracker,
+                 progress: SweepProgress, console: Console) -> None:
+        self.sweep_dir = sweep_dir
+        self.meta = meta
+        self.tracker = tracker
+        self.progress = progress
+        self.console = console
+        self.warnings: list[str] = []
+        self._trials: dict[str, Trial] = {}
+
+    def trial(self, tune_trial: Any) -> Trial:
+        key = tune_trial.trial_id
+        if key not in self._trials:
+            self._trials[key] = trial_of_config(tune_trial.config)
+        return self._trials[key]
+
+    def _label(self, t: Trial) -> tuple[str, str, str, int]:
+        return t.trial_id, t.cell.task, t.cell.variant, t.cell.seed
+
+    def _run(self, t: Trial) -> str:
+        c = t.cell
+        tags = {"task": c.task, "variant": c.variant, "seed": str(c.seed)}
+        params = {**t.experiment_config(), "variant": c.variant}
+        return self.tracker.trial_run(t.trial_id, f"{c.task}/{c.variant}/s{c.seed}/{t.trial_id}", tags, params)
+
+    def is_final(self, t: Trial) -> bool:
+        table = parquet.read_trial(self.sweep_dir, t.trial_id)
+        return table is not None and table.column("status")[0].as_py() in FINAL_STATUSES
+
+    def started(self, tune_trial: Any) -> None:
+        t = self.trial(tune_trial)
+        if not self.is_final(t):  # a finished trial restored as running only re-reports its rows
+            self._run(t)
+        self.progress.started(*self._label(t))
+
+    def result(self, tune_trial: Any, result: dict[str, Any]) -> None:
+        t = self.trial(tune_trial)
+        if ROWS_KEY in result:
+            self.finish(t, results_from(result), result.get(STEP, 0))
+            return
+        metrics = {k: v for k, v in result.items() if is_train_metric(k)}
+        if metrics:
+            self.tracker.log_metrics(self._run(t), metrics, int(result.get(STEP, 0)))
+        self.progress.result(*self._label(t), result.get(STEP), _latest_metric(result))
+
+    def recovering(self, tune_trial: Any) -> None:
+        self.progress.retrying(*self._label(self.trial(tune_trial)))
+
+    def completed(self, tune_trial: Any) -> None:
+        t = self.trial(tune_trial)
+        last = tune_trial.last_result or {}
+        if ROWS_KEY in last:
+            self.finish(t, results_from(last), last.get(STEP, 0))
+        elif not self.is_final(t):  # stopped early by the scheduler (ASHA)
+            extra = {"train_steps": last.get(STEP), "final_loss": last.get(train_metric("loss"))}
+            self.finish(t, (placeholder_rows(t, self.meta, "stopped", "stopped early by the scheduler",
+                                             extra), {}), last.get(STEP, 0))
+
+    def errored(self, tune_trial: Any) -> None:
+        t = self.trial(tune_trial)
+        rows = placeholder_rows(t, self.meta, "failed", _error_text(tune_trial))
+        self.finish(t, (rows, {}), (tune_trial.last_result or {}).get(STEP, 0), force=True)
+
+    def finish(self, t: Trial, rows_curves: tuple[list[dict], dict], step: Any, force: bool = False) -> None:
+        """MLflow final metrics + artifacts, then the rows file (its existence marks the trial done)."""
+        rows, curves = rows_curves
+        if self.is_final(t) and not force:
+            if self.tracker.is_open(t.trial_id):
+                self.tracker.end_trial(t.trial_id, rows[0]["status"])
+            self.progress.finished(*self._label(t), rows[0]["status"])
+            return
+        run_id = self._run(t)
+        self.tracker.log_final(run_id, rows, curves, t.experiment_config(), int(step or 0))
+        parquet.write_trial_rows(self.sweep_dir, t.trial_id, rows)
+        self.tracker.end_trial(t.trial_id, rows[0]["status"])
+        self.progress.finished(*self._label(t), rows[0]["status"], _final_metric(rows))
+
+    def guarded(self, what: str, fn, *args) -> None:
+        """Run a hook; a failure is reported, not raised (Tune would abort the whole sweep)."""
+        try:
+            fn(*args)
+        except Exception as e:
+            msg = f"driver: {what} failed: {type(e).__name__}: {e}"
+            self.warnings.append(msg + "\n" + traceback.format_exc())
+            self.console.print(f"[yellow]{msg}[/]", highlight=False)
+
+
+def _final_metric(rows: list[dict]) -> str:
+    """The accuracy of the trial's last evaluated split, for the progress display."""
+    column = FINAL_SPLIT_COLUMNS[0]
+    return next((f"{split_metric(column, r['split'])}={r[column]:.3f}" for r in reversed(rows)
+                 if r.get(column) is not None), "")
+
+
+_ACTIVE: Optional[DriverHub] = None
+"""The hub of the running sweep. The callback below is pickled into Tune's tuner.pkl and comes back
+on restore, so it holds no state and forwards to whatever hub the current driver installed."""
+
+
+def activate(hub: Optional[DriverHub]) -> None:
+    """Install the hub the callbacks forward to (None when the run ends)."""
+    global _ACTIVE
+    _ACTIVE = hub
+
+
+class ForwardingCallback(tune.Callback):
+    """Driver-side Tune callback: forwards trial events to the active DriverHub."""
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        if _ACTIVE is not None:
+            _ACTIVE.guarded("trial start", _ACTIVE.started, trial)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if _ACTIVE is not None:
+            _ACTIVE.guarded("trial result", _ACTIVE.result, trial, result)
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        if _ACTIVE is not None:
+            _ACTIVE.guarded("trial retry", _ACTIVE.recovering, trial)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        if _ACTIVE is not None:
+            _ACTIVE.guarded("trial completion", _ACTIVE.completed, trial)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        if _ACTIVE is not None:
+            _ACTIVE.guarded("trial error", _ACTIVE.errored, trial)

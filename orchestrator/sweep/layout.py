@@ -1,0 +1,107 @@
+"""Where a sweep's files live: every path under ``results/<name>/``, in one place.
+
+    results/<name>/            one sweep (``<name>-smoke/`` for ``--smoke`` runs)
+      sweep.json               what the last run was started with (spec hash, tracking URI, ...)
+      spec.yaml                a copy of the spec file the last run read
+      trials/<trial_id>.parquet  one file per finished trial (its existence marks the trial done)
+      results.parquet          every trial file collected into one table
+      mlflow.db                the default MLflow store (SQLite), artifacts under mlartifacts/
+      tune/<study>/            Ray Tune's experiment state and checkpoints (unless --storage-path)
+      report.md, *.png         written by `fpr-sweep report`
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+DEFAULT_RESULTS_DIR = "results"
+SMOKE_SUFFIX = "-smoke"
+
+
+class LayoutError(ValueError):
+    """A sweep directory that would land outside its results dir; the message is for the user."""
+
+
+def sweep_name(name: str, smoke: bool) -> str:
+    """Smoke runs get their own directory so tiny-budget trials never mix with real ones."""
+    return f"{name}{SMOKE_SUFFIX}" if smoke else name
+
+
+@dataclass(frozen=True)
+class SweepDir:
+    """The directory of one sweep and every path inside it."""
+
+    root: Path
+
+    @classmethod
+    def under(cls, results_dir: str | Path, name: str, smoke: bool = False) -> "SweepDir":
+        """``results_dir/<name>[-smoke]`` (not resolved, not checked)."""
+        return cls(Path(results_dir) / sweep_name(name, smoke))
+
+    @classmethod
+    def inside(cls, results_dir: str | Path, name: str, smoke: bool = False) -> "SweepDir":
+        """``results_dir/<name>[-smoke]`` resolved, refused if that resolves outside ``results_dir``
+        (e.g. a symlink elsewhere)."""
+        root = Path(results_dir).resolve()
+        path = (root / sweep_name(name, smoke)).resolve()
+        if path.parent != root:
+            raise LayoutError(f"{root / sweep_name(name, smoke)} resolves to {path}, outside the results dir "
+                              f"{root}; remove the link or pick another name / --results-dir.")
+        return cls(path)
+
+    @property
+    def name(self) -> str:
+        return self.root.name
+
+    @property
+    def info(self) -> Path:
+        return self.root / "sweep.json"
+
+    @property
+    def spec_copy(self) -> Path:
+        return self.root / "spec.yaml"
+
+    @property
+    def trials(self) -> Path:
+        return self.root / "trials"
+
+    def trial_file(self, trial_id: str) -> Path:
+        return self.trials / f"{trial_id}.parquet"
+
+    @property
+    def results(self) -> Path:
+        return self.root / "results.parquet"
+
+    @property
+    def mlflow_db(self) -> Path:
+        return self.root / "mlflow.db"
+
+    @property
+    def mlflow_artifacts(self) -> Path:
+        return self.root / "mlartifacts"
+
+    @property
+    def tune(self) -> Path:
+        return self.root / "tune"
+
+    def tune_storage(self, shared: Optional[str] = None) -> str:
+        """Tune's storage path: ``tune/`` by default; under shared storage (``s3://bucket/prefix``, an
+        NFS dir) one folder per sweep, so two sweeps never share experiments. A URI is passed to
+        Tune as is: saving and restoring both resolve its filesystem from it."""
+        if shared is None:
+            return str(self.tune)
+        base = shared.rstrip("/") if "://" in shared else str(Path(shared).resolve())
+        return f"{base}/{self.name}"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.md"
+
+    def figure(self, stem: str) -> Path:
+        """A report figure, ``<stem>.png``."""
+        return self.root / f"{stem}.png"
+
+    def holds_sweep(self) -> bool:
+        """Does this directory look like a sweep (a run started here)?"""
+        return self.info.exists() or self.trials.is_dir()

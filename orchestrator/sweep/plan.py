@@ -1,0 +1,63 @@
+"""The edge: a spec file -> the validated spec and every cell it runs, checked and expanded once.
+
+``plan_sweep`` is what the CLI calls before running, validating or printing a sweep: the spec's
+shape and each of its values (spec.py), every trial's whole config (expand.py), and the metric
+names the scheduler and the search watch (sweep/metrics.py), each error a SpecError naming the file
+and the field. What it returns is trusted from here on.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from orchestrator.sweep.expand import Cell, expand, trial_count
+from orchestrator.sweep.layout import sweep_name
+from orchestrator.sweep.metrics import scheduler_metrics, search_metrics
+from orchestrator.sweep.spec import SpecError, SweepSpec, load_spec
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """A validated spec and the cells one run of it trains (``--smoke`` cells when ``smoke``)."""
+
+    spec: SweepSpec
+    path: Path
+    smoke: bool
+    cells: list[Cell]
+
+    @property
+    def name(self) -> str:
+        """The sweep's directory name (``<name>-smoke`` for smoke runs)."""
+        return sweep_name(self.spec.name, self.smoke)
+
+    @property
+    def trial_count(self) -> int:
+        return trial_count(self.spec, self.cells)
+
+
+def plan_sweep(path: str | Path, smoke: bool = False) -> SweepPlan:
+    """Load, validate and expand a spec; raise SpecError with a user-facing message.
+
+    The full sweep is always validated, also for ``--smoke`` (which then runs its own cells), so a
+    smoke run never passes a spec the real run would refuse."""
+    path = Path(path)
+    spec = load_spec(path)
+    cells = expand(spec, path=path)
+    check_metrics(spec, cells, path)
+    if smoke:
+        cells = expand(spec, smoke=True, path=path)
+    return SweepPlan(spec, path, smoke, cells)
+
+
+def check_metrics(spec: SweepSpec, cells: list[Cell], path: Path) -> None:
+    """Metric names are checked here because Tune's own check is off (intermediate reports carry
+    training metrics only, the final one the per-split metrics)."""
+    if spec.scheduler.type == "asha":
+        allowed = scheduler_metrics()
+        if spec.scheduler.metric not in allowed:
+            raise SpecError(f"{path}: scheduler.metric: got {spec.scheduler.metric!r}, expected one of {allowed}")
+    if spec.search is not None:
+        allowed = search_metrics(set.intersection(*(set(c.splits()) for c in cells)))
+        if spec.search.metric not in allowed:
+            raise SpecError(f"{path}: search.metric: got {spec.search.metric!r}, expected one of {allowed} "
+                            "(a split every task evaluates)")

@@ -1,0 +1,146 @@
+"""fpr_core's config sections and their ``section.field`` addressing, in one place.
+
+A spec names a config value by ``<section>.<field>`` (``model.recall``, ``train.lr``; ``grad`` alone
+takes the shorthand ``truncated:4``). This module knows the sections, splits and checks dotted
+keys, applies them to plain per-section dicts, and builds fpr_core's dataclasses from those dicts
+(checking each value's type, which the dataclasses themselves do not).
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import Any, Literal, Optional, Union
+
+from fpr_core.config import (ConfigError, EvalConfig, GradConfig, ModelConfig, SolverConfig,
+                             TrainConfig)
+
+SECTIONS: dict[str, type] = {"model": ModelConfig, "solver": SolverConfig, "grad": GradConfig,
+                             "train": TrainConfig, "eval": EvalConfig}
+"""Config sections of an fpr_core experiment, addressed in specs as ``<section>.<field>``."""
+SHORTHAND_SECTION = "grad"
+"""The one section a bare string may stand for (``GradConfig.parse``: 'truncated:4', 'bptt')."""
+
+
+def field_names(section: str) -> list[str]:
+    return [f.name for f in dataclasses.fields(SECTIONS[section])]
+
+
+def check_dotted(key: str) -> tuple[str, Optional[str]]:
+    """Split ``section.field`` (or the bare ``grad`` shorthand); raise ValueError naming the choices."""
+    section, _, fld = key.partition(".")
+    if section not in SECTIONS:
+        raise ValueError(f"unknown config section {section!r}; expected <section>.<field> with section "
+                         f"one of {list(SECTIONS)}")
+    if not fld:
+        if section == SHORTHAND_SECTION:
+            return section, None
+        raise ValueError(f"expected <section>.<field>, e.g. {section}.{field_names(section)[0]}")
+    names = field_names(section)
+    if fld not in names:
+        raise ValueError(f"unknown field {fld!r} of {section}; expected one of {names}")
+    return section, fld
+
+
+def base_sections(base: Any) -> dict[str, dict[str, Any]]:
+    """A spec's ``base`` (one attribute per section) as plain dicts per section, grad shorthand expanded."""
+    out = {name: dict(getattr(base, name)) for name in SECTIONS if name != SHORTHAND_SECTION}
+    out[SHORTHAND_SECTION] = shorthand_dict(getattr(base, SHORTHAND_SECTION))
+    return out
+
+
+def shorthand_dict(value: Any) -> dict[str, Any]:
+    """The grad section from its shorthand string or a mapping of its fields."""
+    if isinstance(value, str):
+        return dataclasses.asdict(GradConfig.parse(value))
+    if isinstance(value, dict):
+        return dict(value)
+    raise ConfigError(f"grad: got {value!r}, expected MODE[:K] (e.g. 'truncated:4') or a mapping of GradConfig fields")
+
+
+def apply_overrides(sections: dict[str, dict[str, Any]], overrides: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A copy of ``sections`` with dotted ``overrides`` applied (``grad`` alone replaces the section)."""
+    out = {k: dict(v) for k, v in sections.items()}
+    for key, value in overrides.items():
+        section, fld = check_dotted(key)
+        if fld is None:
+            out[section] = shorthand_dict(value)
+        else:
+            out[section][fld] = value
+    return out
+
+
+def build_sections(sections: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """fpr_core's dataclasses from plain dicts; raises ConfigError naming the bad field."""
+    out = {}
+    for name, cls in SECTIONS.items():
+        data = coerce_numbers(cls, sections.get(name) or {})
+        check_types(cls, data, name)
+        out[name] = cls.from_dict(data, where=name)
+    return out
+
+
+def resolved_sections(sections: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Validated sections with every default filled in (what a trial actually runs)."""
+    return {name: dataclasses.asdict(obj) for name, obj in build_sections(sections).items()}
+
+
+def coerce_numbers(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    """YAML 1.1 reads ``1e-3`` (no dot) as a string: turn such strings into floats for float fields."""
+    hints = typing.get_type_hints(cls)
+    out = dict(data)
+    for key, value in data.items():
+        if isinstance(value, str) and key in hints and _accepts_float(hints[key]):
+            try:
+                out[key] = float(value)
+            except ValueError:
+                pass
+    return out
+
+
+def _accepts_float(hint: Any) -> bool:
+    if typing.get_origin(hint) is Union:
+        return any(_accepts_float(h) for h in typing.get_args(hint))
+    return hint is float
+
+
+def check_types(cls: type, data: dict[str, Any], where: str) -> None:
+    """Reject values of the wrong type (fpr_core's dataclasses check ranges, not types)."""
+    hints = typing.get_type_hints(cls)
+    for key, value in data.items():
+        if key in hints and not _type_ok(hints[key], value):
+            raise ConfigError(f"{where}.{key}: got {short_repr(value)}, expected {_type_name(hints[key])}")
+
+
+def _type_ok(hint: Any, value: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if origin is Union:
+        return any(_type_ok(h, value) for h in typing.get_args(hint))
+    if origin is Literal:
+        return value in typing.get_args(hint)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    return True
+
+
+def _type_name(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin is Union:
+        return " or ".join(_type_name(h) for h in typing.get_args(hint))
+    if origin is Literal:
+        return f"one of {list(typing.get_args(hint))}"
+    if hint is type(None):
+        return "null"
+    return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(hint, str(hint))
+
+
+def short_repr(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
