@@ -32,9 +32,9 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--smoke-test", action="store_true")
+    parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args()
-    if args.smoke_test:
+    if args.smoke:
         args.batch, args.tokens, args.repeats = 8, 16, 1
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=4, n_classes=2, dim=args.dim, heads=4, residual_scale="fixed",

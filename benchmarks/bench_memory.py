@@ -13,7 +13,7 @@ On CUDA the child reports torch.cuda.max_memory_allocated instead of RSS.
 The loop is an expansive untrained model and the solver tolerance is unreachably low, so every
 configuration runs exactly `steps` loop steps (asserted) (truncated/phantom: steps - k without grad, then k = 4 with grad).
 Goal: truncated/phantom at 256 steps <= 1.1x their memory at 16 steps.
-Run: python benchmarks/bench_memory.py   (add --smoke-test for a seconds-long check)
+Run: python benchmarks/bench_memory.py   (add --smoke for a seconds-long check)
 """
 from __future__ import annotations
 
@@ -87,13 +87,13 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--smoke-test", action="store_true")
+    parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(args.child[0], int(args.child[1]), args.dim, args.tokens, args.batch)))
         return
-    long_steps, bptt_steps = (256, (16, 32, 64)) if not args.smoke_test else (32, (8, 16))
-    if args.smoke_test:
+    long_steps, bptt_steps = (256, (16, 32, 64)) if not args.smoke else (32, (8, 16))
+    if args.smoke:
         args.dim, args.tokens, args.batch = 32, 16, 4
     print(f"batch {args.batch} x {args.tokens} tokens, dim {args.dim}; one training step per child process")
     print(f"{'mode':10s} {'steps':>5s} {'peak delta MB':>14s} {'saved MB':>9s}")

@@ -13,6 +13,7 @@
    then read back with pandas and duckdb.
 
 Run: python benchmarks/bench_orchestration.py [--trials 8] [--steps 150] [--rows 100000]
+     (add --smoke for a tiny run that only checks every part still works; its numbers mean nothing)
 """
 from __future__ import annotations
 
@@ -104,6 +105,7 @@ def fake_rows(trial_id: str, splits: int, n: int) -> list[dict]:
 
 def mlflow_per_trial(directory: Path, trials: int = 20, log_steps: int = 6) -> float:
     from orchestrator.store.tracking import SweepTracker, default_tracking_uri
+    from orchestrator.sweep.metrics import train_report
 
     tracker = SweepTracker(default_tracking_uri(directory), "bench-mlflow", directory, {"spec_hash": "x"})
     config = {"model": {"dim": 32, "recall": "none"}, "train": {"steps": 150, "lr": 0.003}}
@@ -113,7 +115,8 @@ def mlflow_per_trial(directory: Path, trials: int = 20, log_steps: int = 6) -> f
         trial_id = f"trial{t:03d}"
         run_id = tracker.trial_run(trial_id, trial_id, {"task": "prefix_sums"}, config)
         for step in range(log_steps):
-            tracker.log_metrics(run_id, {"train/loss": 1.0 / (step + 1), "train/acc": 0.5, "train/iters": 8}, step * 25)
+            tracker.log_metrics(run_id, train_report({"loss": 1.0 / (step + 1), "exact_acc": 0.5, "iters_mean": 8}),
+                                step * 25)
         tracker.log_final(run_id, fake_rows(trial_id, 2, 64), curves, config, 150)
         tracker.end_trial(trial_id, "ok")
     return (time.perf_counter() - started) / trials
@@ -151,7 +154,11 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--smoke", action="store_true", help="4 trials of 20 steps, 2,000 rows: seconds, not a measurement")
     args = parser.parse_args()
+    mlflow_trials = 20
+    if args.smoke:
+        args.trials, args.steps, args.rows, mlflow_trials = 4, 20, 2_000, 3
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         spec_path = bench_spec(tmp, args.steps, args.trials)
@@ -164,7 +171,7 @@ def main() -> None:
         print(f"    overhead ratio fpr-sweep / (loop / {min(slots, n)} slots) = {cli_seconds / ideal:.2f}x "
               f"(goal <= 1.15x); without Ray start-up {(cli_seconds - ray_seconds) / ideal:.2f}x")
         print(f"[2] Ray start-up (local, fresh process): {ray_startup():.1f} s")
-        per_trial = mlflow_per_trial(tmp / "mlflow")
+        per_trial = mlflow_per_trial(tmp / "mlflow", mlflow_trials)
         print(f"[3] MLflow per trial (driver callback work, SQLite): {per_trial * 1000:.0f} ms "
               f"= {per_trial / (seq_seconds / n):.1%} of one trial's compute here")
         c = collection(tmp, args.rows)

@@ -8,7 +8,7 @@ a per-token linear head, cross-entropy, backward and an AdamW step. Same width, 
 Also prints the achieved FLOP/s of our step (analytic count: per loop step and token,
 2*(4d^2 + 2*d*4d) for the linear maps plus 4*T*d for attention scores and values; training = 3x the
 forward) as a fraction of this machine's measured float32 matmul peak (a 1024^3 torch.mm).
-Goal: ours / baseline throughput >= 1.0. Run: python benchmarks/bench_throughput.py [--smoke-test]
+Goal: ours / baseline throughput >= 1.0. Run: python benchmarks/bench_throughput.py [--smoke]
 """
 from __future__ import annotations
 
@@ -67,9 +67,9 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=8)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--smoke-test", action="store_true")
+    parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args()
-    if args.smoke_test:
+    if args.smoke:
         args.batch, args.tokens, args.dim, args.steps, args.repeats = 2, 16, 32, 2, 1
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)

@@ -21,7 +21,7 @@ import importlib
 import os
 
 from fpr_core.tasks.base import Task, TaskData
-from fpr_core.tasks.splits import make_splits
+from fpr_core.tasks import splits as _splits
 
 _MODULES: dict[str, str] = {
     "prefix_sums": "fpr_core.tasks.prefix_sums",
@@ -88,6 +88,11 @@ def task_class(name: str) -> type[Task]:
 def get_task(name: str, **params) -> Task:
     """Build the task `name` with its parameters (unknown parameters raise ValueError)."""
     return task_class(name)(**params)
+
+
+def make_splits(task: Task | str, *args, **kwargs) -> dict[str, TaskData]:
+    """``splits.make_splits`` for a Task or a registered task name (default params)."""
+    return _splits.make_splits(get_task(task) if isinstance(task, str) else task, *args, **kwargs)
 
 
 __all__ = ["Task", "TaskData", "TASK_NAMES", "PLUGINS_ENV", "get_task", "task_class", "make_splits",

@@ -76,20 +76,17 @@ def _fresh_split(task: Task, name: str, size: int, n: int, seed: int, seen: set[
         f"instance space is too small at this size: use a larger size, smaller n_train or n_eval")
 
 
-def make_splits(task: Task | str, train_size: int | None = None,
+def make_splits(task: Task, train_size: int | None = None,
                 ood_sizes: tuple[int, ...] | None = None, n_train: int = 4096, n_eval: int = 256,
                 seed: int = 0, cache_dir: str | os.PathLike | None | bool = None
                 ) -> dict[str, TaskData]:
     """Generate {"train", "id", "ood_<size>"...} with every eval instance unseen elsewhere.
 
-    task: a Task or a registered name (default params). train_size / ood_sizes default to the
+    task: a Task (``fpr_core.tasks.make_splits`` also takes a registered name). train_size / ood_sizes default to the
     task's `default_train_size` / `default_ood_sizes`; train and "id" are generated at exactly
     `train_size`. cache_dir: a directory, None for the default cache, False to disable caching.
     Raises ValueError if a split cannot reach n_eval distinct unseen instances.
     """
-    if isinstance(task, str):
-        from fpr_core.tasks import get_task
-        task = get_task(task)
     train_size = task.default_train_size if train_size is None else int(train_size)
     ood_sizes = task.default_ood_sizes if ood_sizes is None else tuple(int(s) for s in ood_sizes)
     if n_train < 1 or n_eval < 1:
