@@ -11,12 +11,10 @@ import dataclasses
 import typing
 from typing import Any, Literal, Optional, Union
 
-from fpr_core.config import (ConfigError, EvalConfig, GradConfig, ModelConfig, SolverConfig,
-                             TrainConfig)
+from fpr_core.config import EXPERIMENT_SECTIONS, ConfigError, GradConfig
 
-SECTIONS: dict[str, type] = {"model": ModelConfig, "solver": SolverConfig, "grad": GradConfig,
-                             "train": TrainConfig, "eval": EvalConfig}
-"""Config sections of an fpr_core experiment, addressed in specs as ``<section>.<field>``."""
+SECTIONS: dict[str, type] = {name: cls for name, cls in EXPERIMENT_SECTIONS.items() if name != "task"}
+"""fpr_core's config sections a spec sets by ``<section>.<field>`` (the task is set per task entry)."""
 SHORTHAND_SECTION = "grad"
 """The one section a bare string may stand for (``GradConfig.parse``: 'truncated:4', 'bptt')."""
 
