@@ -20,12 +20,12 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, BinaryIO, Literal, Optional
 
 import torch
 from torch import nn
 
-from fpr_core.config import ModelConfig
+from fpr_core.config import ExperimentConfig, ModelConfig
 
 SAVED_MODEL_FORMAT = 1
 WeightsChoice = Literal["eval", "final", "ema"]
@@ -53,8 +53,6 @@ class SavedModel:
 
     def experiment_config(self):
         """The config as fpr_core's ExperimentConfig."""
-        from fpr_core.experiment import ExperimentConfig
-
         return ExperimentConfig.from_dict(self.config)
 
     def build(self, which: WeightsChoice = "eval", device: str | torch.device = "cpu") -> nn.Module:
@@ -102,9 +100,10 @@ def save_experiment_model(path: str | os.PathLike, result: Any, config: dict[str
     return save_model(path, result.model, config, result.model_cfg_resolved, ema=ema, meta=meta)
 
 
-def read_saved(path: str | os.PathLike) -> SavedModel:
-    """Read a saved-model file (``weights_only=True``: tensors and plain data only)."""
-    payload = torch.load(Path(path), map_location="cpu", weights_only=True)
+def read_saved(path: str | os.PathLike | BinaryIO) -> SavedModel:
+    """Read a saved-model file or its bytes in a file object (``weights_only=True``: tensors and
+    plain data only)."""
+    payload = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(payload, dict) or payload.get("format") != SAVED_MODEL_FORMAT:
         got = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
         raise ValueError(f"{path}: not a saved fpr_core model (format {got!r}, expected {SAVED_MODEL_FORMAT})")

@@ -19,7 +19,7 @@ from rich.table import Table
 
 from orchestrator.sweep.layout import DEFAULT_RESULTS_DIR, SweepDir
 from orchestrator.sweep.plan import SweepPlan, plan_sweep
-from orchestrator.sweep.spec import SpecError, spec_json_schema
+from orchestrator.sweep.spec import SpecError, load_spec, spec_json_schema
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   pretty_exceptions_show_locals=False,
@@ -75,6 +75,8 @@ def run(spec_path: Path = SPEC_ARG,
         dry_run: bool = typer.Option(False, "--dry-run", help="Print the expanded trial table and counts; run nothing."),
         smoke: bool = typer.Option(False, "--smoke", help="Tiny budget (few steps, small eval sets, first seed, "
                                                           "two OOD sizes), written to <sweep>-smoke/."),
+        system_metrics: bool = typer.Option(False, "--system-metrics", help="Log the driver host's CPU, memory, "
+                                            "disk and network use to the sweep's MLflow run (also a spec option)."),
         ) -> None:
     """Run a sweep (or resume it: the same command continues an interrupted sweep)."""
     plan = _load(spec_path, smoke)
@@ -99,9 +101,14 @@ def run(spec_path: Path = SPEC_ARG,
     _write_sweep_info(SweepDir(sweep_dir), plan, uri)
 
     def tracker_factory(directory: Path, meta):
-        t = tracking.SweepTracker(uri, meta.sweep, directory, {"spec_hash": meta.spec_hash,
-                                                                "git_commit": meta.git_commit})
+        from orchestrator.store.run_info import source_tags
+
+        tags = {"spec_hash": meta.spec_hash, "git_commit": meta.git_commit,
+                **source_tags(meta.git_commit, f"fpr-sweep run {spec_path}")}
+        t = tracking.SweepTracker(uri, meta.sweep, directory, tags, description=spec.description.strip())
         t.log_sweep_params({"spec": spec.science(), "description": spec.description, "smoke": smoke})
+        if system_metrics or spec.system_metrics:
+            t.start_system_metrics()
         return t
 
     try:
@@ -168,6 +175,13 @@ def _print_outcome(outcome, uri: str) -> None:
     if outcome.results_path is not None:
         _print_accuracy(results.accuracy_table(outcome.sweep_dir))
         console.print(f"results: {outcome.results_path}", highlight=False)
+    if outcome.models:
+        from fpr_core.saved_model import human_bytes
+
+        sizes = sorted(outcome.models.values())
+        console.print(f"models:  {len(sizes)} kept in {SweepDir(outcome.sweep_dir).models} ({human_bytes(sum(sizes))}; "
+                      f"{human_bytes(sizes[0])}" + (f" to {human_bytes(sizes[-1])}" if sizes[-1] != sizes[0] else "")
+                      + " per trial)", highlight=False)
     console.print(f"MLflow:  {uri}   (fpr-sweep ui {outcome.sweep_dir.name})", highlight=False)
     if outcome.counts.get("failed"):
         for s in results.trial_summaries(outcome.sweep_dir):
@@ -262,6 +276,107 @@ def report(sweep: str = SWEEP_ARG, results_dir: Optional[str] = RESULTS_OPT) -> 
     if not SweepDir(sweep_dir).results.exists():
         _fail(f"{SweepDir(sweep_dir).results} does not exist yet; run the sweep first.")
     build_report(sweep_dir, console=console)  # prints its summary and the report's path
+    _log_report(sweep_dir)
+
+
+def _log_report(sweep_dir: Path) -> None:
+    """The report and its plots as artifacts of the sweep's MLflow run (when the store answers)."""
+    from orchestrator.store import tracking
+
+    uri = _tracking_uri(sweep_dir)
+    if not tracking.store_exists(uri):  # results copied without their MLflow store
+        return
+    try:
+        tracking.check_reachable(uri)
+        tracker = tracking.SweepTracker(uri, sweep_dir.name, sweep_dir, {}, reopen=False)
+    except tracking.TrackingError as e:
+        err_console.print(f"[yellow]warning:[/] report not logged to MLflow: {e}", highlight=False)
+        return
+    tracker.log_sweep_files([SweepDir(sweep_dir).report])
+    tracker.log_sweep_files(sorted(sweep_dir.glob("*.png")), "plots")
+
+
+@app.command("eval")
+def eval_(sweep: str = SWEEP_ARG,
+          sizes: str = typer.Option(..., "--sizes", help="New eval sizes, comma-separated, e.g. 25,33 "
+                                                         "(each becomes an ood_<size> split)."),
+          cap_law: str = typer.Option("trained", "--cap-law",
+                                      help="Loop cap on the new sizes: trained (as each trial's "
+                                           "solver.eval_cap_scale), scaled (eval_cap x size/train_size) "
+                                           "or fixed (eval_cap at every size)."),
+          trials: Optional[str] = typer.Option(None, "--trials", help="Only these trial ids (comma-separated; "
+                                                                      "default: every ok trial)."),
+          force: bool = typer.Option(False, "--force", help="Evaluate sizes a trial already has again "
+                                                            "(its rows for them are replaced)."),
+          address: Optional[str] = typer.Option(None, "--address", help="Ray cluster (default: $RAY_ADDRESS, "
+                                                                        "else a local Ray)."),
+          results_dir: Optional[str] = RESULTS_OPT) -> None:
+    """Evaluate finished trials' saved models on new sizes (in parallel on Ray, no training); adds
+    the rows to results.parquet and the metrics to the trials' MLflow runs. Sizes a trial already
+    has are skipped unless --force."""
+    from orchestrator.run import reeval
+
+    sweep_dir = _sweep_dir(sweep, results_dir)
+    if cap_law not in reeval.CAP_LAWS:
+        _fail(f"--cap-law: got {cap_law!r}, expected one of {', '.join(reeval.CAP_LAWS)}")
+    try:
+        wanted = reeval.parse_sizes(sizes)
+        ids = [t.strip() for t in trials.split(",") if t.strip()] if trials else None
+        jobs, skipped = reeval.plan_jobs(sweep_dir, wanted, ids, force)
+    except reeval.EvalError as e:
+        _fail(str(e))
+    for tid, why in sorted(skipped.items()):
+        console.print(f"skip {tid}: {why}", highlight=False)
+    if not jobs:
+        console.print("nothing to evaluate", highlight=False)
+        raise typer.Exit(EXIT_OK)
+    outcome = _run_eval(sweep_dir, jobs, cap_law, address)
+    console.print(f"evaluated {len(outcome.evaluated)} trials at {sizes} in {outcome.seconds:.1f} s"
+                  + (f"; {len(outcome.failed)} failed" if outcome.failed else ""), highlight=False)
+    raise typer.Exit(EXIT_TRIALS_FAILED if outcome.failed else EXIT_OK)
+
+
+def _run_eval(sweep_dir: Path, jobs, cap_law: str, address: Optional[str]):
+    from orchestrator.run import reeval
+    from orchestrator.run.driver import SweepError, ensure_ray, log_sweep_outcome, quiet_tune
+    from orchestrator.store import parquet as results
+    from orchestrator.store import tracking
+
+    uri = _tracking_uri(sweep_dir)
+    try:
+        tracking.check_reachable(uri)
+        tracker = tracking.SweepTracker(uri, sweep_dir.name, sweep_dir, {}, reopen=False)
+    except tracking.TrackingError as e:
+        _fail(str(e))
+    quiet_tune()
+    try:
+        ensure_ray(address, console)
+    except SweepError as e:
+        _fail(str(e))
+    outcome = reeval.run_eval(sweep_dir, jobs, cap_law, tracker, _trial_resources(sweep_dir), console)
+    results.collect(sweep_dir)
+    log_sweep_outcome(tracker, SweepDir(sweep_dir))
+    return outcome
+
+
+def _trial_resources(sweep_dir: Path) -> dict[str, float]:
+    """Ray resources of one trial as the sweep's spec asked for them (1 CPU without a spec copy)."""
+    spec_copy = SweepDir(sweep_dir).spec_copy
+    if not spec_copy.exists():
+        return {"cpu": 1.0, "gpu": 0.0}
+    try:
+        return load_spec(spec_copy).resources.model_dump()
+    except SpecError as e:
+        _fail(str(e))
+        raise
+
+
+def _tracking_uri(sweep_dir: Path) -> str:
+    from orchestrator.store import tracking
+
+    info_path = SweepDir(sweep_dir).info
+    return (json.loads(info_path.read_text())["tracking_uri"] if info_path.exists()
+            else tracking.default_tracking_uri(sweep_dir))
 
 
 @app.command()
@@ -274,9 +389,7 @@ def ui(sweep: str = SWEEP_ARG, results_dir: Optional[str] = RESULTS_OPT,
 
     _warn_if_exposed(host, "--host", "the MLflow UI")
     sweep_dir = _sweep_dir(sweep, results_dir)
-    info_path = SweepDir(sweep_dir).info
-    uri = (json.loads(info_path.read_text())["tracking_uri"] if info_path.exists()
-           else tracking.default_tracking_uri(sweep_dir))
+    uri = _tracking_uri(sweep_dir)
     if uri.startswith(("http://", "https://")):
         console.print(f"{sweep_dir.name} logs to the tracking server {uri}: open it in a browser.", highlight=False)
         return

@@ -62,7 +62,7 @@ def test_grid_sweep_writes_rows_runs_and_failures(spec_dir, ray_session):
             steps = [m.step for m in client.get_metric_history(child.info.run_id, "train/loss")]
             assert steps == [5, 10]
             assert child.data.params["model.recall"] in ("none", "standard")
-            assert {a.path for a in client.list_artifacts(child.info.run_id)} == {"config.json", "convergence.png"}
+            assert {a.path for a in client.list_artifacts(child.info.run_id)} == {"config.json", "convergence.png", "weights"}
         else:
             assert child.info.status == "FAILED" and "too small" in child.data.tags["error"]
 

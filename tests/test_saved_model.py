@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from fpr_core.experiment import ExperimentConfig, evaluate_sizes, run_experiment
+from fpr_core.config import ExperimentConfig
+from fpr_core.experiment import evaluate_sizes, run_experiment
 from fpr_core.saved_model import load_model, read_saved, save_experiment_model
 
 TINY = {

@@ -71,3 +71,62 @@ def test_unreachable_server_fails_fast():
 def test_flatten_config():
     assert tracking.flatten_config({"model": {"recall": "none", "spectral": None}, "task": {"ood_sizes": [32, 64]}}) == {
         "model.recall": "none", "model.spectral": "None", "task.ood_sizes": "[32, 64]"}
+
+
+def test_size_series_one_point_per_size(store):
+    sweep_dir, uri = store
+    tr = tracking.SweepTracker(uri, "trk-series", sweep_dir, {})
+    run_id = tr.trial_run("t5", "n", {}, {"seed": 0})
+    rows = [dict(ROWS[0], size=16), dict(ROWS[1], size=64), {"split": "ood_32", "size": 32, "status": "ok",
+                                                            "exact_acc": 0.5, "reachability": 0.9}]
+    tr.log_final(run_id, rows, {}, {"seed": 0}, step=450)
+    client = MlflowClient(uri)
+    history = client.get_metric_history(run_id, "ood/exact_acc")
+    assert sorted((m.step, m.value) for m in history) == [(16, 0.75), (32, 0.5), (64, 0.25)]
+    assert [m.step for m in client.get_metric_history(run_id, "ood/reachability")] == [16, 32]
+    assert client.get_metric_history(run_id, "acc/ood_64")[0].step == 450  # flat keys stay for Optuna/ASHA
+
+
+def test_test_time_compute_curve_per_split(store):
+    sweep_dir, uri = store
+    tr = tracking.SweepTracker(uri, "trk-ttc", sweep_dir, {})
+    run_id = tr.trial_run("t6", "n", {}, {"seed": 0})
+    rows = [dict(ROWS[0], size=16, budget_iters=[1, 4, 16], budget_acc=[0.0, 0.5, 0.75]),
+            dict(ROWS[1], size=64, budget_iters=[1, 8, 64], budget_acc=[0.0, 0.1, float("nan")])]
+    tr.log_final(run_id, rows, {}, {"seed": 0}, step=450)
+    client = MlflowClient(uri)
+    assert _points(client, run_id, "ttc/exact_acc/id") == [(1, 0.0), (4, 0.5), (16, 0.75)]
+    assert _points(client, run_id, "ttc/exact_acc/ood_64") == [(1, 0.0), (8, 0.1)]
+
+
+def _points(client, run_id, key):
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+
+
+def test_descriptions_kind_datasets_and_summary(store):
+    from orchestrator.store.run_info import DatasetRecord
+
+    sweep_dir, uri = store
+    tr = tracking.SweepTracker(uri, "trk-fields", sweep_dir, {"mlflow.user": "alice"}, description="what we ask")
+    client = MlflowClient(uri)
+    exp = client.get_experiment(tr.experiment_id)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert exp.tags["mlflow.note.content"] == "what we ask"
+    parent = client.get_run(tr.parent_id)
+    assert parent.data.tags["mlflow.note.content"] == "what we ask" and parent.data.tags["mlflow.user"] == "alice"
+    run_id = tr.trial_run("t7", "n", {}, {"seed": 0})
+    tr.describe(run_id, "prefix_sums trained at 16")
+    tr.log_datasets(run_id, [DatasetRecord("prefix_sums/train", "abc", "{}", '{"instances": 64}', "training"),
+                             DatasetRecord("prefix_sums/id", "def", "{}", "{}", "evaluation")])
+    run = client.get_run(run_id)
+    assert run.data.tags["mlflow.note.content"] == "prefix_sums trained at 16"
+    inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}
+    assert set(inputs) == {"prefix_sums/train", "prefix_sums/id"}
+    assert inputs["prefix_sums/train"].dataset.digest == "abc"
+    assert inputs["prefix_sums/train"].tags[0].value == "training"
+    tr.log_sweep_summary({"trials/ok": 3.0}, {"best_variant/prefix_sums": "recall=standard"})
+    tr.end_sweep("FINISHED")
+    again = tracking.SweepTracker(uri, "trk-fields", sweep_dir, {}, reopen=False)  # e.g. fpr-sweep eval
+    parent = client.get_run(again.parent_id)
+    assert parent.info.status == "FINISHED" and parent.data.metrics["trials/ok"] == 3.0
+    assert again.find_trial_run("t7") == run_id and again.find_trial_run("nope") is None

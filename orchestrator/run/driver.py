@@ -28,7 +28,9 @@ from orchestrator.run.hub import DriverHub, ForwardingCallback
 from orchestrator.run.trainable import CHECKPOINTS_KEPT, fpr_trainable, trial_of_config
 from orchestrator.store import parquet
 from orchestrator.store.rows import SweepMeta
+from orchestrator.store.run_info import sweep_summary
 from orchestrator.store.schema import FINAL_STATUSES
+from orchestrator.store.tracking import SweepTracker
 from orchestrator.sweep.expand import Cell, Trial
 from orchestrator.sweep.layout import LayoutError, SweepDir
 from orchestrator.sweep.plan import SweepPlan
@@ -59,6 +61,8 @@ class SweepOutcome:
     unfinished: int = 0
     results_path: Optional[Path] = None
     ray_start_seconds: Optional[float] = None
+    models: dict[str, int] = field(default_factory=dict)
+    """trial_id -> bytes of its kept model (models/<trial_id>.pt)."""
 
     @property
     def exit_code(self) -> int:
@@ -203,6 +207,8 @@ def reconcile(hub: DriverHub, exp_path: str) -> int:
     for tt in ExperimentAnalysis(exp_path).trials:
         if tt.status == "TERMINATED":
             hub.guarded("reconcile", hub.completed, tt)
+            if hub.meta.keep_models != "none":
+                hub.guarded("keeping the model", hub.keep_model, tt, tt.checkpoint)
         elif tt.status == "ERROR":
             t = hub.trial(tt)
             table = parquet.read_trial(hub.sweep_dir, t.trial_id)
@@ -233,6 +239,16 @@ def tune_trial_states(sweep_dir: Path) -> dict[str, tuple[str, Trial]]:
 
 # ---------------------------------------------------------------- the run
 
+def log_sweep_outcome(tracker: SweepTracker, sweep_dir: SweepDir) -> None:
+    """The parent run's summary metrics (trials per status, best OOD accuracy per task) and files
+    (the spec and results.parquet; `fpr-sweep report` adds the report and its plots)."""
+    if sweep_dir.results.exists():
+        table = parquet.read_results(sweep_dir.root).select(["trial_id", "task", "variant", "split", "size",
+                                                             "status", "exact_acc"])
+        tracker.log_sweep_summary(*sweep_summary(table.to_pylist()))
+    tracker.log_sweep_files([sweep_dir.spec_copy, sweep_dir.results])
+
+
 def run_sweep(plan: SweepPlan, opts: RunOptions, tracker_factory, console: Console) -> SweepOutcome:
     """Run (or resume) the planned sweep; ``tracker_factory(sweep_dir, meta)`` opens its SweepTracker."""
     from orchestrator.store.provenance import git_commit
@@ -241,7 +257,7 @@ def run_sweep(plan: SweepPlan, opts: RunOptions, tracker_factory, console: Conso
     spec, cells, name = plan.spec, plan.cells, plan.name
     sweep_dir = sweep_dir_for(plan, opts)
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    meta = SweepMeta(name, spec.spec_hash(), git_commit())
+    meta = SweepMeta(name, spec.spec_hash(), git_commit(), spec.keep_models)
     done = parquet.finished_statuses(sweep_dir)
     studies = plan_studies(spec, cells, done)
     total = plan.trial_count
@@ -275,6 +291,8 @@ def run_sweep(plan: SweepPlan, opts: RunOptions, tracker_factory, console: Conso
     statuses = parquet.finished_statuses(sweep_dir)
     for status in statuses.values():
         outcome.counts[status] = outcome.counts.get(status, 0) + 1
+    outcome.models = SweepDir(sweep_dir).kept_models()
+    hub.guarded("sweep summary", log_sweep_outcome, tracker, SweepDir(sweep_dir))
     tracker.end_sweep("KILLED" if outcome.unfinished else ("FAILED" if outcome.counts.get("failed") else "FINISHED"))
     for w in hub.warnings:
         console.print(f"[yellow]{w}[/]", highlight=False)

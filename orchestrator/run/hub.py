@@ -7,6 +7,8 @@ hook checks that first, so a trial restored by Tune after it had finished only r
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import traceback
 from pathlib import Path
 from typing import Any, Optional
@@ -17,12 +19,14 @@ from rich.console import Console
 from orchestrator.console import SweepProgress
 from orchestrator.store import parquet
 from orchestrator.store.rows import SweepMeta, placeholder_rows
+from orchestrator.store.run_info import dataset_records, trial_description
 from orchestrator.store.schema import FINAL_STATUSES
 from orchestrator.store.tracking import SweepTracker
-from orchestrator.run.trainable import trial_of_config
+from orchestrator.run.trainable import MODEL_FILE, trial_of_config
 from orchestrator.sweep.expand import Trial
-from orchestrator.sweep.metrics import (CURVES_KEY, FINAL_SPLIT_COLUMNS, PROGRESS_METRICS, ROWS_KEY, STEP,
-                                        is_train_metric, split_metric, train_metric)
+from orchestrator.sweep.layout import SweepDir
+from orchestrator.sweep.metrics import (CURVES_KEY, DATASETS_KEY, FINAL_SPLIT_COLUMNS, PROGRESS_METRICS, ROWS_KEY,
+                                        STEP, is_train_metric, split_metric, train_metric)
 
 def _error_text(tune_trial: Any) -> str:
     """The last line of a failed trial's error (the exception's type and message)."""
@@ -87,13 +91,13 @@ class DriverHub:
     def started(self, tune_trial: Any) -> None:
         t = self.trial(tune_trial)
         if not self.is_final(t):  # a finished trial restored as running only re-reports its rows
-            self._run(t)
+            self.tracker.describe(self._run(t), trial_description(t))
         self.progress.started(*self._label(t))
 
     def result(self, tune_trial: Any, result: dict[str, Any]) -> None:
         t = self.trial(tune_trial)
         if ROWS_KEY in result:
-            self.finish(t, results_from(result), result.get(STEP, 0))
+            self.finish(t, results_from(result), result.get(STEP, 0), datasets=result.get(DATASETS_KEY))
             return
         metrics = {k: v for k, v in result.items() if is_train_metric(k)}
         if metrics:
@@ -118,8 +122,10 @@ class DriverHub:
         rows = placeholder_rows(t, self.meta, "failed", _error_text(tune_trial))
         self.finish(t, (rows, {}), (tune_trial.last_result or {}).get(STEP, 0), force=True)
 
-    def finish(self, t: Trial, rows_curves: tuple[list[dict], dict], step: Any, force: bool = False) -> None:
-        """MLflow final metrics + artifacts, then the rows file (its existence marks the trial done)."""
+    def finish(self, t: Trial, rows_curves: tuple[list[dict], dict], step: Any, force: bool = False,
+               datasets: Optional[str] = None) -> None:
+        """MLflow final metrics + artifacts, then the rows file (its existence marks the trial done).
+        ``datasets``: the splits the trial generated (JSON, the final report's DATASETS_KEY)."""
         rows, curves = rows_curves
         if self.is_final(t) and not force:
             if self.tracker.is_open(t.trial_id):
@@ -128,9 +134,32 @@ class DriverHub:
             return
         run_id = self._run(t)
         self.tracker.log_final(run_id, rows, curves, t.experiment_config(), int(step or 0))
+        if datasets:
+            c = t.cell
+            self.tracker.log_datasets(run_id, dataset_records(c.task, c.task_params, c.seed, json.loads(datasets)))
         parquet.write_trial_rows(self.sweep_dir, t.trial_id, rows)
         self.tracker.end_trial(t.trial_id, rows[0]["status"])
         self.progress.finished(*self._label(t), rows[0]["status"], _final_metric(rows))
+
+    def keep_model(self, tune_trial: Any, checkpoint: Any) -> None:
+        """Copy the saved model of a trial's final checkpoint to models/<trial_id>.pt and log it to
+        the trial's run (once: a model already kept is left alone)."""
+        t = self.trial(tune_trial)
+        dest = SweepDir(self.sweep_dir).model_file(t.trial_id)
+        if checkpoint is None or dest.exists():
+            return
+        try:  # read through the checkpoint's own filesystem: local, NFS or s3:// storage alike
+            stream = checkpoint.filesystem.open_input_stream(f"{checkpoint.path}/{MODEL_FILE}")
+        except FileNotFoundError:  # a training-state checkpoint, not the final one
+            return
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.tmp")
+        with stream, open(tmp, "wb") as out:
+            shutil.copyfileobj(stream, out)
+        os.replace(tmp, dest)
+        c = t.cell
+        self.tracker.log_weights(self._run(t), dest, int((tune_trial.last_result or {}).get(STEP, 0)),
+                                 f"{c.task}-{t.trial_id}", t.experiment_config())
 
     def guarded(self, what: str, fn, *args) -> None:
         """Run a hook; a failure is reported, not raised (Tune would abort the whole sweep)."""
@@ -182,3 +211,7 @@ class ForwardingCallback(tune.Callback):
     def on_trial_error(self, iteration, trials, trial, **info):
         if _ACTIVE is not None:
             _ACTIVE.guarded("trial error", _ACTIVE.errored, trial)
+
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+        if _ACTIVE is not None and _ACTIVE.meta.keep_models != "none":
+            _ACTIVE.guarded("keeping the model", _ACTIVE.keep_model, trial, checkpoint)

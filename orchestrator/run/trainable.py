@@ -15,6 +15,8 @@ A diverged trial ends normally with ``diverged`` rows; an exception propagates s
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import math
 import tempfile
@@ -27,8 +29,8 @@ from ray import tune
 from orchestrator.store.provenance import hostname, package_versions
 from orchestrator.store.rows import SweepMeta, experiment_rows, residual_curves
 from orchestrator.sweep.expand import Cell, Trial, resolve
-from orchestrator.sweep.metrics import (CURVES_KEY, FINAL_LOSS, FINAL_SPLIT_COLUMNS, ROWS_KEY, STATUS_KEY, STEP,
-                                        split_metric, train_report)
+from orchestrator.sweep.metrics import (CURVES_KEY, DATASETS_KEY, FINAL_LOSS, FINAL_SPLIT_COLUMNS, ROWS_KEY,
+                                        STATUS_KEY, STEP, split_metric, train_report)
 
 MIN_CHECKPOINT_INTERVAL_S = 30.0
 """Checkpoints closer together than this are skipped. Tune saves its experiment state (which names
@@ -38,6 +40,8 @@ state points at still exists when the sweep resumes."""
 CHECKPOINTS_KEPT = 2
 STATE_FILE = "train_state.pt"
 ROWS_FILE = "rows.json"
+MODEL_FILE = "model.pt"
+"""The trial's saved model (fpr_core.saved_model) inside its final checkpoint."""
 
 CELL_KEY = "cell"
 """Tune config key: the trial's cell (``Cell.payload()``)."""
@@ -74,10 +78,22 @@ def final_result(rows: list[dict[str, Any]], curves: dict[str, list[float]]) -> 
     return out
 
 
-def _report_final(result: dict[str, Any]) -> None:
+def _report_final(result: dict[str, Any], save_model=None) -> None:
+    """The final report with a checkpoint holding the rows (and the saved model, written by
+    ``save_model(path)`` when given), so a restored finished trial re-reports instead of training."""
     with tempfile.TemporaryDirectory() as tmp:
-        Path(tmp, ROWS_FILE).write_text(json.dumps({ROWS_KEY: result[ROWS_KEY], CURVES_KEY: result[CURVES_KEY]}))
+        kept = {k: result[k] for k in (ROWS_KEY, CURVES_KEY, DATASETS_KEY) if k in result}
+        Path(tmp, ROWS_FILE).write_text(json.dumps(kept))
+        if save_model is not None:
+            save_model(Path(tmp, MODEL_FILE))
         tune.report(result, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+
+def _datasets(result: Any, task_name: str, task_params: dict[str, Any]) -> str:
+    from fpr_core.tasks import get_task
+
+    version = str(get_task(task_name, **task_params).version)
+    return json.dumps([dict(dataclasses.asdict(d), generator_version=version) for d in result.datasets])
 
 
 def fpr_trainable(config: dict[str, Any]) -> None:
@@ -96,7 +112,10 @@ def fpr_trainable(config: dict[str, Any]) -> None:
             if rows_file.exists():  # finished before the driver went down: report again, don't retrain
                 saved = json.loads(rows_file.read_text())
                 rows = json.loads(saved[ROWS_KEY])
-                tune.report(final_result(rows, json.loads(saved[CURVES_KEY])))
+                again = final_result(rows, json.loads(saved[CURVES_KEY]))
+                if DATASETS_KEY in saved:
+                    again[DATASETS_KEY] = saved[DATASETS_KEY]
+                tune.report(again)
                 return
             if state_file.exists():
                 resume_state = load_checkpoint(state_file)
@@ -119,4 +138,13 @@ def fpr_trainable(config: dict[str, Any]) -> None:
     result = run_experiment(cfg, on_log=on_log, on_checkpoint=on_checkpoint,
                             resume_state=resume_state, device="auto")
     rows = experiment_rows(trial, meta, result, _worker_info())
-    _report_final(final_result(rows, residual_curves(result)))
+    final = final_result(rows, residual_curves(result))
+    final[DATASETS_KEY] = _datasets(result, trial.cell.task, trial.cell.task_params)
+    save_model = None
+    if meta.keep_models == "final" and result.train.status == "ok":
+        from fpr_core.saved_model import save_experiment_model
+
+        provenance = {"trial_id": trial.trial_id, "sweep": meta.sweep, "git_commit": meta.git_commit,
+                      "train_steps": result.train.steps}
+        save_model = functools.partial(save_experiment_model, result=result, config=cfg.to_dict(), meta=provenance)
+    _report_final(final, save_model)

@@ -22,6 +22,8 @@ class SweepMeta:
     sweep: str
     spec_hash: str
     git_commit: str
+    keep_models: str = "final"
+    """The spec's ``keep_models``: 'final' saves each finished trial's model, 'none' saves nothing."""
 
     def as_dict(self) -> dict[str, str]:
         return dataclasses.asdict(self)
@@ -87,15 +89,34 @@ def experiment_rows(trial: Trial, meta: SweepMeta, result: Any, worker: dict[str
     for s in result.splits:
         row = base_row(trial, meta, sections)
         row.update(common)
-        row.update({"split": s.split, "size": int(s.size), "status": "ok", "error": None})
-        for key in SPLIT_ROW_COLUMNS:
-            value = s.metrics.get(key)
-            row[key] = (None if value is None else int(value)) if key in INT_ROW_COLUMNS else _float(value)
-        row["instance_iters"] = [float(v) for v in s.instance_iters]
-        row["instance_difficulty"] = [float(v) for v in s.instance_difficulty]
-        row["instance_correct"] = [bool(v) for v in s.instance_correct]
+        row.update(split_fields(s))
         rows.append(row)
     return rows
+
+
+def split_fields(s: Any) -> dict[str, Any]:
+    """The columns one evaluated split fills (``s`` is fpr_core's SplitResult): split, size, ok
+    status, the SPLIT_METRICS and the per-instance arrays."""
+    out: dict[str, Any] = {"split": s.split, "size": int(s.size), "status": "ok", "error": None}
+    for key in SPLIT_ROW_COLUMNS:
+        value = s.metrics.get(key)
+        out[key] = (None if value is None else int(value)) if key in INT_ROW_COLUMNS else _float(value)
+    out["instance_iters"] = [float(v) for v in s.instance_iters]
+    out["instance_difficulty"] = [float(v) for v in s.instance_difficulty]
+    out["instance_correct"] = [bool(v) for v in s.instance_correct]
+    return out
+
+
+def evaluated_rows(trial_rows: list[dict[str, Any]], new_splits: list[dict[str, Any]],
+                   worker: dict[str, str]) -> list[dict[str, Any]]:
+    """A trial's rows after re-evaluating its saved model: every existing row except those of a
+    re-evaluated split, then one row per new split (``split_fields`` dicts) with the trial's own
+    columns (config, training provenance) and the evaluating worker's host, node and versions."""
+    template = trial_rows[0]
+    redone = {s["split"] for s in new_splits}
+    kept = [r for r in trial_rows if r["split"] not in redone]
+    fresh = [{**template, **worker, **s, "finished_at": _now()} for s in new_splits]
+    return sorted(kept + fresh, key=lambda r: (r["split"] != "id", r["size"] or 0))
 
 
 def residual_curves(result: Any) -> dict[str, list[float]]:

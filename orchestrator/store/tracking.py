@@ -20,13 +20,21 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Optional
 
-from mlflow.entities import Metric, Param
+from mlflow.entities import Dataset, DatasetInput, InputTag, LoggedModelOutput, Metric, Param
 from mlflow.tracking import MlflowClient
 
+from orchestrator.store.run_info import DatasetRecord
 from orchestrator.sweep.layout import SweepDir
-from orchestrator.sweep.metrics import SPLIT_METRIC_NAMES, TRIAL_SUMMARY_COLUMNS, split_metric
+from orchestrator.sweep.metrics import (SIZE_SERIES, SPLIT_METRIC_NAMES, TRIAL_SUMMARY_COLUMNS, WEIGHTS_BYTES,
+                                        budget_metric, split_metric)
 
 PARENT_TAG = "mlflow.parentRunId"
+WEIGHTS_ARTIFACT_DIR = "weights"
+"""Child-run artifact folder holding the trial's saved model."""
+NOTE_TAG = "mlflow.note.content"
+"""Run and experiment description, as the MLflow UI shows and edits it."""
+EXPERIMENT_KIND_TAG, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
+"""The experiment type the MLflow 3 UI opens in (model training rather than GenAI)."""
 BATCH = 100
 logging.getLogger("mlflow").setLevel(logging.WARNING)  # no INFO lines about creating tables
 
@@ -38,6 +46,12 @@ class TrackingError(RuntimeError):
 def default_tracking_uri(sweep_dir: Path) -> str:
     """SQLite store inside the sweep's results dir (MLflow 3 refuses the plain ./mlruns store)."""
     return f"sqlite:///{SweepDir(Path(sweep_dir).resolve()).mlflow_db}"
+
+
+def store_exists(uri: str) -> bool:
+    """False for a SQLite store whose file is missing (opening it would create an empty one)."""
+    prefix = "sqlite:///"
+    return not uri.startswith(prefix) or Path(uri[len(prefix):]).exists()
 
 
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
@@ -93,13 +107,25 @@ def _finite(x: Any) -> bool:
 class SweepTracker:
     """MLflow runs of one sweep: the parent run and one child run per trial."""
 
-    def __init__(self, uri: str, sweep: str, sweep_dir: Path, tags: dict[str, str]) -> None:
+    def __init__(self, uri: str, sweep: str, sweep_dir: Path, tags: dict[str, str],
+                 description: str = "", reopen: bool = True) -> None:
+        """``reopen``: mark the parent run RUNNING (a run or resume); False attaches to a
+        finished sweep without changing its state (``fpr-sweep eval``, ``report``)."""
         self.uri = uri
         self.client = MlflowClient(tracking_uri=uri)
         self.tags = dict(tags)
         self.experiment_id = self._experiment(sweep, SweepDir(Path(sweep_dir).resolve()).mlflow_artifacts)
-        self.parent_id = self._parent_run(sweep)
+        self._describe_experiment(description)
+        self.parent_id = self._parent_run(sweep, reopen)
+        if description:
+            self.client.set_tag(self.parent_id, NOTE_TAG, description)
         self._runs: dict[str, str] = {}
+
+    def _describe_experiment(self, description: str) -> None:
+        """Training experiment (the UI opens in model-training mode), described by the spec."""
+        self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND_TAG, TRAINING_KIND)
+        if description:
+            self.client.set_experiment_tag(self.experiment_id, NOTE_TAG, description)
 
     def _experiment(self, sweep: str, artifacts: Path) -> str:
         try:
@@ -118,13 +144,14 @@ class SweepTracker:
         runs = self.client.search_runs([self.experiment_id], filter_string=filter_string, max_results=1)
         return runs[0].info.run_id if runs else None
 
-    def _parent_run(self, sweep: str) -> str:
+    def _parent_run(self, sweep: str, reopen: bool = True) -> str:
         run_id = self._find("tags.`fpr.role` = 'sweep'")
         if run_id is None:
             run = self.client.create_run(self.experiment_id, run_name=sweep,
                                          tags={"fpr.role": "sweep", **self.tags})
             return run.info.run_id
-        self.client.update_run(run_id, status="RUNNING")
+        if reopen:
+            self.client.update_run(run_id, status="RUNNING")
         for key, value in self.tags.items():
             self.client.set_tag(run_id, key, value)
         return run_id
@@ -164,7 +191,8 @@ class SweepTracker:
 
     def log_final(self, run_id: str, rows: list[dict[str, Any]], curves: dict[str, list[float]],
                   config: dict[str, Any], step: int) -> None:
-        """Per-split metrics (``acc/ood_64`` ...), the resolved config JSON and a convergence plot."""
+        """Per-split metrics (``acc/ood_64`` ...), the size series (``ood/exact_acc`` at step = size),
+        the resolved config JSON and a convergence plot."""
         metrics: dict[str, Any] = {}
         for row in rows:
             for column in SPLIT_METRIC_NAMES:
@@ -173,6 +201,8 @@ class SweepTracker:
         for key in TRIAL_SUMMARY_COLUMNS:
             metrics[key] = first.get(key)
         self.log_metrics(run_id, metrics, step)
+        self.log_size_series(run_id, rows)
+        self.log_budget_curves(run_id, rows)
         status = first.get("status", "failed")
         self.client.set_tag(run_id, "status", status)
         if first.get("error"):
@@ -198,9 +228,95 @@ class SweepTracker:
 
     def end_sweep(self, status: str) -> None:
         """FINISHED, FAILED (some trial failed) or KILLED (interrupted; resume continues it)."""
+        if getattr(self, "_system_metrics", None) is not None:
+            self._system_metrics.finish()
+            self._system_metrics = None
         for trial_id in list(self._runs):
             self.client.set_terminated(self._runs.pop(trial_id), "KILLED")
         self.client.set_terminated(self.parent_id, status)
+
+    def find_trial_run(self, trial_id: str) -> Optional[str]:
+        """The child run of a trial, or None; its state is left as it is."""
+        return self._runs.get(trial_id) or self._find(f"tags.trial_id = '{trial_id}'")
+
+    def log_size_series(self, run_id: str, rows: list[dict[str, Any]]) -> None:
+        """Each ok row's SIZE_SERIES metrics at step = its size (one point per split)."""
+        ts = _ms()
+        items = [Metric(name, float(row[column]), ts, int(row["size"]))
+                 for row in rows if row.get("status") == "ok" and row.get("size") is not None
+                 for column, name in SIZE_SERIES.items() if _finite(row.get(column))]
+        for i in range(0, len(items), 1000):
+            self.client.log_batch(run_id, metrics=items[i:i + 1000])
+
+    def log_budget_curves(self, run_id: str, rows: list[dict[str, Any]]) -> None:
+        """Each ok row's test-time compute curve as ``ttc/exact_acc/<split>`` at step = budget."""
+        ts = _ms()
+        items = [Metric(budget_metric(row["split"]), float(acc), ts, int(budget))
+                 for row in rows if row.get("status") == "ok"
+                 for budget, acc in zip(row.get("budget_iters") or (), row.get("budget_acc") or ()) if _finite(acc)]
+        for i in range(0, len(items), 1000):
+            self.client.log_batch(run_id, metrics=items[i:i + 1000])
+
+    def log_split_metrics(self, run_id: str, rows: list[dict[str, Any]], step: int) -> None:
+        """Flat per-split metrics (``acc/ood_64`` ... at ``step``) and the size series."""
+        self.log_metrics(run_id, {split_metric(column, row["split"]): row.get(column)
+                                  for row in rows for column in SPLIT_METRIC_NAMES}, step)
+        self.log_size_series(run_id, rows)
+        self.log_budget_curves(run_id, rows)
+
+    def log_datasets(self, run_id: str, records: list[DatasetRecord]) -> None:
+        """The splits a trial trained and was evaluated on, as MLflow dataset inputs."""
+        if not records:
+            return
+        inputs = [DatasetInput(Dataset(r.name, r.digest, "code", r.source, profile=r.profile),
+                               tags=[InputTag("mlflow.data.context", r.context)]) for r in records]
+        self.client.log_inputs(run_id, datasets=inputs)
+
+    def describe(self, run_id: str, text: str) -> None:
+        """The run's description (the Overview's 'Description' field)."""
+        self.client.set_tag(run_id, NOTE_TAG, text)
+
+    def log_weights(self, run_id: str, path: Path, step: int, name: str, config: dict[str, Any]) -> str:
+        """The trial's saved model as a child-run artifact, its size as ``model/weights_bytes``, and
+        an MLflow LoggedModel ``name`` (the run's Models field and the experiment's Models tab) that
+        carries the config and points at the weights artifact rather than storing them twice.
+        Returns the LoggedModel's id."""
+        path = Path(path)
+        self.client.log_artifact(run_id, str(path), WEIGHTS_ARTIFACT_DIR)
+        self.log_metrics(run_id, {WEIGHTS_BYTES: path.stat().st_size}, step)
+        weights_uri = f"runs:/{run_id}/{WEIGHTS_ARTIFACT_DIR}/{path.name}"
+        model = self.client.create_logged_model(
+            self.experiment_id, name=name, source_run_id=run_id, model_type="fpr_core.LoopedModel",
+            params={k: v[:6000] for k, v in flatten_config(config).items()},
+            tags={"weights": weights_uri, "load_with": "fpr_core.saved_model.load_model(path)"})
+        with tempfile.TemporaryDirectory() as tmp:
+            Path(tmp, "config.json").write_text(json.dumps(config, indent=2, sort_keys=True, default=str))
+            Path(tmp, "WEIGHTS.txt").write_text(f"{weights_uri}\nload: fpr_core.saved_model.load_model(path)\n")
+            self.client.log_model_artifacts(model.model_id, tmp)
+        self.client.finalize_logged_model(model.model_id, "READY")
+        self.client.log_outputs(run_id, [LoggedModelOutput(model.model_id, int(step))])
+        return model.model_id
+
+    def log_sweep_files(self, paths: list[Path], artifact_dir: Optional[str] = None) -> None:
+        """Files of the sweep (spec, results.parquet, report.md, plots) as parent-run artifacts."""
+        for path in paths:
+            if Path(path).is_file():
+                self.client.log_artifact(self.parent_id, str(path), artifact_dir)
+
+    def log_sweep_summary(self, metrics: dict[str, float], tags: dict[str, str]) -> None:
+        """Summary metrics (trials per status, best OOD accuracy per task) and tags on the parent."""
+        self.log_metrics(self.parent_id, metrics, 0)
+        for key, value in tags.items():
+            self.client.set_tag(self.parent_id, key, value)
+
+    def start_system_metrics(self, interval_s: float = 10.0) -> None:
+        """Log this host's CPU, memory, disk and network use to the parent run (``system/...``)
+        every ``interval_s`` from a background thread, until ``end_sweep``."""
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        self._system_metrics = SystemMetricsMonitor(self.parent_id, sampling_interval=interval_s,
+                                                    resume_logging=True, tracking_uri=self.uri)
+        self._system_metrics.start()
 
     def child_runs(self) -> list[Any]:
         return self.client.search_runs([self.experiment_id],

@@ -8,6 +8,7 @@
       mlflow.db                the default MLflow store (SQLite), artifacts under mlartifacts/
       tune/<study>/            Ray Tune's experiment state and checkpoints (unless --storage-path)
       report.md, *.png         written by `fpr-sweep report`
+      models/<trial_id>.pt     each ok trial's saved model (fpr_core.saved_model), unless keep_models: none
 """
 from __future__ import annotations
 
@@ -93,6 +94,18 @@ class SweepDir:
             return str(self.tune)
         base = shared.rstrip("/") if "://" in shared else str(Path(shared).resolve())
         return f"{base}/{self.name}"
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
+
+    def model_file(self, trial_id: str) -> Path:
+        """A trial's saved model (weights, EMA weights, resolved config)."""
+        return self.models / f"{trial_id}.pt"
+
+    def kept_models(self) -> dict[str, int]:
+        """trial_id -> bytes on disk of every kept model."""
+        return {p.stem: p.stat().st_size for p in sorted(self.models.glob("*.pt"))} if self.models.is_dir() else {}
 
     @property
     def report(self) -> Path:

@@ -23,6 +23,8 @@ CURVES_KEY = "fpr/curves"
 """Final report: mean residual per loop step, per split (JSON)."""
 STATUS_KEY = "fpr/status"
 """Final report: the trial's status (ok, diverged, ...)."""
+DATASETS_KEY = "fpr/datasets"
+"""Final report: the splits the trial generated (fpr_core DatasetInfo + generator_version), JSON."""
 
 SPLIT_METRIC_NAMES = {"exact_acc": "acc", "token_acc": "token_acc", "iters_mean": "iters_mean",
                       "iters_p50": "iters_p50", "iters_p95": "iters_p95", "reachability": "reachability",
@@ -30,6 +32,15 @@ SPLIT_METRIC_NAMES = {"exact_acc": "acc", "token_acc": "token_acc", "iters_mean"
                       "input_dependence": "input_dependence", "fixed_point_spread": "fixed_point_spread",
                       "path_independence": "path_independence", "spectral_radius": "spectral_radius"}
 """Row column -> metric prefix; logged to MLflow as ``<prefix>/<split>`` (e.g. ``acc/ood_64``)."""
+SIZE_SERIES = {"exact_acc": "ood/exact_acc", "token_acc": "ood/token_acc", "iters_mean": "ood/iters_mean",
+               "iters_p95": "ood/iters_p95", "reachability": "ood/reachability"}
+"""Row column -> MLflow series logged with step = the split's size ('id' at the training size), so
+MLflow's chart view draws each metric against size and overlays runs."""
+BUDGET_SERIES = "ttc/exact_acc"
+"""Test-time compute curve: ``ttc/exact_acc/<split>`` with step = loop budget (rows' ``budget_iters``,
+``budget_acc``): exact accuracy read out after each budget of loop steps, one series per split."""
+WEIGHTS_BYTES = "model/weights_bytes"
+"""Size on disk of a trial's kept model (logged once it is kept)."""
 FINAL_SPLIT_COLUMNS = ("exact_acc", "iters_mean")
 """Row columns a trial's final Tune report carries per split (``acc/id``, ``iters_mean/ood_64``),
 so the Optuna search can optimise them."""
@@ -61,6 +72,11 @@ def is_train_metric(key: str) -> bool:
 def split_metric(column: str, split: str) -> str:
     """``('exact_acc', 'ood_64')`` -> ``acc/ood_64``."""
     return f"{SPLIT_METRIC_NAMES[column]}/{split}"
+
+
+def budget_metric(split: str) -> str:
+    """``'ood_64'`` -> ``ttc/exact_acc/ood_64``."""
+    return f"{BUDGET_SERIES}/{split}"
 
 
 def train_report(metrics: dict[str, Any]) -> dict[str, Any]:

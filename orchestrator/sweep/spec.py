@@ -156,6 +156,13 @@ class SweepSpec(_Strict):
     max_failures: int = Field(1, ge=0, description="Retries of a trial that raises, before it counts as failed.")
     max_concurrent: Optional[int] = Field(None, gt=0, description="Max trials running at once (default: as resources allow).")
     tracking_uri: Optional[str] = Field(None, description="MLflow URI (default: sqlite under the sweep's results).")
+    keep_models: Literal["final", "none"] = Field(
+        "final", description="final: every trial that finishes ok keeps its final weights (and EMA weights) with its "
+                             "resolved config in results/<name>/models/<trial_id>.pt and as an MLflow artifact "
+                             "(what `fpr-sweep eval` re-evaluates); none: keep nothing (huge sweeps).")
+    system_metrics: bool = Field(
+        False, description="Log the driver host's CPU, memory, disk and network use to the sweep's MLflow "
+                           "run every 10 s (MLflow system metrics; needs psutil).")
     results_dir: str = Field("results", description="Where results/<name>/ goes (relative to the working directory).")
 
     @field_validator("name")
