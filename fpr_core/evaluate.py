@@ -16,15 +16,15 @@ import torch
 from torch import nn
 
 from fpr_core.config import EvalConfig, SolverConfig
-from fpr_core.diagnostics import eval_mode, probe_loop, reachability
+from fpr_core.diagnostics import PROBE_KEYS, eval_mode, probe_loop, reachability
 from fpr_core.tasks.base import Task, TaskData
 
 METRIC_KEYS = ("n", "exact_acc", "token_acc", "iters_mean", "iters_p50", "iters_p95", "reachability",
-               "cycled_frac", "residual_median", "input_dependence", "fixed_point_spread",
-               "path_independence", "spectral_radius", "eval_seconds", "eval_cap")
+               "cycled_frac", "residual_median", *PROBE_KEYS, "eval_seconds", "eval_cap")
 """Keys of EvalResult.metrics (each a column of the results table)."""
 
-PROBE_KEYS = ("input_dependence", "fixed_point_spread", "path_independence", "spectral_radius")
+BUDGET_POINTS = 12
+"""Points of the test-time compute curve: budgets log-spaced from 1 to the cap (duplicates merged)."""
 
 
 @dataclass
@@ -41,6 +41,15 @@ class EvalResult:
     """(N,) bool verifier verdict per instance."""
     residual_curve: np.ndarray
     """(steps,) float32 mean residual at each loop step, averaged over the batches still iterating."""
+    instance_converged: np.ndarray
+    """(N,) bool: the solver's residual fell below tol (a capped or cycled instance is not converged)."""
+    instance_cycled: np.ndarray
+    """(N,) bool: halted on a period-2 cycle."""
+    budget_iters: np.ndarray
+    """(K,) int64 loop budgets of the test-time compute curve, log-spaced, the last = the cap."""
+    budget_acc: np.ndarray
+    """(K,) float64 exact accuracy read out after each budget (Deep Thinking's accuracy per
+    test-time iteration); at the cap it is the split's exact accuracy."""
 
 
 def scaled_eval_cap(solver: SolverConfig, size: int, train_size: int) -> int:
@@ -73,17 +82,30 @@ def _mean_curve(curves: list[torch.Tensor]) -> np.ndarray:
         return np.nanmean(padded, axis=0).astype(np.float32) if length else np.zeros(0, np.float32)
 
 
+def compute_budgets(cap: int, points: int = BUDGET_POINTS) -> np.ndarray:
+    """(K,) int64 log-spaced loop budgets 1 .. cap (K <= points, the last is always ``cap``)."""
+    return np.unique(np.round(np.geomspace(1, max(int(cap), 1), points)).astype(np.int64))
+
+
 @torch.no_grad()
-def _run_batches(model: nn.Module, task: Task, data: TaskData, cap: int, batch_size: int, device):
-    """Solve every instance; returns predictions (N, *shape) numpy, token counts and traces."""
-    preds, traces, curves = [], [], []
+def _run_batches(model: nn.Module, task: Task, data: TaskData, cap: int, batch_size: int, device,
+                 budgets: np.ndarray):
+    """Solve every instance at ``cap`` and read out at each budget.
+
+    Returns predictions (N, *shape) numpy at the cap, the token accuracy, traces (N, 4), the mean
+    residual curve and predictions per budget (K, N, *shape). Every solve of a batch starts from
+    the same z0. A budget at or above every iteration count of the batch reproduces the full solve
+    (halting never looks at the cap), so only smaller budgets are solved again.
+    """
+    preds, traces, curves, per_budget = [], [], [], []
     token_hits, token_total = 0, 0
     for start in range(0, len(data), batch_size):
         stop = min(start + batch_size, len(data))
         inputs = torch.as_tensor(data.inputs[start:stop], device=device)
         targets = torch.as_tensor(data.targets[start:stop], device=device)
         mask = torch.as_tensor(data.mask[start:stop], device=device)
-        out = model(inputs, cap=cap)
+        z0 = model.loop_map(inputs).z0
+        out = model(inputs, cap=cap, z0=z0)
         pred = task.decode(out.logits.float())  # (b, *shape)
         token_hits += int(((pred == targets) & mask).sum())
         token_total += int(mask.sum())
@@ -92,8 +114,18 @@ def _run_batches(model: nn.Module, task: Task, data: TaskData, cap: int, batch_s
         traces.append(torch.stack([t.iterations.float(), t.residual.float(),
                                    t.converged.float(), t.cycled.float()], 1).cpu())  # (b, 4)
         curves.append(t.residual_curve)
+        used = int(t.iterations.max())
+        per_budget.append(np.stack([preds[-1] if b >= used else
+                                    task.decode(model(inputs, cap=int(b), z0=z0).logits.float()).cpu().numpy()
+                                    for b in budgets]))  # (K, b, *shape)
     token_acc = token_hits / token_total if token_total else float("nan")
-    return np.concatenate(preds), token_acc, torch.cat(traces), _mean_curve(curves)
+    return (np.concatenate(preds), token_acc, torch.cat(traces), _mean_curve(curves),
+            np.concatenate(per_budget, axis=1))
+
+
+def probe_subset(n: int, diag_n: int, seed: int) -> np.ndarray:
+    """Sorted indices of a seeded random subset of min(diag_n, n) of the split's n instances."""
+    return np.sort(np.random.default_rng(seed).choice(n, size=min(diag_n, n), replace=False))
 
 
 def evaluate_split(model: nn.Module, task: Task, data: TaskData, *, cap: int, cfg: EvalConfig,
@@ -102,18 +134,23 @@ def evaluate_split(model: nn.Module, task: Task, data: TaskData, *, cap: int, cf
 
     Exact accuracy comes from ``task.verify`` on ``task.decode(logits)``; token accuracy counts
     masked positions. Reachability comes from the solver traces of the whole split; the loop probes
-    (input dependence, spread, path independence, spectral radius) run on the first
-    ``cfg.diag_n`` instances when ``cfg.diagnostics``. ``seed`` seeds the probes' random directions.
+    (implicit input-derivative, basin jumps, spread, path independence, spectral radius) run on a
+    random subset of ``cfg.diag_n`` instances drawn with ``seed`` when ``cfg.diagnostics``;
+    ``seed`` also seeds the probes' random directions. The test-time compute curve reads every
+    instance out at each of ``compute_budgets(cap)``.
     """
     started = time.perf_counter()
     device = torch.device(device)
+    budgets = compute_budgets(cap)
     with eval_mode(model):
-        preds, token_acc, traces, curve = _run_batches(model, task, data, cap, cfg.batch_size, device)
+        preds, token_acc, traces, curve, budget_preds = _run_batches(model, task, data, cap, cfg.batch_size,
+                                                                     device, budgets)
         probes = dict.fromkeys(PROBE_KEYS, float("nan"))
         if cfg.diagnostics:
-            subset = torch.as_tensor(data.inputs[:cfg.diag_n], device=device)
+            subset = torch.as_tensor(data.inputs[probe_subset(len(data), cfg.diag_n, seed)], device=device)
             probes = probe_loop(model, subset, cap=cap, power_iters=cfg.power_iters, seed=seed)
     correct = np.asarray(task.verify(data, preds), dtype=bool)
+    budget_acc = np.array([float(np.mean(task.verify(data, p))) for p in budget_preds], dtype=np.float64)
     iters = traces[:, 0].numpy()
     metrics = {"n": len(data), "exact_acc": float(correct.mean()), "token_acc": float(token_acc),
                "iters_mean": float(iters.mean())}
@@ -122,4 +159,5 @@ def evaluate_split(model: nn.Module, task: Task, data: TaskData, *, cap: int, cf
     metrics["eval_cap"] = int(cap)
     metrics["eval_seconds"] = time.perf_counter() - started
     metrics = {k: metrics[k] for k in METRIC_KEYS}
-    return EvalResult(metrics, iters.astype(np.float32), _difficulty(task, data), correct, curve)
+    return EvalResult(metrics, iters.astype(np.float32), _difficulty(task, data), correct, curve,
+                      traces[:, 2].numpy() > 0.5, traces[:, 3].numpy() > 0.5, budgets, budget_acc)

@@ -42,6 +42,14 @@ class SplitResult:
     instance_difficulty: np.ndarray
     instance_correct: np.ndarray
     residual_curve: np.ndarray
+    instance_converged: np.ndarray
+    """(N,) bool: the solver's residual fell below tol before the cap."""
+    instance_cycled: np.ndarray
+    """(N,) bool: halted on a period-2 cycle."""
+    budget_iters: np.ndarray
+    """(K,) int: loop budgets of the test-time compute curve (log-spaced, the last = the cap)."""
+    budget_acc: np.ndarray
+    """(K,) float: exact accuracy read out after each budget."""
 
 
 @dataclass(frozen=True)
@@ -146,7 +154,8 @@ def evaluate_splits(model: torch.nn.Module, task: Task, splits: dict[str, TaskDa
         cap = scaled_eval_cap(cfg.solver, data.size, train_size)
         ev = evaluate_split(model, task, data, cap=cap, cfg=cfg.eval, device=device, seed=cfg.seed)
         out.append(SplitResult(name, int(data.size), ev.metrics, ev.instance_iters,
-                               ev.instance_difficulty, ev.instance_correct, ev.residual_curve))
+                               ev.instance_difficulty, ev.instance_correct, ev.residual_curve,
+                               ev.instance_converged, ev.instance_cycled, ev.budget_iters, ev.budget_acc))
     return out
 
 

@@ -1,5 +1,6 @@
 """Stability diagnostics against loops whose answers are known in closed form, and the SGLT check
-on the real model: without recall a contractive loop forgets its input, with recall it does not."""
+on the real model: without recall the implicit input-derivative is exactly 0 (a moved fixed point
+is a basin jump), with recall it equals a finite difference of the fixed point."""
 import math
 
 import numpy as np
@@ -8,8 +9,9 @@ import torch
 from torch import nn
 
 from fpr_core.config import GradConfig, ModelConfig, SolverConfig
-from fpr_core.diagnostics import (DIAGNOSTIC_KEYS, iterate_to_rest, probe_loop, reachability,
-                                  spectral_radius, stability_diagnostics)
+from fpr_core.diagnostics import (DIAGNOSTIC_KEYS, JUMP_KEYS, gmres, implicit_input_derivative,
+                                  iterate_to_rest, probe_loop, reachability, spectral_radius,
+                                  stability_diagnostics)
 from fpr_core.model import LoopedModel, LoopMap, LoopOutput
 from fpr_core.solver import solve
 
@@ -30,8 +32,9 @@ def matrix_with_eigenvalues(blocks: list[torch.Tensor], seed: int) -> torch.Tens
 class AffineLoop(nn.Module):
     """A real looped model with a closed-form fixed point: F(z; x) = a*z + x, z* = x / (1 - a).
 
-    Input dependence and fixed-point spread are both exactly 1/(1 - a), the spectral radius is a,
-    and every start reaches the same z* (path independence 0).
+    dz*/dx = I/(1 - a), so the implicit derivative of a unit direction and the fixed-point spread
+    are both exactly 1/(1 - a); the spectral radius is a, nothing jumps, and every start reaches
+    the same z* (path independence 0).
     """
 
     def __init__(self, a: float, dim: int = 6) -> None:
@@ -83,9 +86,11 @@ def test_probes_on_affine_loop_match_closed_form():
     inputs = torch.randint(0, 2, (12, 5), generator=torch.Generator().manual_seed(5))
     diag = stability_diagnostics(model, inputs, cap=200, power_iters=10)
     assert set(diag) == set(DIAGNOSTIC_KEYS)
-    assert diag["input_dependence"] == pytest.approx(2.0, rel=1e-3)
+    assert diag["input_derivative"] == pytest.approx(2.0, rel=1e-4)
     assert diag["fixed_point_spread"] == pytest.approx(2.0, rel=1e-3)
-    assert diag["path_independence"] < 1e-4
+    assert all(diag[k] == 0.0 for k in JUMP_KEYS)
+    assert diag["probe_n"] == 12 and diag["probe_verified"] == 1.0
+    assert diag["path_independence"] < 1e-3
     assert diag["spectral_radius"] == pytest.approx(0.5, rel=1e-3)
     assert diag["reachability"] == 1.0 and diag["cycled_frac"] == 0.0
     assert diag["residual_median"] < 1e-4
@@ -100,23 +105,85 @@ def test_reachability_from_per_sample_stats():
                    "residual_median": pytest.approx(0.251), "cycled_frac": 0.25}
 
 
-def real_model(recall: str, seed: int = 0) -> LoopedModel:
+def real_model(recall: str, seed: int = 0, outer_norm: str = "none", spectral: float | None = 0.5) -> LoopedModel:
     torch.manual_seed(seed)
-    cfg = ModelConfig(dim=16, heads=2, recall=recall, outer_norm="none", spectral=0.5)
+    cfg = ModelConfig(dim=16, heads=2, recall=recall, outer_norm=outer_norm, spectral=spectral)
     return LoopedModel(cfg, SolverConfig(), GradConfig(), grid=False, train_tokens=8)
 
 
-def test_without_recall_a_contractive_loop_forgets_its_input():
-    """SGLT: no recall => no strong input dependence; recall => z* moves with x (toy theory check)."""
-    inputs = torch.randint(0, 2, (8, 8), generator=torch.Generator().manual_seed(6))
-    none = probe_loop(real_model("none"), inputs, cap=48, power_iters=8)
-    standard = probe_loop(real_model("standard"), inputs, cap=48, power_iters=8)
-    assert none["input_dependence"] < 0.05 and none["fixed_point_spread"] < 0.05
-    assert standard["input_dependence"] > 0.2 and standard["fixed_point_spread"] > 0.2
-    assert standard["path_independence"] < 1e-3  # recall + contraction: one fixed point per input
-    assert 0 < standard["spectral_radius"] < 1
-    for value in [*none.values(), *standard.values()]:
-        assert np.isfinite(value)
+def test_gmres_solves_a_batched_linear_system_and_zero_rhs_exactly():
+    matrix = matrix_with_eigenvalues([torch.tensor([[0.9]]).double(), torch.tensor([[-0.7]]).double(),
+                                      torch.tensor([[0.3]]).double()], seed=7).double()
+    rhs = torch.randn(4, 5, 3, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    rhs[2] = 0.0
+    u, rel = gmres(lambda t: t - t @ matrix.T, rhs, iters=20, tol=1e-12)
+    want = rhs @ torch.linalg.inv(torch.eye(3, dtype=torch.float64) - matrix.T)
+    assert torch.allclose(u, want, atol=1e-9) and bool((rel < 1e-9).all())
+    assert bool((u[2] == 0).all()) and rel[2] == 0
+
+
+def _toy_step(w: torch.Tensor, m: torch.Tensor):
+    """F(z; x) = tanh(z W^T + x M^T): contractive in z (||W|| = 0.6), input re-injected (recall)."""
+    return lambda z, x: torch.tanh(z @ w.T + x @ m.T)
+
+
+def test_implicit_derivative_equals_finite_difference_on_a_contractive_toy_with_recall():
+    gen = torch.Generator().manual_seed(9)
+    w = torch.randn(6, 6, generator=gen, dtype=torch.float64)
+    w = 0.6 * w / torch.linalg.matrix_norm(w, ord=2)
+    m = torch.randn(6, 6, generator=gen, dtype=torch.float64)
+    step = _toy_step(w, m)
+    x = torch.randn(3, 4, 6, generator=gen, dtype=torch.float64)
+    v = torch.randn(x.shape, generator=gen, dtype=torch.float64)
+
+    def fixed_point(xx):
+        return iterate_to_rest(lambda z: step(z, xx), torch.zeros_like(xx), cap=2000, rest_tol=1e-15)
+
+    z_star, h = fixed_point(x), 1e-6
+    finite_diff = (fixed_point(x + h * v) - fixed_point(x - h * v)) / (2 * h)
+    derivative = implicit_input_derivative(step, z_star, x, v, tol=1e-12)
+    assert torch.allclose(derivative, finite_diff, rtol=1e-6, atol=1e-8)
+    assert float(derivative.abs().max()) > 0.1  # the fixed point does move with the input
+
+
+def test_implicit_derivative_is_exactly_zero_without_recall():
+    """No recall: F(z; x) does not read x, so dF/dx = 0 and dz*/dx.v = 0 to the last bit."""
+    model = real_model("none", outer_norm="rms", spectral=None).eval()  # converges in 2 steps
+    inputs = torch.randint(0, 2, (6, 8), generator=torch.Generator().manual_seed(10))
+    with torch.no_grad():
+        out = model(inputs, cap=48)
+        lm = model.loop_map(inputs)
+    v = torch.randn(lm.x.shape, generator=torch.Generator().manual_seed(11))
+    assert bool((implicit_input_derivative(lm.step, out.z, lm.x, v) == 0).all())
+    probes = probe_loop(model, inputs, cap=48, power_iters=8)
+    assert probes["probe_verified"] == 1.0 and probes["input_derivative"] == 0.0
+    recall = probe_loop(real_model("standard"), inputs, cap=48, power_iters=8)
+    assert recall["probe_verified"] == 1.0 and recall["input_derivative"] > 0.1
+    assert 0 < recall["spectral_radius"] < 1 and recall["path_independence"] < 1e-2
+
+
+class TwoBasinLoop(AffineLoop):
+    """No recall, F(z) = tanh(4z), z0 = x: each coordinate falls to the fixed point +-0.9993 of
+    its sign, and a coordinate at exactly 0 sits on the unstable fixed point 0. Instances holding
+    token 0 (a zero coordinate) jump basin under any perturbation; the others never move."""
+
+    def __init__(self) -> None:
+        super().__init__(a=0.0, dim=4)
+        with torch.no_grad():
+            self.embed.weight.copy_(torch.tensor([[0.0, 1.0, -1.0, 1.0], [1.0, -1.0, 1.0, 1.0]]))
+        self.embed.double()
+        self.solver_cfg = SolverConfig(tol=1e-7)
+
+    def loop_map_from_embedding(self, x, shape):
+        return LoopMap(x=x, z0=x, shape=shape, step=lambda z, xr: torch.tanh(4 * z))
+
+
+def test_basin_jumps_without_recall_are_counted_apart_from_the_derivative():
+    inputs = torch.ones(8, 5, dtype=torch.long)
+    inputs[:4, 2] = 0  # half the instances hold the unstable coordinate
+    probes = probe_loop(TwoBasinLoop(), inputs, cap=200, power_iters=4)
+    assert probes["input_derivative"] == 0.0 and probes["probe_verified"] == 1.0
+    assert [probes[k] for k in JUMP_KEYS] == [0.5, 0.5, 0.5]
 
 
 def test_probe_restores_training_mode():

@@ -58,7 +58,7 @@ def test_grid_sweep_writes_rows_runs_and_failures(spec_dir, ray_session):
         if child.data.tags["trial_id"] in set(ok.trial_id):
             assert child.info.status == "FINISHED"
             assert {"acc/id", "acc/ood_16", "iters_mean/ood_16", "iters_p95/id", "reachability/id",
-                    "spectral_radius/id", "input_dependence/id"} <= set(child.data.metrics)
+                    "spectral_radius/id", "probe_verified/id"} <= set(child.data.metrics)
             steps = [m.step for m in client.get_metric_history(child.info.run_id, "train/loss")]
             assert steps == [5, 10]
             assert child.data.params["model.recall"] in ("none", "standard")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fpr_core.config import EvalConfig, GradConfig, ModelConfig, SolverConfig
-from fpr_core.evaluate import METRIC_KEYS, PROBE_KEYS, evaluate_split, scaled_eval_cap
+from fpr_core.evaluate import METRIC_KEYS, PROBE_KEYS, evaluate_split, probe_subset, scaled_eval_cap
 from fpr_core.model import LoopedModel
 from fpr_core.tasks import get_task
 
@@ -72,3 +72,27 @@ def test_scaled_eval_cap_rule():
     assert scaled_eval_cap(solver, 128, 32) == 256
     assert scaled_eval_cap(solver, 33, 32) == 66       # ceil(64 * 33 / 32)
     assert scaled_eval_cap(SolverConfig(eval_cap=64, eval_cap_scale=False), 128, 32) == 64
+
+
+def test_compute_curve_matches_direct_solves_and_ends_at_the_exact_accuracy(task, model):
+    """Deep Thinking's accuracy per test-time budget: each point is the readout of a solve capped
+    at that budget, and the last budget is the cap, where it is the split's exact accuracy."""
+    data = task.generate(12, TRAIN_SIZE, seed=6)
+    result = evaluate_split(model, task, data, cap=10, cfg=EvalConfig(batch_size=5, diagnostics=False),
+                            device="cpu")
+    assert result.budget_iters[0] == 1 and result.budget_iters[-1] == 10
+    assert np.all(np.diff(result.budget_iters) > 0)
+    assert result.budget_acc[-1] == result.metrics["exact_acc"]
+    with torch.no_grad():
+        direct = [float(np.mean(task.verify(data, model.eval()(torch.as_tensor(data.inputs), cap=int(b))
+                                            .logits.argmax(-1).numpy()))) for b in result.budget_iters]
+    assert result.budget_acc.tolist() == direct
+    assert result.instance_converged.dtype == bool and result.instance_cycled.shape == (12,)
+    assert result.metrics["reachability"] == pytest.approx(result.instance_converged.mean())
+
+
+def test_probe_subset_is_seeded_random_not_the_first_instances():
+    a, b = probe_subset(100, 10, seed=1), probe_subset(100, 10, seed=1)
+    assert np.array_equal(a, b) and len(set(a.tolist())) == 10 and not np.array_equal(a, np.arange(10))
+    assert not np.array_equal(a, probe_subset(100, 10, seed=2))
+    assert np.array_equal(probe_subset(5, 10, seed=0), np.arange(5))

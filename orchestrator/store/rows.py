@@ -104,6 +104,10 @@ def split_fields(s: Any) -> dict[str, Any]:
     out["instance_iters"] = [float(v) for v in s.instance_iters]
     out["instance_difficulty"] = [float(v) for v in s.instance_difficulty]
     out["instance_correct"] = [bool(v) for v in s.instance_correct]
+    out["instance_converged"] = [bool(v) for v in s.instance_converged]
+    out["instance_cycled"] = [bool(v) for v in s.instance_cycled]
+    out["budget_iters"] = [int(v) for v in s.budget_iters]
+    out["budget_acc"] = [float(v) for v in s.budget_acc]
     return out
 
 

@@ -11,7 +11,9 @@ import pyarrow as pa
 
 from orchestrator.sweep.sections import SECTIONS, field_names
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
+"""2: per-instance halting flags, the implicit input-derivative, basin-jump fractions, the probe
+subset, and the test-time compute curve (schema-1 tables load with these columns null)."""
 
 STATUSES = ("ok", "failed", "diverged", "stopped")
 FINAL_STATUSES = ("ok", "diverged", "stopped")
@@ -37,13 +39,23 @@ _BASE_FIELDS = [
     pa.field("reachability", pa.float64()),    # fraction with r < tol within the cap
     pa.field("cycled_frac", pa.float64()),
     pa.field("residual_median", pa.float64()),
-    pa.field("input_dependence", pa.float64()),      # ||z*(x)-z*(x')|| / ||x-x'||, small perturbations
+    pa.field("input_dependence", pa.float64()),      # schema 1 only: finite difference ||z*(x)-z*(x')|| / ||x-x'||
+    pa.field("input_derivative", pa.float64()),      # median ||(I-J)^-1 (dF/dx) v|| at verified z*, unit v
+    pa.field("basin_jump_1e-4", pa.float64()),       # share of verified z* that jump under a 1e-4*||x|| perturbation
+    pa.field("basin_jump_1e-3", pa.float64()),
+    pa.field("basin_jump_1e-2", pa.float64()),
+    pa.field("probe_n", pa.int64()),                 # instances in the seeded random probe subset
+    pa.field("probe_verified", pa.float64()),        # share of the subset at a verified z* (solver r < tol)
     pa.field("fixed_point_spread", pa.float64()),    # spread of z* across distinct inputs
     pa.field("path_independence", pa.float64()),     # distance of z* reached from different z0 (0 = independent)
-    pa.field("spectral_radius", pa.float64()),       # rho(dF/dz) at z*
+    pa.field("spectral_radius", pa.float64()),       # rho(dF/dz) at the solver's z* (schema 1: at the probe's rest state)
     pa.field("instance_iters", pa.list_(pa.float32())),       # per instance, for iterations vs difficulty
     pa.field("instance_difficulty", pa.list_(pa.float32())),  # per instance, task.difficulty_key
     pa.field("instance_correct", pa.list_(pa.bool_())),
+    pa.field("instance_converged", pa.list_(pa.bool_())),    # r < tol before the cap
+    pa.field("instance_cycled", pa.list_(pa.bool_())),       # halted on a period-2 cycle
+    pa.field("budget_iters", pa.list_(pa.int64())),          # test-time compute curve: loop budgets ...
+    pa.field("budget_acc", pa.list_(pa.float64())),          # ... and the exact accuracy read out at each
     pa.field("difficulty_key", pa.string()),
     pa.field("train_seconds", pa.float64()),
     pa.field("eval_seconds", pa.float64()),

@@ -30,7 +30,10 @@ SPLIT_METRIC_NAMES = {"exact_acc": "acc", "token_acc": "token_acc", "iters_mean"
                       "iters_p50": "iters_p50", "iters_p95": "iters_p95", "reachability": "reachability",
                       "cycled_frac": "cycled_frac", "residual_median": "residual_median",
                       "input_dependence": "input_dependence", "fixed_point_spread": "fixed_point_spread",
-                      "path_independence": "path_independence", "spectral_radius": "spectral_radius"}
+                      "path_independence": "path_independence", "spectral_radius": "spectral_radius",
+                      "input_derivative": "input_derivative", "basin_jump_1e-4": "basin_jump_1e-4",
+                      "basin_jump_1e-3": "basin_jump_1e-3", "basin_jump_1e-2": "basin_jump_1e-2",
+                      "probe_verified": "probe_verified"}
 """Row column -> metric prefix; logged to MLflow as ``<prefix>/<split>`` (e.g. ``acc/ood_64``)."""
 SIZE_SERIES = {"exact_acc": "ood/exact_acc", "token_acc": "ood/token_acc", "iters_mean": "ood/iters_mean",
                "iters_p95": "ood/iters_p95", "reachability": "ood/reachability"}
@@ -49,9 +52,11 @@ TRIAL_SUMMARY_COLUMNS = ("train_seconds", "train_steps", "final_loss")
 
 SPLIT_ROW_COLUMNS = ("n", "exact_acc", "token_acc", "iters_mean", "iters_p50", "iters_p95", "eval_cap",
                      "reachability", "cycled_frac", "residual_median", "input_dependence",
-                     "fixed_point_spread", "path_independence", "spectral_radius", "eval_seconds")
+                     "fixed_point_spread", "path_independence", "spectral_radius", "input_derivative",
+                     "basin_jump_1e-4", "basin_jump_1e-3", "basin_jump_1e-2", "probe_n", "probe_verified",
+                     "eval_seconds")
 """Per-split metrics copied from fpr_core's evaluation into the result row (schema columns)."""
-INT_ROW_COLUMNS = ("n", "eval_cap")
+INT_ROW_COLUMNS = ("n", "eval_cap", "probe_n")
 """Of SPLIT_ROW_COLUMNS, the integer ones."""
 
 DEFAULT_SEARCH_METRIC = "acc/id"
