@@ -275,7 +275,10 @@ def report(sweep: str = SWEEP_ARG, results_dir: Optional[str] = RESULTS_OPT) -> 
     sweep_dir = _sweep_dir(sweep, results_dir)
     if not SweepDir(sweep_dir).results.exists():
         _fail(f"{SweepDir(sweep_dir).results} does not exist yet; run the sweep first.")
-    build_report(sweep_dir, console=console)  # prints its summary and the report's path
+    try:
+        build_report(sweep_dir, console=console)  # prints its summary and the report's path
+    except SpecError as e:
+        _fail(str(e))
     _log_report(sweep_dir)
 
 

@@ -3,7 +3,6 @@ on the real model: without recall the implicit input-derivative is exactly 0 (a 
 is a basin jump), with recall it equals a finite difference of the fixed point."""
 import math
 
-import numpy as np
 import pytest
 import torch
 from torch import nn

@@ -121,10 +121,11 @@ def _params_text(params_json: str) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(items.items())) if isinstance(items, dict) else params_json
 
 
-def prepare(df: pd.DataFrame) -> pd.DataFrame:
+def prepare(df: pd.DataFrame, min_id_acc: float | None = None) -> pd.DataFrame:
     """A copy of the results with report columns: task_label, recall, outer_norm, sigma, regime,
-    variant_label (all variant axes), context_label (all axes but recall) and status_ok (True when
-    every row of the row's trial has status ok)."""
+    variant_label (all variant axes), context_label (all axes but recall), status_ok (True when
+    every row of the row's trial has status ok), and the competence gate's id_acc_trial and
+    learned (``add_competence`` with min_id_acc, default MIN_ID_ACC)."""
     out = df.copy()
     out["task_label"] = _task_labels(out)
     out["recall"] = out["cfg.model.recall"].astype(object) if "cfg.model.recall" in out else None
@@ -145,7 +146,7 @@ def prepare(df: pd.DataFrame) -> pd.DataFrame:
         out["context_label"] = ""
     # a trial counts only if all of its rows are ok (a failed trial's leftover rows do not)
     out["status_ok"] = (out["status"] == "ok").groupby(out["trial_id"]).transform("all")
-    return out
+    return add_competence(out, MIN_ID_ACC if min_id_acc is None else min_id_acc)
 
 
 def variant_sort_key(label: str, frame: pd.DataFrame) -> tuple:
@@ -162,25 +163,99 @@ def ordered_variants(frame: pd.DataFrame) -> list[str]:
     return sorted(labels, key=lambda label: variant_sort_key(label, frame))
 
 
-FIXED_POINT_REACHED = 0.5
-"""A split's input-dependence counts for claim 3 only if at least this fraction reached r < tol."""
+MIN_ID_ACC = 0.95
+"""Default competence gate: a trial *learned* when its in-distribution exact accuracy is at least
+this (spec field ``report.min_id_acc``). OOD accuracy and stability are read on learned trials."""
+
+
+def add_competence(frame: pd.DataFrame, min_id_acc: float = MIN_ID_ACC) -> pd.DataFrame:
+    """A copy with ``id_acc_trial`` (the trial's in-distribution exact accuracy, NaN if it has no
+    ok 'id' row) and ``learned`` (ok trial with id_acc_trial >= min_id_acc) on every row."""
+    out = frame.copy()
+    id_rows = out[(out["split"] == "id") & out["status_ok"]]
+    id_acc = id_rows.groupby("trial_id")["exact_acc"].max()
+    out["id_acc_trial"] = out["trial_id"].map(id_acc).astype(float)
+    out["learned"] = out["status_ok"] & (out["id_acc_trial"] >= min_id_acc)
+    return out
+
+
+# Halting outcome of one instance. A capped instance is not a converged one: every iteration
+# statistic keeps converged, cycled and capped apart (DESIGN.md, 'Fixed-point solver and halting').
+CONVERGED, CYCLED, CAPPED, STALLED, HALTED = "converged", "cycled", "capped", "stalled", "halted"
+OUTCOMES = (CONVERGED, CYCLED, CAPPED, STALLED, HALTED)
+"""stalled: halted below the cap with eta < min_eta; halted: below the cap, reason not recorded
+(a schema-1 row of a split that also had cycles)."""
+
+
+def instance_outcomes(row) -> np.ndarray:
+    """(N,) outcome per instance of one results row (a mapping with the schema's columns), or an
+    empty array without data; see ``outcomes_of``."""
+    return outcomes_of(row["instance_iters"], row["eval_cap"], row.get("instance_converged"),
+                       row.get("instance_cycled"), row.get("cycled_frac"))
+
+
+def outcomes_of(iters, cap, converged=None, cycled=None, cycled_frac=None) -> np.ndarray:
+    """(N,) outcome per instance (OUTCOMES).
+
+    Schema >= 2 rows carry per-instance converged / cycled flags. Schema-1 rows only have the
+    iterations: an instance at the cap is capped; below it, converged when the split had no cycles
+    (a stall needs thousands of steps of eta decay, beyond every cap), else 'halted'."""
+    if iters is None or len(iters) == 0:
+        return np.empty(0, dtype=object)
+    iters = np.asarray(iters, dtype=float)
+    at_cap = iters >= cap if cap is not None and not pd.isna(cap) else np.zeros(iters.size, bool)
+    out = np.full(iters.size, HALTED, dtype=object)
+    if converged is not None and len(converged) == iters.size:
+        converged = np.asarray(converged, bool)
+        cycled = np.asarray(cycled, bool) if cycled is not None and len(cycled) == iters.size else np.zeros_like(converged)
+        out[:] = STALLED
+        out[at_cap] = CAPPED
+        out[cycled] = CYCLED
+        out[converged] = CONVERGED
+        return out
+    no_cycles = cycled_frac is not None and not pd.isna(cycled_frac) and cycled_frac == 0
+    out[~at_cap] = CONVERGED if no_cycles else HALTED
+    out[at_cap] = CAPPED
+    return out
+
+
+def _outcome_counts(row) -> dict[str, float]:
+    """Instances per outcome in one row. Per-instance flags when the row has them; a schema-1 row
+    takes converged and cycled from its split-level reachability and cycled_frac, capped from the
+    iterations at the cap, and calls the rest stalled (shares exact, only which instance unknown)."""
+    outcomes = instance_outcomes(row)
+    if not outcomes.size:
+        return {}
+    flags = row.get("instance_converged")
+    if flags is not None and len(flags) == outcomes.size:
+        return {o: float(np.sum(outcomes == o)) for o in OUTCOMES}
+    n = float(outcomes.size)  # an instance converging on the cap's last step is at the cap yet converged
+    converged = float(row["reachability"] or 0.0) * n
+    cycled = min(float(row["cycled_frac"] or 0.0) * n, n - converged)
+    capped = min(float(np.sum(outcomes == CAPPED)), n - converged - cycled)
+    return {CONVERGED: converged, CYCLED: cycled, CAPPED: capped,
+            STALLED: max(n - capped - converged - cycled, 0.0), HALTED: 0.0}
+
+
+def outcome_shares(rows: pd.DataFrame) -> dict[str, float]:
+    """Share of each outcome over every instance of ``rows`` (NaN when no instance data)."""
+    totals = dict.fromkeys(OUTCOMES, 0.0)
+    for _, row in rows.iterrows():
+        for outcome, count in _outcome_counts(row).items():
+            totals[outcome] += count
+    n = sum(totals.values())
+    return {o: (totals[o] / n if n else math.nan) for o in OUTCOMES}
 
 
 def trial_summary(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per ok trial: its labels, seed, mean OOD and ID exact accuracy, and the stability
-    axes averaged over all of its eval splits (ID and OOD) and mean iterations.
-
-    Only rows with status 'ok' count; failed/diverged/stopped trials are listed by the header."""
+    """One row per ok trial: labels, seed, learned, in-distribution accuracy, mean OOD accuracy and
+    the stability axes averaged over its eval splits (ID and OOD)."""
     ok = frame[frame["status_ok"]].copy()
     ok["ood_acc"] = ok["exact_acc"].where(is_ood(ok["split"]))
-    ok["id_acc"] = ok["exact_acc"].where(ok["split"] == "id")
-    # Input-dependence is a property of a fixed point: count it only on splits where most instances
-    # reached one (a state that never settles makes the ratio measure divergence, not dependence).
-    ok["input_dependence_fp"] = ok["input_dependence"].where(ok["reachability"] >= FIXED_POINT_REACHED)
     keys = ["trial_id", "task", "task_label", "variant_label", "context_label", "recall", "outer_norm", "regime"]
-    metrics = {"ood_acc": "mean", "id_acc": "mean", "reachability": "mean", "input_dependence": "mean",
-               "input_dependence_fp": "mean",
-               "spectral_radius": "mean", "iters_mean": "mean", "seed": "first", "sigma": "first"}
+    metrics = {"ood_acc": "mean", "id_acc_trial": "first", "learned": "first", "reachability": "mean",
+               "input_dependence": "mean", "input_derivative": "mean", "spectral_radius": "mean",
+               "iters_mean": "mean", "seed": "first", "sigma": "first"}
     ok = ok.astype({k: object for k in keys})
     return ok.groupby(keys, dropna=False, sort=False).agg(metrics).reset_index()
 

@@ -1,12 +1,19 @@
 """The report's figures, one set per task (matplotlib, Agg backend, PNG files written atomically).
 
-- ``<task>_ood_accuracy.png``: exact accuracy vs split size per variant, log2 x-axis, mean ± seed
-  std, the training size marked (the central figure of Deep Thinking / FPRM / SGLT).
-- ``<task>_adaptive_compute.png``: iterations to converge vs instance difficulty (binned, pooled over
-  a variant's ok rows), and mean iterations vs size (FPRM: compute should follow difficulty).
-- ``<task>_stability.png``: each stability axis (reachability, input-dependence, spectral radius at
-  z*) against OOD accuracy, one point per trial, so one sees whether stability predicts
-  generalisation (SGLT).
+Drawn to be printed: small multiples (one panel per recall placement, the axis the claims are
+about) so no variant hides under another; within a panel every other variant has its own colour,
+marker and line style from the Okabe-Ito palette (colour-blind safe); intervals are bands, and a
+point resting on one learned seed gets none; fonts stay legible with the figure at half page width.
+
+- ``<task>_ood_accuracy.png``: exact accuracy vs size over learned trials, 95% hierarchical
+  bootstrap band, training size marked; legends give each variant's learned k/n.
+- ``<task>_halting.png``: per recall panel, iterations of *converged* instances vs size (median),
+  the loop cap drawn, and the share of instances that hit the cap; and iterations vs the task's
+  difficulty key on converged instances (FPRM: compute should follow difficulty).
+- ``<task>_stability.png``: reachability, input-dependence and rho(dF/dz) at z* against OOD accuracy,
+  one point per trial, learned trials filled, the others hollow.
+- ``<task>_compute_curve.png`` (tables with the test-time compute curve): exact accuracy vs loop
+  budget per split, over learned trials (Deep Thinking's accuracy per test-time iteration).
 """
 from __future__ import annotations
 
@@ -21,16 +28,29 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from orchestrator.report.claims import instance_pairs  # noqa: E402
-from orchestrator.report.frame import ordered_variants, seed_std, trial_summary  # noqa: E402
+from orchestrator.report import bootstrap  # noqa: E402
+from orchestrator.report.claims import converged_pairs, learned_text, split_accuracy  # noqa: E402
+from orchestrator.report.frame import (CAPPED, RECALL_ORDER, is_ood, ordered_variants, outcome_shares,  # noqa: E402
+                                       trial_summary)
 from orchestrator.sweep.layout import SweepDir  # noqa: E402
 
-MAX_DIFFICULTY_BINS = 10
+OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
+"""Okabe & Ito (2008) palette, safe under the common colour-vision deficiencies."""
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+LINESTYLES = ("-", "--", ":", "-.")
+PANEL = (2.5, 2.2)
+"""Inches per panel: at half page width a three-panel row prints at about 60% scale."""
+FONT = 8
+DODGE = 0.04
+"""Horizontal offset between variants on log2 size axes (in octaves), so equal values do not hide."""
+MAX_DIFFICULTY_BINS = 8
 """Difficulties with more distinct values than this are binned by quantiles."""
+STABILITY_AXES = (("reachability", "reachability"),
+                  ("input_derivative", "||dz*/dx v|| at z*"),
+                  ("spectral_radius", "rho(dF/dz) at z*"))
 
-STABILITY_AXES = (("reachability", "reachability (r < tol within cap)"),
-                  ("input_dependence", "input-dependence ||dz*|| / ||dx||"),
-                  ("spectral_radius", "spectral radius of dF/dz at z*"))
+plt.rcParams.update({"font.size": FONT, "axes.titlesize": FONT + 1, "axes.labelsize": FONT,
+                     "xtick.labelsize": FONT - 1, "ytick.labelsize": FONT - 1, "legend.fontsize": FONT - 1})
 
 
 def slug(text: str) -> str:
@@ -41,27 +61,47 @@ def slug(text: str) -> str:
 def _save(fig, path: Path) -> Path:
     """Write the figure under a hidden temp name, then replace: readers never see half a PNG."""
     tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    fig.savefig(tmp, dpi=200, bbox_inches="tight", format="png")
     plt.close(fig)
     os.replace(tmp, path)
     return path
 
 
-def _colors(variants: list[str]) -> dict[str, tuple]:
-    cmap = plt.get_cmap("tab20" if len(variants) > 10 else "tab10")
-    return {v: cmap(i % cmap.N) for i, v in enumerate(variants)}
+def styles(labels: list[str]) -> dict[str, dict]:
+    """Colour, marker and line style per label: colours first, then markers and dashes cycle on."""
+    return {label: {"color": OKABE_ITO[i % len(OKABE_ITO)], "marker": MARKERS[(i // 2) % len(MARKERS)],
+                    "linestyle": LINESTYLES[(i // len(OKABE_ITO)) % len(LINESTYLES)]}
+            for i, label in enumerate(labels)}
 
 
-def _legend(fig, axes) -> None:
+def _panels(rows: pd.DataFrame) -> list[str]:
+    """Recall placements present, in the papers' order (one panel each)."""
+    present = [r for r in rows["recall"].dropna().unique()]
+    return sorted(present, key=lambda r: RECALL_ORDER.index(r) if r in RECALL_ORDER else len(RECALL_ORDER))
+
+
+def _contexts(rows: pd.DataFrame) -> list[str]:
+    """Context labels (every axis but recall) in variant order, one style each across panels."""
+    order = ordered_variants(rows)
+    labels = {v: c for v, c in zip(rows["variant_label"], rows["context_label"])}
+    return list(dict.fromkeys(labels[v] or "all" for v in order))
+
+
+def _subplots(n: int, rows: int = 1, sharey: bool = True):
+    fig, axes = plt.subplots(rows, n, figsize=(PANEL[0] * n, PANEL[1] * rows), sharey=sharey, squeeze=False)
+    return fig, axes
+
+
+def _legend(fig, axes, title: str = "") -> None:
     handles, labels = [], []
-    for ax in np.atleast_1d(axes):
+    for ax in np.ravel(axes):
         for h, lab in zip(*ax.get_legend_handles_labels()):
             if lab not in labels:
                 handles.append(h)
                 labels.append(lab)
     if handles:
-        fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), fontsize=7,
-                   ncol=min(3, len(labels)), frameon=False)
+        fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), frameon=False,
+                   ncol=min(3, len(labels)), title=title or None)
 
 
 def _set_log2(ax, sizes) -> None:
@@ -69,105 +109,181 @@ def _set_log2(ax, sizes) -> None:
     if sizes:
         ax.set_xscale("log", base=2)
         ax.set_xticks(sizes)
-        ax.set_xticklabels([str(s) for s in sizes], fontsize=7)
+        ax.set_xticklabels([str(s) for s in sizes])
         ax.minorticks_off()
 
 
+def _line(ax, xs, ys, style: dict, label: str, low=None, high=None, n_seeds=None) -> None:
+    """A line with markers and, where more than one seed stands behind a point, its band."""
+    xs, ys = np.asarray(xs, float), np.asarray(ys, float)
+    ax.plot(xs, ys, label=label, ms=4, lw=1.2, **style)
+    if low is not None:
+        low, high = np.asarray(low, float), np.asarray(high, float)
+        banded = np.asarray(n_seeds) >= 2 if n_seeds is not None else np.ones(xs.size, bool)
+        banded &= np.isfinite(low) & np.isfinite(high)
+        if banded.any():
+            ax.fill_between(xs[banded], low[banded], high[banded], color=style["color"], alpha=0.18, lw=0)
+
+
 def plot_ood_accuracy(rows: pd.DataFrame, task: str, out_dir: Path) -> Path:
-    """Exact accuracy vs size per variant (mean ± seed std over ok trials)."""
-    fig, ax = plt.subplots(figsize=(6.5, 4.0))
-    variants = ordered_variants(rows)
-    colors = _colors(variants)
-    for variant in variants:
-        sub = rows[rows["variant_label"] == variant].dropna(subset=["size", "exact_acc"])
-        if sub.empty:
-            continue
-        stats = sub.groupby("size")["exact_acc"].agg(mean="mean", std=seed_std).reset_index()
-        ax.errorbar(stats["size"], stats["mean"], yerr=stats["std"].fillna(0.0), marker="o", ms=3,
-                    capsize=2, color=colors[variant], label=variant)
-    for train_size in rows["train_size"].dropna().unique():
-        ax.axvline(train_size, color="grey", ls=":", lw=1)
-    _set_log2(ax, rows["size"].dropna())
-    ax.set_ylim(-0.03, 1.03)
-    ax.set_xlabel("size (log2; dotted = training size)")
-    ax.set_ylabel("exact accuracy")
-    ax.set_title(f"{task}: accuracy vs size")
-    _legend(fig, ax)
+    """Exact accuracy vs size over learned trials, one panel per recall placement."""
+    panels, contexts = _panels(rows), _contexts(rows)
+    style = styles(contexts)
+    fig, axes = _subplots(len(panels))
+    rng = bootstrap.make_rng()
+    for ax, recall in zip(axes[0], panels):
+        for j, context in enumerate(contexts):
+            sub = rows[(rows["recall"] == recall) & (rows["context_label"].fillna("all").replace("", "all") == context)]
+            if sub.empty:
+                continue
+            dodge = 2.0 ** (DODGE * (j - (len(contexts) - 1) / 2))  # equal values stay visible side by side
+            label = f"{context} ({learned_text(sub)})" if len(panels) == 1 else context
+            points = []
+            for size, cell in sub.groupby("size"):
+                est = split_accuracy(cell, rng)
+                points.append((size * dodge, est.effect, est.low, est.high, int(cell["learned"].sum())))
+            points = [p for p in points if p[4] > 0]
+            if points:
+                xs, ys, lo, hi, ns = zip(*points)
+                _line(ax, xs, ys, style[context], label, lo, hi, ns)
+            else:
+                ax.plot([], [], label=f"{label}: none learned", **style[context], mfc="none")
+        for train_size in rows["train_size"].dropna().unique():
+            ax.axvline(train_size, color="grey", ls=":", lw=1)
+        _set_log2(ax, rows["size"].dropna())
+        ax.set_ylim(-0.03, 1.03)
+        ax.set_title(f"recall={recall} ({learned_text(rows[rows['recall'] == recall])})")
+        ax.set_xlabel("size (dotted: training)")
+    axes[0][0].set_ylabel("exact accuracy, learned trials")
+    fig.suptitle(f"{task}: accuracy vs size (band: 95% interval, seeds then instances)", fontsize=FONT + 1)
+    fig.tight_layout()
+    _legend(fig, axes)
     return _save(fig, SweepDir(out_dir).figure(f"{slug(task)}_ood_accuracy"))
 
 
 def _difficulty_bins(values: np.ndarray) -> np.ndarray | None:
-    """Bin edges for difficulty: None = use the distinct values themselves."""
     if np.unique(values).size <= MAX_DIFFICULTY_BINS:
         return None
     return np.unique(np.quantile(values, np.linspace(0, 1, MAX_DIFFICULTY_BINS + 1)))
 
 
-def _binned_iters(diff: np.ndarray, iters: np.ndarray, edges: np.ndarray | None):
-    """(x, mean iterations) per difficulty value or per bin (x = mean difficulty in the bin)."""
+def _binned_median(diff: np.ndarray, iters: np.ndarray, edges: np.ndarray | None):
+    """(x, median iterations) per difficulty value or per quantile bin (x = mean difficulty)."""
     if edges is None:
         xs = np.unique(diff)
-        return xs, np.array([iters[diff == x].mean() for x in xs])
+        return xs, np.array([np.median(iters[diff == x]) for x in xs])
     idx = np.clip(np.searchsorted(edges, diff, side="right") - 1, 0, len(edges) - 2)
-    xs, ys = [], []
-    for b in np.unique(idx):
-        xs.append(diff[idx == b].mean())
-        ys.append(iters[idx == b].mean())
-    return np.array(xs), np.array(ys)
+    bins = np.unique(idx)
+    return (np.array([diff[idx == b].mean() for b in bins]), np.array([np.median(iters[idx == b]) for b in bins]))
 
 
-def plot_adaptive_compute(rows: pd.DataFrame, task: str, out_dir: Path) -> Path:
-    """Left: iterations vs instance difficulty (binned). Right: mean iterations vs size."""
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.0))
-    variants = ordered_variants(rows)
-    colors = _colors(variants)
-    pooled = {v: instance_pairs(rows[rows["variant_label"] == v]) for v in variants}
-    all_diff = np.concatenate([d for d, _ in pooled.values()]) if pooled else np.empty(0)
-    edges = _difficulty_bins(all_diff) if all_diff.size else None
-    for variant in variants:
-        diff, iters = pooled[variant]
-        if diff.size:
-            xs, ys = _binned_iters(diff, iters, edges)
-            left.plot(xs, ys, marker="o", ms=3, color=colors[variant], label=variant)
-        sub = rows[rows["variant_label"] == variant].dropna(subset=["size", "iters_mean"])
-        if not sub.empty:
-            stats = sub.groupby("size")["iters_mean"].agg(mean="mean", std=seed_std).reset_index()
-            right.errorbar(stats["size"], stats["mean"], yerr=stats["std"].fillna(0.0), marker="o",
-                           ms=3, capsize=2, color=colors[variant], label=variant)
+def plot_halting(rows: pd.DataFrame, task: str, out_dir: Path) -> Path:
+    """Rows of panels per recall placement: converged iterations vs size with the cap drawn; share
+    of instances at the cap vs size; converged iterations vs difficulty. Every ok trial."""
+    panels, contexts = _panels(rows), _contexts(rows)
+    style = styles(contexts)
+    fig, axes = _subplots(len(panels), rows=3, sharey=False)
     key = rows["difficulty_key"].dropna()
-    left.set_xlabel(f"instance difficulty ({key.iloc[0] if len(key) else 'difficulty'})")
-    left.set_ylabel("iterations to converge")
-    left.set_title(f"{task}: iterations vs difficulty" + ("" if all_diff.size else " (no per-instance data)"))
-    _set_log2(right, rows["size"].dropna())
-    right.set_xlabel("size (log2)")
-    right.set_ylabel("mean iterations")
-    right.set_title(f"{task}: mean iterations vs size")
-    _legend(fig, (left, right))
-    return _save(fig, SweepDir(out_dir).figure(f"{slug(task)}_adaptive_compute"))
+    key = key.iloc[0] if len(key) else "difficulty"
+    caps = rows.dropna(subset=["size", "eval_cap"]).groupby("size")["eval_cap"].max()
+    for col, recall in enumerate(panels):
+        top, mid, bottom = axes[0][col], axes[1][col], axes[2][col]
+        for context in contexts:
+            sub = rows[(rows["recall"] == recall) & (rows["context_label"].fillna("all").replace("", "all") == context)]
+            if sub.empty:
+                continue
+            sizes, medians, capped = [], [], []
+            for size, cell in sub.groupby("size"):
+                _, iters = converged_pairs(cell)
+                sizes.append(size)
+                medians.append(np.median(iters) if iters.size else np.nan)
+                capped.append(outcome_shares(cell)[CAPPED])
+            _line(top, sizes, medians, style[context], context)
+            _line(mid, sizes, capped, style[context], context)
+            diff, iters = converged_pairs(sub)
+            if diff.size:
+                xs, ys = _binned_median(diff, iters, _difficulty_bins(diff))
+                _line(bottom, xs, ys, style[context], context)
+        if len(caps):
+            top.plot(caps.index, caps.values, color="grey", ls="--", lw=1, label="loop cap")
+        for ax in (top, mid):
+            _set_log2(ax, rows["size"].dropna())
+        top.set_title(f"recall={recall}")
+        top.set_xlabel("size")
+        mid.set_xlabel("size")
+        mid.set_ylim(-0.03, 1.03)
+        bottom.set_xlabel(f"{key} (converged instances)")
+    axes[0][0].set_ylabel("median iterations,\nconverged instances")
+    axes[1][0].set_ylabel("share at the cap")
+    axes[2][0].set_ylabel("median iterations")
+    fig.suptitle(f"{task}: halting (converged apart from capped; dashed: loop cap)", fontsize=FONT + 1)
+    fig.tight_layout()
+    _legend(fig, axes)
+    return _save(fig, SweepDir(out_dir).figure(f"{slug(task)}_halting"))
 
 
 def plot_stability(rows: pd.DataFrame, task: str, out_dir: Path) -> Path:
-    """Each stability axis vs OOD accuracy, one point per ok trial, coloured by variant."""
+    """Each stability axis vs OOD accuracy, one point per ok trial; learned filled, others hollow."""
     trials = trial_summary(rows)
-    fig, axes = plt.subplots(1, len(STABILITY_AXES), figsize=(13, 3.8), sharey=True)
+    axes_used = list(STABILITY_AXES)
+    if trials["input_derivative"].isna().all():  # a schema-1 table: its finite-difference probe
+        axes_used[1] = ("input_dependence", "finite difference at 1e-2||x|| (schema 1)")
     variants = ordered_variants(rows)
-    colors = _colors(variants)
-    for ax, (metric, label) in zip(axes, STABILITY_AXES):
+    style = styles(variants)
+    fig, axes = _subplots(len(axes_used))
+    for ax, (metric, label) in zip(axes[0], axes_used):
         for variant in variants:
             sub = trials[trials["variant_label"] == variant].dropna(subset=[metric, "ood_acc"])
-            if not sub.empty:
-                ax.scatter(sub[metric], sub["ood_acc"], s=18, color=colors[variant], label=variant)
+            for learned, part in sub.groupby("learned"):
+                st = style[variant]
+                ax.scatter(part[metric], part["ood_acc"], s=22, marker=st["marker"], edgecolors=st["color"],
+                           facecolors=st["color"] if learned else "none", linewidths=1,
+                           label=variant if learned or sub["learned"].sum() == 0 else None)
         values = trials[metric].dropna()
-        if metric == "input_dependence" and len(values) and (values > 0).all() and values.max() > 100 * values.min():
-            ax.set_xscale("log")
+        positive = values[values > 0]
+        if metric.startswith("input") and len(positive) and positive.max() > 100 * positive.min():
+            ax.set_xscale("symlog", linthresh=float(positive.min()))
         if metric == "spectral_radius":
             ax.axvline(1.0, color="grey", ls=":", lw=1)
         ax.set_xlabel(label + ("" if len(values) else " (not measured)"))
-    axes[0].set_ylabel("OOD exact accuracy (mean over OOD splits)")
-    axes[0].set_ylim(-0.03, 1.03)
-    fig.suptitle(f"{task}: stability axes vs OOD accuracy (one point per trial)")
+    axes[0][0].set_ylabel("OOD exact accuracy")
+    axes[0][0].set_ylim(-0.03, 1.03)
+    fig.suptitle(f"{task}: stability vs OOD accuracy (filled: learned; hollow: not learned)", fontsize=FONT + 1)
+    fig.tight_layout()
     _legend(fig, axes)
     return _save(fig, SweepDir(out_dir).figure(f"{slug(task)}_stability"))
+
+
+def plot_compute_curve(rows: pd.DataFrame, task: str, out_dir: Path) -> Path | None:
+    """Exact accuracy vs loop budget per split (panels), mean over learned trials per variant;
+    None when the table holds no curve (schema 1)."""
+    curves = rows[rows["learned"] & rows["budget_iters"].notna()]
+    curves = curves[[b is not None and len(b) > 0 for b in curves["budget_iters"]]]
+    if curves.empty:
+        return None
+    splits = sorted(curves["split"].unique(), key=lambda s: (is_ood(pd.Series([s]))[0], curves.loc[curves["split"] == s, "size"].max()))
+    variants = ordered_variants(curves)
+    style = styles(variants)
+    fig, axes = _subplots(len(splits))
+    for ax, split in zip(axes[0], splits):
+        for variant in variants:
+            sub = curves[(curves["split"] == split) & (curves["variant_label"] == variant)]
+            if sub.empty:
+                continue
+            budgets = np.asarray(sub["budget_iters"].iloc[0], float)
+            accs = np.stack([np.asarray(a, float) for a in sub["budget_acc"] if len(a) == budgets.size])
+            _line(ax, budgets, accs.mean(0), style[variant], variant)
+        cap = curves.loc[curves["split"] == split, "eval_cap"].max()
+        ax.axvline(cap, color="grey", ls="--", lw=1)
+        ax.set_xscale("log", base=2)
+        ax.set_ylim(-0.03, 1.03)
+        ax.set_title(split)
+        ax.set_xlabel("loop budget (dashed: cap)")
+    axes[0][0].set_ylabel("exact accuracy, learned trials")
+    fig.suptitle(f"{task}: test-time compute (accuracy read out at each budget)", fontsize=FONT + 1)
+    fig.tight_layout()
+    _legend(fig, axes)
+    return _save(fig, SweepDir(out_dir).figure(f"{slug(task)}_compute_curve"))
 
 
 def plot_task(frame: pd.DataFrame, task: str, out_dir: Path) -> list[Path]:
@@ -175,5 +291,6 @@ def plot_task(frame: pd.DataFrame, task: str, out_dir: Path) -> list[Path]:
     rows = frame[(frame["task_label"] == task) & frame["status_ok"]]
     if rows.empty:
         return []
-    return [plot_ood_accuracy(rows, task, out_dir), plot_adaptive_compute(rows, task, out_dir),
-            plot_stability(rows, task, out_dir)]
+    paths = [plot_ood_accuracy(rows, task, out_dir), plot_halting(rows, task, out_dir),
+             plot_stability(rows, task, out_dir), plot_compute_curve(rows, task, out_dir)]
+    return [p for p in paths if p is not None]

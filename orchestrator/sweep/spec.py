@@ -139,6 +139,15 @@ class Resources(_Strict):
     gpu: float = Field(0.0, ge=0)
 
 
+class ReportSpec(_Strict):
+    """How ``fpr-sweep report`` judges the sweep (not part of the spec hash: it decides no trial)."""
+
+    min_id_acc: float = Field(
+        0.95, gt=0, le=1,
+        description="Competence gate: a trial counts as learned, and enters the claims, when its "
+                    "in-distribution exact accuracy is at least this.")
+
+
 class SweepSpec(_Strict):
     """A benchmark sweep: trials = grid cells x tasks x seeds (x search samples)."""
 
@@ -164,6 +173,7 @@ class SweepSpec(_Strict):
         False, description="Log the driver host's CPU, memory, disk and network use to the sweep's MLflow "
                            "run every 10 s (MLflow system metrics; needs psutil).")
     results_dir: str = Field("results", description="Where results/<name>/ goes (relative to the working directory).")
+    report: ReportSpec = Field(default_factory=ReportSpec, description="How the report judges the sweep's claims.")
 
     @field_validator("name")
     @classmethod
