@@ -140,7 +140,7 @@ def test_undertrained_recall_arms_give_undertrained_not_a_verdict(tmp_path, swap
     acc = (lambda t, r, n, s, tr: _ood_acc(t, swapped[r], n, s, tr)) if swap else _ood_acc
     rows = make_rows(acc=acc, id_acc=lambda recall, norm: 0.5 if recall != "none" else 0.98)
     verdicts = verdicts_of(tmp_path, rows)
-    assert verdicts[1].verdict == UNDERTRAINED and "0/3 learned" in verdicts[1].detail
+    assert verdicts[1].verdict == UNDERTRAINED and verdicts[1].detail.startswith("(0/3-3/3 learned per arm")
     assert verdicts[1].label.startswith("inconclusive: undertrained (")
     assert verdicts[2].verdict == UNDERTRAINED and verdicts[4].verdict == UNDERTRAINED
 
@@ -236,7 +236,9 @@ def test_one_contradicting_part_among_many_needs_holm_to_break_the_claim():
     strong = combine(1, supported + [Part("strong", CONTRADICTED, "", p_against=0.001)], [])
     assert strong.verdict == CONTRADICTED and "strong" in strong.reason
     under = combine(1, supported + [Part("short", UNDERTRAINED, "", note="1/2 learned")], [])
-    assert under.label == "inconclusive: undertrained (short: 1/2 learned)"
+    assert under.label == "inconclusive: undertrained (1/2 learned; 1 of 12 parts)"
+    alone = combine(1, [Part("arm", UNDERTRAINED, "", note="standard 1/2 learned, none 0/2 learned")], [])
+    assert alone.label == "inconclusive: undertrained (0/2-1/2 learned per arm)"
 
 
 def test_interval_covers_a_known_effect():

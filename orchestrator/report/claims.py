@@ -40,6 +40,7 @@ Claims and their effects:
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -181,7 +182,7 @@ def combine(claim_id: int, parts: list[Part], skipped: list[str]) -> Verdict:
                  if lone else "")
     under = [p for p in parts if p.verdict == UNDERTRAINED]
     if under:
-        detail = "(" + "; ".join(f"{p.name}: {p.note}" for p in under) + ")"
+        detail = _undertrained_detail(under, len(parts))
         decided = [p.name for p in parts if p.verdict == SUPPORTED]
         reason = (f"{len(under)} of {len(parts)} part(s) undertrained"
                   + (f"; supported in {', '.join(decided)}" if decided else "") + lone_text + no_data)
@@ -189,6 +190,17 @@ def combine(claim_id: int, parts: list[Part], skipped: list[str]) -> Verdict:
     open_parts = ", ".join(f"{p.name} ({p.note})" if p.note else p.name for p in parts if p.verdict != SUPPORTED)
     return Verdict(verdict=INCONCLUSIVE, detail="", reason=f"not decided in {open_parts}" + lone_text + no_data,
                    **base)
+
+
+def _undertrained_detail(under: list[Part], n_parts: int) -> str:
+    """'(k/n learned)' for one arm, else the range over the arms of the undertrained parts."""
+    counts = sorted({(int(k), int(n)) for p in under for k, n in re.findall(r"(\d+)/(\d+) learned", p.note)},
+                    key=lambda kn: (kn[0] / max(kn[1], 1), kn))
+    if not counts:
+        return f"({'; '.join(p.note for p in under)})"
+    span = f"{counts[0][0]}/{counts[0][1]}" + (f"-{counts[-1][0]}/{counts[-1][1]}" if len(counts) > 1 else "")
+    parts = f"; {len(under)} of {n_parts} parts" if n_parts > 1 else ""
+    return f"({span} learned{' per arm' if len(counts) > 1 else ''}{parts})"
 
 
 # ----------------------------------------------------------------------- arms and their numbers

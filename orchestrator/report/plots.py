@@ -228,24 +228,29 @@ def plot_stability(rows: pd.DataFrame, task: str, out_dir: Path) -> Path:
     axes_used = list(STABILITY_AXES)
     if trials["input_derivative"].isna().all():  # a schema-1 table: its finite-difference probe
         axes_used[1] = ("input_dependence", "finite difference at 1e-2||x|| (schema 1)")
+        axes_used[2] = ("spectral_radius", "rho(dF/dz) at the probe's rest state (schema 1)")
     variants = ordered_variants(rows)
     style = styles(variants)
     fig, axes = _subplots(len(axes_used))
     for ax, (metric, label) in zip(axes[0], axes_used):
+        values = trials[metric].dropna()
+        positive = values[values > 0]
+        logged = metric.startswith("input") and len(positive) and positive.max() > 100 * positive.min()
+        floor = float(np.log10(positive.min())) - 1 if logged else 0.0
         for variant in variants:
             sub = trials[trials["variant_label"] == variant].dropna(subset=[metric, "ood_acc"])
             for learned, part in sub.groupby("learned"):
                 st = style[variant]
-                ax.scatter(part[metric], part["ood_acc"], s=22, marker=st["marker"], edgecolors=st["color"],
+                xs = part[metric].to_numpy(float)
+                if logged:  # decades span the axis; an exact 0 (no recall) sits one decade left
+                    xs = np.where(xs > 0, np.log10(np.where(xs > 0, xs, 1.0)), floor)
+                ax.scatter(xs, part["ood_acc"], s=22, marker=st["marker"], edgecolors=st["color"],
                            facecolors=st["color"] if learned else "none", linewidths=1,
                            label=variant if learned or sub["learned"].sum() == 0 else None)
-        values = trials[metric].dropna()
-        positive = values[values > 0]
-        if metric.startswith("input") and len(positive) and positive.max() > 100 * positive.min():
-            ax.set_xscale("symlog", linthresh=float(positive.min()))
         if metric == "spectral_radius":
             ax.axvline(1.0, color="grey", ls=":", lw=1)
-        ax.set_xlabel(label + ("" if len(values) else " (not measured)"))
+        name = f"log10 {label}" + (f" (0 at {floor:.0f})" if logged and (values == 0).any() else "") if logged else label
+        ax.set_xlabel(name + ("" if len(values) else " (not measured)"))
     axes[0][0].set_ylabel("OOD exact accuracy")
     axes[0][0].set_ylim(-0.03, 1.03)
     fig.suptitle(f"{task}: stability vs OOD accuracy (filled: learned; hollow: not learned)", fontsize=FONT + 1)
