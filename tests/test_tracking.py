@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import socket
+import time
 
 import pytest
 from mlflow import MlflowClient
@@ -130,3 +131,16 @@ def test_descriptions_kind_datasets_and_summary(store):
     parent = client.get_run(again.parent_id)
     assert parent.info.status == "FINISHED" and parent.data.metrics["trials/ok"] == 3.0
     assert again.find_trial_run("t7") == run_id and again.find_trial_run("nope") is None
+
+
+def test_system_metrics_go_to_the_parent_run(store):
+    sweep_dir, uri = store
+    tr = tracking.SweepTracker(uri, "trk-system", sweep_dir, {})
+    tr.start_system_metrics(interval_s=0.2)
+    client = MlflowClient(uri)
+    deadline = time.time() + 60
+    while time.time() < deadline and not any(k.startswith("system/") for k in client.get_run(tr.parent_id).data.metrics):
+        time.sleep(0.2)
+    tr.end_sweep("FINISHED")
+    metrics = client.get_run(tr.parent_id).data.metrics
+    assert "system/cpu_utilization_percentage" in metrics and "system/system_memory_usage_megabytes" in metrics
