@@ -88,8 +88,8 @@ def plan_jobs(sweep_dir: Path, sizes: list[int], trial_ids: Optional[list[str]],
         elif not SweepDir(sweep_dir).model_file(tid).exists():
             skipped[tid] = "no saved model (trained with keep_models: none, or before models were kept)"
         else:
-            have = {r["split"] for r in rows} | {f"ood_{rows[0]['train_size']}"}
-            todo = [s for s in sizes if force or f"ood_{s}" not in have]
+            have = {r["split"] for r in rows}
+            todo = [s for s in sizes if s != rows[0]["train_size"] and (force or f"ood_{s}" not in have)]
             if todo:
                 jobs.append(EvalJob(tid, rows, todo))
             else:
@@ -105,7 +105,7 @@ def evaluate_saved_model(model_bytes: bytes, sizes: list[int], cap_law: str) -> 
     from fpr_core.device import select_device
     from fpr_core.experiment import evaluate_sizes, task_of
     from fpr_core.saved_model import read_saved
-    from orchestrator.run.trainable import _worker_info
+    from orchestrator.run.trainable import worker_info
     from orchestrator.store.rows import split_fields
 
     saved = read_saved(io.BytesIO(model_bytes))
@@ -117,7 +117,7 @@ def evaluate_saved_model(model_bytes: bytes, sizes: list[int], cap_law: str) -> 
     version = str(task_of(cfg)[0].version)
     return {"splits": [split_fields(s) for s in splits],
             "datasets": [dict(dataclasses.asdict(i), generator_version=version) for i in infos],
-            "worker": {**_worker_info(), "device": str(device)}}
+            "worker": {**worker_info(), "device": str(device)}}
 
 
 def run_eval(sweep_dir: Path, jobs: list[EvalJob], cap_law: str, tracker: Any, resources: dict[str, float],

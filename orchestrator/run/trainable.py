@@ -56,7 +56,7 @@ def trial_of_config(config: dict[str, Any]) -> Trial:
     return resolve(Cell.from_payload(config[CELL_KEY]), config.get(SEARCH_KEY))
 
 
-def _worker_info() -> dict[str, str]:
+def worker_info() -> dict[str, str]:
     import ray
 
     try:
@@ -137,7 +137,7 @@ def fpr_trainable(config: dict[str, Any]) -> None:
     cfg = ExperimentConfig.from_dict(trial.experiment_config())
     result = run_experiment(cfg, on_log=on_log, on_checkpoint=on_checkpoint,
                             resume_state=resume_state, device="auto")
-    rows = experiment_rows(trial, meta, result, _worker_info())
+    rows = experiment_rows(trial, meta, result, worker_info())
     final = final_result(rows, residual_curves(result))
     final[DATASETS_KEY] = _datasets(result, trial.cell.task, trial.cell.task_params)
     save_model = None
