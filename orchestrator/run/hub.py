@@ -158,7 +158,8 @@ class DriverHub:
             shutil.copyfileobj(stream, out)
         os.replace(tmp, dest)
         c = t.cell
-        self.tracker.log_weights(self._run(t), dest, int((tune_trial.last_result or {}).get(STEP, 0)),
+        run_id = self.tracker.find_trial_run(t.trial_id) or self._run(t)  # an ended run stays ended
+        self.tracker.log_weights(run_id, dest, int((tune_trial.last_result or {}).get(STEP, 0)),
                                  f"{c.task}-{t.trial_id}", t.experiment_config())
 
     def guarded(self, what: str, fn, *args) -> None:
