@@ -17,13 +17,14 @@ Recall = Literal["none", "standard", "internal"]
 RecallForm = Literal["scaled", "concat"]
 Norm = Literal["none", "rms", "layer"]
 ResidualScale = Literal["none", "fixed", "learned"]
-Positions = Literal["none", "rope1d", "rope2d"]
+Positions = Literal["none", "rope1d", "rope2d", "absolute"]
 Conv = Literal["none", "1d", "2d"]
 Mlp = Literal["swiglu", "gelu"]
 Mixer = Literal["attention", "local_attention", "conv"]
 SolverName = Literal["damped", "anderson"]
 GradMode = Literal["bptt", "truncated", "phantom", "implicit", "progressive"]
 LossName = Literal["ce", "stablemax"]
+CapLaw = Literal["task", "linear", "quadratic", "fixed"]
 
 
 class ConfigError(ValueError):
@@ -93,7 +94,11 @@ class ModelConfig:
     """Target spectral norm sigma of the loop's linear maps (None = no spectral normalization).
     <1 contractive, ~1 critical, >1 expansive."""
     positions: Positions = "none"
-    """Positional scheme; never learned absolute positions, so weights run on any size."""
+    """Positional scheme. none / rope1d / rope2d are size-agnostic (weights run on any size).
+    absolute = learned embeddings of the board coordinates the task declares (Task.coordinates:
+    sudoku row/column/box, chess square), added to x: legal only for tasks whose board never
+    changes size (their OOD axis is harder content, not a larger board); a task that declares
+    none is rejected. Relative 2-D offsets alone cannot tell whether two cells share a sudoku box."""
     conv: Conv = "none"
     """Depthwise conv on the state at the start of every loop step (FPRM: needed for stability)."""
     conv_kernel: int = 3
@@ -153,9 +158,12 @@ class SolverConfig:
     train_cap: int = 16
     """Max loop steps per forward pass in training."""
     eval_cap: int = 64
-    """Max loop steps in evaluation (OOD splits may scale it up with size, see eval_cap_scale)."""
-    eval_cap_scale: bool = True
-    """Multiply eval_cap by size/train_size on larger OOD instances (loop cap grows with size)."""
+    """Max loop steps in evaluation at the training size (OOD splits scale it, see eval_cap_law)."""
+    eval_cap_law: CapLaw = "task"
+    """How the eval cap grows on OOD sizes: ceil(eval_cap * (size/train_size)^p) with p = 1
+    (linear: prefix sums, state tracking: one step per extra position), p = 2 (quadratic: mazes,
+    whose dead-end-filling depth grows about as side^1.9), or fixed (p = 0: sudoku and chess, whose
+    OOD splits keep the board size). task = the law the task declares (Task.cap_law)."""
     eta: float = 1.0
     """Initial damping (1 = plain iteration)."""
     patience: int = 5
@@ -176,6 +184,7 @@ class SolverConfig:
 
     def validate(self, where: str = "solver") -> None:
         _check_choice(where, "name", self.name, _literal_choices(SolverName))
+        _check_choice(where, "eval_cap_law", self.eval_cap_law, _literal_choices(CapLaw))
         if self.tol <= 0:
             raise ConfigError(f"{where}.tol: got {self.tol}, expected > 0")
         for name in ("train_cap", "eval_cap", "patience", "anderson_m"):

@@ -105,6 +105,18 @@ def training_seed(cfg: ExperimentConfig) -> int:
     return cfg.seed * SEED_STRIDE + cfg.train.seed
 
 
+def board_coordinates(task, positions: str) -> Optional[torch.Tensor]:
+    """The task's (T, K) board coordinates when ``positions`` (model.positions) is 'absolute',
+    else None; ConfigError if the task declares none (its size varies)."""
+    if positions != "absolute":
+        return None
+    coords = task.coordinates()
+    if coords is None:
+        raise ConfigError(f"model.positions: 'absolute' needs board coordinates, and task "
+                          f"{task.name!r} declares none (its size varies); use none, rope1d or rope2d")
+    return torch.as_tensor(coords, dtype=torch.long)
+
+
 def _eval_order(name: str, size: int) -> tuple[int, int]:
     return (0 if name == "id" else 1, size)
 
@@ -132,7 +144,8 @@ def run_experiment(cfg: ExperimentConfig, *, cache_dir: str | os.PathLike | None
     seed = training_seed(cfg)
     torch.manual_seed(seed)
     train_tokens = math.prod(splits["train"].inputs.shape[1:])
-    model = LoopedModel(model_cfg, cfg.solver, cfg.grad, grid=task.grid, train_tokens=train_tokens).to(dev)
+    model = LoopedModel(model_cfg, cfg.solver, cfg.grad, grid=task.grid, train_tokens=train_tokens,
+                        coordinates=board_coordinates(task, cfg.model.positions)).to(dev)
     train_cfg = dataclasses.replace(cfg.train, seed=seed)
     result = train(model, task, splits["train"], train_cfg, on_log=on_log, on_checkpoint=on_checkpoint,
                    resume_state=resume_state, should_stop=should_stop)
@@ -151,7 +164,7 @@ def evaluate_splits(model: torch.nn.Module, task: Task, splits: dict[str, TaskDa
     names = sorted((n for n in splits if n != "train"), key=lambda n: _eval_order(n, splits[n].size))
     for name in names:
         data = splits[name]
-        cap = scaled_eval_cap(cfg.solver, data.size, train_size)
+        cap = scaled_eval_cap(cfg.solver, data.size, train_size, task.cap_law)
         ev = evaluate_split(model, task, data, cap=cap, cfg=cfg.eval, device=device, seed=cfg.seed)
         out.append(SplitResult(name, int(data.size), ev.metrics, ev.instance_iters,
                                ev.instance_difficulty, ev.instance_correct, ev.residual_curve,

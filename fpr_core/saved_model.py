@@ -57,6 +57,7 @@ class SavedModel:
 
     def build(self, which: WeightsChoice = "eval", device: str | torch.device = "cpu") -> nn.Module:
         """A LoopedModel with the chosen weights loaded, in eval mode, on ``device``."""
+        from fpr_core.experiment import board_coordinates, task_of
         from fpr_core.model import LoopedModel
 
         if which not in WEIGHTS_CHOICES:
@@ -65,7 +66,9 @@ class SavedModel:
             raise ValueError("which='ema': this model was trained without EMA (train.ema: null)")
         cfg = self.experiment_config()
         model_cfg = ModelConfig.from_dict(self.model_config)
-        model = LoopedModel(model_cfg, cfg.solver, cfg.grad, grid=self.grid, train_tokens=self.train_tokens)
+        coordinates = board_coordinates(task_of(cfg)[0], model_cfg.positions)
+        model = LoopedModel(model_cfg, cfg.solver, cfg.grad, grid=self.grid, train_tokens=self.train_tokens,
+                            coordinates=coordinates)
         state = self.weights if which == "final" or self.ema is None else self.ema
         model.load_state_dict(state)
         return model.to(device).eval()

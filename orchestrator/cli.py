@@ -305,8 +305,9 @@ def eval_(sweep: str = SWEEP_ARG,
                                                          "(each becomes an ood_<size> split)."),
           cap_law: str = typer.Option("trained", "--cap-law",
                                       help="Loop cap on the new sizes: trained (as each trial's "
-                                           "solver.eval_cap_scale), scaled (eval_cap x size/train_size) "
-                                           "or fixed (eval_cap at every size)."),
+                                           "solver.eval_cap_law), task (the task's own law), linear "
+                                           "(eval_cap x size/train_size), quadratic (eval_cap x "
+                                           "(size/train_size)^2) or fixed (eval_cap at every size)."),
           trials: Optional[str] = typer.Option(None, "--trials", help="Only these trial ids (comma-separated; "
                                                                       "default: every ok trial)."),
           force: bool = typer.Option(False, "--force", help="Evaluate sizes a trial already has again "

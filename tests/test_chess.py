@@ -25,7 +25,7 @@ def _split(fen: str, move_uci: str, depth: int) -> TaskData:
     target = move_target(board, chess.Move.from_uci(move_uci))[None]
     return TaskData(inputs, target, np.ones_like(inputs, bool),
                     {"depth": np.array([depth]), "n_pieces": np.array([len(board.piece_map())])},
-                    depth)
+                    len(board.piece_map()) - 2)
 
 
 def _prediction(board: chess.Board, move_uci: str) -> np.ndarray:
@@ -50,7 +50,7 @@ def test_known_mate_in_two(task):
     assert puzzle_move(board, 1) is None
     assert puzzle_move(board, 2) == chess.Move.from_uci("e2e8")
     data = _split(DOUBLED_ROOKS_M2, "e2e8", 2)
-    assert task.verify(data, data.targets).all()
+    assert task.verify(data, data.targets).all()  # meta depth 2 is what verify checks
     assert not task.verify(data, _prediction(board, "e2e7")).any()
     assert not task.verify(data, _prediction(board, "e1e8")).any()  # blocked by the e2 rook
 
@@ -77,39 +77,44 @@ def test_mirroring_round_trip():
     assert tokens[0, 6] == chess.KING + 6 and tokens[7, 0] == chess.ROOK  # row 0 = rank 8
 
 
-def test_generated_puzzles_are_unique_first_move_mates(task):
-    for depth, n in ((1, 6), (2, 2)):
-        data = task.generate(n, depth, seed=1)
-        assert data.inputs.shape == data.targets.shape == data.mask.shape == (n, 8, 8)
-        assert data.inputs.dtype == data.targets.dtype == np.int64 and data.mask.all()
-        assert (data.meta["depth"] == depth).all() and (data.meta["n_pieces"] >= 3).all()
-        assert ((data.targets == FROM).sum(axis=(1, 2)) == 1).all()
-        assert ((data.targets == TO).sum(axis=(1, 2)) == 1).all()
-        assert task.verify(data, data.targets).all()
-        for i, (tokens, target) in enumerate(zip(data.inputs, data.targets)):
-            board = board_from_tokens(tokens)
-            assert board.is_valid()
-            # Independently of the module's search: python-chess's own checkmate test, counting
-            # distinct (from, to) (a queen and a rook promotion on one square are one answer).
-            mates = set()
-            for move in list(board.legal_moves):
-                board.push(move)
-                if board.is_checkmate():
-                    mates.add((move.from_square, move.to_square))
-                board.pop()
-            assert len(mates) == (1 if depth == 1 else 0)
-            # The first move is unique: any other legal move is rejected by the verifier.
-            wrong = next(m for m in board.legal_moves
-                         if not np.array_equal(move_target(board, m), target))
-            assert not task.verify(data.subset(np.array([i])), move_target(board, wrong)[None]).any()
+@pytest.mark.parametrize("depth, pieces, n", [(1, 3, 6), (1, 7, 4), (2, 3, 2)])
+def test_generated_puzzles_are_unique_first_move_mates(depth, pieces, n):
+    task = Chess(depth=depth)
+    data = task.generate(n, pieces, seed=1)
+    assert data.inputs.shape == data.targets.shape == data.mask.shape == (n, 8, 8)
+    assert data.inputs.dtype == data.targets.dtype == np.int64 and data.mask.all()
+    assert (data.meta["depth"] == depth).all()
+    assert (data.meta["n_pieces"] == pieces + 2).all()  # size = pieces besides the kings
+    assert ((data.inputs != 0).sum(axis=(1, 2)) == pieces + 2).all()
+    assert (data.meta["checks"] >= (1 if depth == 1 else 0)).all()
+    assert (data.meta["ray_len"] >= 1).all() and (data.meta["ray_len"] <= 7).all()
+    assert ((data.targets == FROM).sum(axis=(1, 2)) == 1).all()
+    assert ((data.targets == TO).sum(axis=(1, 2)) == 1).all()
+    assert task.verify(data, data.targets).all()
+    for i, (tokens, target) in enumerate(zip(data.inputs, data.targets)):
+        board = board_from_tokens(tokens)
+        assert board.is_valid()
+        # Independently of the module's search: python-chess's own checkmate test, counting
+        # distinct (from, to) (a queen and a rook promotion on one square are one answer).
+        mates = set()
+        for move in list(board.legal_moves):
+            board.push(move)
+            if board.is_checkmate():
+                mates.add((move.from_square, move.to_square))
+            board.pop()
+        assert len(mates) == (1 if depth == 1 else 0)
+        # The first move is unique: any other legal move is rejected by the verifier.
+        wrong = next(m for m in board.legal_moves
+                     if not np.array_equal(move_target(board, m), target))
+        assert not task.verify(data.subset(np.array([i])), move_target(board, wrong)[None]).any()
 
 
 def test_generation_is_deterministic_and_pool_matches_one_process(task):
-    a, b = task.generate(3, 1, seed=7), task.generate(3, 1, seed=7)
+    a, b = task.generate(3, 3, seed=7), task.generate(3, 3, seed=7)
     assert np.array_equal(a.inputs, b.inputs) and np.array_equal(a.targets, b.targets)
-    assert not np.array_equal(a.inputs, task.generate(3, 1, seed=8).inputs)
-    pooled = task.generate(70, 1, seed=5)  # two chunks of 64 + 6: runs in a process pool
-    first_chunk = _generate_chunk(64, 1, (5, 1, 0))  # chunk 0, in this process
+    assert not np.array_equal(a.inputs, task.generate(3, 3, seed=8).inputs)
+    pooled = task.generate(70, 3, seed=5)  # two chunks of 64 + 6: runs in a process pool
+    first_chunk = _generate_chunk(64, 1, 3, (5, 1, 3, 0))  # chunk 0, in this process
     assert np.array_equal(pooled.inputs[:64], np.stack([p[0] for p in first_chunk]))
     assert len({row.tobytes() for row in pooled.inputs}) == 70
 
@@ -125,10 +130,19 @@ def test_decode_gives_one_from_and_one_to(task):
 
 
 def test_bad_arguments_raise(task):
-    with pytest.raises(ValueError, match="chess"):
+    with pytest.raises(ValueError, match="chess.*mate depth"):
         Chess(depth=3)
-    with pytest.raises(ValueError, match="mate depth"):
-        task.generate(1, 3, seed=0)
+    with pytest.raises(ValueError, match="chess"):
+        Chess(pieces=3)
+    with pytest.raises(ValueError, match="pieces besides the kings"):
+        task.generate(1, 15, seed=0)
     data = _split(BACK_RANK_M1, "a1a8", 1)
     with pytest.raises(ValueError, match="shape"):
         task.verify(data, np.zeros((1, 64)))
+
+
+def test_more_pieces_is_the_ood_axis_and_squares_are_declared(task):
+    assert task.default_train_size < min(task.default_ood_sizes) and task.cap_law == "fixed"
+    coords = task.coordinates()
+    assert coords.shape == (64, 1) and sorted(coords[:, 0]) == list(range(64))
+    assert Chess(depth=2).params == {"depth": 2} and task.params == {}

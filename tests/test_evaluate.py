@@ -66,12 +66,40 @@ def test_eval_restores_the_callers_mode(task, model, training):
 
 
 def test_scaled_eval_cap_rule():
-    solver = SolverConfig(eval_cap=64)
+    solver = SolverConfig(eval_cap=64, eval_cap_law="linear")
     assert scaled_eval_cap(solver, 32, 32) == 64
     assert scaled_eval_cap(solver, 16, 32) == 64       # never shrinks below eval_cap
     assert scaled_eval_cap(solver, 128, 32) == 256
     assert scaled_eval_cap(solver, 33, 32) == 66       # ceil(64 * 33 / 32)
-    assert scaled_eval_cap(SolverConfig(eval_cap=64, eval_cap_scale=False), 128, 32) == 64
+    assert scaled_eval_cap(SolverConfig(eval_cap=64, eval_cap_law="fixed"), 128, 32) == 64
+
+
+def test_quadratic_cap_law_covers_the_maze_dead_end_depth():
+    """Mazes: 40 at 9x9 becomes 538 at 33x33 and 1720 at 59x59 (dead-end filling needs a mean 162
+    and 446 steps there; the linear cap, 147 at 33, is below the mean)."""
+    quadratic = SolverConfig(eval_cap=40, eval_cap_law="quadratic")
+    assert scaled_eval_cap(quadratic, 33, 9) == 538    # ceil(40 * (33/9)^2)
+    assert scaled_eval_cap(quadratic, 59, 9) == 1720
+    assert scaled_eval_cap(quadratic, 9, 9) == 40
+    assert scaled_eval_cap(SolverConfig(eval_cap=40, eval_cap_law="linear"), 33, 9) == 147
+
+
+@pytest.mark.parametrize("name, law", [("mazes", "quadratic"), ("prefix_sums", "linear"),
+                                       ("state_tracking", "linear"), ("sudoku", "fixed"),
+                                       ("chess", "fixed")])
+def test_task_cap_law_is_the_default(name, law):
+    from fpr_core.tasks import task_class
+    assert task_class(name).cap_law == law
+    solver = SolverConfig(eval_cap=10)  # eval_cap_law = "task"
+    expected = {"quadratic": 40, "linear": 20, "fixed": 10}[law]
+    assert scaled_eval_cap(solver, 2 * 9, 9, task_class(name).cap_law) == expected
+    assert scaled_eval_cap(SolverConfig(eval_cap=10, eval_cap_law="fixed"), 18, 9, law) == 10
+
+
+def test_unknown_cap_law_is_a_config_error():
+    from fpr_core.config import ConfigError
+    with pytest.raises(ConfigError, match="eval_cap_law.*cubic.*quadratic"):
+        SolverConfig.from_dict({"eval_cap_law": "cubic"})
 
 
 def test_compute_curve_matches_direct_solves_and_ends_at_the_exact_accuracy(task, model):

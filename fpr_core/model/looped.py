@@ -28,7 +28,7 @@ from fpr_core.config import GradConfig, ModelConfig, SolverConfig
 from fpr_core.gradients import run_loop
 from fpr_core.model.block import Block
 from fpr_core.model.norms import RMSNorm, make_norm
-from fpr_core.model.positions import DepthwiseConv, rope_tables
+from fpr_core.model.positions import BoardCoordinates, DepthwiseConv, rope_tables
 from fpr_core.model.recall import ResidualCoefficients, make_recall
 from fpr_core.solver import LoopTrace
 
@@ -94,7 +94,9 @@ class LoopedModel(nn.Module):
     """Embedding -> fixed-point loop of F(z; x) -> per-token readout; variants chosen by config."""
 
     def __init__(self, model_cfg: ModelConfig, solver_cfg: SolverConfig, grad_cfg: GradConfig, *,
-                 grid: bool, train_tokens: int) -> None:
+                 grid: bool, train_tokens: int, coordinates: Optional[torch.Tensor] = None) -> None:
+        """coordinates: (T, K) board coordinate ids per token (Task.coordinates), required by and
+        only used with model.positions='absolute'."""
         super().__init__()
         model_cfg.validate()
         solver_cfg.validate()
@@ -106,6 +108,11 @@ class LoopedModel(nn.Module):
         c = model_cfg
         n_sub = 2 * c.n_layers
         self.embed = nn.Embedding(c.vocab_size, c.dim)
+        if (c.positions == "absolute") != (coordinates is not None):
+            raise ValueError("model.positions=absolute needs the task's board coordinates (and only "
+                             f"it uses them); got positions={c.positions!r} with coordinates "
+                             f"{'given' if coordinates is not None else 'missing'}")
+        self.coordinates = BoardCoordinates(coordinates, c.dim) if coordinates is not None else None
         self.conv = (DepthwiseConv(c.conv, c.dim, c.conv_kernel, c.causal, c.init_std)
                      if c.conv != "none" else None)
         self.coeffs = ResidualCoefficients(c.residual_scale, c.dim, n_sub, c.a1_init, c.a2_init)
@@ -174,7 +181,10 @@ class LoopedModel(nn.Module):
     def embed_inputs(self, inputs: torch.Tensor) -> torch.Tensor:
         """Tokens (B, *shape) -> x (B, T, d)."""
         self.token_shape(inputs)
-        return self.embed(inputs.flatten(1))
+        x = self.embed(inputs.flatten(1))  # (B, T, d)
+        if self.coordinates is not None:
+            x = x + self.coordinates(x.shape[1])
+        return x
 
     def loop_map(self, inputs: torch.Tensor) -> LoopMap:
         """The loop map bound to embed(inputs)."""

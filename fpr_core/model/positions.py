@@ -31,6 +31,39 @@ def no_angles(shape: tuple[int, ...], head_dim: int, device) -> Optional[torch.T
     return None
 
 
+@POSITIONS.register("absolute")
+def no_rotation(shape: tuple[int, ...], head_dim: int, device) -> Optional[torch.Tensor]:
+    """Task-declared absolute coordinates enter through the embedding (BoardCoordinates), not RoPE."""
+    return None
+
+
+class BoardCoordinates(nn.Module):
+    """Sum of learned embeddings of fixed board coordinates: (T, K) ids -> (T, d) added to x.
+
+    For tasks whose board has one size (sudoku: row, column, box; chess: square). The ids are a
+    buffer, so a saved model carries them; a grid of another shape is an error, never a silent
+    reuse of the wrong positions.
+    """
+
+    def __init__(self, coordinates: torch.Tensor, dim: int) -> None:
+        super().__init__()
+        coordinates = torch.as_tensor(coordinates, dtype=torch.long)
+        if coordinates.dim() != 2 or coordinates.numel() == 0 or int(coordinates.min()) < 0:
+            raise ValueError(f"coordinates: got shape {tuple(coordinates.shape)}, expected (T, K) "
+                             "non-negative ids")
+        self.register_buffer("ids", coordinates)
+        self.tables = nn.ModuleList(nn.Embedding(int(coordinates[:, k].max()) + 1, dim)
+                                    for k in range(coordinates.shape[1]))
+        for table in self.tables:
+            nn.init.normal_(table.weight, std=1.0)  # the scale of the token embedding
+
+    def forward(self, n_tokens: int) -> torch.Tensor:  # (T, d)
+        if n_tokens != self.ids.shape[0]:
+            raise ValueError(f"model.positions=absolute: the task declared coordinates for "
+                             f"{self.ids.shape[0]} tokens, got an input of {n_tokens}")
+        return sum(table(self.ids[:, k]) for k, table in enumerate(self.tables))
+
+
 @POSITIONS.register("rope1d")
 def rope1d_angles(shape: tuple[int, ...], head_dim: int, device) -> torch.Tensor:
     """Angles (T, head_dim/2) for 1-D RoPE over the flattened token order."""

@@ -53,7 +53,11 @@ class Task(ABC):
     default_train_size: ClassVar[int]
     default_ood_sizes: ClassVar[tuple[int, ...]]
     difficulty_key: ClassVar[str]
-    """The meta key the report plots iterations against (e.g. 'path_len')."""
+    """The meta key the report plots iterations against: the quantity the task's algorithm depth
+    follows (e.g. 'deadend_depth' for mazes)."""
+    cap_law: ClassVar[str] = "linear"
+    """How the eval loop cap grows with size on OOD splits when ``solver.eval_cap_law`` is 'task':
+    linear | quadratic | fixed (see fpr_core.evaluate.scaled_eval_cap)."""
 
     accepted_params: ClassVar[tuple[str, ...]] = ()
     """Names of the task's parameters (e.g. ('group',) for state tracking); others are rejected."""
@@ -81,6 +85,12 @@ class Task(ABC):
     @abstractmethod
     def verify(self, data: TaskData, predictions: np.ndarray) -> np.ndarray:
         """(N,) bool: is each predicted answer correct by the task's rules."""
+
+    def coordinates(self) -> np.ndarray | None:
+        """(T, K) int64 absolute coordinates of the T tokens of the task's one board size (e.g.
+        row, column, box), for model.positions='absolute'; None (the default) for tasks whose size
+        varies, where absolute positions would not transfer to larger instances."""
+        return None
 
     def decode(self, logits: torch.Tensor) -> torch.Tensor:
         """Logits (N, *shape, n_classes) -> predicted classes (N, *shape). Default: argmax."""

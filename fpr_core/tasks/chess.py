@@ -1,10 +1,20 @@
-"""Chess mate puzzles: find the first move of a forced mate (mate-in-1 for training, mate-in-2 OOD).
+"""Chess mate-in-1 puzzles: find the mating move; harder = more pieces on the board.
 
-Positions are kept only when the first move is unique: `size` = mate depth. Size 1: exactly one
-move mates. Size 2: no move mates at once and exactly one "key" move leaves black with at least one
-legal reply and a mate-in-1 after every reply. Uniqueness is over (from, to) squares, counting all
-promotions, and the answer is always expressible as from/to with a queen promotion (a position whose
-only solution is an under-promotion is rejected).
+Why mate-in-1 with a piece-count axis: mate-in-2 needs lookahead over the opponent's replies, a
+different algorithm, not "mate-in-1, iterated longer", so it cannot separate looped variants. A
+mate-in-1 with more pieces is the same check-and-refute computation over more material: more
+candidate checks to refute, more blockers and defenders on the rays, more flight squares to test.
+
+`size` = number of pieces other than the two kings (the OOD axis). A split at size k holds
+positions with exactly k such pieces: 1..k-1 of them white (attackers), the rest black (blockers
+and defenders). Train 3, OOD 5, 7 and 9 by default. The board is always 8×8, so the task declares
+absolute square coordinates (`coordinates`) for model.positions='absolute'.
+
+Task parameter `depth` (default 1): 1 = mate-in-1 (the profile). 2 = mate-in-2 with a unique key
+move that leaves black at least one legal reply, kept only as a separate split (a different task
+config), never as an OOD size of mate-in-1. Positions are kept only when the first move is unique,
+counting all promotions over (from, to) squares, and the answer is always expressible as from/to
+with a queen promotion (a position whose only solution is an under-promotion is rejected).
 
 Encoding (grid task, (N, 8, 8)):
 - inputs: one token per square, from the side to move's perspective: a position with black to move
@@ -17,17 +27,20 @@ Encoding (grid task, (N, 8, 8)):
   and generated positions have no castling rights and no en-passant square (they are placed, not
   played), so nothing else is needed; `verify` checks predictions on that board.
 
+Meta per puzzle: `depth`, `n_pieces` (all pieces, kings included), `checks` (legal checking moves
+of the mover: the candidates a solver must refute, all but one), and `ray_len` (the difficulty key:
+Chebyshev distance the mating piece travels, 1 for knights, kings and pawns), which is how far an
+attack must propagate square by square for a local rule to see the mate.
+
 Generation: random sparse placements around a "king net": the black king sits on an edge square
-with probability 0.8; the white king, 1–3 white pieces and 0–3 black pieces (queen/rook/bishop/
-knight/pawn) are placed near it with probability 0.6, else anywhere. Positions failing
-`board.is_valid()` (e.g. the side not to move in check) are redrawn; the rest are kept if they are a
-unique-first-move puzzle of the requested depth, so sizes 1 and 2 share one piece distribution and
-differ only in depth. About 1 in 25 valid placements is a unique mate-in-1, and about 1 in 25 a
-unique mate-in-2. Measured in one process on a shared (busy) 2-core machine: 70–130 mate-in-1 and
-9–11 mate-in-2 puzzles per second. Mate-in-1 answers are all checks (mostly queen and rook moves);
-about a quarter of mate-in-2 keys are checks and a third are king moves.
-Generation runs in fixed-size chunks, each seeded from (seed, size, chunk index) and merged in
-order, so a process pool over the available cores gives the same arrays as one process.
+with probability 0.8; the white king and the white pieces (queen/rook/bishop/knight/pawn) are
+placed near it with probability 0.6, black pieces (mostly pawns) likewise, else anywhere.
+Positions failing `board.is_valid()` (e.g. the side not to move in check) are redrawn; the rest are
+kept if they are a unique-first-move puzzle of the requested depth. Measured in one process on a
+shared (busy) 2-core machine, mate-in-1 at the old 1–3 + 0–3 piece mix: 70–130 puzzles per second;
+mate-in-2: 9–11. Generation runs in fixed-size chunks, each seeded from (seed, depth, size, chunk
+index) and merged in order, so a process pool over the available cores gives the same arrays as
+one process.
 """
 from __future__ import annotations
 
@@ -52,6 +65,8 @@ _NEAR_PROB = 0.6
 _CHUNK = {1: 64, 2: 8}
 """Puzzles per generation chunk by depth (about a second of work each); fixed so results do not
 depend on the number of worker processes."""
+MAX_PIECES = 14
+"""Largest size (pieces besides the kings) a split may ask for."""
 _MAX_DRAWS_PER_PUZZLE = 200_000
 """Random placements tried for one puzzle before giving up."""
 
@@ -152,8 +167,10 @@ def puzzle_move(board: pychess.Board, depth: int) -> pychess.Move | None:
     return move if wins(board, move, depth) else None
 
 
-def random_position(rng: np.random.Generator) -> pychess.Board:
-    """A random sparse placement around the black king, white to move (may be invalid)."""
+def random_position(rng: np.random.Generator, pieces: int) -> pychess.Board:
+    """A random sparse placement around the black king with `pieces` pieces besides the kings
+    (1..pieces-1 white, the rest black; fewer if a piece finds no free square), white to move
+    (may be invalid)."""
     board = pychess.Board(None)
     while True:
         king = int(rng.integers(64))
@@ -178,29 +195,41 @@ def random_position(rng: np.random.Generator) -> pychess.Board:
                 return
 
     place(pychess.KING, pychess.WHITE, 3)
-    for _ in range(int(rng.integers(1, 4))):
+    white = 1 if pieces == 1 else int(rng.integers(1, pieces))
+    for _ in range(white):
         place(_PIECE_TYPES[rng.choice(5, p=_WHITE_WEIGHTS)], pychess.WHITE, 3)
-    for _ in range(int(rng.integers(0, 4))):
+    for _ in range(pieces - white):
         place(_PIECE_TYPES[rng.choice(5, p=_BLACK_WEIGHTS)], pychess.BLACK, 2)
     return board
 
 
-def _generate_chunk(n: int, depth: int, entropy: tuple[int, ...]) -> list[tuple[np.ndarray, np.ndarray, int]]:
-    """n puzzles of `depth` from a Generator seeded by `entropy`: (tokens, target, n_pieces) each."""
+def puzzle_meta(board: pychess.Board, move: pychess.Move) -> tuple[int, int, int]:
+    """(n_pieces, checks, ray_len) of a puzzle (see module docstring)."""
+    checks = sum(board.gives_check(m) for m in board.legal_moves)
+    ray = max(abs(pychess.square_file(move.from_square) - pychess.square_file(move.to_square)),
+              abs(pychess.square_rank(move.from_square) - pychess.square_rank(move.to_square)))
+    if board.piece_type_at(move.from_square) == pychess.KNIGHT:
+        ray = 1
+    return len(board.piece_map()), int(checks), int(ray)
+
+
+def _generate_chunk(n: int, depth: int, pieces: int, entropy: tuple[int, ...]) -> list[tuple]:
+    """n puzzles of `depth` with `pieces` pieces besides the kings, from a Generator seeded by
+    `entropy`: (tokens, target, (n_pieces, checks, ray_len)) each."""
     rng = np.random.default_rng(list(entropy))
     found = []
     draws = 0
     while len(found) < n:
-        board = random_position(rng)
+        board = random_position(rng, pieces)
         draws += 1
         if draws > _MAX_DRAWS_PER_PUZZLE * n:
             raise RuntimeError(f"chess: found only {len(found)} of {n} mate-in-{depth} puzzles in "
                                f"{draws} random placements")
-        if not board.is_valid():
+        if not board.is_valid() or len(board.piece_map()) != pieces + 2:
             continue
         move = puzzle_move(board, depth)
         if move is not None:
-            found.append((encode_board(board), move_target(board, move), len(board.piece_map())))
+            found.append((encode_board(board), move_target(board, move), puzzle_meta(board, move)))
     return found
 
 
@@ -213,7 +242,7 @@ def _worker_count(n_chunks: int) -> int:
     return max(1, min(cores or 1, n_chunks))
 
 
-def _run_chunks(jobs: list[tuple[int, int, tuple[int, ...]]]) -> list[list]:
+def _run_chunks(jobs: list[tuple[int, int, int, tuple[int, ...]]]) -> list[list]:
     """Run `_generate_chunk` over jobs, in a process pool when there is more than one; in order."""
     workers = _worker_count(len(jobs))
     if workers == 1:
@@ -223,14 +252,24 @@ def _run_chunks(jobs: list[tuple[int, int, tuple[int, ...]]]) -> list[list]:
 
 
 class Chess(Task):
-    """Unique-first-move mate puzzles; size = mate depth (1 train, 2 OOD). See module docstring."""
+    """Unique-first-move mate puzzles; size = pieces besides the kings. See module docstring."""
 
     name = "chess"
     grid = True
-    version = "1"
-    default_train_size = 1
-    default_ood_sizes = (2,)
-    difficulty_key = "depth"
+    version = "2"
+    default_train_size = 3
+    default_ood_sizes = (5, 7, 9)
+    difficulty_key = "ray_len"
+    cap_law = "fixed"
+    accepted_params = ("depth",)
+
+    def __init__(self, depth: int = 1, **params) -> None:
+        super().__init__(**params)  # rejects unknown parameters
+        if depth not in _CHUNK:
+            raise ValueError(f"task 'chess': depth (mate depth) must be one of {sorted(_CHUNK)}, "
+                             f"got {depth!r}")
+        self.depth = int(depth)
+        self.params = {} if self.depth == 1 else {"depth": self.depth}
 
     @property
     def vocab_size(self) -> int:
@@ -240,27 +279,34 @@ class Chess(Task):
     def n_classes(self) -> int:
         return 3
 
+    def coordinates(self) -> np.ndarray:
+        """(64, 1) square id of every grid cell (row-major; the board is always 8×8)."""
+        return np.arange(64, dtype=np.int64)[:, None]
+
     def generate(self, n: int, size: int, seed: int) -> TaskData:
-        """n distinct mate-in-`size` puzzles (size 1 or 2), deterministic in (seed, size)."""
-        if size not in _CHUNK:
-            raise ValueError(f"chess size (mate depth) must be one of {sorted(_CHUNK)}, got {size}")
-        chunk = _CHUNK[size]
+        """n distinct mate-in-`depth` puzzles with `size` pieces besides the kings, deterministic
+        in (seed, depth, size)."""
+        if not 1 <= size <= MAX_PIECES:
+            raise ValueError(f"chess size (pieces besides the kings) must be in 1..{MAX_PIECES}, "
+                             f"got {size}")
+        chunk = _CHUNK[self.depth]
         kept, seen, next_chunk = [], set(), 0
         while len(kept) < n:
             missing = n - len(kept)
-            jobs = [(min(chunk, missing - i * chunk), size, (seed, size, next_chunk + i))
-                    for i in range(-(-missing // chunk))]
+            jobs = [(min(chunk, missing - i * chunk), self.depth, size,
+                     (seed, self.depth, size, next_chunk + i)) for i in range(-(-missing // chunk))]
             next_chunk += len(jobs)
             for puzzles in _run_chunks(jobs):
-                for tokens, target, n_pieces in puzzles:
+                for tokens, target, meta in puzzles:
                     key = tokens.tobytes()
                     if key not in seen and len(kept) < n:
                         seen.add(key)
-                        kept.append((tokens, target, n_pieces))
+                        kept.append((tokens, target, meta))
         inputs = np.stack([k[0] for k in kept]) if kept else np.zeros((0, 8, 8), np.int64)
         targets = np.stack([k[1] for k in kept]) if kept else np.zeros((0, 8, 8), np.int64)
-        meta = {"depth": np.full(n, size, np.int64),
-                "n_pieces": np.array([k[2] for k in kept], np.int64)}
+        stats = np.array([k[2] for k in kept], np.int64).reshape(-1, 3)
+        meta = {"depth": np.full(n, self.depth, np.int64), "n_pieces": stats[:, 0],
+                "checks": stats[:, 1], "ray_len": stats[:, 2]}
         return TaskData(inputs, targets, np.ones((n, 8, 8), bool), meta, size)
 
     def decode(self, logits: torch.Tensor) -> torch.Tensor:
@@ -284,7 +330,7 @@ class Chess(Task):
         if predictions.shape != data.inputs.shape:
             raise ValueError(f"chess predictions must have shape {data.inputs.shape}, "
                              f"got {predictions.shape}")
-        depths = data.meta.get("depth", np.full(len(data), data.size))
+        depths = data.meta.get("depth", np.full(len(data), self.depth))
         return np.array([_move_wins(tokens, pred, int(depth))
                          for tokens, pred, depth in zip(data.inputs, predictions, depths)], bool)
 

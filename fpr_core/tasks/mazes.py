@@ -10,14 +10,31 @@ Mazes are perfect (exactly one path between any two cells): a randomized depth-f
 as in Deep Thinking, started from a random origin cell. The start and goal are two distinct cells
 drawn uniformly and independently of the origin.
 
+Size convention next to Deep Thinking's (easy-to-hard-data): DT's maze "size n" has (n + 1) / 2
+cells per side drawn on a larger image (their "9" is a 24×24 image of 5×5 cells, their "59" holds
+30×30 cells); ours has (S - 1) / 2. So our S holds one cell per side fewer than DT's n = S: our 9 is
+4×4 cells, our 11 matches DT's "9", and our 61 matches DT's "59". Our tokens are one per grid
+position (no pixel upscaling).
+
 Encoding: `inputs` (N, S, S) int64 tokens WALL=0, OPEN=1, START=2, GOAL=3 (vocab 4, the same at
 every size); `targets` (N, S, S) int64, 1 on every grid position of the start→goal path (start,
-goal, the cells between and the corridors joining them), 0 elsewhere; `mask` all True (walls count
-too: the model must learn to leave them off the path). meta: `path_len` = number of grid positions
-on the path, `size` = S.
+goal, the cells between and the corridors joining them), 0 elsewhere. `mask` depends on the task
+parameter `loss_mask`:
+  - "all" (default): every position counts (walls too: the model must learn to leave them off);
+  - "open": Deep Thinking's mask, walls excluded from the loss and from token accuracy; as in DT's
+    evaluation (predictions multiplied by the open-cell mask), `verify` then reads wall positions
+    as unmarked, so a model is never asked about walls at all.
+
+Difficulty metadata (N,) per maze:
+  - `deadend_depth` (the difficulty key): rounds of parallel dead-end filling, the depth of the
+    local algorithm a conv-like loop can run: each round removes every open position other than
+    start and goal with at most one open 4-neighbour, until none is left (the path remains). It
+    grows about as S^1.9 (mean ~12 at 9, ~160 at 33, ~450 at 59), hence the quadratic cap law;
+  - `bfs_distance`: BFS start→goal distance in grid steps (= path_len - 1 in a perfect maze);
+  - `path_len`: grid positions on the path; `size`: S.
 
 Sizes: train 9, OOD (13, 17, 25, 33) by default; the cluster ladder `CLUSTER_OOD_SIZES` adds 59 and
-101 (DT tests 59×59 and larger).
+101 (DT tests 59×59 and larger). Eval cap law: quadratic in S (`cap_law`).
 
 Generation: the depth-first backtracker runs in one compiled numba kernel over the batch, reading
 pre-drawn uniforms (all randomness comes from the seeded numpy Generator). Carving and the path
@@ -30,12 +47,14 @@ reasoning-gym's pure-Python generator (see benchmarks/bench_task_generation.py).
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from fpr_core.tasks.jit import njit
 
 from fpr_core.tasks.base import Task, TaskData
 
 WALL, OPEN, START, GOAL = 0, 1, 2, 3
 """Input tokens."""
+LOSS_MASKS = ("all", "open")
+"""Values of the `loss_mask` parameter: every position, or open positions only (Deep Thinking)."""
 CLUSTER_OOD_SIZES = (13, 17, 25, 33, 59, 101)
 """OOD ladder for cluster sweeps (default_ood_sizes plus 59 and 101)."""
 
@@ -87,6 +106,26 @@ def _dfs_kernel(neighbours, origin, choice, parent, enter, leave):  # pragma: no
             enter[b, nxt] = clock
             top_index += 1
             stack[top_index] = nxt
+
+
+def deadend_depth(inputs: np.ndarray) -> np.ndarray:
+    """(N, S, S) maze tokens -> (N,) int64 rounds of parallel dead-end filling (module docstring).
+
+    Whole-batch numpy: every round recounts open 4-neighbours and fills all current dead ends at
+    once, so the number of rounds is the depth of the deepest branch hanging off the path.
+    """
+    open_ = inputs != WALL  # (N, S, S); the border ring is wall, so rolls never wrap into open cells
+    keep = (inputs == START) | (inputs == GOAL)
+    rounds = np.zeros(len(inputs), np.int64)
+    while True:
+        degree = (np.roll(open_, 1, 1).astype(np.int8) + np.roll(open_, -1, 1)
+                  + np.roll(open_, 1, 2) + np.roll(open_, -1, 2))
+        dead = open_ & ~keep & (degree <= 1)
+        active = dead.any(axis=(1, 2))
+        if not active.any():
+            return rounds
+        rounds += active
+        open_ &= ~dead
 
 
 def dfs_trees(rng: np.random.Generator, n: int, c: int
@@ -157,10 +196,20 @@ class Mazes(Task):
 
     name = "mazes"
     grid = True
-    version = "2"
+    version = "3"
     default_train_size = 9
     default_ood_sizes = (13, 17, 25, 33)
-    difficulty_key = "path_len"
+    difficulty_key = "deadend_depth"
+    cap_law = "quadratic"
+    accepted_params = ("loss_mask",)
+
+    def __init__(self, loss_mask: str = "all", **params) -> None:
+        super().__init__(**params)  # rejects unknown parameters
+        if loss_mask not in LOSS_MASKS:
+            raise ValueError(f"task 'mazes': loss_mask must be one of {list(LOSS_MASKS)}, "
+                             f"got {loss_mask!r}")
+        self.loss_mask = loss_mask
+        self.params = {"loss_mask": loss_mask}
 
     @property
     def vocab_size(self) -> int:
@@ -184,8 +233,11 @@ class Mazes(Task):
         inputs[(rows, *_grid_coords(start, c))] = START
         inputs[(rows, *_grid_coords(goal, c))] = GOAL
         targets = tree_paths(parent, enter, leave, start, goal, c)
-        meta = {"path_len": targets.sum(axis=(1, 2)), "size": np.full(n, size, dtype=np.int64)}
-        return TaskData(inputs, targets, np.ones(inputs.shape, dtype=bool), meta, size)
+        path_len = targets.sum(axis=(1, 2))
+        meta = {"deadend_depth": deadend_depth(inputs), "bfs_distance": path_len - 1,
+                "path_len": path_len, "size": np.full(n, size, dtype=np.int64)}
+        mask = inputs != WALL if self.loss_mask == "open" else np.ones(inputs.shape, dtype=bool)
+        return TaskData(inputs, targets, mask, meta, size)
 
     def verify(self, data: TaskData, predictions: np.ndarray) -> np.ndarray:
         """(N,) True where the predicted 1s form a simple path start→goal through open cells only.

@@ -11,8 +11,17 @@ Groups, each enumerated once as permutations (so products are computed by compos
   - "Z60": the integers mod 60, element k acting as the cyclic shift i -> (i + k) mod 60.
 Product convention: `a · b` means "apply a, then b", i.e. as arrays (a · b)[i] = b[a[i]].
 
-Encoding: `inputs` (N, L) int64 element ids sampled uniformly; `targets` (N, L) int64 ids of p_t;
-`mask` all True. `size` = L. vocab = n_classes = group order. Trained at 32, tested at 64-256.
+Alphabet (task parameter `alphabet`), the letters g_t are drawn from uniformly:
+  - "group" (default): every element of the group (the GPU study's uniform S5/A5);
+  - "generators": a generating set with the identity, `GENERATORS[group]`: for S5
+    {e, (01), (01234)}, for A5 {e, (012), (01234)}, for Z60 {0, 1}. The prefix products still range
+    over the whole group (a transposition and a 5-cycle generate S5, so the word problem stays
+    NC1-complete), but the model has 3 letters to learn instead of 120: the CPU profile.
+
+Encoding: `inputs` (N, L) int64 element ids of the letters; `targets` (N, L) int64 ids of p_t;
+`mask` all True. `size` = L. vocab = n_classes = group order (a generator alphabet uses only a few
+input ids). Causal by nature (p_t depends on g_1..g_t only), so profiles run it with causal mixing
+(model.causal). Trained at 16-32, tested at 2x-8x the length; the eval cap law is linear in L.
 """
 from __future__ import annotations
 
@@ -25,6 +34,14 @@ from fpr_core.tasks.base import Task, TaskData
 
 GROUPS = ("S5", "A5", "Z60")
 """Valid values of the `group` parameter."""
+ALPHABETS = ("group", "generators")
+"""Valid values of the `alphabet` parameter."""
+GENERATORS: dict[str, tuple[tuple[int, ...], ...]] = {
+    "S5": ((0, 1, 2, 3, 4), (1, 0, 2, 3, 4), (1, 2, 3, 4, 0)),    # e, (01), (01234)
+    "A5": ((0, 1, 2, 3, 4), (1, 2, 0, 3, 4), (1, 2, 3, 4, 0)),    # e, (012), (01234)
+    "Z60": (tuple(range(60)), tuple((i + 1) % 60 for i in range(60))),  # 0, 1
+}
+"""Generating sets (with the identity) as permutation arrays i -> perm[i], for alphabet='generators'."""
 
 
 def _is_even(perm: tuple[int, ...]) -> bool:
@@ -67,6 +84,12 @@ def product_table(group: str) -> np.ndarray:
     return table
 
 
+def generator_ids(group: str) -> np.ndarray:
+    """(k,) int64 element ids of GENERATORS[group] (identity first)."""
+    index = {row.tobytes(): i for i, row in enumerate(group_elements(group))}
+    return np.array([index[np.array(p, np.int64).tobytes()] for p in GENERATORS[group]], np.int64)
+
+
 def running_products(words: np.ndarray, group: str) -> np.ndarray:
     """(N, L) element ids -> (N, L) ids of the prefix products, via the product table."""
     table = product_table(group)
@@ -88,17 +111,24 @@ class StateTracking(Task):
     default_train_size = 32
     default_ood_sizes = (64, 128, 256)
     difficulty_key = "length"
+    cap_law = "linear"
 
-    accepted_params = ("group",)
+    accepted_params = ("group", "alphabet")
 
-    def __init__(self, group: str = "S5", **params) -> None:
+    def __init__(self, group: str = "S5", alphabet: str = "group", **params) -> None:
         super().__init__(**params)  # rejects unknown parameters
         if group not in GROUPS:
             raise ValueError(f"task 'state_tracking': group must be one of {list(GROUPS)}, "
                              f"got {group!r}")
-        self.params = {"group": group}
-        self.group = group
+        if alphabet not in ALPHABETS:
+            raise ValueError(f"task 'state_tracking': alphabet must be one of {list(ALPHABETS)}, "
+                             f"got {alphabet!r}")
+        # the default alphabet stays out of params so existing cache keys and rows keep their value
+        self.params = {"group": group} if alphabet == "group" else {"group": group, "alphabet": alphabet}
+        self.group, self.alphabet = group, alphabet
         self.order = int(group_elements(group).shape[0])
+        self.letters = (np.arange(self.order, dtype=np.int64) if alphabet == "group"
+                        else generator_ids(group))
 
     @property
     def vocab_size(self) -> int:
@@ -109,11 +139,11 @@ class StateTracking(Task):
         return self.order
 
     def generate(self, n: int, size: int, seed: int) -> TaskData:
-        """n words of `size` uniform elements with their running products."""
+        """n words of `size` letters drawn uniformly from the alphabet, with their running products."""
         if size < 1:
             raise ValueError(f"task 'state_tracking': size (word length) must be >= 1, got {size}")
         rng = np.random.default_rng(seed)
-        words = rng.integers(0, self.order, size=(n, size), dtype=np.int64)  # (N, L)
+        words = self.letters[rng.integers(0, len(self.letters), size=(n, size))]  # (N, L)
         meta = {"length": np.full(n, size, dtype=np.int64)}
         return TaskData(words, running_products(words, self.group),
                         np.ones((n, size), dtype=bool), meta, size)

@@ -22,12 +22,13 @@ from orchestrator.store import parquet as results
 from orchestrator.store.rows import evaluated_rows
 from orchestrator.sweep.layout import SweepDir
 
-CapLaw = Literal["trained", "scaled", "fixed"]
-CAP_LAWS: tuple[str, ...] = ("trained", "scaled", "fixed")
-"""Loop cap on the new sizes: ``trained`` follows the trial's own ``solver.eval_cap_scale``;
-``scaled`` is eval_cap x size / train_size (a k-times longer prefix or path needs about k times
-more steps; DESIGN.md, mazes; fpr_core.evaluate.scaled_eval_cap); ``fixed`` keeps eval_cap at every
-size (FPRM's fixed test-time budget)."""
+CapLaw = Literal["trained", "task", "linear", "quadratic", "fixed"]
+CAP_LAWS: tuple[str, ...] = ("trained", "task", "linear", "quadratic", "fixed")
+"""Loop cap on the new sizes: ``trained`` follows the trial's own ``solver.eval_cap_law``; the others
+replace it (fpr_core.evaluate.scaled_eval_cap): ``task`` the task's own law, ``linear`` eval_cap x
+size / train_size (a k-times longer prefix needs about k times more steps), ``quadratic`` eval_cap x
+(size / train_size)^2 (maze dead-end filling; DESIGN.md), ``fixed`` eval_cap at every size (FPRM's
+fixed test-time budget)."""
 
 
 class EvalError(ValueError):
@@ -111,7 +112,7 @@ def evaluate_saved_model(model_bytes: bytes, sizes: list[int], cap_law: str) -> 
     saved = read_saved(io.BytesIO(model_bytes))
     cfg = saved.experiment_config()
     if cap_law != "trained":
-        cfg = dataclasses.replace(cfg, solver=dataclasses.replace(cfg.solver, eval_cap_scale=cap_law == "scaled"))
+        cfg = dataclasses.replace(cfg, solver=dataclasses.replace(cfg.solver, eval_cap_law=cap_law))
     device = select_device(cfg.train.device)
     splits, infos = evaluate_sizes(saved.build("eval", device), cfg, tuple(sizes), device=device)
     version = str(task_of(cfg)[0].version)

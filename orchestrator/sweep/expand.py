@@ -126,7 +126,8 @@ def expand(spec: SweepSpec, smoke: bool = False, path: Optional[Path] = None) ->
     Each cell's config is built by fpr_core's dataclasses, so a bad combination of values (e.g.
     dim and heads set on different axes) raises SpecError, as do two cells with the same config.
     """
-    from fpr_core.tasks import task_class
+    from fpr_core.experiment import board_coordinates
+    from fpr_core.tasks import get_task, task_class
 
     base = base_sections(spec.base)
     keys = list(spec.axes)
@@ -147,6 +148,7 @@ def expand(spec: SweepSpec, smoke: bool = False, path: Optional[Path] = None) ->
                 raw = apply_overrides(raw, _smoke_overrides(resolved_sections(raw)))
             try:
                 sections = resolved_sections(raw)
+                board_coordinates(get_task(entry.name, **entry.params), sections["model"]["positions"])
             except (ConfigError, TypeError, ValueError) as e:
                 where = f"{path}: " if path else ""
                 raise SpecError(f"{where}tasks[{spec.tasks.index(entry)}] ({entry.name}) with grid cell "
