@@ -159,7 +159,7 @@ class SolverConfig:
     """Max loop steps per forward pass in training."""
     eval_cap: int = 64
     """Max loop steps in evaluation at the training size (OOD splits scale it, see eval_cap_law)."""
-    eval_cap_law: CapLaw = "task"
+    eval_cap_law: CapLaw = field(default="task", metadata=ADDED_AFTER_IDS)
     """How the eval cap grows on OOD sizes: ceil(eval_cap * (size/train_size)^p) with p = 1
     (linear: prefix sums, state tracking: one step per extra position), p = 2 (quadratic: mazes,
     whose dead-end-filling depth grows about as side^1.9), or fixed (p = 0: sudoku and chess, whose
