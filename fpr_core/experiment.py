@@ -20,7 +20,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from fpr_core.config import ExperimentConfig, ModelConfig, TaskSpec
+from fpr_core.config import ConfigError, ExperimentConfig, ModelConfig, TaskSpec
 from fpr_core.device import select_device
 from fpr_core.evaluate import evaluate_split, scaled_eval_cap
 from fpr_core.tasks.base import Task, TaskData

@@ -143,3 +143,59 @@ def test_rejects_bad_sizes_params_and_shapes(task):
     data = task.generate(2, 9, 0)
     with pytest.raises(ValueError, match="shape"):
         task.verify(data, data.targets[:, :5])
+
+
+def _reference_deadend_depth(grid):
+    """Dead-end filling one round at a time with plain Python sets (independent of the module)."""
+    open_ = {tuple(p) for p in np.argwhere(grid != WALL)}
+    keep = {tuple(np.argwhere(grid == START)[0]), tuple(np.argwhere(grid == GOAL)[0])}
+    rounds = 0
+    while True:
+        dead = {p for p in open_ - keep
+                if sum((p[0] + dr, p[1] + dc) in open_ for dr, dc in ((1, 0), (-1, 0), (0, 1), (0, -1))) <= 1}
+        if not dead:
+            return rounds, open_
+        open_ -= dead
+        rounds += 1
+
+
+def test_hand_made_maze_difficulty_metadata():
+    # HAND: the longest branch off the S-G path is the right-hand corridor (1,5)-(5,5) plus (3,4):
+    # filled from (1,5) and (5,5) inwards; (5,1)-(5,3) with (4,1),(3,1),(2,1) hangs off (1,1).
+    grid = _grid(HAND)
+    rounds, remaining = _reference_deadend_depth(grid)
+    from fpr_core.tasks.mazes import deadend_depth
+    assert deadend_depth(grid[None]).tolist() == [rounds]
+    assert rounds == 6  # (5,3),(5,2),(5,1),(4,1),(3,1),(2,1): six positions hang off the start
+    assert remaining == set(HAND_PATH)  # what dead-end filling leaves is exactly the path
+
+
+@pytest.mark.parametrize("size", [9, 17])
+def test_generated_difficulty_keys_match_independent_references(task, size):
+    data = task.generate(24, size, seed=3)
+    assert task.difficulty_key == "deadend_depth" and task.cap_law == "quadratic"
+    for grid, target, depth, dist in zip(data.inputs, data.targets, data.meta["deadend_depth"],
+                                         data.meta["bfs_distance"]):
+        rounds, remaining = _reference_deadend_depth(grid)
+        assert depth == rounds
+        assert remaining == {tuple(p) for p in np.argwhere(target == 1)}
+        path, _ = _bfs_path(grid)
+        assert dist == len(path) - 1
+
+
+def test_deadend_depth_grows_about_quadratically_with_side(task):
+    means = {s: task.generate(64, s, seed=0).meta["deadend_depth"].mean() for s in (9, 33)}
+    assert 8 <= means[9] <= 17 and 120 <= means[33] <= 200  # ~12 and ~160 (DESIGN.md)
+    assert means[33] / means[9] > (33 / 9) ** 1.5
+
+
+def test_open_loss_mask_excludes_walls_like_deep_thinking():
+    dt = get_task("mazes", loss_mask="open")
+    data = dt.generate(16, 9, seed=2)
+    assert np.array_equal(data.mask, data.inputs != WALL)
+    assert np.array_equal(data.inputs, get_task("mazes").generate(16, 9, seed=2).inputs)
+    noisy_walls = np.where(data.inputs == WALL, 1, data.targets)  # marks every wall as path
+    assert dt.verify(data, noisy_walls).all()            # walls are read as unmarked
+    assert not get_task("mazes").verify(data, noisy_walls).any()
+    with pytest.raises(ValueError, match="loss_mask.*'all', 'open'"):
+        get_task("mazes", loss_mask="walls")

@@ -83,3 +83,37 @@ def test_unknown_group_or_param_names_what_is_valid():
         get_task("state_tracking", group="S6")
     with pytest.raises(ValueError, match="state_tracking.*group"):
         get_task("state_tracking", order=5)
+
+
+@pytest.mark.parametrize("group, cycles", [("S5", [(), ((0, 1),), ((0, 1, 2, 3, 4),)]),
+                                           ("A5", [(), ((0, 1, 2),), ((0, 1, 2, 3, 4),)])])
+def test_generator_alphabet_is_the_stated_cycles_and_still_reaches_the_whole_group(group, cycles):
+    from fpr_core.tasks.state_tracking import compose, group_elements
+    task = get_task("state_tracking", group=group, alphabet="generators")
+    elements = group_elements(group)
+    expected = []
+    for cycle_list in cycles:  # build each letter from cycle notation, independently of the module
+        perm = list(range(5))
+        for cycle in cycle_list:
+            for a, b in zip(cycle, cycle[1:] + cycle[:1]):
+                perm[a] = b
+        expected.append(perm)
+    assert elements[task.letters].tolist() == expected
+    data = task.generate(400, 32, seed=0)
+    assert set(np.unique(data.inputs)) <= set(task.letters.tolist())
+    assert len(np.unique(data.targets)) == len(elements)  # products cover the whole group
+    assert task.verify(data, data.targets).all()
+    state = elements[data.inputs[:, 0]]
+    for t in range(1, 32):
+        state = compose(state, elements[data.inputs[:, t]])
+    assert (elements[data.targets[:, -1]] == state).all()
+    assert task.params == {"group": group, "alphabet": "generators"} and task.cap_law == "linear"
+
+
+def test_uniform_alphabet_keeps_its_cache_key_and_data():
+    a = get_task("state_tracking", group="S5")
+    b = get_task("state_tracking", group="S5", alphabet="group")
+    assert a.params == b.params == {"group": "S5"}
+    assert np.array_equal(a.generate(5, 8, 1).inputs, b.generate(5, 8, 1).inputs)
+    with pytest.raises(ValueError, match="alphabet.*'group', 'generators'"):
+        get_task("state_tracking", alphabet="transpositions")

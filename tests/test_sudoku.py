@@ -15,23 +15,26 @@ def _grid(text: str) -> np.ndarray:
     return np.array([int(ch) for ch in text], dtype=np.int64)
 
 
-def _python_count(grid: list[int], limit: int = 2) -> int:
+def _python_count(grid: list[int], limit: int = 2, box: tuple[int, int] = (3, 3)) -> int:
     """An independent plain-Python backtracker (sets, most-constrained cell first)."""
-    def candidates(cell: int) -> set[int]:
-        r, c = divmod(cell, 9)
-        br, bc = 3 * (r // 3), 3 * (c // 3)
-        seen = {grid[9 * r + j] for j in range(9)} | {grid[9 * i + c] for i in range(9)}
-        seen |= {grid[9 * (br + i) + bc + j] for i in range(3) for j in range(3)}
-        return set(range(1, 10)) - seen
+    rows, cols = box
+    n = rows * cols
 
-    blanks = [cell for cell in range(81) if grid[cell] == 0]
+    def candidates(cell: int) -> set[int]:
+        r, c = divmod(cell, n)
+        br, bc = rows * (r // rows), cols * (c // cols)
+        seen = {grid[n * r + j] for j in range(n)} | {grid[n * i + c] for i in range(n)}
+        seen |= {grid[n * (br + i) + bc + j] for i in range(rows) for j in range(cols)}
+        return set(range(1, n + 1)) - seen
+
+    blanks = [cell for cell in range(n * n) if grid[cell] == 0]
     if not blanks:
         return 1
     cell = min(blanks, key=lambda k: len(candidates(k)))
     total = 0
     for digit in sorted(candidates(cell)):
         grid[cell] = digit
-        total += _python_count(grid, limit - total)
+        total += _python_count(grid, limit - total, box)
         grid[cell] = 0
         if total >= limit:
             break
@@ -119,9 +122,51 @@ def test_generation_is_deterministic_and_seeded(task):
 
 
 def test_bad_arguments_raise(task):
-    with pytest.raises(ValueError, match="sudoku"):
+    with pytest.raises(ValueError, match="sudoku.*box.*2x3"):
         Sudoku(box=4)
+    with pytest.raises(ValueError, match="blanks.*0..28"):
+        Sudoku(box="2x3").generate(1, 29, seed=0)
     with pytest.raises(ValueError, match="blanks"):
         task.generate(1, 70, seed=0)
     with pytest.raises(ValueError, match="shape"):
         task.verify(task.generate(2, 40, seed=0), np.zeros((2, 81)))
+
+
+@pytest.mark.parametrize("box, blanks", [("2x2", 9), ("2x3", 18), ("2x3", 24)])
+def test_small_boards_are_unique_verified_and_rated(box, blanks):
+    task = Sudoku(box=box)
+    rows, cols = int(box[0]), int(box[2])
+    n = rows * cols
+    data = task.generate(12, blanks, seed=1)
+    assert data.inputs.shape == data.targets.shape == (12, n, n)
+    assert task.vocab_size == n + 1 and task.n_classes == n and task.cap_law == "fixed"
+    assert ((data.inputs == 0).sum(axis=(1, 2)) == blanks).all() and data.inputs.max() <= n
+    assert (data.meta["rating"] >= 0).all() and task.difficulty_key == "rating"
+    scratch = np.zeros(n * n, np.int64)
+    for puzzle, target in zip(data.inputs, data.targets):
+        assert count_solutions(puzzle.ravel(), 3, scratch, (rows, cols))[0] == 1
+        assert np.array_equal(scratch, target.ravel() + 1)
+        assert _python_count(puzzle.ravel().tolist(), 2, (rows, cols)) == 1  # independent solver
+    assert rules_valid(data.targets + 1, (rows, cols)).all() and task.verify(data, data.targets).all()
+    wrong = data.targets.copy()
+    for k in range(len(wrong)):  # one blank cell changed: its row now repeats a digit
+        r, c = np.argwhere(data.inputs[k] == 0)[0]
+        wrong[k, r, c] = (wrong[k, r, c] + 1) % n
+    assert not task.verify(data, wrong).any()
+
+
+def test_six_by_six_ood_needs_search_only_at_the_top_of_the_ladder():
+    task = Sudoku(box="2x3")
+    assert (task.default_train_size, task.default_ood_sizes) == (10, (14, 18, 22, 24))
+    assert (task.generate(64, 10, seed=0).meta["rating"] == 0).all()  # training: propagation only
+    assert (task.generate(128, 24, seed=0).meta["rating"] > 0).any()
+
+
+def test_board_coordinates_tell_rows_columns_and_boxes_apart():
+    coords = Sudoku(box="2x3").coordinates()  # (36, 3): row, column, box
+    assert coords.shape == (36, 3)
+    r, c, b = coords.T
+    assert np.array_equal(r, np.repeat(np.arange(6), 6)) and np.array_equal(c, np.tile(np.arange(6), 6))
+    assert b[0] == b[2] == b[6 + 2] and b[2] != b[3] and b[6 + 2] != b[12]  # 2 rows x 3 columns boxes
+    assert sorted(np.bincount(b)) == [6] * 6
+    assert Sudoku().params == {} and Sudoku(box="2x2").params == {"box": "2x2"}

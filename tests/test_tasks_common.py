@@ -24,9 +24,11 @@ def test_registry_requires_exactly_one_matching_task_class(monkeypatch):
         get_task("prefix_sums")
 
 
-@pytest.mark.parametrize("name,size", [("prefix_sums", 16), ("mazes", 13), ("state_tracking", 32)])
-def test_generation_is_deterministic_in_seed(name, size):
-    task = get_task(name)
+@pytest.mark.parametrize("name,size,params", [
+    ("prefix_sums", 16, {}), ("mazes", 13, {}), ("state_tracking", 32, {}),
+    ("state_tracking", 32, {"alphabet": "generators"}), ("sudoku", 14, {"box": "2x3"})])
+def test_generation_is_deterministic_in_seed(name, size, params):
+    task = get_task(name, **params)
     a, b, c = task.generate(20, size, 7), task.generate(20, size, 7), task.generate(20, size, 8)
     assert np.array_equal(a.inputs, b.inputs) and np.array_equal(a.targets, b.targets)
     assert not np.array_equal(a.inputs, c.inputs)
@@ -144,9 +146,15 @@ def test_cache_is_keyed_by_task_params(tmp_path):
     assert x.inputs.max() < 120 and y.inputs.max() < 60
 
 
-@pytest.mark.parametrize("name", MINE)
-def test_make_splits_every_task_small(name):
-    task = get_task(name)
+PROFILE_TASKS = [("prefix_sums", {}), ("mazes", {}), ("mazes", {"loss_mask": "open"}),
+                 ("state_tracking", {}), ("state_tracking", {"alphabet": "generators"}),
+                 ("sudoku", {"box": "2x2"}), ("sudoku", {"box": "2x3"}), ("chess", {})]
+
+
+@pytest.mark.parametrize("name, params", PROFILE_TASKS)
+def test_make_splits_every_task_small(name, params):
+    """Verified instances, difficulty metadata, OOD splits disjoint from train, for every profile."""
+    task = get_task(name, **params)
     sizes = (task.default_ood_sizes[0],)
     splits = make_splits(task, ood_sizes=sizes, n_train=64, n_eval=16, seed=1, cache_dir=False)
     _assert_disjoint(splits, 16)
@@ -156,3 +164,26 @@ def test_make_splits_every_task_small(name):
         assert all(v.shape == (len(split),) for v in split.meta.values())
         assert task.difficulty_key in split.meta
         assert task.verify(split, split.targets).all()
+
+
+def test_numba_kernels_are_cached_in_the_user_cache_dir_not_the_source_tree(tmp_path):
+    """A fresh interpreter compiles the maze and sudoku kernels: the cache files land under
+    $XDG_CACHE_HOME/fpr-sweep/numba and nothing numba writes appears next to the sources."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import fpr_core.tasks
+    source_dir = Path(fpr_core.tasks.__file__).parent
+    before = {p for p in source_dir.rglob("*") if p.suffix in (".nbi", ".nbc")}
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    env["XDG_CACHE_HOME"] = str(tmp_path)
+    code = ("from fpr_core.tasks import get_task; get_task('mazes').generate(2, 9, 0); "
+            "get_task('sudoku', box='2x2').generate(2, 4, 0); "
+            "import numba; print(numba.config.CACHE_DIR)")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True, cwd=tmp_path)
+    cache_dir = tmp_path / "fpr-sweep" / "numba"
+    assert out.stdout.strip() == str(cache_dir)
+    assert any(p.suffix == ".nbi" for p in cache_dir.rglob("*"))
+    assert {p for p in source_dir.rglob("*") if p.suffix in (".nbi", ".nbc")} == before

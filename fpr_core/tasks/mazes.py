@@ -209,7 +209,7 @@ class Mazes(Task):
             raise ValueError(f"task 'mazes': loss_mask must be one of {list(LOSS_MASKS)}, "
                              f"got {loss_mask!r}")
         self.loss_mask = loss_mask
-        self.params = {"loss_mask": loss_mask}
+        self.params = {} if loss_mask == "all" else {"loss_mask": loss_mask}  # default: old cache keys
 
     @property
     def vocab_size(self) -> int:
@@ -245,13 +245,16 @@ class Mazes(Task):
         Checked by the rules: every marked position is open (not wall), start and goal are marked
         and have exactly one marked 4-neighbour, every other marked position exactly two, and the
         walk from start along marked positions reaches goal after visiting all of them (connected,
-        so no extra loops). In a perfect maze that path is the unique one.
+        so no extra loops). In a perfect maze that path is the unique one. With loss_mask="open"
+        wall positions are read as unmarked (Deep Thinking masks predictions to open cells).
         """
         predictions = np.asarray(predictions)
         inputs = data.inputs
         if predictions.shape != inputs.shape:
             raise ValueError(f"task 'mazes': predictions shape {predictions.shape}, "
                              f"expected {inputs.shape}")
+        if self.loss_mask == "open":  # DT: predictions multiplied by the open-cell mask
+            predictions = np.where(inputs == WALL, 0, predictions)
         n, h, w = inputs.shape
         marked = np.pad(predictions == 1, ((0, 0), (1, 1), (1, 1))).reshape(n, -1)  # (N, P)
         tokens = np.pad(inputs, ((0, 0), (1, 1), (1, 1))).reshape(n, -1)  # pad = WALL
