@@ -9,7 +9,7 @@ JSON line per seed to --out.
 
     python benchmarks/bench_task_profiles.py --task mazes --seeds 0 1 2 --extra-sizes 59 --extra-n 32
     python benchmarks/bench_task_profiles.py --task sudoku --set train.steps=800 --seeds 0
-    python benchmarks/bench_task_profiles.py --smoke-test        # every task, tiny budget
+    python benchmarks/bench_task_profiles.py --smoke        # every task, tiny budget
 """
 from __future__ import annotations
 
@@ -30,7 +30,8 @@ sys.path.insert(0, str(ROOT))
 from fpr_core.config import ExperimentConfig  # noqa: E402
 from fpr_core.experiment import evaluate_sizes, run_experiment  # noqa: E402
 from orchestrator.sweep.expand import expand  # noqa: E402
-from orchestrator.sweep.spec import apply_overrides, load_spec  # noqa: E402
+from orchestrator.sweep.sections import apply_overrides  # noqa: E402
+from orchestrator.sweep.spec import load_spec  # noqa: E402
 
 SMOKE = {"train.steps": 3, "train.n_train": 64, "eval.n_eval": 8, "eval.diagnostics": False,
          "solver.eval_cap": 4, "solver.train_cap": 4}
@@ -114,11 +115,11 @@ def main() -> None:
     parser.add_argument("--extra-n", type=int, default=32)
     parser.add_argument("--out", type=Path, default=None, help="append one JSON line per trial")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--smoke-test", action="store_true")
+    parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     sets = {k: _parse_value(v) for k, v in (s.split("=", 1) for s in args.set)}
-    if args.smoke_test:
+    if args.smoke:
         sets.update(SMOKE)
     spec = load_spec(args.spec)
     tasks = args.task or [t.name for t in spec.tasks]

@@ -389,6 +389,12 @@ def to_dict(cfg) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
+REMOVED_AFTER_IDS: dict[str, dict[str, Any]] = {"solver": {"eval_cap_scale": True}}
+"""Fields dropped after trial ids were pinned, with the value every pinned trial carried; they stay
+in the identity so those trials keep their ids (solver.eval_cap_scale: true became
+solver.eval_cap_law, whose default 'task' is the linear law it applied)."""
+
+
 def identity_sections(sections: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """The part of resolved config sections that names a trial: every field, except fields added
     after trial ids were pinned (``ADDED_AFTER_IDS``) while they hold their default. A committed
@@ -399,4 +405,5 @@ def identity_sections(sections: dict[str, dict[str, Any]]) -> dict[str, dict[str
         late = {} if cls is None else {f.name: f.default for f in dataclasses.fields(cls)
                                        if f.metadata.get("added_after_ids")}
         out[name] = {k: v for k, v in values.items() if not (k in late and v == late[k])}
+        out[name] = {**REMOVED_AFTER_IDS.get(name, {}), **out[name]}
     return out
