@@ -98,6 +98,9 @@ def test_models_kept_series_fields_and_eval_on_new_sizes(spec_dir, ray_session):
         assert _history(client, run_id, "ood/exact_acc") == [(8, mine.exact_acc["id"]), (16, mine.exact_acc["ood_16"])]
         assert [s for s, _ in _history(client, run_id, "ood/iters_mean")] == [8, 16]
         assert child.data.metrics["acc/ood_16"] == mine.exact_acc["ood_16"]
+        for split in ("id", "ood_16"):  # the test-time compute curve, step = loop budget
+            assert _history(client, run_id, f"ttc/exact_acc/{split}") == list(zip(
+                (int(b) for b in mine.budget_iters[split]), mine.budget_acc[split]))
         assert child.data.tags["mlflow.note.content"].startswith("prefix_sums trained at size 8, evaluated at 8 (id)")
         datasets = {d.dataset.name: json.loads(d.dataset.profile) for d in child.inputs.dataset_inputs}
         assert set(datasets) == {"prefix_sums/train", "prefix_sums/id", "prefix_sums/ood_16"}
