@@ -4,7 +4,7 @@ Two levels of noise stand between a sweep and a claim: which seeds were trained 
 noise) and which instances were drawn for evaluation (the test-set noise). Each interval here
 resamples both, in that order (Davison & Hinkley 1997, sec. 3.8, "two-stage sampling"):
 
-1. per trial, ``N_BOOT`` replicates of its statistic under instance resampling. For an accuracy
+1. per trial, ``INSTANCE_REPLICATES`` replicates of its statistic under instance resampling. For an accuracy
    (k correct of n) a resample of the instances is exactly Binomial(n, k/n)/n, so it is drawn
    directly; for a rank correlation the instance level is Fisher's z with the Fieller, Hartley &
    Pearson (1957) variance 1.06/(n - 3) for Spearman's rho (no per-replicate ranking, so it scales);
@@ -28,6 +28,9 @@ N_BOOT = 2000
 """Replicates per interval."""
 LEVEL = 0.95
 """Two-sided coverage of every interval (percentile method)."""
+INSTANCE_REPLICATES = 200
+"""Instance-level replicates per seed; each hierarchical replicate picks one of them at random per
+drawn seed (enough to carry a seed's instance noise; keeps 10^4 trials to seconds)."""
 BOOT_SEED = 20260412
 """Seed of the report's generator: the same table always gives the same intervals."""
 
@@ -67,7 +70,7 @@ def make_rng() -> np.random.Generator:
 
 
 def accuracy_replicates(correct: np.ndarray, total: np.ndarray, rng: np.random.Generator,
-                        n_boot: int = N_BOOT) -> np.ndarray:
+                        n_boot: int = INSTANCE_REPLICATES) -> np.ndarray:
     """(S, n_boot) instance-resampled accuracy per seed, averaged over the seed's splits.
 
     correct, total: (S, K) correct counts and instance counts of S seeds on K splits (total 0 =
@@ -80,21 +83,22 @@ def accuracy_replicates(correct: np.ndarray, total: np.ndarray, rng: np.random.G
     return (draws * present).sum(1) / np.maximum(present.sum(1), 1)
 
 
-def resample_seeds(per_seed: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """(B,) hierarchical replicates from (S, B) per-seed instance replicates: seeds drawn with
-    replacement, each draw taking a random one of that seed's replicates."""
-    s, b = per_seed.shape
-    seeds = rng.integers(0, s, size=(b, s))
-    picks = rng.integers(0, b, size=(b, s))
+def resample_seeds(per_seed: np.ndarray, rng: np.random.Generator, n_boot: int = N_BOOT) -> np.ndarray:
+    """(n_boot,) hierarchical replicates from (S, R) per-seed instance replicates: seeds drawn with
+    replacement, each draw taking a random one of that seed's R replicates."""
+    s, r = per_seed.shape
+    seeds = rng.integers(0, s, size=(n_boot, s))
+    picks = rng.integers(0, r, size=(n_boot, s))
     return per_seed[seeds, picks].mean(1)
 
 
-def paired_resample(first: np.ndarray, second: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """(B,) replicates of mean(first - second) over seeds paired by row: the same seeds drawn for
-    both arms, independent instance replicates for each. first, second (S, B)."""
-    s, b = first.shape
-    seeds = rng.integers(0, s, size=(b, s))
-    one, two = rng.integers(0, b, size=(b, s)), rng.integers(0, b, size=(b, s))
+def paired_resample(first: np.ndarray, second: np.ndarray, rng: np.random.Generator,
+                    n_boot: int = N_BOOT) -> np.ndarray:
+    """(n_boot,) replicates of mean(first - second) over seeds paired by row: the same seeds drawn
+    for both arms, independent instance replicates for each. first, second (S, R)."""
+    s, r = first.shape
+    seeds = rng.integers(0, s, size=(n_boot, s))
+    one, two = rng.integers(0, r, size=(n_boot, s)), rng.integers(0, r, size=(n_boot, s))
     return (first[seeds, one] - second[seeds, two]).mean(1)
 
 
@@ -161,7 +165,8 @@ def spearman_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         return np.where(denom > 0, (rx * ry).sum(-1) / np.where(denom > 0, denom, 1), np.nan)
 
 
-def spearman_replicates(rho: float, n: int, rng: np.random.Generator, n_boot: int = N_BOOT) -> np.ndarray:
+def spearman_replicates(rho: float, n: int, rng: np.random.Generator,
+                        n_boot: int = INSTANCE_REPLICATES) -> np.ndarray:
     """(n_boot,) instance-level replicates of a Spearman rho from n instances: Fisher's z with the
     Fieller-Hartley-Pearson variance 1.06/(n - 3), mapped back by tanh."""
     z = np.arctanh(np.clip(rho, -0.999999, 0.999999))

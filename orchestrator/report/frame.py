@@ -240,7 +240,9 @@ def _outcome_counts(row) -> dict[str, float]:
 def outcome_shares(rows: pd.DataFrame) -> dict[str, float]:
     """Share of each outcome over every instance of ``rows`` (NaN when no instance data)."""
     totals = dict.fromkeys(OUTCOMES, 0.0)
-    for _, row in rows.iterrows():
+    cols = [c for c in ("instance_iters", "eval_cap", "instance_converged", "instance_cycled", "cycled_frac",
+                        "reachability") if c in rows.columns]
+    for row in rows[cols].to_dict("records"):
         for outcome, count in _outcome_counts(row).items():
             totals[outcome] += count
     n = sum(totals.values())
