@@ -5,7 +5,6 @@ resources, unreachable tracking server). User mistakes print one clear message, 
 """
 from __future__ import annotations
 
-import datetime as dt
 import ipaddress
 import json
 import math
@@ -77,6 +76,10 @@ def run(spec_path: Path = SPEC_ARG,
                                                           "two OOD sizes), written to <sweep>-smoke/."),
         system_metrics: bool = typer.Option(False, "--system-metrics", help="Log the driver host's CPU, memory, "
                                             "disk and network use to the sweep's MLflow run (also a spec option)."),
+        force: bool = typer.Option(False, "--force", help="Take over the sweep's lock when its holder is gone "
+                                                          "(a driver killed without cleaning up)."),
+        extend: bool = typer.Option(False, "--extend", help="Run a changed spec in the same sweep folder on "
+                                                            "purpose, adding its trials (recorded in sweep.json)."),
         ) -> None:
     """Run a sweep (or resume it: the same command continues an interrupted sweep)."""
     plan = _load(spec_path, smoke)
@@ -97,24 +100,42 @@ def run(spec_path: Path = SPEC_ARG,
         tracking.check_reachable(uri)
     except tracking.TrackingError as e:
         _fail(str(e))
+    from orchestrator.sweep import record
+    from orchestrator.sweep.lock import LockHeld, SweepLock
+
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    _write_sweep_info(SweepDir(sweep_dir), plan, uri)
-
-    def tracker_factory(directory: Path, meta):
-        from orchestrator.store.run_info import source_tags
-
-        tags = {"spec_hash": meta.spec_hash, "git_commit": meta.git_commit,
-                **source_tags(meta.git_commit, f"fpr-sweep run {spec_path}")}
-        t = tracking.SweepTracker(uri, meta.sweep, directory, tags, description=spec.description.strip())
-        t.log_sweep_params({"spec": spec.science(), "description": spec.description, "smoke": smoke})
-        if system_metrics or spec.system_metrics:
-            t.start_system_metrics()
-        return t
-
+    lock = SweepLock(sweep_dir, force=force)
     try:
-        outcome = run_sweep(plan, opts, tracker_factory, console)
-    except (SweepError, tracking.TrackingError) as e:
+        lock.acquire()
+    except LockHeld as e:
         _fail(str(e))
+    try:
+        if lock.took_over is not None:
+            err_console.print(f"[yellow]took over the lock of {lock.took_over.describe()}[/]", highlight=False)
+        try:
+            extended_from = record.check_spec(spec, sweep_dir, extend)
+        except record.SpecChanged as e:
+            _fail(str(e))
+        info = record.write_record(sweep_dir, spec, plan.path.read_text(), plan.path, uri, smoke, extended_from)
+
+        def tracker_factory(directory: Path, meta):
+            from orchestrator.store.run_info import source_tags
+
+            tags = {"spec_hash": meta.spec_hash, "git_commit": meta.git_commit,
+                    **source_tags(meta.git_commit, f"fpr-sweep run {spec_path}")}
+            t = tracking.SweepTracker(uri, meta.sweep, directory, tags, sweep_id=info["sweep_id"],
+                                      description=spec.description.strip())
+            t.log_sweep_params({"spec": spec.science(), "description": spec.description, "smoke": smoke})
+            if system_metrics or spec.system_metrics:
+                t.start_system_metrics()
+            return t
+
+        try:
+            outcome = run_sweep(plan, opts, tracker_factory, console)
+        except (SweepError, tracking.TrackingError) as e:
+            _fail(str(e))
+    finally:
+        lock.release()
     _print_outcome(outcome, uri)
     raise typer.Exit(outcome.exit_code)
 
@@ -131,13 +152,6 @@ def _warn_if_exposed(host: str, option: str, what: str) -> None:
         err_console.print(f"[bold yellow]warning:[/] {option} {host}: {what} will accept connections from "
                           "other machines; keep it on 127.0.0.1 and use an SSH tunnel "
                           "(e.g. `ray attach CLUSTER.yaml --port-forward PORT`).", highlight=False, soft_wrap=True)
-
-
-def _write_sweep_info(sweep_dir: SweepDir, plan: SweepPlan, uri: str) -> None:
-    info = {"name": sweep_dir.name, "spec_hash": plan.spec.spec_hash(), "spec_path": str(plan.path.resolve()),
-            "tracking_uri": uri, "smoke": plan.smoke, "updated": dt.datetime.now(dt.timezone.utc).isoformat()}
-    sweep_dir.info.write_text(json.dumps(info, indent=2))
-    sweep_dir.spec_copy.write_text(plan.path.read_text())
 
 
 def _print_plan(plan: SweepPlan, results_dir: Optional[str]) -> None:
@@ -168,11 +182,13 @@ def _done_statuses(sweep_dir: Path) -> dict[str, str]:
 def _print_outcome(outcome, uri: str) -> None:
     from orchestrator.store import parquet as results
 
+    if outcome.stopped:
+        err_console.print(f"[bold red]stopped:[/] {outcome.stopped}", highlight=False, soft_wrap=True)
     counts = ", ".join(f"{n} {s}" for s, n in sorted(outcome.counts.items())) or "no trials finished"
     console.print(f"\ntrials: {counts}" + (f"; {outcome.unfinished} unfinished (interrupted: run the same "
                                            "command again to resume)" if outcome.unfinished else ""),
                   highlight=False)
-    if outcome.results_path is not None:
+    if outcome.results_path is not None and outcome.results_path.exists():
         _print_accuracy(results.accuracy_table(outcome.sweep_dir))
         console.print(f"results: {outcome.results_path}", highlight=False)
     if outcome.models:
@@ -183,6 +199,9 @@ def _print_outcome(outcome, uri: str) -> None:
                       f"{human_bytes(sizes[0])}" + (f" to {human_bytes(sizes[-1])}" if sizes[-1] != sizes[0] else "")
                       + " per trial)", highlight=False)
     console.print(f"MLflow:  {uri}   (fpr-sweep ui {outcome.sweep_dir.name})", highlight=False)
+    if outcome.tracking_problem:
+        err_console.print(f"[bold red]MLflow incomplete:[/] {outcome.tracking_problem}", highlight=False,
+                          soft_wrap=True)
     if outcome.counts.get("failed"):
         for s in results.trial_summaries(outcome.sweep_dir):
             if s["status"] == "failed":
@@ -241,29 +260,34 @@ def _sweep_dir(sweep: str, results_dir: Optional[str]) -> Path:
 
 @app.command()
 def status(sweep: str = SWEEP_ARG, results_dir: Optional[str] = RESULTS_OPT) -> None:
-    """Per-trial state of a sweep: done (ok/diverged/stopped), failed, running or pending."""
+    """Per-trial state of a sweep: done (ok/diverged/stopped), failed, running or pending.
+
+    Reads Parquet and JSON only (never Tune's pickled state), so it is safe on any results folder."""
     from orchestrator.store import parquet as results
-    from orchestrator.run.driver import tune_trial_states
+    from orchestrator.sweep.live import planned_trials, read_live
 
     sweep_dir = _sweep_dir(sweep, results_dir)
     finished = {s["trial_id"]: s for s in results.trial_summaries(sweep_dir)}
-    tune_states = tune_trial_states(sweep_dir)
+    live = read_live(sweep_dir)
+    planned, unplanned = planned_trials(sweep_dir)
     table = Table(title=f"{sweep_dir.name}: trials")
     for col in ("trial", "task", "variant", "seed", "status", "error"):
         table.add_column(col)
     counts: dict[str, int] = {}
-    for tid in sorted(set(finished) | set(tune_states)):
+    for tid in sorted(set(finished) | set(live) | set(planned)):
         if tid in finished:
             s = finished[tid]
             state, row = s["status"], (s["task"], s["variant"], str(s["seed"]))
         else:
-            tune_status, t = tune_states[tid]
-            state = {"RUNNING": "running", "ERROR": "failed"}.get(tune_status, "pending")
-            row = (t.cell.task, t.cell.variant, str(t.cell.seed))
+            entry = live.get(tid) or planned[tid]
+            state = live.get(tid, {}).get("status", "pending")
+            row = (entry["task"], entry["variant"], str(entry["seed"]))
         counts[state] = counts.get(state, 0) + 1
         error = (finished.get(tid, {}).get("error") or "")[:80]
         table.add_row(tid, *row, state, error)
     console.print(table)
+    if unplanned:
+        counts["pending"] = counts.get("pending", 0) + unplanned
     console.print(", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no trials yet", highlight=False)
 
 
@@ -273,12 +297,13 @@ def report(sweep: str = SWEEP_ARG, results_dir: Optional[str] = RESULTS_OPT) -> 
     from orchestrator.report.build import build_report
 
     sweep_dir = _sweep_dir(sweep, results_dir)
-    if not SweepDir(sweep_dir).results.exists():
-        _fail(f"{SweepDir(sweep_dir).results} does not exist yet; run the sweep first.")
     try:
         build_report(sweep_dir, console=console)  # prints its summary and the report's path
     except SpecError as e:
         _fail(str(e))
+    except FileNotFoundError:
+        _fail(f"{sweep_dir}: no trial has finished yet (no results.parquet, no trials/*.parquet); "
+              "run the sweep first.")
     _log_report(sweep_dir)
 
 
@@ -291,12 +316,15 @@ def _log_report(sweep_dir: Path) -> None:
         return
     try:
         tracking.check_reachable(uri)
-        tracker = tracking.SweepTracker(uri, sweep_dir.name, sweep_dir, {}, reopen=False)
+        tracker = _attach_tracker(uri, sweep_dir)
     except tracking.TrackingError as e:
         err_console.print(f"[yellow]warning:[/] report not logged to MLflow: {e}", highlight=False)
         return
     tracker.log_sweep_files([SweepDir(sweep_dir).report])
     tracker.log_sweep_files(sorted(sweep_dir.glob("*.png")), "plots")
+    problem = tracker.close()
+    if problem:
+        err_console.print(f"[yellow]warning:[/] {problem}", highlight=False, soft_wrap=True)
 
 
 @app.command("eval")
@@ -349,7 +377,7 @@ def _run_eval(sweep_dir: Path, jobs, cap_law: str, address: Optional[str]):
     uri = _tracking_uri(sweep_dir)
     try:
         tracking.check_reachable(uri)
-        tracker = tracking.SweepTracker(uri, sweep_dir.name, sweep_dir, {}, reopen=False)
+        tracker = _attach_tracker(uri, sweep_dir)
     except tracking.TrackingError as e:
         _fail(str(e))
     quiet_tune()
@@ -360,7 +388,20 @@ def _run_eval(sweep_dir: Path, jobs, cap_law: str, address: Optional[str]):
     outcome = reeval.run_eval(sweep_dir, jobs, cap_law, tracker, _trial_resources(sweep_dir), console)
     results.collect(sweep_dir)
     log_sweep_outcome(tracker, SweepDir(sweep_dir))
+    problem = tracker.close()
+    if problem:
+        err_console.print(f"[bold red]MLflow incomplete:[/] {problem}", highlight=False, soft_wrap=True)
     return outcome
+
+
+def _attach_tracker(uri: str, sweep_dir: Path):
+    """The sweep's tracker without reopening its runs (``eval``, ``report``): the experiment of this
+    folder's sweep id."""
+    from orchestrator.store import tracking
+    from orchestrator.sweep.record import read_info
+
+    return tracking.SweepTracker(uri, sweep_dir.name, sweep_dir, {}, sweep_id=read_info(sweep_dir).get("sweep_id"),
+                                 reopen=False)
 
 
 def _trial_resources(sweep_dir: Path) -> dict[str, float]:

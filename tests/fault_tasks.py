@@ -2,6 +2,8 @@
 (``FPR_TASK_PLUGINS=fault_tasks`` with this directory on PYTHONPATH); nothing in fpr_core or the
 orchestrator knows about them.
 
+``held_parity`` (below) stalls training while a file exists.
+
 ``flaky_parity`` is prefix sums whose data generation raises on the first ``fail_attempts``
 attempts of a trial (``-1``: on every attempt). Each attempt builds a fresh task object and
 appends one line to the file ``counter`` on its first ``generate`` call, so a test can count how
@@ -11,6 +13,7 @@ often Tune started the trial. The instance-unique ``version`` keeps the disk cac
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from pathlib import Path
 
@@ -49,3 +52,22 @@ class FlakyParity(PrefixSums):
         if fail < 0 or attempt <= fail:
             raise InjectedFault(f"injected fault on attempt {attempt}")
         return super().generate(n, size, seed)
+
+
+class HeldParity(PrefixSums):
+    """Prefix sums whose training stalls while the file ``hold`` exists, from its ``after``-th
+    logged step on (``decode`` runs at every log step): a trial a test can stop mid-training at a
+    known step, past its first checkpoint, whatever the machine's speed."""
+
+    name = "held_parity"
+
+    def __init__(self, hold: str, after: int = 3) -> None:
+        super().__init__()
+        self.params = {"hold": hold, "after": after}
+        self._decodes = 0
+
+    def decode(self, logits):
+        self._decodes += 1
+        while self._decodes >= self.params["after"] and os.path.exists(self.params["hold"]):
+            time.sleep(0.1)
+        return super().decode(logits)

@@ -343,3 +343,13 @@ def test_schema_1_table_of_the_committed_study_still_reports(tmp_path):
     shares = outcome_shares(maze_id)
     assert shares[CONVERGED] == pytest.approx(maze_id["reachability"].mean())
     assert shares[CYCLED] == pytest.approx(maze_id["cycled_frac"].mean())
+
+
+def test_trials_of_two_specs_are_never_pooled_as_seeds(tmp_path):
+    """One seed under each of two spec hashes (a spec changed under --extend) is two 1-seed
+    variants, not one 2-seed variant."""
+    rows = make_rows(tasks=("prefix_sums",), recalls=("none",), norms=("rms",), spectrals=("0.5",), seeds=(0,))
+    other = [dict(r, trial_id=r["trial_id"] + "b", spec_hash="def") for r in rows]
+    table = ood_table(load_results(write_table(tmp_path, rows + other)))
+    assert set(table["n_seeds"]) == {1} and table["variant"].str.contains(r"\[spec (?:abc|def)\]").all()
+    assert table["variant"].nunique() == 2

@@ -124,3 +124,36 @@ def test_help_explains_every_command():
     result = runner.invoke(app, ["run", "--help"])
     for option in ("--address", "--max-concurrent", "--tracking-uri", "--results-dir", "--dry-run", "--smoke"):
         assert option in result.output
+
+
+def _alias_bomb(levels: int = 10) -> str:
+    """~600 bytes of YAML whose aliases expand to 10**levels strings (a "billion laughs" spec)."""
+    lines = ['l0: &l0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    lines += [f"l{i}: &l{i} [{','.join([f'*l{i - 1}'] * 10)}]" for i in range(1, levels)]
+    return "\n".join(lines + [f"name: bomb\ndescription: *l{levels - 1}\ntasks: [{{name: prefix_sums}}]"]) + "\n"
+
+
+def test_alias_bomb_is_refused_fast_with_a_bounded_message(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    path = tmp_path / "bomb.yaml"
+    path.write_text(_alias_bomb())
+    assert path.stat().st_size < 1000
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "orchestrator.cli", "validate", str(path)],
+                          capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert done.returncode == 2 and time.monotonic() - started < 30
+    assert "aliases (*anchor) expand to more than" in done.stderr and len(done.stderr) < 600
+    assert "Traceback" not in done.stderr
+
+
+def test_error_excerpts_are_bounded_and_names_checked_whole(spec_dir):
+    path = write_spec(spec_dir, name="big", description=[[f"{i}{j}" + "x" * 50 for j in range(30)] for i in range(30)], tasks=[TASK])
+    with pytest.raises(SpecError) as err:
+        load_spec(path)
+    assert "description" in str(err.value) and len(str(err.value)) < 400
+    path = write_spec(spec_dir, name="trailing\n", tasks=[TASK])
+    with pytest.raises(SpecError, match="name: expected a slug"):
+        load_spec(path)

@@ -25,13 +25,17 @@ def store(tmp_path_factory):
 def test_runs_are_reused_after_reopening(store):
     sweep_dir, uri = store
     first = tracking.SweepTracker(uri, "trk", sweep_dir, {"spec_hash": "h1"})
-    run_a = first.trial_run("t1", "prefix_sums/none/s0", {"task": "prefix_sums"}, {"model": {"recall": "none"}})
-    first.log_metrics(run_a, {"train/loss": 0.5, "train/skip": None}, step=5)
-    first.end_sweep("KILLED")  # as after an interruption
+    handle = first.trial_run("t1", "prefix_sums/none/s0", {"task": "prefix_sums"}, {"model": {"recall": "none"}})
+    first.log_metrics(handle, {"train/loss": 0.5, "train/skip": None}, step=5)
+    assert first.end_sweep("KILLED") is None  # as after an interruption; everything was sent
+    run_a = first.run_id(handle)
     second = tracking.SweepTracker(uri, "trk", sweep_dir, {"spec_hash": "h1"})  # a resumed driver
     assert second.parent_id == first.parent_id
-    assert second.trial_run("t1", "x", {}, {"model": {"recall": "none"}}) == run_a
-    run_b = second.trial_run("t2", "y", {}, {"model": {"recall": "standard"}})
+    second.trial_run("t1", "x", {}, {"model": {"recall": "none"}})
+    handle_b = second.trial_run("t2", "y", {}, {"model": {"recall": "standard"}})
+    assert second.flush(30)
+    assert second.run_id("t1") == run_a
+    run_b = second.run_id(handle_b)
     children = second.child_runs()
     assert sorted(r.data.tags["trial_id"] for r in children) == ["t1", "t2"]
     assert all(r.data.tags[tracking.PARENT_TAG] == first.parent_id for r in children)
@@ -41,15 +45,18 @@ def test_runs_are_reused_after_reopening(store):
     assert client.get_experiment(second.experiment_id).artifact_location.startswith(
         (sweep_dir / "mlartifacts").resolve().as_uri())
     second.end_trial("t2", "failed")
+    assert second.close() is None
     assert client.get_run(run_b).info.status == "FAILED"
 
 
 def test_final_metrics_and_artifacts(store):
     sweep_dir, uri = store
     tr = tracking.SweepTracker(uri, "trk-final", sweep_dir, {})
-    run_id = tr.trial_run("t9", "n", {}, {"seed": 0})
-    tr.log_final(run_id, ROWS, {"id": [0.5, 0.1, 0.01], "ood_64": [0.6, 0.3, 0.2]}, {"seed": 0}, step=10)
+    handle = tr.trial_run("t9", "n", {}, {"seed": 0})
+    tr.log_final(handle, ROWS, {"id": [0.5, 0.1, 0.01], "ood_64": [0.6, 0.3, 0.2]}, {"seed": 0}, step=10)
     tr.end_trial("t9", "ok")
+    assert tr.close() is None
+    run_id = tr.run_id(handle)
     client = MlflowClient(uri)
     run = client.get_run(run_id)
     m = run.data.metrics
@@ -77,10 +84,12 @@ def test_flatten_config():
 def test_size_series_one_point_per_size(store):
     sweep_dir, uri = store
     tr = tracking.SweepTracker(uri, "trk-series", sweep_dir, {})
-    run_id = tr.trial_run("t5", "n", {}, {"seed": 0})
+    handle = tr.trial_run("t5", "n", {}, {"seed": 0})
     rows = [dict(ROWS[0], size=16), dict(ROWS[1], size=64), {"split": "ood_32", "size": 32, "status": "ok",
                                                             "exact_acc": 0.5, "reachability": 0.9}]
-    tr.log_final(run_id, rows, {}, {"seed": 0}, step=450)
+    tr.log_final(handle, rows, {}, {"seed": 0}, step=450)
+    assert tr.close() is None
+    run_id = tr.run_id(handle)
     client = MlflowClient(uri)
     history = client.get_metric_history(run_id, "ood/exact_acc")
     assert sorted((m.step, m.value) for m in history) == [(16, 0.75), (32, 0.5), (64, 0.25)]
@@ -91,10 +100,12 @@ def test_size_series_one_point_per_size(store):
 def test_test_time_compute_curve_per_split(store):
     sweep_dir, uri = store
     tr = tracking.SweepTracker(uri, "trk-ttc", sweep_dir, {})
-    run_id = tr.trial_run("t6", "n", {}, {"seed": 0})
+    handle = tr.trial_run("t6", "n", {}, {"seed": 0})
     rows = [dict(ROWS[0], size=16, budget_iters=[1, 4, 16], budget_acc=[0.0, 0.5, 0.75]),
             dict(ROWS[1], size=64, budget_iters=[1, 8, 64], budget_acc=[0.0, 0.1, float("nan")])]
-    tr.log_final(run_id, rows, {}, {"seed": 0}, step=450)
+    tr.log_final(handle, rows, {}, {"seed": 0}, step=450)
+    assert tr.close() is None
+    run_id = tr.run_id(handle)
     client = MlflowClient(uri)
     assert _points(client, run_id, "ttc/exact_acc/id") == [(1, 0.0), (4, 0.5), (16, 0.75)]
     assert _points(client, run_id, "ttc/exact_acc/ood_64") == [(1, 0.0), (8, 0.1)]
@@ -115,10 +126,12 @@ def test_descriptions_kind_datasets_and_summary(store):
     assert exp.tags["mlflow.note.content"] == "what we ask"
     parent = client.get_run(tr.parent_id)
     assert parent.data.tags["mlflow.note.content"] == "what we ask" and parent.data.tags["mlflow.user"] == "alice"
-    run_id = tr.trial_run("t7", "n", {}, {"seed": 0})
-    tr.describe(run_id, "prefix_sums trained at 16")
-    tr.log_datasets(run_id, [DatasetRecord("prefix_sums/train", "abc", "{}", '{"instances": 64}', "training"),
+    handle = tr.trial_run("t7", "n", {}, {"seed": 0})
+    tr.describe(handle, "prefix_sums trained at 16")
+    tr.log_datasets(handle, [DatasetRecord("prefix_sums/train", "abc", "{}", '{"instances": 64}', "training"),
                              DatasetRecord("prefix_sums/id", "def", "{}", "{}", "evaluation")])
+    assert tr.flush(60)
+    run_id = tr.run_id(handle)
     run = client.get_run(run_id)
     assert run.data.tags["mlflow.note.content"] == "prefix_sums trained at 16"
     inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}
@@ -126,11 +139,13 @@ def test_descriptions_kind_datasets_and_summary(store):
     assert inputs["prefix_sums/train"].dataset.digest == "abc"
     assert inputs["prefix_sums/train"].tags[0].value == "training"
     tr.log_sweep_summary({"trials/ok": 3.0}, {"best_variant/prefix_sums": "recall=standard"})
-    tr.end_sweep("FINISHED")
+    assert tr.end_sweep("FINISHED") is None
     again = tracking.SweepTracker(uri, "trk-fields", sweep_dir, {}, reopen=False)  # e.g. fpr-sweep eval
     parent = client.get_run(again.parent_id)
     assert parent.info.status == "FINISHED" and parent.data.metrics["trials/ok"] == 3.0
-    assert again.find_trial_run("t7") == run_id and again.find_trial_run("nope") is None
+    assert again.find_trial_run("t7") == "t7" and again.run_id("t7") == run_id
+    assert again.find_trial_run("nope") is None
+    again.close()
 
 
 def test_system_metrics_go_to_the_parent_run(store):
@@ -141,6 +156,84 @@ def test_system_metrics_go_to_the_parent_run(store):
     deadline = time.time() + 60
     while time.time() < deadline and not any(k.startswith("system/") for k in client.get_run(tr.parent_id).data.metrics):
         time.sleep(0.2)
-    tr.end_sweep("FINISHED")
+    assert tr.end_sweep("FINISHED") is None
     metrics = client.get_run(tr.parent_id).data.metrics
     assert "system/cpu_utilization_percentage" in metrics and "system/system_memory_usage_megabytes" in metrics
+
+
+# ---------------------------------------------------------------- the spool against a real server
+
+def _history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+
+
+@pytest.mark.slow
+def test_server_killed_and_restarted_loses_and_duplicates_nothing(tmp_path):
+    """Writes while a real `mlflow server` is dead return at once; after a restart every point is
+    in MLflow exactly once. A permanent outage ends with a message and the spool, which the next
+    tracker (the next run) sends exactly once."""
+    from mlflow_server import MlflowServer
+
+    server = MlflowServer(tmp_path / "server").start()
+    try:
+        tr = tracking.SweepTracker(server.uri, "outage", tmp_path / "sweep", {}, sweep_id="a1b2c3d4e5f6")
+        handle = tr.trial_run("t1", "t1", {}, {"seed": 0})
+        for step in range(1, 6):
+            tr.log_metrics(handle, {"train/loss": 1.0 / step}, step)
+        assert tr.flush(60)
+        server.kill()
+        worst = 0.0
+        for step in range(6, 21):  # the server is down: every call returns without waiting on it
+            started = time.perf_counter()
+            tr.log_metrics(handle, {"train/loss": 1.0 / step}, step)
+            tr.log_metrics(handle, {"train/loss": 9.9}, step)  # a step logged again is dropped
+            worst = max(worst, time.perf_counter() - started)
+        assert worst < 0.5
+        assert not tr.flush(3) and tr.sender.down_since is not None
+        server.start()
+        assert tr.flush(120)
+        client = MlflowClient(server.uri)
+        run_id = tr.run_id(handle)
+        assert _history(client, run_id, "train/loss") == [(s, 1.0 / s) for s in range(1, 21)]
+
+        tr.log_metrics(handle, {"train/loss": 0.01}, 21)
+        server.kill()
+        tr.end_trial("t1", "ok")
+        message = tr.end_sweep("FINISHED", drain_s=2)  # a permanent outage
+        assert message and server.uri in message and "spool" in message and "\n" not in message
+        assert len(tr.spool.pending()) == 3
+
+        server.start()
+        again = tracking.SweepTracker(server.uri, "outage", tmp_path / "sweep", {}, sweep_id="a1b2c3d4e5f6")
+        assert again.end_sweep("FINISHED") is None  # the next run sends the spool first
+        assert _history(client, run_id, "train/loss") == [(s, 1.0 / s) for s in range(1, 21)] + [(21, 0.01)]
+        assert client.get_run(run_id).info.status == "FINISHED"
+        assert not (tmp_path / "sweep" / "tracking" / "spool.jsonl").exists()  # compacted once sent
+    finally:
+        server.kill()
+
+
+def test_two_folders_of_one_sweep_name_get_their_own_experiments(tmp_path):
+    uri = tracking.default_tracking_uri(tmp_path)
+    first = tracking.SweepTracker(uri, "same", tmp_path / "a", {}, sweep_id="aaaaaaaaaaaa")
+    second = tracking.SweepTracker(uri, "same", tmp_path / "b", {}, sweep_id="bbbbbbbbbbbb")
+    again = tracking.SweepTracker(uri, "same", tmp_path / "a", {}, sweep_id="aaaaaaaaaaaa")
+    assert first.experiment_id != second.experiment_id and again.experiment_id == first.experiment_id
+    assert again.parent_id == first.parent_id and second.parent_id != first.parent_id
+    client = MlflowClient(uri)
+    locations = {client.get_experiment(t.experiment_id).artifact_location for t in (first, second)}
+    assert locations == {(tmp_path / d / "mlartifacts").resolve().as_uri() for d in "ab"}
+    for t in (first, second, again):
+        t.close()
+
+
+def test_a_line_torn_by_a_crash_never_swallows_the_next_operation(tmp_path):
+    from orchestrator.store.spool import Spool
+
+    spool = Spool(tmp_path)
+    spool.append({"op": "tags", "trial": "t1", "tags": {"a": "1"}})
+    with open(spool.path, "a") as f:
+        f.write('{"seq": 2, "op": "ta')  # a full disk or a kill mid-append
+    again = Spool(tmp_path)
+    again.append({"op": "tags", "trial": "t1", "tags": {"b": "2"}})
+    assert [op["tags"] for op in Spool(tmp_path).pending()] == [{"a": "1"}, {"b": "2"}]

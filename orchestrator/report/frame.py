@@ -37,7 +37,8 @@ vocabulary/class counts that are set from the task."""
 
 def load_results(sweep_dir: Path) -> pd.DataFrame:
     """The sweep's rows as they are now (``store.parquet.read_current``: results.parquet, or the
-    newer per-trial files while a sweep runs), every schema column present."""
+    sweep's own trial files while a sweep runs or when the table is broken), every schema column
+    present. Other ``*.parquet`` files in the folder are never read."""
     return parquet.read_current(Path(sweep_dir)).to_pandas()
 
 
@@ -123,9 +124,10 @@ def _params_text(params_json: str) -> str:
 
 def prepare(df: pd.DataFrame, min_id_acc: float | None = None) -> pd.DataFrame:
     """A copy of the results with report columns: task_label, recall, outer_norm, sigma, regime,
-    variant_label (all variant axes), context_label (all axes but recall), status_ok (True when
-    every row of the row's trial has status ok), and the competence gate's id_acc_trial and
-    learned (``add_competence`` with min_id_acc, default MIN_ID_ACC)."""
+    variant_label (all variant axes, plus the spec hash when rows of several specs are present),
+    context_label (all axes but recall), status_ok (True when every row of the row's trial has status
+    ok), and the competence gate's id_acc_trial and learned (``add_competence`` with min_id_acc,
+    default MIN_ID_ACC)."""
     out = df.copy()
     out["task_label"] = _task_labels(out)
     out["recall"] = out["cfg.model.recall"].astype(object) if "cfg.model.recall" in out else None
@@ -144,6 +146,10 @@ def prepare(df: pd.DataFrame, min_id_acc: float | None = None) -> pd.DataFrame:
     else:  # no cfg columns filled in: fall back to the orchestrator's own label
         out["variant_label"] = out["variant"].fillna("all").astype(str)
         out["context_label"] = ""
+    if out["spec_hash"].nunique(dropna=False) > 1:  # trials of two specs (an --extend) never pool as seeds
+        spec = " [spec " + out["spec_hash"].fillna("?").astype(str) + "]"
+        out["variant_label"] = out["variant_label"].astype(str) + spec
+        out["context_label"] = out["context_label"].astype(str) + spec
     # a trial counts only if all of its rows are ok (a failed trial's leftover rows do not)
     out["status_ok"] = (out["status"] == "ok").groupby(out["trial_id"]).transform("all")
     return add_competence(out, MIN_ID_ACC if min_id_acc is None else min_id_acc)

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -24,14 +26,17 @@ from rich.console import Console
 from orchestrator.console import SweepProgress
 from orchestrator.run import hub as hubs
 from orchestrator.run import tune_space
+from orchestrator.run import trust
 from orchestrator.run.hub import DriverHub, ForwardingCallback
+from orchestrator.run.signals import StopRequests
 from orchestrator.run.trainable import CHECKPOINTS_KEPT, fpr_trainable, trial_of_config
 from orchestrator.store import parquet
 from orchestrator.store.rows import SweepMeta
 from orchestrator.store.run_info import sweep_summary
 from orchestrator.store.schema import FINAL_STATUSES
+from orchestrator.store.space import DiskFull, is_disk_full
 from orchestrator.store.tracking import SweepTracker
-from orchestrator.sweep.expand import Cell, Trial
+from orchestrator.sweep.expand import Cell, resolve
 from orchestrator.sweep.layout import LayoutError, SweepDir
 from orchestrator.sweep.plan import SweepPlan
 from orchestrator.sweep.spec import SweepSpec
@@ -63,11 +68,16 @@ class SweepOutcome:
     ray_start_seconds: Optional[float] = None
     models: dict[str, int] = field(default_factory=dict)
     """trial_id -> bytes of its kept model (models/<trial_id>.pt)."""
+    tracking_problem: Optional[str] = None
+    """Set when MLflow writes are still waiting in the spool at the end (the server was unreachable)."""
+    stopped: Optional[str] = None
+    """Why the run stopped early: a signal ('SIGTERM received'), 'interrupted', or a full disk."""
 
     @property
     def exit_code(self) -> int:
-        """0 when every trial finished without failing, else 1."""
-        return 1 if self.counts.get("failed", 0) or self.unfinished else 0
+        """0 when every trial finished without failing and MLflow has everything, else 1."""
+        return 1 if (self.counts.get("failed", 0) or self.unfinished or self.tracking_problem
+                     or self.stopped) else 0
 
 
 def sweep_dir_for(plan: SweepPlan, opts: RunOptions) -> Path:
@@ -169,12 +179,28 @@ def experiment_state_readable(path: str) -> bool:
     return True
 
 
-def _set_aside(path: str, console: Console) -> None:
-    aside = f"{path}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}"
+DISK_FULL_DRAIN_S = 5.0
+"""After a full disk, MLflow writes are given this long (the store may sit on the same disk)."""
+ASIDE_MARK = ".unreadable-"
+"""Suffix of Tune state folders set aside (unreadable or untrusted); removed once a run completes."""
+
+
+def _set_aside(path: str, reason: str, console: Console) -> None:
+    aside = f"{path}{ASIDE_MARK}{time.strftime('%Y%m%d-%H%M%S')}"
     os.replace(path, aside)
-    console.print(f"[yellow]Tune's saved state in {path} is unreadable (the driver was killed while "
-                  f"writing it); moved it to {aside} and restarting the unfinished trials from scratch. "
-                  "Finished trials keep their rows.[/]", highlight=False)
+    console.print(f"[yellow]Tune's saved state in {path} is not restored: {reason}. Moved it to {aside}; the "
+                  "unfinished trials start again from scratch, finished trials keep their rows.[/]", highlight=False)
+
+
+def restorable(path: str) -> Optional[str]:
+    """None when Tune's state at ``path`` may be restored, else why not. Local state must be whole
+    JSON and signed by this user (run/trust.py: restoring unpickles it); a URI's store is trusted
+    through its own access control."""
+    if "://" in path:
+        return None
+    if not experiment_state_readable(path):
+        return "its experiment state is truncated or missing (a write was cut short)"
+    return trust.untrusted_reason(Path(path))
 
 
 def _tuner(spec: SweepSpec, study: Study, storage: str, meta: SweepMeta, max_concurrent: Optional[int],
@@ -182,9 +208,13 @@ def _tuner(spec: SweepSpec, study: Study, storage: str, meta: SweepMeta, max_con
     trainable = tune.with_resources(fpr_trainable, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
     path = f"{storage.rstrip('/')}/{study.name}"
     if tune.Tuner.can_restore(path):
-        if experiment_state_readable(path):
-            return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True), True
-        _set_aside(path, console)
+        reason = restorable(path)
+        if reason is None:
+            try:
+                return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True), True
+            except Exception as e:  # e.g. a 0-byte tuner.pkl left by a full disk
+                reason = f"Tune could not read it ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})"
+        _set_aside(path, reason, console)
     tune_config = tune.TuneConfig(num_samples=study.samples,
                                   search_alg=tune_space.search_algorithm(spec, study.cells),
                                   scheduler=tune_space.scheduler(spec, study.cells),
@@ -217,24 +247,6 @@ def reconcile(hub: DriverHub, exp_path: str) -> int:
         elif not hub.is_final(hub.trial(tt)):  # rows can arrive just before an interrupt
             unfinished += 1
     return unfinished
-
-
-def tune_trial_states(sweep_dir: Path) -> dict[str, tuple[str, Trial]]:
-    """trial_id -> (Tune status: PENDING/RUNNING/PAUSED/TERMINATED/ERROR, trial) from the experiment
-    state files under the sweep's tune dir (for `fpr-sweep status`; reads files, starts nothing)."""
-    from ray.tune import ExperimentAnalysis
-
-    states: dict[str, tuple[str, Trial]] = {}
-    tune_dir = SweepDir(Path(sweep_dir).resolve()).tune
-    if not tune_dir.is_dir():
-        return states
-    for exp in sorted(tune_dir.iterdir()):
-        if not experiment_state_readable(str(exp)):  # none yet, or set aside as unreadable
-            continue
-        for tt in ExperimentAnalysis(str(exp)).trials:
-            t = trial_of_config(tt.config)
-            states[t.trial_id] = (tt.status, t)
-    return states
 
 
 # ---------------------------------------------------------------- the run
@@ -273,27 +285,75 @@ def run_sweep(plan: SweepPlan, opts: RunOptions, tracker_factory, console: Conso
         check_resources(spec)
     storage = SweepDir(sweep_dir).tune_storage(opts.storage)
     progress = SweepProgress(console, total, already, title=name)
-    hub = DriverHub(sweep_dir, meta, tracker, progress, console)
-    hubs.activate(hub)
-    progress.start()
-    try:
-        for study in studies:
+    with StopRequests() as stops:
+        hub = DriverHub(sweep_dir, meta, tracker, progress, console,
+                        done_before=frozenset(t for t, st in done.items() if st in FINAL_STATUSES), stops=stops)
+        hubs.activate(hub)
+        progress.start()
+        try:
+            outcome.unfinished = _run_studies(spec, studies, storage, meta, opts, hub, console)
+        finally:
+            progress.stop()
+            hub.live.close()
+            hubs.activate(None)
+    return _finish(outcome, hub, tracker, stops, storage, console)
+
+
+def _run_studies(spec: SweepSpec, studies: list[Study], storage: str, meta: SweepMeta, opts: RunOptions,
+                 hub: DriverHub, console: Console) -> int:
+    """Fit each study in turn (until a stop is requested); returns how many trials are unfinished."""
+    unfinished = 0
+    for i, study in enumerate(studies):
+        if hub.stops.reason is not None:
+            unfinished += sum(len(s.cells) * s.samples for s in studies[i:])
+            break
+        path = f"{storage.rstrip('/')}/{study.name}"
+        try:
             tuner, restored = _tuner(spec, study, storage, meta, opts.max_concurrent or spec.max_concurrent,
                                      console)
             if restored:
                 console.print(f"resuming Tune experiment {study.name}", highlight=False)
-            tuner.fit()
-            outcome.unfinished += reconcile(hub, f"{storage.rstrip('/')}/{study.name}")
-    finally:
-        progress.stop()
-        hubs.activate(None)
-    outcome.results_path = parquet.collect(sweep_dir)
-    statuses = parquet.finished_statuses(sweep_dir)
+            with trust.Signer(Path(path)) if "://" not in path else nullcontext():
+                tuner.fit()
+        except KeyboardInterrupt:  # a second Ctrl-C, or one outside Tune's own handler
+            hub.stops.reason = hub.stops.reason or "interrupted"
+        except Exception as e:  # Tune writing its own state on a full disk
+            if not is_disk_full(e):
+                raise
+            hub.stop_for_disk(e)
+        try:
+            unfinished += reconcile(hub, path)
+        except Exception:  # no readable state (stopped before Tune saved any): count the study's trials
+            unfinished += sum(1 for c in study.cells if not hub.is_final(resolve(c)))
+    return unfinished
+
+
+def _finish(outcome: SweepOutcome, hub: DriverHub, tracker: SweepTracker, stops: StopRequests, storage: str,
+            console: Console) -> SweepOutcome:
+    """Collect the table, count, close MLflow (KILLED when stopped), say why a run stopped."""
+    try:
+        outcome.results_path = parquet.collect(hub.sweep_dir)
+    except DiskFull as e:
+        hub.disk_full = hub.disk_full or e
+    statuses = parquet.finished_statuses(hub.sweep_dir)
     for status in statuses.values():
         outcome.counts[status] = outcome.counts.get(status, 0) + 1
-    outcome.models = SweepDir(sweep_dir).kept_models()
-    hub.guarded("sweep summary", log_sweep_outcome, tracker, SweepDir(sweep_dir))
-    tracker.end_sweep("KILLED" if outcome.unfinished else ("FAILED" if outcome.counts.get("failed") else "FINISHED"))
-    for w in hub.warnings:
+    outcome.models = SweepDir(hub.sweep_dir).kept_models()
+    hub.guarded("sweep summary", log_sweep_outcome, tracker, SweepDir(hub.sweep_dir))
+    outcome.stopped = str(hub.disk_full) if hub.disk_full else stops.reason
+    ended = "KILLED" if outcome.unfinished or outcome.stopped else (
+        "FAILED" if outcome.counts.get("failed") else "FINISHED")
+    outcome.tracking_problem = tracker.end_sweep(ended, drain_s=DISK_FULL_DRAIN_S if hub.disk_full else None)
+    for w in hub.warnings + tracker.warnings:
         console.print(f"[yellow]{w}[/]", highlight=False)
+    if not outcome.unfinished and not outcome.stopped:
+        _remove_set_aside(storage)
     return outcome
+
+
+def _remove_set_aside(storage: str) -> None:
+    """Once a run completed, the state folders set aside by earlier runs are of no further use."""
+    if "://" in storage or not Path(storage).is_dir():
+        return
+    for aside in Path(storage).glob(f"*{ASIDE_MARK}*"):
+        shutil.rmtree(aside, ignore_errors=True)

@@ -21,8 +21,11 @@ from orchestrator.store import parquet
 from orchestrator.store.rows import SweepMeta, placeholder_rows
 from orchestrator.store.run_info import dataset_records, trial_description
 from orchestrator.store.schema import FINAL_STATUSES
+from orchestrator.store.space import DiskFull, failed_path, is_disk_full
 from orchestrator.store.tracking import SweepTracker
+from orchestrator.run.signals import StopRequests
 from orchestrator.run.trainable import MODEL_FILE, trial_of_config
+from orchestrator.sweep.live import LiveFile
 from orchestrator.sweep.expand import Trial
 from orchestrator.sweep.layout import SweepDir
 from orchestrator.sweep.metrics import (CURVES_KEY, DATASETS_KEY, FINAL_SPLIT_COLUMNS, PROGRESS_METRICS, ROWS_KEY,
@@ -60,12 +63,18 @@ class DriverHub:
     """Everything the driver does when trials start, report and end: MLflow, Parquet, progress."""
 
     def __init__(self, sweep_dir: Path, meta: SweepMeta, tracker: SweepTracker,
-                 progress: SweepProgress, console: Console) -> None:
+                 progress: SweepProgress, console: Console, done_before: frozenset[str] = frozenset(),
+                 stops: Optional[StopRequests] = None) -> None:
         self.sweep_dir = sweep_dir
         self.meta = meta
         self.tracker = tracker
         self.progress = progress
         self.console = console
+        self.done_before = done_before
+        """Trials final before this driver started: counted in the progress bar already."""
+        self.stops = stops or StopRequests()
+        self.disk_full: Optional[DiskFull] = None
+        self.live = LiveFile(sweep_dir)
         self.warnings: list[str] = []
         self._trials: dict[str, Trial] = {}
 
@@ -92,6 +101,7 @@ class DriverHub:
         t = self.trial(tune_trial)
         if not self.is_final(t):  # a finished trial restored as running only re-reports its rows
             self.tracker.describe(self._run(t), trial_description(t))
+        self.live.set(t.trial_id, "running", *self._label(t)[1:])
         self.progress.started(*self._label(t))
 
     def result(self, tune_trial: Any, result: dict[str, Any]) -> None:
@@ -105,7 +115,9 @@ class DriverHub:
         self.progress.result(*self._label(t), result.get(STEP), _latest_metric(result))
 
     def recovering(self, tune_trial: Any) -> None:
-        self.progress.retrying(*self._label(self.trial(tune_trial)))
+        t = self.trial(tune_trial)
+        self.live.set(t.trial_id, "retrying", *self._label(t)[1:])
+        self.progress.retrying(*self._label(t))
 
     def completed(self, tune_trial: Any) -> None:
         t = self.trial(tune_trial)
@@ -124,20 +136,23 @@ class DriverHub:
 
     def finish(self, t: Trial, rows_curves: tuple[list[dict], dict], step: Any, force: bool = False,
                datasets: Optional[str] = None) -> None:
-        """MLflow final metrics + artifacts, then the rows file (its existence marks the trial done).
-        ``datasets``: the splits the trial generated (JSON, the final report's DATASETS_KEY)."""
+        """The rows file (its existence marks the trial done), then the MLflow final metrics and
+        artifacts (queued: never waits on the tracking server). ``datasets``: the splits the trial
+        generated (JSON, the final report's DATASETS_KEY)."""
         rows, curves = rows_curves
+        self.live.drop(t.trial_id)
         if self.is_final(t) and not force:
             if self.tracker.is_open(t.trial_id):
                 self.tracker.end_trial(t.trial_id, rows[0]["status"])
-            self.progress.finished(*self._label(t), rows[0]["status"])
+            if t.trial_id not in self.done_before:  # counted once: no "[12/8]" after a resume
+                self.progress.finished(*self._label(t), rows[0]["status"])
             return
-        run_id = self._run(t)
-        self.tracker.log_final(run_id, rows, curves, t.experiment_config(), int(step or 0))
+        parquet.write_trial_rows(self.sweep_dir, t.trial_id, rows)  # the table first, the tracker second
+        run = self._run(t)
+        self.tracker.log_final(run, rows, curves, t.experiment_config(), int(step or 0))
         if datasets:
             c = t.cell
-            self.tracker.log_datasets(run_id, dataset_records(c.task, c.task_params, c.seed, json.loads(datasets)))
-        parquet.write_trial_rows(self.sweep_dir, t.trial_id, rows)
+            self.tracker.log_datasets(run, dataset_records(c.task, c.task_params, c.seed, json.loads(datasets)))
         self.tracker.end_trial(t.trial_id, rows[0]["status"])
         self.progress.finished(*self._label(t), rows[0]["status"], _final_metric(rows))
 
@@ -167,9 +182,19 @@ class DriverHub:
         try:
             fn(*args)
         except Exception as e:
+            if isinstance(e, DiskFull) or is_disk_full(e):
+                self.stop_for_disk(e)
+                return
             msg = f"driver: {what} failed: {type(e).__name__}: {e}"
             self.warnings.append(msg + "\n" + traceback.format_exc())
             self.console.print(f"[yellow]{msg}[/]", highlight=False)
+
+
+    def stop_for_disk(self, error: BaseException) -> None:
+        """A full disk stops the sweep as Ctrl-C would, with one message (printed at the end)."""
+        if self.disk_full is None:
+            self.disk_full = error if isinstance(error, DiskFull) else DiskFull(failed_path(error, self.sweep_dir), 0)
+            self.stops.request("disk full")
 
 
 def _final_metric(rows: list[dict]) -> str:

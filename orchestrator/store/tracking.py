@@ -1,16 +1,25 @@
 """MLflow tracking (the only module importing mlflow). Only the Ray driver writes here, so a
 SQLite store never sees concurrent writers.
 
-One experiment per sweep (artifacts under the sweep's results dir), one parent run for the sweep
-and one nested child run per trial. Runs are found again by tag (``fpr.role = sweep`` for the
-parent, ``trial_id`` for a child), so a resumed sweep continues its runs instead of opening
-duplicates (Ray's stock MLflowLoggerCallback opens a second run per trial after a restore).
+One experiment per sweep *identity* (the sweep id stored in the sweep folder, see
+orchestrator/sweep/record.py), artifacts under that sweep's folder, one parent run for the sweep and
+one nested child run per trial. Runs are found again by tag (``fpr.role = sweep`` for the parent,
+``trial_id`` for a child), so a resumed sweep continues its runs instead of opening duplicates (Ray's
+stock MLflowLoggerCallback opens a second run per trial after a restore).
+
+The table first, the tracker second: every write after start-up goes through the spool and its
+background sender (orchestrator/store/spool.py). The Tune loop only appends a line to a local file;
+an outage delays the MLflow runs, never the Parquet rows, and nothing is lost: the spool is sent when
+the server is back, or by the next run.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
+import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -20,9 +29,11 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Optional
 
-from mlflow.entities import Dataset, DatasetInput, InputTag, LoggedModelOutput, Metric, Param
+from mlflow.entities import Dataset, DatasetInput, InputTag, LoggedModelOutput, Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
+from orchestrator.store.space import DiskFull, is_disk_full
+from orchestrator.store.spool import PARENT, Sender, Spool, _first_line, operation
 from orchestrator.store.run_info import DatasetRecord
 from orchestrator.sweep.layout import SweepDir
 from orchestrator.sweep.metrics import (SIZE_SERIES, SPLIT_METRIC_NAMES, TRIAL_SUMMARY_COLUMNS, WEIGHTS_BYTES,
@@ -104,95 +115,174 @@ def _finite(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
+DRAIN_ENV = "FPR_TRACKING_DRAIN_S"
+DRAIN_S = 60.0
+"""How long the end of a run waits for unsent MLflow writes while the server is unreachable."""
+SWEEP_ID_TAG = "fpr.sweep_id"
+
+
+def is_transient(e: BaseException) -> bool:
+    """Worth retrying: the store is unreachable, overloaded or locked; not a refused value."""
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(e, MlflowException):
+        status = e.get_http_status_code()
+        return status >= 500 or status == 429
+    name = type(e).__name__
+    return isinstance(e, (OSError, ConnectionError, TimeoutError)) or name in (
+        "OperationalError", "ConnectionError", "Timeout", "ReadTimeout", "ChunkedEncodingError")
+
+
 class SweepTracker:
-    """MLflow runs of one sweep: the parent run and one child run per trial."""
+    """MLflow runs of one sweep: the parent run and one child run per trial.
+
+    Public calls never wait on the tracking store after start-up: each becomes an operation in
+    the sweep's spool. Run handles (what ``trial_run`` returns, ``PARENT`` for the sweep) name a
+    run before MLflow has created it; ``run_id(handle)`` gives the MLflow id once sent."""
 
     def __init__(self, uri: str, sweep: str, sweep_dir: Path, tags: dict[str, str],
-                 description: str = "", reopen: bool = True) -> None:
-        """``reopen``: mark the parent run RUNNING (a run or resume); False attaches to a
-        finished sweep without changing its state (``fpr-sweep eval``, ``report``)."""
+                 sweep_id: Optional[str] = None, description: str = "", reopen: bool = True) -> None:
+        """``sweep_id``: the sweep folder's id (sweep.json), which keys the experiment. ``reopen``:
+        mark the parent run RUNNING (a run or resume); False attaches to a finished sweep without
+        changing its state (``fpr-sweep eval``, ``report``)."""
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # the sender retries, not the client
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
         self.uri = uri
         self.client = MlflowClient(tracking_uri=uri)
         self.tags = dict(tags)
-        self.experiment_id = self._experiment(sweep, SweepDir(Path(sweep_dir).resolve()).mlflow_artifacts)
+        self.sweep_id = sweep_id
+        self.artifacts = SweepDir(Path(sweep_dir).resolve()).mlflow_artifacts
+        self.experiment_id = self._experiment(sweep)
         self._describe_experiment(description)
         self.parent_id = self._parent_run(sweep, reopen)
         if description:
             self.client.set_tag(self.parent_id, NOTE_TAG, description)
-        self._runs: dict[str, str] = {}
+        self._system_metrics: Any = None
+        self.spool = Spool(sweep_dir)
+        self._open: set[str] = set()
+        self._runs: dict[str, str] = {PARENT: self.parent_id}
+        self.sender = Sender(self.spool, self.client, self._resolve, is_transient)
 
-    def _describe_experiment(self, description: str) -> None:
-        """Training experiment (the UI opens in model-training mode), described by the spec."""
-        self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND_TAG, TRAINING_KIND)
-        if description:
-            self.client.set_experiment_tag(self.experiment_id, NOTE_TAG, description)
-
-    def _experiment(self, sweep: str, artifacts: Path) -> str:
+    # ---------------------------------------------------------------- start-up (synchronous)
+    def _experiment(self, sweep: str) -> str:
         try:
             exp = self.client.get_experiment_by_name(sweep)
+            if exp is not None and not self._is_ours(exp):
+                name = f"{sweep}-{self.sweep_id[:8]}"
+                exp = self.client.get_experiment_by_name(name)
+            else:
+                name = sweep
         except Exception as e:  # a broken store: report what and where, not a stack of SQL
-            raise TrackingError(f"cannot open the MLflow store {self.uri}: {e}") from None
+            raise TrackingError(f"cannot open the MLflow store {self.uri}: {_first_line(e)}") from None
         if exp is not None:
             if exp.lifecycle_stage == "deleted":
                 self.client.restore_experiment(exp.experiment_id)
+            if self.sweep_id and SWEEP_ID_TAG not in exp.tags:
+                self.client.set_experiment_tag(exp.experiment_id, SWEEP_ID_TAG, self.sweep_id)
             return exp.experiment_id
-        artifacts.mkdir(parents=True, exist_ok=True)
-        return self.client.create_experiment(sweep, artifact_location=artifacts.as_uri(),
-                                             tags={"fpr.sweep": sweep})
+        self.artifacts.mkdir(parents=True, exist_ok=True)
+        tags = {"fpr.sweep": sweep, **({SWEEP_ID_TAG: self.sweep_id} if self.sweep_id else {})}
+        return self.client.create_experiment(name, artifact_location=self.artifacts.as_uri(), tags=tags)
+
+    def _describe_experiment(self, description: str) -> None:
+        """Training experiment (the UI opens in model-training mode), described by the spec."""
+        try:
+            self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND_TAG, TRAINING_KIND)
+            if description:
+                self.client.set_experiment_tag(self.experiment_id, NOTE_TAG, description)
+        except Exception as e:
+            raise TrackingError(f"cannot write to the MLflow store {self.uri}: {_first_line(e)}") from None
+
+    def _is_ours(self, exp: Any) -> bool:
+        """Same sweep id, or (an experiment made before sweep ids) artifacts in our folder."""
+        if self.sweep_id is None:
+            return True
+        theirs = exp.tags.get(SWEEP_ID_TAG)
+        if theirs is not None:
+            return theirs == self.sweep_id
+        return exp.artifact_location.rstrip("/") == self.artifacts.as_uri().rstrip("/")
 
     def _find(self, filter_string: str) -> Optional[str]:
         runs = self.client.search_runs([self.experiment_id], filter_string=filter_string, max_results=1)
         return runs[0].info.run_id if runs else None
 
     def _parent_run(self, sweep: str, reopen: bool = True) -> str:
-        run_id = self._find("tags.`fpr.role` = 'sweep'")
-        if run_id is None:
-            run = self.client.create_run(self.experiment_id, run_name=sweep,
-                                         tags={"fpr.role": "sweep", **self.tags})
-            return run.info.run_id
-        if reopen:
-            self.client.update_run(run_id, status="RUNNING")
-        for key, value in self.tags.items():
-            self.client.set_tag(run_id, key, value)
+        try:
+            run_id = self._find("tags.`fpr.role` = 'sweep'")
+            if run_id is None:
+                run = self.client.create_run(self.experiment_id, run_name=sweep,
+                                             tags={"fpr.role": "sweep", **self.tags})
+                return run.info.run_id
+            if reopen:
+                self.client.update_run(run_id, status="RUNNING")
+            for key, value in self.tags.items():
+                self.client.set_tag(run_id, key, value)
+        except Exception as e:
+            raise TrackingError(f"cannot open the sweep's run in {self.uri}: {_first_line(e)}") from None
         return run_id
+
+    # ---------------------------------------------------------------- sender side
+    def _resolve(self, op: dict[str, Any]) -> str:
+        """The run of an operation's trial: cached, found by its trial_id tag, or created."""
+        trial = op["trial"]
+        if trial in self._runs:
+            return self._runs[trial]
+        run_id = self._find(f"tags.trial_id = '{trial}'")
+        if run_id is None:
+            tags = {PARENT_TAG: self.parent_id, "trial_id": trial, **self.tags, **op.get("tags", {})}
+            run_id = self.client.create_run(self.experiment_id, run_name=op.get("name") or trial,
+                                            tags=tags).info.run_id
+        elif op["op"] == "run":
+            self.client.update_run(run_id, status="RUNNING")
+        self._runs[trial] = run_id
+        return run_id
+
+    # ---------------------------------------------------------------- public calls (never block)
+    def _submit(self, op: dict[str, Any]) -> None:
+        try:
+            self.spool.append(op)
+        except OSError as e:
+            if is_disk_full(e):
+                raise DiskFull(self.spool.path, len(json.dumps(op))) from None
+            raise
+        self.sender.notify()
 
     def log_sweep_params(self, params: dict[str, Any]) -> None:
         """Sweep-level params on the parent (only the first time: params are immutable)."""
-        have = self.client.get_run(self.parent_id).data.params
-        self._log_params(self.parent_id, {k: v for k, v in flatten_config(params).items() if k not in have})
+        self._submit({"op": "params", "trial": PARENT, "params": flatten_config(params)})
 
     def trial_run(self, trial_id: str, name: str, tags: dict[str, str], config: dict[str, Any]) -> str:
-        """The child run of a trial: found by its trial_id tag, or created (with params) once."""
-        if trial_id in self._runs:
-            return self._runs[trial_id]
-        run_id = self._find(f"tags.trial_id = '{trial_id}'")
-        if run_id is None:
-            run = self.client.create_run(self.experiment_id, run_name=name,
-                                         tags={PARENT_TAG: self.parent_id, "trial_id": trial_id,
-                                               **self.tags, **tags})
-            run_id = run.info.run_id
-            self._log_params(run_id, flatten_config(config))
-        else:
-            self.client.update_run(run_id, status="RUNNING")
-        self._runs[trial_id] = run_id
-        return run_id
+        """The child run of a trial (found by its trial_id tag, or created with params once);
+        returns its run handle."""
+        if trial_id not in self._open:
+            self._open.add(trial_id)
+            self._submit({"op": "run", "trial": trial_id, "name": name, "tags": dict(tags),
+                          "params": flatten_config(config)})
+        return trial_id
 
-    def _log_params(self, run_id: str, params: dict[str, str]) -> None:
-        items = [Param(k, v[:6000]) for k, v in params.items()]
-        for i in range(0, len(items), BATCH):
-            self.client.log_batch(run_id, params=items[i:i + BATCH])
-
-    def log_metrics(self, run_id: str, metrics: dict[str, Any], step: int) -> None:
-        """Finite numeric metrics at ``step`` in one batch."""
+    def log_metrics(self, run: str, metrics: dict[str, Any], step: int) -> None:
+        """Finite numeric metrics at ``step``; a (run, key, step) already logged is never logged again."""
         ts = _ms()
-        items = [Metric(k, float(v), ts, int(step)) for k, v in metrics.items() if _finite(v)]
-        for i in range(0, len(items), 1000):
-            self.client.log_batch(run_id, metrics=items[i:i + 1000])
+        points = [[k, float(v), ts, int(step)] for k, v in metrics.items() if _finite(v)]
+        points = self.spool.new_steps(run, points)
+        if points:
+            self._submit({"op": "metrics", "trial": run, "metrics": points})
 
-    def log_final(self, run_id: str, rows: list[dict[str, Any]], curves: dict[str, list[float]],
+    def log_params(self, run: str, params: dict[str, Any]) -> None:
+        """Params of a run (flattened; values an earlier run already set are kept)."""
+        self._submit({"op": "params", "trial": run, "params": flatten_config(params)})
+
+    def set_tags(self, run: str, tags: dict[str, Any]) -> None:
+        self._submit({"op": "tags", "trial": run, "tags": {k: str(v)[:5000] for k, v in tags.items()}})
+
+    def log_artifact(self, run: str, local_path: Path, artifact_path: Optional[str] = None) -> None:
+        """A file as an artifact: copied into the spool now, uploaded by the sender."""
+        self._submit({"op": "artifact", "trial": run, "file": self.spool.stash(Path(local_path)),
+                      "name": Path(local_path).name, "artifact_path": artifact_path})
+
+    def log_final(self, run: str, rows: list[dict[str, Any]], curves: dict[str, list[float]],
                   config: dict[str, Any], step: int) -> None:
-        """Per-split metrics (``acc/ood_64`` ...), the size series (``ood/exact_acc`` at step = size),
-        the resolved config JSON and a convergence plot."""
+        """Per-split metrics (``acc/ood_64`` ...), the resolved config JSON and a convergence plot."""
         metrics: dict[str, Any] = {}
         for row in rows:
             for column in SPLIT_METRIC_NAMES:
@@ -200,128 +290,249 @@ class SweepTracker:
         first = rows[0] if rows else {}
         for key in TRIAL_SUMMARY_COLUMNS:
             metrics[key] = first.get(key)
-        self.log_metrics(run_id, metrics, step)
-        self.log_size_series(run_id, rows)
-        self.log_budget_curves(run_id, rows)
-        status = first.get("status", "failed")
-        self.client.set_tag(run_id, "status", status)
+        self.log_metrics(run, metrics, step)
+        self.log_size_series(run, rows)
+        self.log_budget_curves(run, rows)
+        tags = {"status": first.get("status", "failed")}
         if first.get("error"):
-            self.client.set_tag(run_id, "error", str(first["error"])[:5000])
-        with tempfile.TemporaryDirectory() as tmp:
-            cfg_path = Path(tmp) / "config.json"
-            cfg_path.write_text(json.dumps(config, indent=2, sort_keys=True, default=str))
-            self.client.log_artifact(run_id, str(cfg_path))
-            if any(curves.values()):
-                plot = Path(tmp) / "convergence.png"
-                convergence_plot(curves, plot, title=f"{first.get('task', '')} {first.get('variant', '')}")
-                self.client.log_artifact(run_id, str(plot))
+            tags["error"] = str(first["error"])[:5000]
+        self.set_tags(run, tags)
+        self._submit({"op": "json_artifact", "trial": run, "name": "config.json", "content": config})
+        if any(curves.values()):
+            self._submit({"op": "convergence", "trial": run, "curves": curves,
+                          "title": f"{first.get('task', '')} {first.get('variant', '')}"})
 
     def is_open(self, trial_id: str) -> bool:
         """Did this driver open (or reopen) the trial's run and not end it yet?"""
-        return trial_id in self._runs
+        return trial_id in self._open
 
     def end_trial(self, trial_id: str, status: str) -> None:
         """Close a trial's run: ok/diverged/stopped -> FINISHED (status in a tag), failed -> FAILED."""
-        run_id = self._runs.pop(trial_id, None) or self._find(f"tags.trial_id = '{trial_id}'")
-        if run_id is not None:
-            self.client.set_terminated(run_id, "FAILED" if status == "failed" else "FINISHED")
+        self._open.discard(trial_id)
+        self._submit({"op": "end", "trial": trial_id, "status": "FAILED" if status == "failed" else "FINISHED"})
 
-    def end_sweep(self, status: str) -> None:
-        """FINISHED, FAILED (some trial failed) or KILLED (interrupted; resume continues it)."""
-        if getattr(self, "_system_metrics", None) is not None:
+    def end_sweep(self, status: str, drain_s: Optional[float] = None) -> Optional[str]:
+        """FINISHED, FAILED (some trial failed) or KILLED (interrupted; resume continues it); then
+        wait for the spool to be sent. Returns None when MLflow has everything, else a paragraph for
+        the user (the server stayed unreachable; the writes wait in the spool for the next run)."""
+        if self._system_metrics is not None:
             self._system_metrics.finish()
             self._system_metrics = None
-        for trial_id in list(self._runs):
-            self.client.set_terminated(self._runs.pop(trial_id), "KILLED")
-        self.client.set_terminated(self.parent_id, status)
+        try:
+            for trial_id in sorted(self._open):
+                self._submit({"op": "end", "trial": trial_id, "status": "KILLED"})
+            self._submit({"op": "end", "trial": PARENT, "status": status})
+        except DiskFull:  # the runs stay RUNNING until the next run ends them
+            pass
+        self._open.clear()
+        return self.close(drain_s)
+
+    def flush(self, timeout: float = 60.0) -> bool:
+        """Wait until every write so far reached MLflow (True) or ``timeout`` passes (False)."""
+        return self.sender.drain(timeout)
+
+    def close(self, drain_s: Optional[float] = None) -> Optional[str]:
+        """Send what is left (waiting up to ``drain_s``), stop the sender; see ``end_sweep``."""
+        wait = float(os.environ.get(DRAIN_ENV, DRAIN_S)) if drain_s is None else drain_s
+        sent = self.sender.drain(wait)
+        self.sender.stop()
+        if sent:
+            try:
+                self.spool.compact()
+            except OSError:  # a full disk: the spool stays, fully acked; the next run compacts it
+                pass
+            return None
+        pending = len(self.spool.pending())
+        since = (time.strftime("%H:%M:%S", time.localtime(self.sender.down_since))
+                 if self.sender.down_since else "the end of the run")
+        return (f"The MLflow tracking store {self.uri} has not accepted writes since {since} "
+                f"({self.sender.last_error or 'no answer'}). The results table does not depend on it and "
+                f"is complete. {pending} MLflow writes (metrics, tags, artifacts, run ends) are kept in "
+                f"{self.spool.path} and are sent, each exactly once, by the next `fpr-sweep run` of this "
+                "spec once the store is reachable again.")
 
     def find_trial_run(self, trial_id: str) -> Optional[str]:
-        """The child run of a trial, or None; its state is left as it is."""
-        return self._runs.get(trial_id) or self._find(f"tags.trial_id = '{trial_id}'")
+        """The handle of a trial's existing run (its state left as it is), or None if it has none."""
+        if trial_id in self._runs or self._find(f"tags.trial_id = '{trial_id}'") is not None:
+            return trial_id
+        return None
 
-    def log_size_series(self, run_id: str, rows: list[dict[str, Any]]) -> None:
+    def _series(self, run: str, points: list[list[Any]]) -> None:
+        """Metric points logged as they are (series keyed by size or budget, not by training step)."""
+        if points:
+            self._submit({"op": "metrics", "trial": run, "metrics": points})
+
+    def log_size_series(self, run: str, rows: list[dict[str, Any]]) -> None:
         """Each ok row's SIZE_SERIES metrics at step = its size (one point per split)."""
         ts = _ms()
-        items = [Metric(name, float(row[column]), ts, int(row["size"]))
-                 for row in rows if row.get("status") == "ok" and row.get("size") is not None
-                 for column, name in SIZE_SERIES.items() if _finite(row.get(column))]
-        for i in range(0, len(items), 1000):
-            self.client.log_batch(run_id, metrics=items[i:i + 1000])
+        self._series(run, [[name, float(row[column]), ts, int(row["size"])]
+                           for row in rows if row.get("status") == "ok" and row.get("size") is not None
+                           for column, name in SIZE_SERIES.items() if _finite(row.get(column))])
 
-    def log_budget_curves(self, run_id: str, rows: list[dict[str, Any]]) -> None:
+    def log_budget_curves(self, run: str, rows: list[dict[str, Any]]) -> None:
         """Each ok row's test-time compute curve as ``ttc/exact_acc/<split>`` at step = budget."""
         ts = _ms()
-        items = [Metric(budget_metric(row["split"]), float(acc), ts, int(budget))
-                 for row in rows if row.get("status") == "ok"
-                 for budget, acc in zip(row.get("budget_iters") or (), row.get("budget_acc") or ()) if _finite(acc)]
-        for i in range(0, len(items), 1000):
-            self.client.log_batch(run_id, metrics=items[i:i + 1000])
+        self._series(run, [[budget_metric(row["split"]), float(acc), ts, int(budget)]
+                           for row in rows if row.get("status") == "ok"
+                           for budget, acc in zip(row.get("budget_iters") or (), row.get("budget_acc") or ())
+                           if _finite(acc)])
 
-    def log_split_metrics(self, run_id: str, rows: list[dict[str, Any]], step: int) -> None:
+    def log_split_metrics(self, run: str, rows: list[dict[str, Any]], step: int) -> None:
         """Flat per-split metrics (``acc/ood_64`` ... at ``step``) and the size series."""
-        self.log_metrics(run_id, {split_metric(column, row["split"]): row.get(column)
-                                  for row in rows for column in SPLIT_METRIC_NAMES}, step)
-        self.log_size_series(run_id, rows)
-        self.log_budget_curves(run_id, rows)
+        self.log_metrics(run, {split_metric(column, row["split"]): row.get(column)
+                               for row in rows for column in SPLIT_METRIC_NAMES}, step)
+        self.log_size_series(run, rows)
+        self.log_budget_curves(run, rows)
 
-    def log_datasets(self, run_id: str, records: list[DatasetRecord]) -> None:
+    def log_datasets(self, run: str, records: list[DatasetRecord]) -> None:
         """The splits a trial trained and was evaluated on, as MLflow dataset inputs."""
-        if not records:
-            return
-        inputs = [DatasetInput(Dataset(r.name, r.digest, "code", r.source, profile=r.profile),
-                               tags=[InputTag("mlflow.data.context", r.context)]) for r in records]
-        self.client.log_inputs(run_id, datasets=inputs)
+        if records:
+            self._submit({"op": "datasets", "trial": run, "records": [dataclasses.asdict(r) for r in records]})
 
-    def describe(self, run_id: str, text: str) -> None:
+    def describe(self, run: str, text: str) -> None:
         """The run's description (the Overview's 'Description' field)."""
-        self.client.set_tag(run_id, NOTE_TAG, text)
+        self.set_tags(run, {NOTE_TAG: text})
 
-    def log_weights(self, run_id: str, path: Path, step: int, name: str, config: dict[str, Any]) -> str:
+    def log_weights(self, run: str, path: Path, step: int, name: str, config: dict[str, Any]) -> None:
         """The trial's saved model as a child-run artifact, its size as ``model/weights_bytes``, and
         an MLflow LoggedModel ``name`` (the run's Models field and the experiment's Models tab) that
         carries the config and points at the weights artifact rather than storing them twice.
-        Returns the LoggedModel's id."""
-        path = Path(path)
-        self.client.log_artifact(run_id, str(path), WEIGHTS_ARTIFACT_DIR)
-        self.log_metrics(run_id, {WEIGHTS_BYTES: path.stat().st_size}, step)
-        weights_uri = f"runs:/{run_id}/{WEIGHTS_ARTIFACT_DIR}/{path.name}"
-        model = self.client.create_logged_model(
-            self.experiment_id, name=name, source_run_id=run_id, model_type="fpr_core.LoopedModel",
-            params={k: v[:6000] for k, v in flatten_config(config).items()},
-            tags={"weights": weights_uri, "load_with": "fpr_core.saved_model.load_model(path)"})
-        with tempfile.TemporaryDirectory() as tmp:
-            Path(tmp, "config.json").write_text(json.dumps(config, indent=2, sort_keys=True, default=str))
-            Path(tmp, "WEIGHTS.txt").write_text(f"{weights_uri}\nload: fpr_core.saved_model.load_model(path)\n")
-            self.client.log_model_artifacts(model.model_id, tmp)
-        self.client.finalize_logged_model(model.model_id, "READY")
-        self.client.log_outputs(run_id, [LoggedModelOutput(model.model_id, int(step))])
-        return model.model_id
+        ``path`` stays where it is (models/<trial_id>.pt): the sender uploads it from there."""
+        path = Path(path).resolve()
+        self.log_metrics(run, {WEIGHTS_BYTES: path.stat().st_size}, step)
+        self._submit({"op": "weights", "trial": run, "path": str(path), "step": int(step), "name": name,
+                      "config": config})
 
     def log_sweep_files(self, paths: list[Path], artifact_dir: Optional[str] = None) -> None:
-        """Files of the sweep (spec, results.parquet, report.md, plots) as parent-run artifacts."""
+        """Files of the sweep (spec, results.parquet, report.md, plots) as parent-run artifacts
+        (copied into the spool now, so a later rewrite of the file does not change what is sent)."""
         for path in paths:
             if Path(path).is_file():
-                self.client.log_artifact(self.parent_id, str(path), artifact_dir)
+                self.log_artifact(PARENT, Path(path), artifact_dir)
 
     def log_sweep_summary(self, metrics: dict[str, float], tags: dict[str, str]) -> None:
-        """Summary metrics (trials per status, best OOD accuracy per task) and tags on the parent."""
-        self.log_metrics(self.parent_id, metrics, 0)
-        for key, value in tags.items():
-            self.client.set_tag(self.parent_id, key, value)
+        """Summary metrics (trials per status, best OOD accuracy per task) and tags on the parent, at
+        step = trials finished so far (a resume that finished more logs a new point, never the same
+        step twice)."""
+        self.log_metrics(PARENT, metrics, int(metrics.get("trials/total", 0)))
+        if tags:
+            self.set_tags(PARENT, tags)
 
     def start_system_metrics(self, interval_s: float = 10.0) -> None:
         """Log this host's CPU, memory, disk and network use to the parent run (``system/...``)
-        every ``interval_s`` from a background thread, until ``end_sweep``."""
+        every ``interval_s`` from MLflow's own background thread, until ``end_sweep``."""
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
         self._system_metrics = SystemMetricsMonitor(self.parent_id, sampling_interval=interval_s,
                                                     resume_logging=True, tracking_uri=self.uri)
         self._system_metrics.start()
 
+    @property
+    def warnings(self) -> list[str]:
+        """Writes MLflow refused for good (bad values), one line each."""
+        return list(self.sender.warnings)
+
+    def run_id(self, run: str) -> Optional[str]:
+        """The MLflow run id behind a handle (after ``flush``), or None if it was never created."""
+        if run in self._runs:
+            return self._runs[run]
+        return self._find(f"tags.trial_id = '{run}'")
+
     def child_runs(self) -> list[Any]:
         return self.client.search_runs([self.experiment_id],
                                        filter_string=f"tags.`{PARENT_TAG}` = '{self.parent_id}'",
                                        max_results=10000)
+
+
+# ---------------------------------------------------------------- how the sender applies operations
+
+@operation("run")
+def _apply_run(sender: Sender, op: dict[str, Any]) -> None:
+    _apply_params(sender, op)
+
+
+@operation("params")
+def _apply_params(sender: Sender, op: dict[str, Any]) -> None:
+    run_id = sender.run_id(op)
+    have = sender.client.get_run(run_id).data.params
+    items = [Param(k, v[:6000]) for k, v in op["params"].items() if k not in have]
+    for i in range(0, len(items), BATCH):
+        sender.client.log_batch(run_id, params=items[i:i + BATCH])
+
+
+@operation("metrics")
+def _apply_metrics(sender: Sender, op: dict[str, Any]) -> None:
+    run_id = sender.run_id(op)
+    items = [Metric(k, v, ts, step) for k, v, ts, step in op["metrics"]]
+    for i in range(0, len(items), 1000):
+        sender.client.log_batch(run_id, metrics=items[i:i + 1000])
+
+
+@operation("tags")
+def _apply_tags(sender: Sender, op: dict[str, Any]) -> None:
+    run_id = sender.run_id(op)
+    sender.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in op["tags"].items()])
+
+
+@operation("artifact")
+def _apply_artifact(sender: Sender, op: dict[str, Any]) -> None:
+    source = sender.spool.dir / op["file"]
+    with tempfile.TemporaryDirectory() as tmp:  # upload under its own name, not the stash name
+        named = Path(tmp) / op["name"]
+        shutil.copyfile(source, named)
+        sender.client.log_artifact(sender.run_id(op), str(named), op.get("artifact_path"))
+
+
+@operation("json_artifact")
+def _apply_json_artifact(sender: Sender, op: dict[str, Any]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / op["name"]
+        path.write_text(json.dumps(op["content"], indent=2, sort_keys=True, default=str))
+        sender.client.log_artifact(sender.run_id(op), str(path))
+
+
+@operation("convergence")
+def _apply_convergence(sender: Sender, op: dict[str, Any]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "convergence.png"
+        convergence_plot(op["curves"], path, title=op.get("title", ""))
+        sender.client.log_artifact(sender.run_id(op), str(path))
+
+
+@operation("datasets")
+def _apply_datasets(sender: Sender, op: dict[str, Any]) -> None:
+    inputs = [DatasetInput(Dataset(r["name"], r["digest"], "code", r["source"], profile=r["profile"]),
+                           tags=[InputTag("mlflow.data.context", r["context"])]) for r in op["records"]]
+    sender.client.log_inputs(sender.run_id(op), datasets=inputs)
+
+
+@operation("weights")
+def _apply_weights(sender: Sender, op: dict[str, Any]) -> None:
+    """Upload the weights, then one LoggedModel per (run, name): found again on a replay."""
+    client, run_id, path = sender.client, sender.run_id(op), Path(op["path"])
+    client.log_artifact(run_id, str(path), WEIGHTS_ARTIFACT_DIR)
+    weights_uri = f"runs:/{run_id}/{WEIGHTS_ARTIFACT_DIR}/{path.name}"
+    exp_id = client.get_run(run_id).info.experiment_id
+    found = [m for m in client.search_logged_models([exp_id], filter_string=f"name = '{op['name']}'")
+             if m.source_run_id == run_id]
+    if found:
+        model = found[0]
+    else:
+        model = client.create_logged_model(
+            exp_id, name=op["name"], source_run_id=run_id, model_type="fpr_core.LoopedModel",
+            params={k: v[:6000] for k, v in flatten_config(op["config"]).items()},
+            tags={"weights": weights_uri, "load_with": "fpr_core.saved_model.load_model(path)"})
+    with tempfile.TemporaryDirectory() as tmp:
+        Path(tmp, "config.json").write_text(json.dumps(op["config"], indent=2, sort_keys=True, default=str))
+        Path(tmp, "WEIGHTS.txt").write_text(f"{weights_uri}\nload: fpr_core.saved_model.load_model(path)\n")
+        client.log_model_artifacts(model.model_id, tmp)
+    client.finalize_logged_model(model.model_id, "READY")
+    client.log_outputs(run_id, [LoggedModelOutput(model.model_id, int(op["step"]))])
+
+
+@operation("end")
+def _apply_end(sender: Sender, op: dict[str, Any]) -> None:
+    sender.client.set_terminated(sender.run_id(op), op["status"])
 
 
 def convergence_plot(curves: dict[str, list[float]], path: Path, title: str = "") -> None:

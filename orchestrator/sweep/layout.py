@@ -1,9 +1,13 @@
 """Where a sweep's files live: every path under ``results/<name>/``, in one place.
 
     results/<name>/            one sweep (``<name>-smoke/`` for ``--smoke`` runs)
-      sweep.json               what the last run was started with (spec hash, tracking URI, ...)
-      spec.yaml                a copy of the spec file the last run read
+      sweep.json               the sweep's id, spec hash, history of runs, tracking URI (sweep/record.py)
+      spec.yaml                the spec the trials were planned from (replaced only by --extend)
+      driver.lock              the running driver: pid, host, lease (sweep/lock.py)
+      live.json                the running driver's trials (sweep/live.py; read by `status`)
+      tracking/                MLflow writes not sent yet (store/spool.py)
       trials/<trial_id>.parquet  one file per finished trial (its existence marks the trial done)
+      trials/.corrupt/         unreadable trial files set aside (store/parquet.py)
       results.parquet          every trial file collected into one table
       mlflow.db                the default MLflow store (SQLite), artifacts under mlartifacts/
       tune/<study>/            Ray Tune's experiment state and checkpoints (unless --storage-path)
@@ -64,8 +68,24 @@ class SweepDir:
         return self.root / "spec.yaml"
 
     @property
+    def lock(self) -> Path:
+        return self.root / "driver.lock"
+
+    @property
+    def live(self) -> Path:
+        return self.root / "live.json"
+
+    @property
+    def spool(self) -> Path:
+        return self.root / "tracking"
+
+    @property
     def trials(self) -> Path:
         return self.root / "trials"
+
+    @property
+    def corrupt(self) -> Path:
+        return self.trials / ".corrupt"
 
     def trial_file(self, trial_id: str) -> Path:
         return self.trials / f"{trial_id}.parquet"

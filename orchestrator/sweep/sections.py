@@ -8,6 +8,7 @@ keys, applies them to plain per-section dicts, and builds fpr_core's dataclasses
 from __future__ import annotations
 
 import dataclasses
+import reprlib
 import typing
 from typing import Any, Literal, Optional, Union
 
@@ -139,6 +140,19 @@ def _type_name(hint: Any) -> str:
     return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(hint, str(hint))
 
 
+EXCERPT_CHARS = 80
+"""Values quoted in error messages are cut to this many characters."""
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxdict, _REPR.maxlist, _REPR.maxtuple, _REPR.maxset = 3, 6, 6, 6, 6
+_REPR.maxstring, _REPR.maxother, _REPR.maxlong = EXCERPT_CHARS, EXCERPT_CHARS, EXCERPT_CHARS
+
+
 def short_repr(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
+    """A bounded repr: never formats more than a few levels and items of a value, however large
+    (a value a YAML alias expanded would otherwise be formatted whole)."""
+    return excerpt(_REPR.repr(value))
+
+
+def excerpt(text: str, limit: int = EXCERPT_CHARS) -> str:
+    """``text`` cut to ``limit`` characters."""
+    return text if len(text) <= limit else text[:limit - 3] + "..."

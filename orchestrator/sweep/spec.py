@@ -31,9 +31,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from fpr_core.config import ConfigError
 from orchestrator.sweep.metrics import DEFAULT_SCHEDULER_METRIC, DEFAULT_SEARCH_METRIC
 from orchestrator.sweep.sections import (apply_overrides, base_sections, build_sections, check_dotted,
-                                         short_repr)
+                                         excerpt, short_repr)
 
-SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+SLUG = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+"""A sweep name, matched against the whole string (``fullmatch``: ``$`` would accept a trailing newline)."""
+MAX_SPEC_BYTES = 1_000_000
+"""A spec file larger than this is refused before parsing (real specs are a few KB)."""
+MAX_SPEC_NODES = 100_000
+"""YAML nodes a spec may expand to once its aliases (``*anchor``) are followed: a few KB of
+aliases can otherwise expand to billions of values (the "billion laughs" pattern)."""
 
 
 class SpecError(ValueError):
@@ -178,7 +184,7 @@ class SweepSpec(_Strict):
     @field_validator("name")
     @classmethod
     def _slug(cls, v: str) -> str:
-        if not SLUG.match(v):
+        if not SLUG.fullmatch(v):
             raise ValueError("expected a slug of letters, digits, '-' and '_' (no slashes, dots or '..'), "
                              "at most 64 characters")
         return v
@@ -218,14 +224,7 @@ def stable_hash(obj: Any, n: int = 10) -> str:
 def load_spec(path: str | Path) -> SweepSpec:
     """Read and fully validate a sweep spec; raise SpecError with a user-facing message."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise SpecError(f"{path}: cannot read the sweep spec ({e.strerror or e}).") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise SpecError(f"{path}: not valid YAML: {e}") from None
+    data = read_yaml(path)
     if not isinstance(data, dict):
         raise SpecError(f"{path}: expected a mapping of sweep keys (name, tasks, axes, ...), "
                         f"got {type(data).__name__}.")
@@ -235,6 +234,45 @@ def load_spec(path: str | Path) -> SweepSpec:
         raise SpecError(format_validation_error(path, e)) from None
     check_fpr_core(spec, path)
     return spec
+
+
+def read_yaml(path: Path) -> Any:
+    """Parse a spec file, refusing oversized files and alias bombs before anything walks them."""
+    try:
+        if path.stat().st_size > MAX_SPEC_BYTES:
+            raise SpecError(f"{path}: {path.stat().st_size} bytes; a sweep spec may hold at most "
+                            f"{MAX_SPEC_BYTES} bytes.")
+        text = path.read_text()
+    except OSError as e:
+        raise SpecError(f"{path}: cannot read the sweep spec ({e.strerror or e}).") from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        if node is None:
+            return None
+        expanded = _expanded_nodes(node, {})
+        if expanded > MAX_SPEC_NODES:
+            raise SpecError(f"{path}: the YAML aliases (*anchor) expand to more than {MAX_SPEC_NODES} values "
+                            f"({expanded}); write the values out or use fewer nested aliases.")
+        return yaml.SafeLoader(text).get_single_data()
+    except yaml.YAMLError as e:
+        raise SpecError(f"{path}: not valid YAML: {excerpt(str(e), 400)}") from None
+
+
+def _expanded_nodes(node: yaml.Node, sizes: dict[int, int]) -> int:
+    """How many nodes ``node`` stands for with every alias followed (aliases share node objects in
+    the composed graph, so memoising by identity keeps this linear in the file's size)."""
+    key = id(node)
+    if key in sizes:
+        return sizes[key]
+    sizes[key] = MAX_SPEC_NODES + 1  # a node reached again while being sized: a recursive alias
+    if isinstance(node, yaml.SequenceNode):
+        total = 1 + sum(_expanded_nodes(child, sizes) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        total = 1 + sum(_expanded_nodes(k, sizes) + _expanded_nodes(v, sizes) for k, v in node.value)
+    else:
+        total = 1
+    sizes[key] = min(total, MAX_SPEC_NODES + 1)
+    return sizes[key]
 
 
 def format_validation_error(path: Path, err: ValidationError) -> str:

@@ -1,0 +1,265 @@
+"""The transport under SweepTracker: MLflow writes as operations in an on-disk spool, sent by one
+background thread, so the Tune loop never waits on the network and an outage loses nothing.
+
+``Spool`` appends each operation as one JSON line to ``<sweep>/tracking/spool.jsonl`` (the
+producer: Tune's callback thread and the main thread) and records in ``acked`` how far the sender
+got. ``Sender`` reads the spool in order and applies each operation with the MLflow client; a
+transient failure (server down, timeout, 5xx, a locked SQLite file) is retried with backoff until it
+succeeds, a permanent one (4xx: a bad value) is dropped with a warning. A driver that dies leaves
+the unsent tail in the spool; the next driver sends it first.
+
+Replays are idempotent, so "at least once" delivery stores every point exactly once: metric points
+carry the timestamp they were logged with (MLflow's SQL store keeps one row per (run, key,
+timestamp, step, value)), runs are found by tag before being created, tags and params are set to
+the same values, artifacts overwrite the same path.
+
+Operations are plain dicts ``{"seq", "op", "trial", ...}``; ``trial`` is a trial id, or
+``PARENT`` for the sweep's parent run. New kinds are added with ``@operation("kind")``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from orchestrator.sweep.layout import SweepDir
+
+SPOOL_FILE = "spool.jsonl"
+ACKED_FILE = "acked"
+STEPS_FILE = "steps.json"
+FILES_DIR = "files"
+PARENT = "__sweep__"
+"""The ``trial`` of operations on the sweep's parent run."""
+BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 8.0)
+"""Waits between retries of a transient failure (the last one repeats)."""
+
+Apply = Callable[["Sender", dict[str, Any]], None]
+OPERATIONS: dict[str, Apply] = {}
+"""op kind -> how the sender applies it (registered below and in tracking.py)."""
+
+
+def operation(kind: str) -> Callable[[Apply], Apply]:
+    """Register how the sender applies operations of ``kind``."""
+    def register(fn: Apply) -> Apply:
+        OPERATIONS[kind] = fn
+        return fn
+    return register
+
+
+class PermanentError(RuntimeError):
+    """The tracking store refused an operation for good (retrying cannot help)."""
+
+
+class Spool:
+    """The append-only operation log of one sweep, and how far it has been sent."""
+
+    def __init__(self, sweep_dir: Path) -> None:
+        self.dir = SweepDir(Path(sweep_dir)).spool
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.dir / SPOOL_FILE
+        self._lock = threading.Lock()
+        self.acked = self._read_acked()
+        self._end_torn_line()
+        self.ops = self._read_ops()
+        self.next_seq = max([self.acked] + [op["seq"] for op in self.ops]) + 1
+        self.steps: dict[str, dict[str, int]] = self._read_steps()
+
+    # ---------------------------------------------------------------- reading back
+    def _read_acked(self) -> int:
+        try:
+            return int((self.dir / ACKED_FILE).read_text().strip() or 0)
+        except (OSError, ValueError):
+            return 0
+
+    def _end_torn_line(self) -> None:
+        """A line cut short (a crash or a full disk mid-append) is ended, so the next append starts
+        a line of its own instead of joining the broken one."""
+        try:
+            with open(self.path, "rb+") as f:
+                f.seek(0, os.SEEK_END)
+                if f.tell() and (f.seek(-1, os.SEEK_END), f.read(1))[1] != b"\n":
+                    f.write(b"\n")
+        except FileNotFoundError:
+            pass
+
+    def _read_ops(self) -> list[dict[str, Any]]:
+        """Every whole operation line (a line torn by a crash mid-append is dropped)."""
+        out = []
+        try:
+            with open(self.path, "rb") as f:
+                for line in f:
+                    try:
+                        op = json.loads(line)
+                    except ValueError:
+                        continue
+                    if isinstance(op, dict) and isinstance(op.get("seq"), int):
+                        out.append(op)
+        except FileNotFoundError:
+            pass
+        return out
+
+    def _read_steps(self) -> dict[str, dict[str, int]]:
+        """Highest step logged per (trial, metric): saved at the last compaction, plus the spool."""
+        try:
+            steps = json.loads((self.dir / STEPS_FILE).read_text())
+        except (OSError, ValueError):
+            steps = {}
+        for op in self.ops:
+            if op["op"] == "metrics":
+                mine = steps.setdefault(op["trial"], {})
+                for key, _value, _ts, step in op["metrics"]:
+                    mine[key] = max(mine.get(key, step), step)
+        return steps
+
+    def pending(self) -> list[dict[str, Any]]:
+        """Operations appended but not yet sent, in order."""
+        with self._lock:
+            return [op for op in self.ops if op["seq"] > self.acked]
+
+    # ---------------------------------------------------------------- writing
+    def append(self, op: dict[str, Any]) -> dict[str, Any]:
+        """Give ``op`` the next sequence number and append it (one write of one line)."""
+        with self._lock:
+            op = {"seq": self.next_seq, **op}
+            line = json.dumps(op, separators=(",", ":"), allow_nan=False) + "\n"
+            self.dir.mkdir(parents=True, exist_ok=True)  # removed by hand mid-run: start it again
+            with open(self.path, "a") as f:
+                f.write(line)
+            self.next_seq += 1
+            self.ops.append(op)
+        return op
+
+    def new_steps(self, trial: str, metrics: list[list[Any]]) -> list[list[Any]]:
+        """The points whose step is past what was already logged for (trial, key): a resumed
+        trial re-reports steps between its checkpoint and the kill, and a point is logged once."""
+        with self._lock:
+            mine = self.steps.setdefault(trial, {})
+            fresh = [m for m in metrics if m[3] > mine.get(m[0], -1)]
+            for key, _value, _ts, step in fresh:
+                mine[key] = max(mine.get(key, -1), step)
+        return fresh
+
+    def stash(self, source: Path) -> str:
+        """Copy a file into the spool (it must outlive its temp dir until sent); its spool path."""
+        files = self.dir / FILES_DIR
+        files.mkdir(exist_ok=True)
+        target = files / f"{uuid.uuid4().hex[:12]}-{Path(source).name}"
+        shutil.copyfile(source, target)
+        return str(target.relative_to(self.dir))
+
+    def ack(self, seq: int) -> None:
+        with self._lock:
+            self.acked = max(self.acked, seq)
+            try:
+                _write_atomic(self.dir / ACKED_FILE, str(self.acked))
+            except OSError:  # a full disk: the next run re-sends from the last recorded ack (idempotent)
+                pass
+
+    def compact(self) -> None:
+        """Everything sent: keep only the step ledger, drop the log and stashed files."""
+        with self._lock:
+            if any(op["seq"] > self.acked for op in self.ops):
+                return
+            _write_atomic(self.dir / STEPS_FILE, json.dumps(self.steps))
+            self.path.unlink(missing_ok=True)
+            shutil.rmtree(self.dir / FILES_DIR, ignore_errors=True)
+            self.ops = []
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class Sender:
+    """The background thread that applies spooled operations in order, retrying transient failures."""
+
+    def __init__(self, spool: Spool, client: Any, resolve_run: Callable[[dict[str, Any]], str],
+                 is_transient: Callable[[BaseException], bool]) -> None:
+        self.spool = spool
+        self.client = client
+        self.resolve_run = resolve_run
+        self.is_transient = is_transient
+        self.warnings: list[str] = []
+        self.down_since: Optional[float] = None
+        self.last_error = ""
+        self.sent = 0
+        self._wake = threading.Condition()
+        self._stop = False
+        self._thread = threading.Thread(target=self._loop, name="mlflow-sender", daemon=True)
+        self._thread.start()
+
+    def run_id(self, op: dict[str, Any]) -> str:
+        """The MLflow run of the operation's trial (found or created on first use)."""
+        return self.resolve_run(op)
+
+    def notify(self) -> None:
+        with self._wake:
+            self._wake.notify()
+
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                while not self._stop and not self.spool.pending():
+                    self._wake.wait(timeout=1.0)
+                if self._stop:
+                    return
+            for op in self.spool.pending():
+                if not self._deliver(op):
+                    return
+
+    def _deliver(self, op: dict[str, Any]) -> bool:
+        """Apply one operation, retrying while the store is unreachable; False once stopped."""
+        attempt = 0
+        while True:
+            try:
+                OPERATIONS[op["op"]](self, op)
+            except Exception as e:  # the client raises many types: classify, never crash the thread
+                if not self.is_transient(e):
+                    self.warnings.append(f"MLflow refused {op['op']} for {op['trial']}: {_first_line(e)}")
+                    break
+                self.last_error = _first_line(e)
+                self.down_since = self.down_since or time.time()
+                with self._wake:
+                    if self._stop:
+                        return False
+                    self._wake.wait(timeout=BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)])
+                    if self._stop:
+                        return False
+                attempt += 1
+                continue
+            break
+        self.down_since = None
+        self.spool.ack(op["seq"])
+        self.sent += 1
+        return True
+
+    def drain(self, timeout: float) -> bool:
+        """Wait until every spooled operation is sent (True) or ``timeout`` seconds pass (False)."""
+        deadline = time.monotonic() + timeout
+        while self.spool.pending():
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                return False
+            self.notify()
+            time.sleep(0.05)
+        return True
+
+    def stop(self) -> None:
+        with self._wake:
+            self._stop = True
+            self._wake.notify_all()
+        self._thread.join(timeout=30)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:300] if text else ''}"
