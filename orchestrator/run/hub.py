@@ -173,8 +173,9 @@ class DriverHub:
             shutil.copyfileobj(stream, out)
         os.replace(tmp, dest)
         c = t.cell
-        run_id = self.tracker.find_trial_run(t.trial_id) or self._run(t)  # an ended run stays ended
-        self.tracker.log_weights(run_id, dest, int((tune_trial.last_result or {}).get(STEP, 0)),
+        # The trial id is the run's handle: the sender finds the run by tag and never reopens an
+        # ended one (no "run" operation), and nothing here waits on the tracking server.
+        self.tracker.log_weights(t.trial_id, dest, int((tune_trial.last_result or {}).get(STEP, 0)),
                                  f"{c.task}-{t.trial_id}", t.experiment_config())
 
     def guarded(self, what: str, fn, *args) -> None:
