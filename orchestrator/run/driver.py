@@ -10,6 +10,7 @@ rows file already holds a final status are never trained again.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import time
@@ -34,7 +35,7 @@ from orchestrator.store import parquet
 from orchestrator.store.rows import SweepMeta
 from orchestrator.store.run_info import sweep_summary
 from orchestrator.store.schema import FINAL_STATUSES
-from orchestrator.store.space import DiskFull, is_disk_full
+from orchestrator.store.space import DiskFull, DropDiskFull, is_disk_full
 from orchestrator.store.tracking import SweepTracker
 from orchestrator.sweep.expand import Cell, resolve
 from orchestrator.sweep.layout import LayoutError, SweepDir
@@ -96,6 +97,14 @@ def quiet_tune() -> None:
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+
+
+def drop_disk_full_logs() -> None:
+    """Tune logs each failed state save on a full disk with a traceback; the driver reports the
+    full disk once instead (filters on Ray's handlers: child loggers' records reach them directly)."""
+    for handler in logging.getLogger("ray").handlers:
+        if not any(isinstance(f, DropDiskFull) for f in handler.filters):
+            handler.addFilter(DropDiskFull())
 
 
 def ensure_ray(address: Optional[str], console: Console) -> Optional[float]:
@@ -283,6 +292,7 @@ def run_sweep(plan: SweepPlan, opts: RunOptions, tracker_factory, console: Conso
         tracker = opening.result()
     if studies:
         check_resources(spec)
+        drop_disk_full_logs()
     storage = SweepDir(sweep_dir).tune_storage(opts.storage)
     progress = SweepProgress(console, total, already, title=name)
     with StopRequests() as stops:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import errno
+import logging
 import shutil
 from pathlib import Path
 from typing import Optional
@@ -53,3 +54,12 @@ def failed_path(error: BaseException, default: Path) -> Path:
 
 def _mb(n: int) -> str:
     return f"{n / (1 << 20):.1f} MB"
+
+
+class DropDiskFull(logging.Filter):
+    """Drops log records about a full disk (with their tracebacks): the driver stops the run on
+    the first one and says so once, naming the path and the room needed."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not ((error is not None and is_disk_full(error)) or is_disk_full(RuntimeError(record.getMessage())))

@@ -48,6 +48,8 @@ EXPERIMENT_KIND_TAG, TRAINING_KIND = "mlflow.experimentKind", "custom_model_deve
 """The experiment type the MLflow 3 UI opens in (model training rather than GenAI)."""
 BATCH = 100
 logging.getLogger("mlflow").setLevel(logging.WARNING)  # no INFO lines about creating tables
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
+"""Its SQL errors come with whole tracebacks; the sender retries or reports each failure itself."""
 
 
 class TrackingError(RuntimeError):
