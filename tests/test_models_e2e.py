@@ -26,6 +26,7 @@ from orchestrator.cli import app
 from conftest import TINY_BASE, write_spec
 
 pytestmark = pytest.mark.slow
+TRAIN_STEPS = TINY_BASE["train"]["steps"]
 runner = CliRunner()
 
 
@@ -160,6 +161,9 @@ def test_models_kept_series_fields_and_eval_on_new_sizes(spec_dir, ray_session):
     before = df2[(df2.trial_id == tid) & (df2.split == "ood_12")]
     assert again.finished_at.iloc[0] > before.finished_at.iloc[0]
     assert again.exact_acc.iloc[0] == before.exact_acc.iloc[0]  # deterministic re-evaluation
+    forced_run = children[0].info.run_id
+    assert [s for s, _ in _history(client, forced_run, "acc/ood_12")] == [TRAIN_STEPS, TRAIN_STEPS]  # a newer point
+    assert [s for s, _ in _history(client, forced_run, "ood/exact_acc")] == [8, 12, 12, 16]
 
     report = runner.invoke(app, ["report", str(sweep_dir)])
     assert report.exit_code == 0, report.output

@@ -380,9 +380,12 @@ class SweepTracker:
                            if _finite(acc)])
 
     def log_split_metrics(self, run: str, rows: list[dict[str, Any]], step: int) -> None:
-        """Flat per-split metrics (``acc/ood_64`` ... at ``step``) and the size series."""
-        self.log_metrics(run, {split_metric(column, row["split"]): row.get(column)
-                               for row in rows for column in SPLIT_METRIC_NAMES}, step)
+        """Flat per-split metrics (``acc/ood_64`` ... at ``step``) and the size series of rows
+        evaluated after training (``fpr-sweep eval``). Not deduplicated by step: a re-evaluation
+        (``--force``) adds a newer point at the same step, which MLflow then shows as the value."""
+        ts = _ms()
+        self._series(run, [[split_metric(column, row["split"]), float(row[column]), ts, int(step)]
+                           for row in rows for column in SPLIT_METRIC_NAMES if _finite(row.get(column))])
         self.log_size_series(run, rows)
         self.log_budget_curves(run, rows)
 
