@@ -251,11 +251,15 @@ class TrainConfig:
     steps: int = 500
     """Optimizer steps."""
     batch_size: int = 64
+    """Training instances per optimizer step."""
     lr: float = 1e-3
+    """Peak learning rate of AdamW (after warmup)."""
     weight_decay: float = 0.01
+    """AdamW weight decay of the weight matrices (gains, biases and logits are not decayed)."""
     warmup: int = 50
     """Linear warmup steps, then cosine decay to 10% of lr."""
     grad_clip: float = 1.0
+    """Max global gradient norm (clipped above it); 0 = no clipping."""
     ema: Optional[float] = None
     """EMA decay of weights used for evaluation (e.g. 0.999); None = off."""
     loss: LossName = "ce"
@@ -267,6 +271,7 @@ class TrainConfig:
     checkpoint_every: int = 100
     """Offer a checkpoint to the caller every this many steps."""
     seed: int = 0
+    """Mixed with the trial seed for init and batch order (the data depend on the trial seed only)."""
     device: str = "auto"
     """auto = CUDA if available else CPU."""
 
@@ -290,9 +295,11 @@ class EvalConfig:
     n_eval: int = 256
     """Instances per eval split (in-distribution and each OOD size)."""
     batch_size: int = 64
+    """Instances per forward pass while evaluating."""
     diagnostics: bool = True
     """Run the three stability axes (on a subset of diag_n instances)."""
     diag_n: int = 32
+    """Instances of each split the stability diagnostics run on (the first diag_n)."""
     power_iters: int = 20
     """Power-iteration steps for the spectral radius of dF/dz at z*."""
 

@@ -18,7 +18,7 @@ from rich.table import Table
 
 from orchestrator.sweep.layout import DEFAULT_RESULTS_DIR, SweepDir
 from orchestrator.sweep.plan import SweepPlan, plan_sweep
-from orchestrator.sweep.spec import SpecError, load_spec, spec_json_schema
+from orchestrator.sweep.spec import SpecError, load_spec
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   pretty_exceptions_show_locals=False,
@@ -242,7 +242,9 @@ def validate(spec_path: Path = SPEC_ARG) -> None:
 
 @app.command()
 def schema() -> None:
-    """Print the JSON schema of sweep specs (every key, its type and its meaning)."""
+    """Print the JSON schema of sweep specs (every key and config field: its type, allowed values and meaning)."""
+    from orchestrator.sweep.json_schema import spec_json_schema
+
     print(json.dumps(spec_json_schema(), indent=2))
 
 

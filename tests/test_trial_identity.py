@@ -26,3 +26,17 @@ def test_new_field_counts_only_away_from_its_default():
     assert identity_sections(moved)["model"]["mixer"] == "conv"
     args = (cell.task, cell.task_params, cell.train_size, cell.ood_sizes)
     assert trial_hash(*args, moved, cell.seed) != trial_hash(*args, cell.sections, cell.seed) == cell.cell_id
+
+
+def test_known_trial_and_spec_hashes_are_pinned():
+    """Literal ids of the committed study: a change to hashing, expansion or spec loading that
+    renamed trials (so `fpr-sweep run` would retrain finished ones) fails here."""
+    from orchestrator.sweep.plan import plan_sweep
+
+    plan = plan_sweep(ROOT / "results" / STUDY / "spec.yaml")  # the copy the committed run read
+    first = plan.cells[0]
+    assert (first.cell_id, first.task, first.variant, first.seed) == (
+        "fbdda8530f", "mazes", "recall=none,outer_norm=rms,spectral=null", 0)
+    assert plan.spec.spec_hash() == "a7fc38a351fe"
+    committed = pq.read_table(ROOT / "results" / STUDY / "results.parquet", columns=["spec_hash"])
+    assert set(committed.column(0).to_pylist()) == {"a7fc38a351fe"}

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from fpr_core.config import ConfigError, identity_sections
+from fpr_core.config import ConfigError, TaskSpec, identity_sections, to_dict
 from orchestrator.sweep.sections import apply_overrides, base_sections, check_dotted, resolved_sections
-from orchestrator.sweep.spec import SpecError, SweepSpec, stable_hash
+from orchestrator.sweep.spec import SpecError, SweepSpec, TaskEntry, stable_hash
 
 SMOKE_BUDGET: dict[str, Any] = {"train.steps": 30, "train.n_train": 256, "train.warmup": 5,
                                 "train.log_every": 10, "train.checkpoint_every": 15,
@@ -35,16 +35,30 @@ class Cell:
 
     cell_id: str
     """Hash of the resolved config before search values; equals the trial id without a search."""
-    task: str
-    task_params: dict[str, Any]
-    train_size: int
-    ood_sizes: tuple[int, ...]
+    task_spec: TaskSpec
+    """The task's identity: name, params, train_size and ood_sizes, every one filled in."""
     variant: str
     """Human label of the grid cell, e.g. 'recall=none,outer_norm=rms' ('base' without axes)."""
     seed: int
     sections: dict[str, dict[str, Any]]
     """Resolved fpr_core sections: model, solver, grad, train, eval (every field present)."""
     axis_values: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def task(self) -> str:
+        return self.task_spec.name
+
+    @property
+    def task_params(self) -> dict[str, Any]:
+        return self.task_spec.params
+
+    @property
+    def train_size(self) -> int:
+        return self.task_spec.train_size
+
+    @property
+    def ood_sizes(self) -> tuple[int, ...]:
+        return self.task_spec.ood_sizes
 
     def splits(self) -> list[str]:
         """Eval split names this trial reports, in order: 'id', then 'ood_<size>'."""
@@ -59,8 +73,9 @@ class Cell:
 
     @classmethod
     def from_payload(cls, data: dict[str, Any]) -> "Cell":
-        return cls(data["cell_id"], data["task"], dict(data["task_params"]), int(data["train_size"]), tuple(data["ood_sizes"]),
-                   data["variant"], int(data["seed"]), data["sections"], dict(data.get("axis_values", {})))
+        task = TaskSpec(data["task"], dict(data["task_params"]), int(data["train_size"]), tuple(data["ood_sizes"]))
+        return cls(data["cell_id"], task, data["variant"], int(data["seed"]), data["sections"],
+                   dict(data.get("axis_values", {})))
 
 
 @dataclass(frozen=True)
@@ -75,8 +90,7 @@ class Trial:
     def experiment_config(self) -> dict[str, Any]:
         """The dict ``fpr_core.experiment.ExperimentConfig.from_dict`` takes."""
         c = self.cell
-        return {"task": {"name": c.task, "params": c.task_params, "train_size": c.train_size,
-                         "ood_sizes": list(c.ood_sizes)},
+        return {"task": {**to_dict(c.task_spec), "ood_sizes": list(c.ood_sizes)},
                 **{name: dict(values) for name, values in self.sections.items()}, "seed": c.seed}
 
 
@@ -88,13 +102,18 @@ def trial_hash(task: str, params: dict, train_size: int, ood_sizes, sections: di
                         "seed": seed}, 10)
 
 
+def task_trial_hash(task: TaskSpec, sections: dict, seed: int) -> str:
+    """``trial_hash`` of a resolved task."""
+    return trial_hash(task.name, task.params, task.train_size, task.ood_sizes, sections, seed)
+
+
 def resolve(cell: Cell, search_values: Optional[dict[str, Any]] = None) -> Trial:
     """Apply sampled search values to a cell; the result's id hashes the final config."""
     search_values = dict(search_values or {})
     if not search_values:
         return Trial(cell.cell_id, cell, cell.sections, {})
     sections = resolved_sections(apply_overrides(cell.sections, search_values))
-    tid = trial_hash(cell.task, cell.task_params, cell.train_size, cell.ood_sizes, sections, cell.seed)
+    tid = task_trial_hash(cell.task_spec, sections, cell.seed)
     return Trial(tid, cell, sections, search_values)
 
 
@@ -120,6 +139,17 @@ def _smoke_overrides(sections: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def task_spec(entry: TaskEntry, smoke: bool = False) -> TaskSpec:
+    """A spec's task entry as fpr_core's TaskSpec, its sizes filled in from the task's defaults
+    (``--smoke`` keeps the SMOKE_OOD_SIZES smallest OOD sizes)."""
+    from fpr_core.tasks import task_class
+
+    tcls = task_class(entry.name)
+    ood = tuple(entry.ood_sizes if entry.ood_sizes is not None else tcls.default_ood_sizes)
+    return TaskSpec(entry.name, dict(entry.params), entry.train_size or tcls.default_train_size,
+                    tuple(sorted(ood)[:SMOKE_OOD_SIZES]) if smoke else ood)
+
+
 def expand(spec: SweepSpec, smoke: bool = False, path: Optional[Path] = None) -> list[Cell]:
     """Every cell of the sweep, in a deterministic order (task, grid cell, seed).
 
@@ -127,18 +157,14 @@ def expand(spec: SweepSpec, smoke: bool = False, path: Optional[Path] = None) ->
     dim and heads set on different axes) raises SpecError, as do two cells with the same config.
     """
     from fpr_core.experiment import board_coordinates
-    from fpr_core.tasks import get_task, task_class
+    from fpr_core.tasks import get_task
 
     base = base_sections(spec.base)
     keys = list(spec.axes)
     seeds = spec.seeds[:1] if smoke else spec.seeds
     cells: list[Cell] = []
     for entry in spec.tasks:
-        tcls = task_class(entry.name)
-        train_size = entry.train_size or tcls.default_train_size
-        ood = tuple(entry.ood_sizes if entry.ood_sizes is not None else tcls.default_ood_sizes)
-        if smoke:
-            ood = tuple(sorted(ood)[:SMOKE_OOD_SIZES])
+        task = task_spec(entry, smoke)
         task_base = apply_overrides(base, entry.overrides)
         task_axes = {k: entry.axes.get(k, spec.axes[k]) for k in keys}
         for combo in itertools.product(*(task_axes[k] for k in keys)):
@@ -154,9 +180,8 @@ def expand(spec: SweepSpec, smoke: bool = False, path: Optional[Path] = None) ->
                 raise SpecError(f"{where}tasks[{spec.tasks.index(entry)}] ({entry.name}) with grid cell "
                                 f"{variant_label(axis_values)}: {e}") from None
             for seed in seeds:
-                cid = trial_hash(entry.name, entry.params, train_size, ood, sections, seed)
-                cells.append(Cell(cid, entry.name, dict(entry.params), train_size, ood,
-                                  variant_label(axis_values), seed, sections, axis_values))
+                cells.append(Cell(task_trial_hash(task, sections, seed), task, variant_label(axis_values),
+                                  seed, sections, axis_values))
     _check_unique(cells, path)
     return cells
 

@@ -26,12 +26,12 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model, field_validator
 
 from fpr_core.config import ConfigError
 from orchestrator.sweep.metrics import DEFAULT_SCHEDULER_METRIC, DEFAULT_SEARCH_METRIC
-from orchestrator.sweep.sections import (apply_overrides, base_sections, build_sections, check_dotted,
-                                         excerpt, short_repr)
+from orchestrator.sweep.sections import (SECTIONS, SHORTHAND_SECTION, apply_overrides, base_sections,
+                                         build_sections, check_dotted, excerpt, short_repr)
 
 SLUG = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 """A sweep name, matched against the whole string (``fullmatch``: ``$`` would accept a trailing newline)."""
@@ -47,11 +47,29 @@ class SpecError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Unknown keys are errors and nothing is coerced: a string is never a number or a boolean
+    (lax parsing would read ``log: "yes"`` as true and ``seeds: ["1"]`` as 1)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+def _yaml_float(value: Any) -> Any:
+    """PyYAML (YAML 1.1) reads ``1e-3`` (no dot) as a string: accept a string that is a float literal."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+Number = Annotated[float, BeforeValidator(_yaml_float)]
+"""A float field of the spec: strict, except for YAML 1.1's dot-less exponent strings."""
 
 
 class TaskEntry(_Strict):
-    """One task family of the sweep, trained at one size and evaluated at larger ones."""
+    """One task family of the sweep, trained at one size and evaluated at larger ones: the YAML form
+    of fpr_core's TaskSpec (expand.task_spec fills in its sizes), plus per-task overrides and axes."""
 
     name: str = Field(description="Task registry name: prefix_sums, mazes, sudoku, chess, state_tracking.")
     params: dict[str, Any] = Field(default_factory=dict,
@@ -76,29 +94,31 @@ class TaskEntry(_Strict):
         return v
 
 
-class BaseSections(_Strict):
-    """Defaults for every trial, one mapping per fpr_core config section (fpr_core/config.py)."""
+def _section_field(name: str, cls: type) -> tuple[Any, Any]:
+    if name == SHORTHAND_SECTION:
+        return (Union[str, dict[str, Any]],
+                Field(default_factory=dict, description=f"{cls.__name__} fields, or the shorthand 'truncated:4', 'bptt', ..."))
+    return dict[str, Any], Field(default_factory=dict, description=f"{cls.__name__} fields.")
 
-    model: dict[str, Any] = Field(default_factory=dict, description="ModelConfig fields.")
-    solver: dict[str, Any] = Field(default_factory=dict, description="SolverConfig fields.")
-    grad: Union[str, dict[str, Any]] = Field(
-        default_factory=dict, description="GradConfig fields, or the shorthand 'truncated:4', 'bptt', ...")
-    train: dict[str, Any] = Field(default_factory=dict, description="TrainConfig fields.")
-    eval: dict[str, Any] = Field(default_factory=dict, description="EvalConfig fields.")
+
+BaseSections = create_model(
+    "BaseSections", __base__=_Strict,
+    __doc__="Defaults for every trial, one mapping per fpr_core config section (fpr_core/config.py).",
+    **{name: _section_field(name, cls) for name, cls in SECTIONS.items()})
 
 
 class LogUniform(_Strict):
     """Log-uniform float in [low, high] (e.g. learning rates)."""
     type: Literal["loguniform"]
-    low: float = Field(gt=0)
-    high: float = Field(gt=0)
+    low: Number = Field(gt=0)
+    high: Number = Field(gt=0)
 
 
 class Uniform(_Strict):
     """Uniform float in [low, high]."""
     type: Literal["uniform"]
-    low: float
-    high: float
+    low: Number
+    high: Number
 
 
 class IntRange(_Strict):
@@ -135,14 +155,14 @@ class SchedulerSpec(_Strict):
     mode: Literal["min", "max"] = "min"
     grace_period: int = Field(50, gt=0, description="Training steps before a trial may be stopped.")
     max_t: Optional[int] = Field(None, gt=0, description="Max training steps (default: train.steps).")
-    reduction_factor: float = Field(3.0, gt=1)
+    reduction_factor: Number = Field(3.0, gt=1)
 
 
 class Resources(_Strict):
     """Ray resources per trial (fractions allowed, e.g. gpu: 0.5 shares a GPU between two trials)."""
 
-    cpu: float = Field(1.0, gt=0)
-    gpu: float = Field(0.0, ge=0)
+    cpu: Number = Field(1.0, gt=0)
+    gpu: Number = Field(0.0, ge=0)
 
 
 class ReportSpec(_Strict):
@@ -385,7 +405,3 @@ def _check_tasks(spec: SweepSpec, path: Path, base: dict) -> None:
             if prior == entry:
                 raise _fail(path, f"tasks[{i}]", f"repeats tasks[{j}] ({entry.name}); expected distinct task entries")
 
-
-def spec_json_schema() -> dict[str, Any]:
-    """JSON schema of the sweep spec (what `fpr-sweep schema` prints)."""
-    return SweepSpec.model_json_schema()
