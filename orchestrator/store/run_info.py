@@ -12,7 +12,9 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional
 
+from orchestrator.store.schema import STATUSES
 from orchestrator.sweep.expand import Trial
+from orchestrator.sweep.metrics import best_ood_metric, best_variant_tag, sweep_count_metric
 
 SOURCE_NAME = "fpr-sweep"
 
@@ -90,9 +92,9 @@ def sweep_summary(rows: list[dict[str, Any]]) -> tuple[dict[str, float], dict[st
     statuses: dict[str, str] = {}
     for r in rows:
         statuses.setdefault(r["trial_id"], r["status"])
-    metrics: dict[str, float] = {"trials/total": float(len(statuses))}
-    for status in ("ok", "failed", "diverged", "stopped"):
-        metrics[f"trials/{status}"] = float(sum(1 for s in statuses.values() if s == status))
+    metrics: dict[str, float] = {sweep_count_metric("total"): float(len(statuses))}
+    for status in STATUSES:
+        metrics[sweep_count_metric(status)] = float(sum(1 for s in statuses.values() if s == status))
     tags: dict[str, str] = {}
     ok = [r for r in rows if r["status"] == "ok" and r["split"] != "id" and _is_number(r.get("exact_acc"))]
     for task in sorted({r["task"] for r in ok}):
@@ -103,6 +105,6 @@ def sweep_summary(rows: list[dict[str, Any]]) -> tuple[dict[str, float], dict[st
             if r["size"] == largest:
                 per_variant.setdefault(r["variant"], []).append(r["exact_acc"])
         variant, accs = max(per_variant.items(), key=lambda kv: sum(kv[1]) / len(kv[1]))
-        metrics[f"best_ood_acc/{task}"] = sum(accs) / len(accs)
-        tags[f"best_variant/{task}"] = f"{variant} (size {largest})"
+        metrics[best_ood_metric(task)] = sum(accs) / len(accs)
+        tags[best_variant_tag(task)] = f"{variant} (size {largest})"
     return metrics, tags

@@ -79,6 +79,27 @@ def split_metric(column: str, split: str) -> str:
     return f"{SPLIT_METRIC_NAMES[column]}/{split}"
 
 
+SWEEP_TRIALS = "trials"
+"""Sweep (parent run) metrics ``trials/total`` and ``trials/<status>``: trial counts."""
+BEST_OOD_ACC = "best_ood_acc"
+"""Sweep metric ``best_ood_acc/<task>``: the best variant's mean exact accuracy at the largest size."""
+BEST_VARIANT_TAG = "best_variant"
+"""Sweep tag ``best_variant/<task>``: which variant that is."""
+
+
+def sweep_count_metric(status: str) -> str:
+    """``'ok'`` -> ``trials/ok`` (``'total'`` -> ``trials/total``)."""
+    return f"{SWEEP_TRIALS}/{status}"
+
+
+def best_ood_metric(task: str) -> str:
+    return f"{BEST_OOD_ACC}/{task}"
+
+
+def best_variant_tag(task: str) -> str:
+    return f"{BEST_VARIANT_TAG}/{task}"
+
+
 def budget_metric(split: str) -> str:
     """``'ood_64'`` -> ``ttc/exact_acc/ood_64``."""
     return f"{BUDGET_SERIES}/{split}"
