@@ -37,7 +37,7 @@ from orchestrator.store.spool import PARENT, Sender, Spool, _first_line, operati
 from orchestrator.store.run_info import DatasetRecord
 from orchestrator.sweep.layout import SweepDir
 from orchestrator.sweep.metrics import (SIZE_SERIES, SPLIT_METRIC_NAMES, TRIAL_SUMMARY_COLUMNS, WEIGHTS_BYTES,
-                                        budget_metric, split_metric)
+                                        budget_metric, split_metric, sweep_count_metric)
 
 PARENT_TAG = "mlflow.parentRunId"
 WEIGHTS_ARTIFACT_DIR = "weights"
@@ -419,7 +419,7 @@ class SweepTracker:
         """Summary metrics (trials per status, best OOD accuracy per task) and tags on the parent, at
         step = trials finished so far (a resume that finished more logs a new point, never the same
         step twice)."""
-        self.log_metrics(PARENT, metrics, int(metrics.get("trials/total", 0)))
+        self.log_metrics(PARENT, metrics, int(metrics.get(sweep_count_metric("total"), 0)))
         if tags:
             self.set_tags(PARENT, tags)
 
