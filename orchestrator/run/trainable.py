@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import math
 import tempfile
 import time
 from pathlib import Path
@@ -33,10 +32,12 @@ from orchestrator.sweep.metrics import (CURVES_KEY, DATASETS_KEY, FINAL_LOSS, FI
                                         STATUS_KEY, STEP, split_metric, train_report)
 
 MIN_CHECKPOINT_INTERVAL_S = 30.0
-"""Checkpoints closer together than this are skipped. Tune saves its experiment state (which names
-each trial's latest checkpoint) at most every ~10 s and keeps only the newest CHECKPOINTS_KEPT
-checkpoints: spacing them wider than the state's period means the checkpoint a killed driver's
-state points at still exists when the sweep resumes."""
+"""Checkpoints closer together than this are skipped, and so is any in a trial's first interval.
+Tune saves its experiment state (which names each trial's latest checkpoint) at most every ~10 s
+and keeps only the newest CHECKPOINTS_KEPT checkpoints: spacing them wider than the state's period
+means the checkpoint a killed driver's state points at still exists when the sweep resumes. Not
+checkpointing a trial's first interval spares short trials a state save, its copy to storage and
+a blocking round trip to the driver, at the price of redoing at most one interval on a retry."""
 CHECKPOINTS_KEPT = 2
 STATE_FILE = "train_state.pt"
 ROWS_FILE = "rows.json"
@@ -96,6 +97,22 @@ def _datasets(result: Any, task_name: str, task_params: dict[str, Any]) -> str:
     return json.dumps([dict(dataclasses.asdict(d), generator_version=version) for d in result.datasets])
 
 
+class CheckpointGate:
+    """True when a checkpoint the training loop offers should be saved: not before
+    ``interval_s`` has passed since the trial (re)started, then at most once per ``interval_s``."""
+
+    def __init__(self, interval_s: float = MIN_CHECKPOINT_INTERVAL_S, clock=time.monotonic) -> None:
+        self.interval_s, self.clock = interval_s, clock
+        self.last = clock()
+
+    def __call__(self) -> bool:
+        now = self.clock()
+        if now - self.last < self.interval_s:
+            return False
+        self.last = now
+        return True
+
+
 def fpr_trainable(config: dict[str, Any]) -> None:
     """Train and evaluate one trial (see module doc)."""
     from fpr_core.config import ExperimentConfig
@@ -123,13 +140,11 @@ def fpr_trainable(config: dict[str, Any]) -> None:
     def on_log(step: int, metrics: dict[str, float]) -> None:
         tune.report({STEP: step, **train_report(metrics)})
 
-    last_checkpoint = -math.inf
+    checkpoint_due = CheckpointGate()
 
     def on_checkpoint(step: int, state: dict[str, Any]) -> None:
-        nonlocal last_checkpoint
-        if time.monotonic() - last_checkpoint < MIN_CHECKPOINT_INTERVAL_S:
+        if not checkpoint_due():
             return
-        last_checkpoint = time.monotonic()
         with tempfile.TemporaryDirectory() as tmp:
             save_checkpoint(Path(tmp, STATE_FILE), state)
             tune.report({STEP: step}, checkpoint=tune.Checkpoint.from_directory(tmp))
