@@ -12,7 +12,7 @@
 4. Results collection at 100,000 rows: per-trial Parquet files collected into results.parquet,
    then read back with pandas and duckdb.
 
-Run: python benchmarks/bench_orchestration.py [--trials 8] [--steps 150] [--rows 100000]
+Run: python benchmarks/bench_orchestration.py [--trials 8] [--steps 150] [--rows 100000] [--baseline DIR]
      (add --smoke for a tiny run that only checks every part still works; its numbers mean nothing)
 """
 from __future__ import annotations
@@ -45,6 +45,7 @@ def bench_spec(directory: Path, steps: int, trials: int) -> Path:
                      "eval": {"n_eval": 64, "diag_n": 8, "power_iters": 3}},
             "seeds": seeds, "resources": {"cpu": 1, "gpu": 0}}
     path = directory / "bench.yaml"
+    directory.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
 
@@ -68,11 +69,12 @@ def sequential_loop(spec_path: Path) -> tuple[float, int]:
     return time.perf_counter() - started, len(configs)
 
 
-def through_cli(spec_path: Path) -> tuple[float, float]:
-    """`fpr-sweep run` in a fresh process; (wall seconds, Ray start seconds it printed)."""
-    env = {**os.environ, "RAY_ADDRESS": ""}
+def through_cli(spec_path: Path, tree: Path = REPO) -> tuple[float, float]:
+    """`fpr-sweep run` of the checkout at ``tree`` in a fresh process; (wall seconds, Ray start
+    seconds it printed)."""
+    env = {**os.environ, "RAY_ADDRESS": "", "PYTHONPATH": str(tree)}
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "orchestrator.cli", "run", str(spec_path)], cwd=REPO,
+    done = subprocess.run([sys.executable, "-m", "orchestrator.cli", "run", str(spec_path)], cwd=tree,
                           capture_output=True, text=True, env=env, timeout=3600)
     wall = time.perf_counter() - started
     if done.returncode != 0:
@@ -150,11 +152,20 @@ def collection(directory: Path, rows: int, splits: int = 10, n: int = 64) -> dic
     return out
 
 
+def print_overhead(label: str, cli_seconds: float, ray_seconds: float, ideal: float, slots: int) -> None:
+    print(f"    {label}: fpr-sweep run {cli_seconds:.1f} s (Ray start {ray_seconds:.1f} s); overhead ratio "
+          f"fpr-sweep / (loop / {slots} slots) = {cli_seconds / ideal:.2f}x (goal <= 1.15x); "
+          f"without Ray start-up {(cli_seconds - ray_seconds) / ideal:.2f}x (goal <= 1.3x)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="another checkout (e.g. a `git worktree` of main): its `fpr-sweep run` is timed "
+                             "on the same spec in the same run, after this checkout's, against the same loop")
     parser.add_argument("--smoke", action="store_true", help="4 trials of 20 steps, 2,000 rows: seconds, not a measurement")
     args = parser.parse_args()
     mlflow_trials = 20
@@ -169,8 +180,10 @@ def main() -> None:
         ideal = seq_seconds / min(slots, n)
         print(f"[1] {n} trials: plain loop {seq_seconds:.1f} s ({seq_seconds / n:.1f} s/trial, 1 thread); "
               f"fpr-sweep run {cli_seconds:.1f} s on {slots} slots (Ray start {ray_seconds:.1f} s of it)")
-        print(f"    overhead ratio fpr-sweep / (loop / {min(slots, n)} slots) = {cli_seconds / ideal:.2f}x "
-              f"(goal <= 1.15x); without Ray start-up {(cli_seconds - ray_seconds) / ideal:.2f}x")
+        print_overhead("this checkout", cli_seconds, ray_seconds, ideal, min(slots, n))
+        if args.baseline:
+            base_seconds, base_ray = through_cli(bench_spec(tmp / "baseline", args.steps, args.trials), args.baseline)
+            print_overhead(f"baseline {args.baseline}", base_seconds, base_ray, ideal, min(slots, n))
         print(f"[2] Ray start-up (local, fresh process): {ray_startup():.1f} s")
         per_trial = mlflow_per_trial(tmp / "mlflow", mlflow_trials)
         print(f"[3] MLflow per trial (driver callback work, SQLite): {per_trial * 1000:.0f} ms "
