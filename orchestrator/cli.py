@@ -5,9 +5,10 @@ resources, unreachable tracking server). User mistakes print one clear message, 
 """
 from __future__ import annotations
 
+import csv
 import ipaddress
+import itertools
 import json
-import math
 import sys
 from pathlib import Path
 from typing import Optional
@@ -71,7 +72,10 @@ def run(spec_path: Path = SPEC_ARG,
             help="Tune storage for checkpoints and experiment state (default: <results>/<sweep>/tune); on a "
                  "multi-node cluster use shared storage (s3://bucket/prefix, gs://..., or an NFS path); "
                  "each sweep gets its own folder under it. results.parquet is still written under --results-dir."),
-        dry_run: bool = typer.Option(False, "--dry-run", help="Print the expanded trial table and counts; run nothing."),
+        dry_run: bool = typer.Option(False, "--dry-run", help="Print the trial counts per task and the first "
+                                                              "trials; run nothing."),
+        all_path: Optional[Path] = typer.Option(None, "--all", help="With --dry-run: write every trial to this "
+                                                                    "CSV file.", show_default=False),
         smoke: bool = typer.Option(False, "--smoke", help="Tiny budget (few steps, small eval sets, first seed, "
                                                           "two OOD sizes), written to <sweep>-smoke/."),
         system_metrics: bool = typer.Option(False, "--system-metrics", help="Log the driver host's CPU, memory, "
@@ -80,18 +84,21 @@ def run(spec_path: Path = SPEC_ARG,
                                                           "(a driver killed without cleaning up)."),
         extend: bool = typer.Option(False, "--extend", help="Run a changed spec in the same sweep folder on "
                                                             "purpose, adding its trials (recorded in sweep.json)."),
+        yes: bool = typer.Option(False, "--yes", help="Run a sweep above the 10,000-trial guard without a "
+                                                      "max_trials in the spec."),
         ) -> None:
     """Run a sweep (or resume it: the same command continues an interrupted sweep)."""
     plan = _load(spec_path, smoke)
     spec = plan.spec
     if dry_run:
-        _print_plan(plan, results_dir)
+        _print_plan(plan, results_dir, all_path)
         raise typer.Exit(EXIT_OK)
     from orchestrator.store import tracking
-    from orchestrator.run.driver import RunOptions, SweepError, run_sweep, sweep_dir_for
+    from orchestrator.run.driver import RunOptions, SweepError, check_size, run_sweep, sweep_dir_for
 
-    opts = RunOptions(address, max_concurrent, tracking_uri, results_dir, storage)
+    opts = RunOptions(address, max_concurrent, tracking_uri, results_dir, storage, yes)
     try:
+        check_size(plan, yes)  # before anything is written or started
         sweep_dir = sweep_dir_for(plan, opts)
     except SweepError as e:
         _fail(str(e))
@@ -154,22 +161,51 @@ def _warn_if_exposed(host: str, option: str, what: str) -> None:
                           "(e.g. `ray attach CLUSTER.yaml --port-forward PORT`).", highlight=False, soft_wrap=True)
 
 
-def _print_plan(plan: SweepPlan, results_dir: Optional[str]) -> None:
-    spec, smoke, cells = plan.spec, plan.smoke, plan.cells
+PLAN_SAMPLE = 20
+"""Trials `--dry-run` shows in its table; `--all FILE` writes every one."""
+PLAN_COLUMNS = ("#", "trial", "task", "variant", "seed", "train", "ood sizes", "samples", "done")
+
+
+def _plan_row(i: int, c, samples: int, done: dict[str, str]) -> tuple[str, ...]:
+    return (str(i), c.cell_id, c.task, c.variant, str(c.seed), str(c.train_size),
+            ",".join(map(str, c.ood_sizes)), str(samples), done.get(c.cell_id, ""))
+
+
+def _print_plan(plan: SweepPlan, results_dir: Optional[str], all_path: Optional[Path]) -> None:
+    """A summary per task, the first PLAN_SAMPLE trials, and with ``all_path`` every trial as CSV
+    (written as the grid is walked, so a 10^6-cell grid never sits in memory)."""
+    spec, smoke, grid = plan.spec, plan.smoke, plan.grid
     samples = spec.search.num_samples if spec.search else 1
     done = _done_statuses(SweepDir.under(results_dir or spec.results_dir, spec.name, smoke).root)
-    table = Table(title=f"{spec.name}{' (smoke)' if smoke else ''}: trials")
-    for col in ("#", "trial", "task", "variant", "seed", "train", "ood sizes", "samples", "done"):
+    shown = min(PLAN_SAMPLE, len(grid))
+    table = Table(title=f"{spec.name}{' (smoke)' if smoke else ''}: trials"
+                        + (f" (first {shown} of {len(grid)})" if shown < len(grid) else ""))
+    for col in PLAN_COLUMNS:
         table.add_column(col)
-    for i, c in enumerate(cells, 1):
-        table.add_row(str(i), c.cell_id, c.task, c.variant, str(c.seed), str(c.train_size),
-                      ",".join(map(str, c.ood_sizes)), str(samples), done.get(c.cell_id, ""))
+    for i, c in enumerate(itertools.islice(grid.cells(), shown), 1):
+        table.add_row(*_plan_row(i, c, samples, done))
     console.print(table)
-    per_task = [math.prod(len(t.axes.get(k, v)) for k, v in spec.axes.items()) for t in spec.tasks]
+    if all_path is not None:
+        with open(all_path, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(PLAN_COLUMNS)
+            writer.writerows(_plan_row(i, c, samples, done) for i, c in enumerate(grid.cells(), 1))
+        console.print(f"all {len(grid)} trials written to {all_path}", highlight=False)
+    elif shown < len(grid):
+        console.print(f"... {len(grid) - shown} more (--all FILE writes every trial as CSV)", highlight=False)
+    summary = Table(title="per task")
+    for col in ("task", "train", "ood sizes", "grid cells", "seeds", "trials"):
+        summary.add_column(col)
+    for t in grid.tasks:
+        summary.add_row(t.task, str(t.train_size), ",".join(map(str, t.ood_sizes)), str(t.count() // len(t.seeds)),
+                        str(len(t.seeds)), str(t.count() * samples))
+    console.print(summary)
+    per_task = [t.count() // len(t.seeds) for t in grid.tasks]
     n_seeds = 1 if smoke else len(spec.seeds)
-    grid = (f"{per_task[0]} grid cells x {len(spec.tasks)} tasks" if len(set(per_task)) == 1
-            else f"({' + '.join(map(str, per_task))}) grid cells over {len(spec.tasks)} tasks")
-    console.print(f"{grid} x {n_seeds} seeds x {samples} samples = {plan.trial_count} trials",
+    grid_text = (f"{per_task[0]} grid cells x {len(spec.tasks)} tasks" if len(set(per_task)) == 1
+                 else f"({' + '.join(map(str, per_task))}) grid cells over {len(spec.tasks)} tasks")
+    finished = f"; {len(done)} finished trials in the sweep folder" if done else ""
+    console.print(f"{grid_text} x {n_seeds} seeds x {samples} samples = {plan.trial_count} trials{finished}",
                   highlight=False)
 
 
@@ -260,8 +296,15 @@ def _sweep_dir(sweep: str, results_dir: Optional[str]) -> Path:
     raise AssertionError("unreachable")
 
 
+STATUS_ROWS = 50
+"""Trials `status` lists (failed, running and pending first); `--all` lists every one."""
+STATE_ORDER = {"failed": 0, "running": 1, "pending": 2, "diverged": 3, "stopped": 4, "ok": 5}
+
+
 @app.command()
-def status(sweep: str = SWEEP_ARG, results_dir: Optional[str] = RESULTS_OPT) -> None:
+def status(sweep: str = SWEEP_ARG, results_dir: Optional[str] = RESULTS_OPT,
+           all_trials: bool = typer.Option(False, "--all", help=f"List every trial, not the first {STATUS_ROWS} "
+                                                               "(failed, running and pending first).")) -> None:
     """Per-trial state of a sweep: done (ok/diverged/stopped), failed, running or pending.
 
     Reads Parquet and JSON only (never Tune's pickled state), so it is safe on any results folder."""
@@ -272,11 +315,8 @@ def status(sweep: str = SWEEP_ARG, results_dir: Optional[str] = RESULTS_OPT) -> 
     finished = {s["trial_id"]: s for s in results.trial_summaries(sweep_dir)}
     live = read_live(sweep_dir)
     planned, unplanned = planned_trials(sweep_dir)
-    table = Table(title=f"{sweep_dir.name}: trials")
-    for col in ("trial", "task", "variant", "seed", "status", "error"):
-        table.add_column(col)
-    counts: dict[str, int] = {}
-    for tid in sorted(set(finished) | set(live) | set(planned)):
+    lines = []
+    for tid in set(finished) | set(live) | set(planned):
         if tid in finished:
             s = finished[tid]
             state, row = s["status"], (s["task"], s["variant"], str(s["seed"]))
@@ -284,8 +324,18 @@ def status(sweep: str = SWEEP_ARG, results_dir: Optional[str] = RESULTS_OPT) -> 
             entry = live.get(tid) or planned[tid]
             state = live.get(tid, {}).get("status", "pending")
             row = (entry["task"], entry["variant"], str(entry["seed"]))
-        counts[state] = counts.get(state, 0) + 1
         error = (finished.get(tid, {}).get("error") or "")[:80]
+        lines.append((STATE_ORDER.get(state, 9), tid, row, state, error))
+    lines.sort()
+    counts: dict[str, int] = {}
+    for line in lines:
+        counts[line[3]] = counts.get(line[3], 0) + 1
+    shown = lines if all_trials else lines[:STATUS_ROWS]
+    more = "" if len(shown) == len(lines) else f" ({len(shown)} of {len(lines)}; --all lists every one)"
+    table = Table(title=f"{sweep_dir.name}: trials{more}")
+    for col in ("trial", "task", "variant", "seed", "status", "error"):
+        table.add_column(col)
+    for _, tid, row, state, error in shown:
         table.add_row(tid, *row, state, error)
     console.print(table)
     if unplanned:

@@ -1,13 +1,14 @@
 """Expansion: trial counts, stable trial ids, precedence of overrides, smoke budgets, search values."""
 from __future__ import annotations
 
+import csv
 import re
 
 import pytest
 from typer.testing import CliRunner
 
 from orchestrator.cli import app
-from orchestrator.sweep.expand import expand, resolve, trial_count
+from orchestrator.sweep.expand import SweepGrid, expand, resolve, trial_count, trial_hash
 from orchestrator.sweep.spec import load_spec
 
 from conftest import write_spec
@@ -109,3 +110,79 @@ def test_duplicate_grid_values_are_rejected(spec_dir):
     path = write_spec(spec_dir, name="dup", tasks=TASKS[:1], axes={"model.dim": [16, 16]})
     result = runner.invoke(app, ["validate", str(path)])
     assert result.exit_code == 2 and "same config" in result.output
+
+
+LAZY_AXES = {"model.dim": [16, 32], "model.heads": [2, 4], "grad": ["bptt", "truncated:3"],
+             "train.lr": [0.001, 0.01], "eval.n_eval": [8, 16]}
+
+
+def test_lazy_grid_ids_hash_the_resolved_config_and_resume_mid_grid(spec_dir):
+    path = write_spec(spec_dir, name="lazy", tasks=[dict(TASKS[0], overrides={"solver.eval_cap": 20}), TASKS[1]],
+                      axes=LAZY_AXES, seeds=[0, 1])
+    grid = SweepGrid(load_spec(path))
+    cells = list(grid.cells())
+    assert len(cells) == len(grid) == 2 * 32 * 2
+    for c in cells:
+        assert c.cell_id == trial_hash(c.task, c.task_params, c.train_size, c.ood_sizes, c.sections, c.seed)
+    assert {(c.sections["model"]["dim"], c.sections["model"]["heads"]) for c in cells} == {(16, 2), (16, 4), (32, 2), (32, 4)}
+    assert [c.cell_id for c in grid.cells(77)] == [c.cell_id for c in cells[77:]]
+    assert grid.train_steps() == len(cells) * 10 and grid.max_train_steps() == 10
+
+
+def test_a_bad_combination_within_one_section_names_the_grid_cell(spec_dir):
+    path = write_spec(spec_dir, name="combo", tasks=TASKS[:1], axes={"model.dim": [16, 18], "model.heads": [2, 4]})
+    result = runner.invoke(app, ["validate", str(path)])
+    assert result.exit_code == 2 and "dim=18,heads=4" in result.output, result.output
+
+
+def test_validate_and_dry_run_count_a_million_cells_without_listing_them(spec_dir):
+    ten = lambda start, step: [start + step * i for i in range(10)]  # noqa: E731
+    axes = {"train.lr": [round(0.001 * (i + 1), 4) for i in range(10)], "train.steps": ten(10, 10),
+            "solver.eval_cap": ten(8, 1), "eval.n_eval": ten(8, 8), "model.mlp_ratio": [1.0 + 0.5 * i for i in range(10)]}
+    path = write_spec(spec_dir, name="million", tasks=TASKS[:1], axes=axes, seeds=list(range(10)))
+    result = runner.invoke(app, ["validate", str(path)])
+    assert result.exit_code == 0 and "(1000000 trials" in result.output, result.output
+    result = runner.invoke(app, ["run", str(path), "--dry-run"])
+    assert result.exit_code == 0 and "= 1000000 trials" in result.output and "999980 more" in result.output
+    assert len(result.output.splitlines()) < 60
+
+
+def test_dry_run_all_writes_every_trial_to_a_file(spec_dir):
+    path = write_spec(spec_dir, name="all", tasks=TASKS[:1], axes=LAZY_AXES)
+    out = spec_dir / "trials.csv"
+    result = runner.invoke(app, ["run", str(path), "--dry-run", "--all", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(out.open()))
+    assert [r["trial"] for r in rows] == [c.cell_id for c in expand(load_spec(path))] and len(rows) == 32
+
+
+def test_size_guard_asks_for_yes_or_max_trials(spec_dir):
+    axes = {"train.lr": [0.001 * (i + 1) for i in range(101)], "train.steps": list(range(10, 110))}
+    path = write_spec(spec_dir, name="huge", tasks=TASKS[:1], axes=axes)
+    result = runner.invoke(app, ["run", str(path)])
+    assert result.exit_code == 2 and "10,100 trials" in result.output and "--yes" in result.output, result.output
+    assert "training steps" in result.output and not (spec_dir / "results").exists()
+    capped = write_spec(spec_dir, name="capped", tasks=TASKS[:1], axes=axes, max_trials=10_000)
+    result = runner.invoke(app, ["run", str(capped), "--yes"])
+    assert result.exit_code == 2 and "max_trials" in result.output, result.output
+
+
+def test_grid_feed_yields_unfinished_cells_and_resumes_from_its_saved_position(spec_dir):
+    import pickle
+
+    from ray.tune.search import Searcher
+
+    from orchestrator.run.tune_space import GridFeed
+
+    path = write_spec(spec_dir, name="feed", tasks=TASKS[:1], axes={"model.recall": ["none", "standard", "internal"]},
+                      seeds=[0, 1])
+    spec = load_spec(path)
+    ids = [c.cell_id for c in expand(spec)]
+    feed = GridFeed(spec, False, frozenset({ids[1]}))
+    got = [feed.suggest(f"t{i}")["cell"]["cell_id"] for i in range(3)]
+    assert got == [ids[0], ids[2], ids[3]]
+    feed.save(str(spec_dir / "feed.json"))
+    again = pickle.loads(pickle.dumps(feed))  # Tune pickles the searcher into tuner.pkl
+    again.restore(str(spec_dir / "feed.json"))
+    assert [again.suggest("x")["cell"]["cell_id"] for _ in range(2)] == ids[4:]
+    assert again.suggest("y") == Searcher.FINISHED

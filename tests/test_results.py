@@ -104,3 +104,63 @@ def test_diverged_trial_gives_diverged_rows_for_every_split(trials):
     assert rows[0]["train_steps"] == 7 and rows[0]["final_loss"] is None
     table = results.rows_table(rows)
     assert table.column("exact_acc").null_count == 3
+
+
+def _many_trials(sweep, n):
+    """n trial files of three tasks x two variants, seeds counting up, some failed."""
+    ids = []
+    for k in range(n):
+        tid = f"t{(k * 7919) % 1000:04d}"  # written out of order
+        rows = [{"sweep": "s", "trial_id": tid, "task": ("mazes", "prefix_sums", "sudoku")[k % 3],
+                 "variant": f"recall={('none', 'standard')[k % 2]}", "seed": k // 6, "split": split, "size": size,
+                 "status": "failed" if k % 5 == 0 else "ok", "exact_acc": k / n, "instance_iters": [float(k)] * (k % 4)}
+                for split, size in (("id", 8), ("ood_16", 16), ("ood_32", 32))]
+        results.write_trial_rows(sweep, tid, rows)
+        ids.append(tid)
+    return ids
+
+
+def test_compacted_fragments_collect_to_the_same_sorted_table(tmp_path, monkeypatch):
+    monkeypatch.setattr(results, "MERGE_CHUNK_ROWS", 7)  # many chunks, runs split across them
+    monkeypatch.setattr(results, "FRAGMENT_ROW_GROUP", 5)
+    ids = _many_trials(tmp_path, 60)
+    everything = pd.concat([pd.read_parquet(p) for p in results.trial_files(tmp_path)])
+    expected = everything.sort_values(["task", "variant", "seed", "trial_id", "size"]).reset_index(drop=True)
+    statuses = results.finished_statuses(tmp_path)
+    results.compact(tmp_path, ids[:25])
+    results.compact(tmp_path, ids[25:50])
+    assert len(results.fragment_files(tmp_path)) == 2 and len(results.trial_files(tmp_path)) == 10
+    got = pd.read_parquet(results.collect(tmp_path))
+    pd.testing.assert_frame_equal(got, expected, check_like=False)
+    assert results.finished_statuses(tmp_path) == statuses
+    assert results.read_trial(tmp_path, ids[3]).num_rows == 3  # compacted: read from its fragment
+    assert len(results.trial_summaries(tmp_path)) == 60
+
+
+def test_a_trial_left_in_both_a_fragment_and_its_file_counts_once(tmp_path):
+    ids = _many_trials(tmp_path, 12)
+    keep = results.trial_path(tmp_path, ids[0]).read_bytes()
+    results.compact(tmp_path, ids[:6])
+    results.trial_path(tmp_path, ids[0]).write_bytes(keep)  # as if killed before deleting it
+    df = pd.read_parquet(results.collect(tmp_path))
+    assert len(df) == 36 and not df.duplicated(["trial_id", "split"]).any()
+    assert len(results.finished_statuses(tmp_path)) == 12
+
+
+def test_many_loose_files_are_sorted_in_bounded_runs(tmp_path, monkeypatch):
+    monkeypatch.setattr(results, "COMPACT_EVERY", 8)  # 30 loose files -> 4 temporary sorted runs
+    _many_trials(tmp_path, 30)
+    expected = pd.concat([pd.read_parquet(p) for p in results.trial_files(tmp_path)])
+    expected = expected.sort_values(["task", "variant", "seed", "trial_id", "size"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(pd.read_parquet(results.collect(tmp_path)), expected)
+
+
+def test_a_compacted_trial_rewritten_later_reads_its_new_rows(tmp_path):
+    ids = _many_trials(tmp_path, 12)
+    results.compact(tmp_path, ids)
+    rows = results.read_trial(tmp_path, ids[4]).to_pylist()
+    rows.append(dict(rows[-1], split="ood_64", size=64))  # e.g. `fpr-sweep eval` adding a size
+    results.write_trial_rows(tmp_path, ids[4], rows)
+    df = pd.read_parquet(results.collect(tmp_path))
+    assert len(df) == 37 and sorted(df[df.trial_id == ids[4]]["size"]) == [8, 16, 32, 64]
+    assert len(results.trial_summaries(tmp_path)) == 12

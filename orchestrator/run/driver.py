@@ -9,6 +9,7 @@ rows file already holds a final status are never trained again.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -18,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import ray
 from ray import tune
@@ -30,14 +31,14 @@ from orchestrator.run import tune_space
 from orchestrator.run import trust
 from orchestrator.run.hub import DriverHub, ForwardingCallback
 from orchestrator.run.signals import StopRequests
-from orchestrator.run.trainable import CHECKPOINTS_KEPT, fpr_trainable, trial_of_config
+from orchestrator.run.trainable import CHECKPOINTS_KEPT, fpr_trainable
 from orchestrator.store import parquet
 from orchestrator.store.rows import SweepMeta
 from orchestrator.store.run_info import sweep_summary
 from orchestrator.store.schema import FINAL_STATUSES
 from orchestrator.store.space import DiskFull, DropDiskFull, is_disk_full
 from orchestrator.store.tracking import SweepTracker
-from orchestrator.sweep.expand import Cell, resolve
+from orchestrator.sweep.expand import Cell, resolve, trial_of_config
 from orchestrator.sweep.layout import LayoutError, SweepDir
 from orchestrator.sweep.plan import SweepPlan
 from orchestrator.sweep.spec import SweepSpec
@@ -56,6 +57,8 @@ class RunOptions:
     tracking_uri: Optional[str] = None
     results_dir: Optional[str] = None
     storage: Optional[str] = None
+    yes: bool = False
+    """Run a sweep larger than SIZE_GUARD trials without the spec's max_trials."""
 
 
 @dataclass
@@ -157,17 +160,41 @@ class Study:
     """One Tuner: a Tune experiment name and what to run in it."""
 
     name: str
-    cells: list[Cell]
     samples: int
+    """Tune's num_samples: the grid's size (the feed ends sooner) or a search's samples per cell."""
+    cell: Optional[Cell] = None
+    """The grid cell a search study tunes; None for the grid feed."""
 
 
-def plan_studies(spec: SweepSpec, cells: list[Cell], done: dict[str, str]) -> list[Study]:
-    """Grid sweeps: one Tuner over the cells not finished yet. Search sweeps: one Tuner per cell."""
+def plan_studies(spec: SweepSpec, plan: SweepPlan, done: dict[str, str]) -> Iterator[Study]:
+    """Grid sweeps: one Tuner fed the cells not finished yet. Search sweeps: one Tuner per cell."""
     h = spec.spec_hash()
     if spec.search is None:
-        todo = [c for c in cells if done.get(c.cell_id) not in FINAL_STATUSES]
-        return [Study(f"grid-{h}", todo, 1)] if todo else []
-    return [Study(f"search-{h}-{c.cell_id}", [c], spec.search.num_samples) for c in cells]
+        if any(done.get(c.cell_id) not in FINAL_STATUSES for c in plan.cells()):
+            yield Study(f"grid-{h}", len(plan.grid))
+        return
+    for c in plan.cells():
+        yield Study(f"search-{h}-{c.cell_id}", spec.search.num_samples, c)
+
+
+SIZE_GUARD = 10_000
+"""Sweeps with more trials than this need ``--yes`` or the spec's ``max_trials``."""
+
+
+def check_size(plan: SweepPlan, yes: bool) -> None:
+    """Refuse a sweep larger than intended, saying how many trials and how much training it holds."""
+    spec, grid = plan.spec, plan.grid
+    n = grid.trial_count()
+    limit = spec.max_trials
+    if (limit is None and (n <= SIZE_GUARD or yes)) or (limit is not None and n <= limit):
+        return
+    cost = (f"{n:,} trials, {grid.train_steps():,} training steps in all ({grid.train_examples():,} training "
+            f"examples), each trial holding {spec.resources.cpu:g} CPU / {spec.resources.gpu:g} GPU")
+    if limit is not None:
+        raise SweepError(f"max_trials: the spec allows {limit:,} trials but expands to {cost}; raise max_trials "
+                         "or shrink the grid.")
+    raise SweepError(f"this sweep expands to {cost}, above the {SIZE_GUARD:,}-trial guard; pass --yes, or set "
+                     f"max_trials: {n} in the spec, to run it (`fpr-sweep run SPEC --dry-run` lists the trials).")
 
 
 def experiment_state_readable(path: str) -> bool:
@@ -212,8 +239,9 @@ def restorable(path: str) -> Optional[str]:
     return trust.untrusted_reason(Path(path))
 
 
-def _tuner(spec: SweepSpec, study: Study, storage: str, meta: SweepMeta, max_concurrent: Optional[int],
-           console: Console):
+def _tuner(plan: SweepPlan, study: Study, storage: str, meta: SweepMeta, max_concurrent: Optional[int],
+           skip: frozenset[str], console: Console):
+    spec = plan.spec
     trainable = tune.with_resources(fpr_trainable, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
     path = f"{storage.rstrip('/')}/{study.name}"
     if tune.Tuner.can_restore(path):
@@ -225,15 +253,15 @@ def _tuner(spec: SweepSpec, study: Study, storage: str, meta: SweepMeta, max_con
                 reason = f"Tune could not read it ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})"
         _set_aside(path, reason, console)
     tune_config = tune.TuneConfig(num_samples=study.samples,
-                                  search_alg=tune_space.search_algorithm(spec, study.cells),
-                                  scheduler=tune_space.scheduler(spec, study.cells),
+                                  search_alg=tune_space.search_algorithm(spec, study.cell, plan.smoke, skip),
+                                  scheduler=tune_space.scheduler(spec, plan.grid),
                                   max_concurrent_trials=max_concurrent, reuse_actors=True,
                                   trial_dirname_creator=_dirname, trial_name_creator=_dirname)
     run_config = tune.RunConfig(
         name=study.name, storage_path=storage, verbose=0, callbacks=[ForwardingCallback()],
         failure_config=tune.FailureConfig(max_failures=spec.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT))
-    return tune.Tuner(trainable, param_space=tune_space.param_space(spec, study.cells, meta),
+    return tune.Tuner(trainable, param_space=tune_space.param_space(spec, study.cell, meta),
                       tune_config=tune_config, run_config=run_config), False
 
 
@@ -275,33 +303,36 @@ def run_sweep(plan: SweepPlan, opts: RunOptions, tracker_factory, console: Conso
     from orchestrator.store.provenance import git_commit
 
     quiet_tune()
-    spec, cells, name = plan.spec, plan.cells, plan.name
+    spec, name = plan.spec, plan.name
+    check_size(plan, opts.yes)
     sweep_dir = sweep_dir_for(plan, opts)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     meta = SweepMeta(name, spec.spec_hash(), git_commit(), spec.keep_models)
     done = parquet.finished_statuses(sweep_dir)
-    studies = plan_studies(spec, cells, done)
+    skip = frozenset(t for t, st in done.items() if st in FINAL_STATUSES)
+    studies = plan_studies(spec, plan, done)
+    first = next(studies, None)
+    studies = itertools.chain([first], studies) if first is not None else iter(())
     total = plan.trial_count
-    already = sum(1 for c in cells if done.get(c.cell_id) in FINAL_STATUSES) if spec.search is None else 0
+    already = sum(1 for c in plan.cells() if c.cell_id in skip) if spec.search is None and skip else 0
     outcome = SweepOutcome(sweep_dir)
     # Opening a new SQLite store runs MLflow's migrations (~10 s here): overlap it with Ray's start.
     with ThreadPoolExecutor(1) as pool:
         opening = pool.submit(tracker_factory, sweep_dir, meta)
-        if studies:
+        if first is not None:
             outcome.ray_start_seconds = ensure_ray(opts.address, console)
         tracker = opening.result()
-    if studies:
+    if first is not None:
         check_resources(spec)
         drop_disk_full_logs()
     storage = SweepDir(sweep_dir).tune_storage(opts.storage)
     progress = SweepProgress(console, total, already, title=name)
     with StopRequests() as stops:
-        hub = DriverHub(sweep_dir, meta, tracker, progress, console,
-                        done_before=frozenset(t for t, st in done.items() if st in FINAL_STATUSES), stops=stops)
+        hub = DriverHub(sweep_dir, meta, tracker, progress, console, done_before=skip, stops=stops)
         hubs.activate(hub)
         progress.start()
         try:
-            outcome.unfinished = _run_studies(spec, studies, storage, meta, opts, hub, console)
+            outcome.unfinished = _run_studies(plan, studies, storage, meta, opts, skip, hub, console)
         finally:
             progress.stop()
             hub.live.close()
@@ -309,18 +340,19 @@ def run_sweep(plan: SweepPlan, opts: RunOptions, tracker_factory, console: Conso
     return _finish(outcome, hub, tracker, stops, storage, console)
 
 
-def _run_studies(spec: SweepSpec, studies: list[Study], storage: str, meta: SweepMeta, opts: RunOptions,
-                 hub: DriverHub, console: Console) -> int:
+def _run_studies(plan: SweepPlan, studies: Iterator[Study], storage: str, meta: SweepMeta, opts: RunOptions,
+                 skip: frozenset[str], hub: DriverHub, console: Console) -> int:
     """Fit each study in turn (until a stop is requested); returns how many trials are unfinished."""
+    spec = plan.spec
     unfinished = 0
-    for i, study in enumerate(studies):
+    for study in studies:
         if hub.stops.reason is not None:
-            unfinished += sum(len(s.cells) * s.samples for s in studies[i:])
-            break
+            unfinished += _unfinished_in(plan, study, hub)
+            continue
         path = f"{storage.rstrip('/')}/{study.name}"
         try:
-            tuner, restored = _tuner(spec, study, storage, meta, opts.max_concurrent or spec.max_concurrent,
-                                     console)
+            tuner, restored = _tuner(plan, study, storage, meta, opts.max_concurrent or spec.max_concurrent,
+                                     skip, console)
             if restored:
                 console.print(f"resuming Tune experiment {study.name}", highlight=False)
             with trust.Signer(Path(path)) if "://" not in path else nullcontext():
@@ -334,8 +366,15 @@ def _run_studies(spec: SweepSpec, studies: list[Study], storage: str, meta: Swee
         try:
             unfinished += reconcile(hub, path)
         except Exception:  # no readable state (stopped before Tune saved any): count the study's trials
-            unfinished += sum(1 for c in study.cells if not hub.is_final(resolve(c)))
+            unfinished += _unfinished_in(plan, study, hub)
     return unfinished
+
+
+def _unfinished_in(plan: SweepPlan, study: Study, hub: DriverHub) -> int:
+    """Trials of a study not final: the grid's unfinished cells, or a search study's samples."""
+    if study.cell is not None:
+        return study.samples
+    return sum(1 for c in plan.cells() if not hub.is_final(resolve(c)))
 
 
 def _finish(outcome: SweepOutcome, hub: DriverHub, tracker: SweepTracker, stops: StopRequests, storage: str,

@@ -24,9 +24,9 @@ from orchestrator.store.schema import FINAL_STATUSES
 from orchestrator.store.space import DiskFull, failed_path, is_disk_full
 from orchestrator.store.tracking import SweepTracker
 from orchestrator.run.signals import StopRequests
-from orchestrator.run.trainable import MODEL_FILE, trial_of_config
+from orchestrator.run.trainable import MODEL_FILE
+from orchestrator.sweep.expand import Trial, trial_of_config
 from orchestrator.sweep.live import LiveFile
-from orchestrator.sweep.expand import Trial
 from orchestrator.sweep.layout import SweepDir
 from orchestrator.sweep.metrics import (CURVES_KEY, DATASETS_KEY, FINAL_SPLIT_COLUMNS, PROGRESS_METRICS, ROWS_KEY,
                                         STEP, is_train_metric, split_metric, train_metric)
@@ -77,6 +77,8 @@ class DriverHub:
         self.live = LiveFile(sweep_dir)
         self.warnings: list[str] = []
         self._trials: dict[str, Trial] = {}
+        self._compacted = parquet.compacted_ids(sweep_dir)
+        self._to_compact: list[str] = []
 
     def trial(self, tune_trial: Any) -> Trial:
         key = tune_trial.trial_id
@@ -94,6 +96,10 @@ class DriverHub:
         return self.tracker.trial_run(t.trial_id, f"{c.task}/{c.variant}/s{c.seed}/{t.trial_id}", tags, params)
 
     def is_final(self, t: Trial) -> bool:
+        if t.trial_id in self._compacted:  # only final trials are compacted
+            return True
+        if not parquet.trial_path(self.sweep_dir, t.trial_id).exists():
+            return False
         table = parquet.read_trial(self.sweep_dir, t.trial_id)
         return table is not None and table.column("status")[0].as_py() in FINAL_STATUSES
 
@@ -148,6 +154,7 @@ class DriverHub:
                 self.progress.finished(*self._label(t), rows[0]["status"])
             return
         parquet.write_trial_rows(self.sweep_dir, t.trial_id, rows)  # the table first, the tracker second
+        self._compact_later(t.trial_id, rows[0]["status"])
         run = self._run(t)
         self.tracker.log_final(run, rows, curves, t.experiment_config(), int(step or 0))
         if datasets:
@@ -177,6 +184,17 @@ class DriverHub:
         # ended one (no "run" operation), and nothing here waits on the tracking server.
         self.tracker.log_weights(t.trial_id, dest, int((tune_trial.last_result or {}).get(STEP, 0)),
                                  f"{c.task}-{t.trial_id}", t.experiment_config())
+
+    def _compact_later(self, trial_id: str, status: str) -> None:
+        """Every COMPACT_EVERY final trials, move their files into one fragment (collect and status
+        then read a few large files instead of one per trial)."""
+        if status not in FINAL_STATUSES:
+            return
+        self._to_compact.append(trial_id)
+        if len(self._to_compact) >= parquet.COMPACT_EVERY:
+            parquet.compact(self.sweep_dir, self._to_compact)
+            self._compacted.update(self._to_compact)
+            self._to_compact = []
 
     def guarded(self, what: str, fn, *args) -> None:
         """Run a hook; a failure is reported, not raised (Tune would abort the whole sweep)."""

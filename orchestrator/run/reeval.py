@@ -77,7 +77,7 @@ def parse_sizes(text: str) -> list[int]:
 def plan_jobs(sweep_dir: Path, sizes: list[int], trial_ids: Optional[list[str]], force: bool
               ) -> tuple[list[EvalJob], dict[str, str]]:
     """The trials to evaluate and the sizes each lacks; and why the others are left out."""
-    known = {p.stem for p in results.trial_files(sweep_dir)}
+    known = set(results.finished_statuses(sweep_dir))  # trial files and compacted fragments
     unknown = sorted(set(trial_ids or ()) - known)
     if unknown:
         raise EvalError(f"--trials: no finished trial {unknown} in {sweep_dir} (see `fpr-sweep status`)")

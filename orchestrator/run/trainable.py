@@ -27,8 +27,8 @@ from ray import tune
 
 from orchestrator.store.provenance import hostname, package_versions
 from orchestrator.store.rows import SweepMeta, experiment_rows, residual_curves
-from orchestrator.sweep.expand import Cell, Trial, resolve
-from orchestrator.sweep.metrics import (CURVES_KEY, DATASETS_KEY, FINAL_LOSS, FINAL_SPLIT_COLUMNS, ROWS_KEY,
+from orchestrator.sweep.expand import trial_of_config
+from orchestrator.sweep.metrics import (CURVES_KEY, DATASETS_KEY, FINAL_LOSS, FINAL_SPLIT_COLUMNS, META_KEY, ROWS_KEY,
                                         STATUS_KEY, STEP, split_metric, train_report)
 
 MIN_CHECKPOINT_INTERVAL_S = 30.0
@@ -43,19 +43,6 @@ STATE_FILE = "train_state.pt"
 ROWS_FILE = "rows.json"
 MODEL_FILE = "model.pt"
 """The trial's saved model (fpr_core.saved_model) inside its final checkpoint."""
-
-CELL_KEY = "cell"
-"""Tune config key: the trial's cell (``Cell.payload()``)."""
-META_KEY = "meta"
-"""Tune config key: the sweep's provenance (``SweepMeta.as_dict()``)."""
-SEARCH_KEY = "search"
-"""Tune config key: the values Optuna sampled (search sweeps only)."""
-
-
-def trial_of_config(config: dict[str, Any]) -> Trial:
-    """The trial a Tune config describes (what this trainable runs, what the driver books)."""
-    return resolve(Cell.from_payload(config[CELL_KEY]), config.get(SEARCH_KEY))
-
 
 def worker_info() -> dict[str, str]:
     import ray

@@ -4,7 +4,9 @@ importing pyarrow besides the schema).
 Layout under ``results/<sweep>/`` (paths from sweep/layout.py):
   trials/<trial_id>.parquet   one file per trial, every (trial, split) row; written by the driver
                               under a dot-prefixed temp name, then ``os.replace``d (atomic)
-  results.parquet             every trial file collected into one table (atomic too), one row per
+  fragments/part-*.parquet    finished trials' files compacted into sorted files of COMPACT_EVERY
+                              trials as the sweep runs (see "bounded collection" below)
+  results.parquet             every trial's rows collected into one table (atomic too), one row per
                               trial x split; rebuilt at the end of every run and resume
 
 Every file is written with ``schema.results_schema()`` (fixed and versioned), so pandas, polars,
@@ -20,8 +22,10 @@ from __future__ import annotations
 import datetime as dt
 import os
 import sys
+import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
@@ -60,14 +64,14 @@ def trial_path(sweep_dir: Path, trial_id: str) -> Path:
     return SweepDir(Path(sweep_dir)).trial_file(trial_id)
 
 
-def _atomic_write(table: pa.Table, path: Path) -> None:
+def _atomic_write(table: pa.Table, path: Path, **options: Any) -> None:
     """Write under a temp name, fsync, then rename: a crash or a full disk never leaves a partial
     file under the final name (the temp file is removed on any failure)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
     try:
         with open(tmp, "wb") as handle:
-            pq.write_table(table, handle)
+            pq.write_table(table, handle, **options)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -192,52 +196,42 @@ def read_trial(sweep_dir: Path, trial_id: str) -> Optional[pa.Table]:
     """A trial's rows; None when it has no (readable) rows file."""
     path = trial_path(sweep_dir, trial_id)
     table = read_file(path) if path.exists() else None
+    if table is None and not path.exists() and fragment_files(sweep_dir):  # compacted
+        dataset = ds.dataset([str(p) for p in fragment_files(sweep_dir)], schema=results_schema(), format="parquet")
+        table = dataset.to_table(filter=pc.field("trial_id") == trial_id)
     return _conform(table) if table is not None and table.num_rows else None
 
 
 def finished_statuses(sweep_dir: Path) -> dict[str, str]:
-    """trial_id -> status (the status of its first row) for every trial with a rows file."""
-    out = {}
-    for path in trial_files(sweep_dir):
-        table = read_file(path, columns=["status"])
-        if table is not None and table.num_rows:
-            out[path.stem] = table.column("status")[0].as_py()
-    return out
+    """trial_id -> status (the status of its first row) for every trial with rows (file or fragment)."""
+    table = trial_summary_table(sweep_dir)
+    return dict(zip(table.column("trial_id").to_pylist(), table.column("status").to_pylist()))
 
 
 def trial_summaries(sweep_dir: Path) -> list[dict[str, Any]]:
     """One dict per finished trial: trial_id, task, variant, seed, status, error."""
-    out = []
-    for path in trial_files(sweep_dir):
-        t = read_file(path, columns=["trial_id", "task", "variant", "seed", "status", "error"])
-        if t is not None and t.num_rows:
-            out.append(t.slice(0, 1).to_pylist()[0])
-    return out
+    return trial_summary_table(sweep_dir).select(SUMMARY_COLUMNS).to_pylist()
 
 
-def read_trial_files(files: list[Path]) -> pa.Table:
+def read_trial_files(files: list[Path], columns: Optional[list[str]] = None) -> pa.Table:
     """Every row of ``files`` with the fixed schema (missing columns of older files as null)."""
     # One multi-threaded scan: ~3x faster than reading and conforming the files one by one
     # (benchmarks/bench_orchestration.py). A file that fails the scan is found and quarantined.
+    empty = results_schema().empty_table()
+    if not files:
+        return empty.select(columns) if columns else empty
     try:
-        return ds.dataset([str(p) for p in files], schema=results_schema(), format="parquet").to_table()
+        return ds.dataset([str(p) for p in files], schema=results_schema(), format="parquet").to_table(columns=columns)
     except (pa.ArrowException, OSError):
-        tables = [read_file(p) for p in files]
-        return pa.concat_tables([_conform(t) for t in tables if t is not None] or [results_schema().empty_table()])
+        tables = [_conform(t) for t in (read_file(p) for p in files) if t is not None] or [empty]
+        table = pa.concat_tables(tables)
+        return table.select(columns) if columns else table
 
 
 def collect(sweep_dir: Path) -> Optional[Path]:
-    """Rebuild results.parquet from every trial file (atomic); None if no trial finished yet."""
-    files = trial_files(sweep_dir)
-    if not files:
-        return None
-    table = read_trial_files(files)
-    order = pc.sort_indices(table, sort_keys=[("task", "ascending"), ("variant", "ascending"),
-                                                      ("seed", "ascending"), ("trial_id", "ascending"),
-                                                      ("size", "ascending")])
-    path = results_path(sweep_dir)
-    _atomic_write(table.take(order), path)
-    return path
+    """Rebuild results.parquet from every trial's rows (atomic); None if no trial finished yet.
+    Bounded memory at any sweep size: see collect_merged."""
+    return collect_merged(sweep_dir)
 
 
 def read_current(sweep_dir: Path) -> pa.Table:
@@ -261,8 +255,7 @@ def read_results(sweep_dir: Path) -> pa.Table:
         path = collect(sweep_dir)
     except OSError as e:  # a read-only folder (someone else's sweep): build the table in memory
         warn(f"cannot rebuild {results_path(sweep_dir)} ({e.strerror or e}); reading the trial files.")
-        files = trial_files(sweep_dir)
-        return read_trial_files(files) if files else results_schema().empty_table()
+        return pa.concat_tables([_fragment_rows(sweep_dir), read_trial_files(trial_files(sweep_dir))])
     table = read_file(path) if path is not None else None
     return table if table is not None else results_schema().empty_table()
 
@@ -274,7 +267,8 @@ def read_current_results(sweep_dir: Path) -> Optional[pa.Table]:
         built = path.stat().st_mtime
     except FileNotFoundError:
         return None
-    newest = max((p.stat().st_mtime for p in _candidate_files(sweep_dir)), default=-float("inf"))
+    parts = _candidate_files(sweep_dir) + _candidate_fragments(sweep_dir)
+    newest = max((p.stat().st_mtime for p in parts), default=-float("inf"))
     if newest > built:
         return None
     schema = _file_schema(path)
@@ -295,3 +289,205 @@ def accuracy_table(sweep_dir: Path) -> list[dict[str, Any]]:
     return [{"task": r["task"], "variant": r["variant"], "split": r["split"],
              "exact_acc": r["exact_acc_mean"], "iters_mean": r["iters_mean_mean"], "trials": r["trial_id_count"]}
             for r in grouped.to_pylist()]
+
+
+# ---------------------------------------------------------------- bounded collection at scale
+#
+# A sweep of 10^5 trials leaves 10^5 small files; reading them in one go cost 3.5 GB for 90 MB of
+# data, and every file costs an open. So the driver compacts finished trials' files into sorted
+# fragments of COMPACT_EVERY trials as the sweep runs (fragments/part-*.parquet; only final trials,
+# whose rows are never rewritten), and collect merges the sorted fragments (plus the few loose
+# trial files) into results.parquet chunk by chunk: memory is bounded by the fragment count times
+# one read batch, not by the size of the sweep.
+
+COMPACT_EVERY = 1000
+"""Finished trial files per fragment."""
+FRAGMENT_ROW_GROUP = 1024
+"""Rows per row group of a fragment: the merge holds about one row group of every fragment."""
+MERGE_CHUNK_ROWS = 8192
+"""Rows results.parquet is written in, per step of the merge."""
+ORDER = [("task", "ascending"), ("variant", "ascending"), ("seed", "ascending"), ("trial_id", "ascending"),
+         ("size", "ascending")]
+"""The order of results.parquet (and of every fragment)."""
+ORDER_COLUMNS = [name for name, _ in ORDER]
+SUMMARY_COLUMNS = ["trial_id", "task", "variant", "seed", "status", "error"]
+
+
+def fragments_dir(sweep_dir: Path) -> Path:
+    return SweepDir(Path(sweep_dir)).fragments
+
+
+def _candidate_fragments(sweep_dir: Path) -> list[Path]:
+    d = fragments_dir(sweep_dir)
+    return sorted(p for p in d.glob("*.parquet") if not p.name.startswith(".")) if d.is_dir() else []
+
+
+def fragment_files(sweep_dir: Path) -> list[Path]:
+    """The sweep's own readable fragments (unreadable ones quarantined, foreign ones ignored)."""
+    out = []
+    for path in _candidate_fragments(sweep_dir):
+        schema = _file_schema(path)
+        if schema is None:
+            continue
+        if VERSION_KEY in (schema.metadata or {}):
+            out.append(path)
+        else:
+            warn(f"{path} was not written by this sweep (no fpr-sweep schema metadata); ignoring it.")
+    return out
+
+
+def _in_order(table: pa.Table) -> pa.Table:
+    return table.take(pc.sort_indices(table, sort_keys=ORDER))
+
+
+def compact(sweep_dir: Path, trial_ids: Iterable[str]) -> Optional[Path]:
+    """Move the files of these finished trials into one sorted fragment, then delete them.
+
+    Only for final trials. A crash between the fragment's write and the deletions leaves a trial in
+    both places; readers then take the loose file (see ``_superseding``)."""
+    paths = [p for p in (trial_path(sweep_dir, t) for t in trial_ids) if p.exists()]
+    if not paths:
+        return None
+    path = fragments_dir(sweep_dir) / f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
+    _atomic_write(_in_order(read_trial_files(paths)), path, row_group_size=FRAGMENT_ROW_GROUP)
+    for p in paths:
+        p.unlink(missing_ok=True)
+    return path
+
+
+def compacted_ids(sweep_dir: Path) -> set[str]:
+    """Trial ids held by fragments."""
+    ids = read_trial_files(fragment_files(sweep_dir), ["trial_id"]).column("trial_id")
+    return set(pc.unique(ids).to_pylist())
+
+
+def _superseding(sweep_dir: Path) -> Optional[pc.Expression]:
+    """Fragment rows to keep: those of trials without a loose file. A loose file of a compacted
+    trial is newer (rows rewritten later, e.g. by `fpr-sweep eval`) or identical (a crash between
+    a fragment's write and the deletions), so it wins either way."""
+    loose = [p.stem for p in trial_files(sweep_dir)]
+    return ~pc.field("trial_id").isin(loose) if loose else None
+
+
+def _fragment_rows(sweep_dir: Path, columns: Optional[list[str]] = None) -> pa.Table:
+    fragments = fragment_files(sweep_dir)
+    if not fragments:
+        return read_trial_files([], columns)
+    dataset = ds.dataset([str(p) for p in fragments], schema=results_schema(), format="parquet")
+    return dataset.to_table(columns=columns, filter=_superseding(sweep_dir))
+
+
+def trial_summary_table(sweep_dir: Path) -> pa.Table:
+    """trial_id, task, variant, seed, status, error: the first row of every trial, fragments and
+    loose files alike (one projected scan, not one read per file)."""
+    table = pa.concat_tables([_fragment_rows(sweep_dir, SUMMARY_COLUMNS),
+                              read_trial_files(trial_files(sweep_dir), SUMMARY_COLUMNS)])
+    first = table.group_by("trial_id", use_threads=False).aggregate(
+        [(c, "first") for c in SUMMARY_COLUMNS[1:]])
+    return first.rename_columns([c if c == "trial_id" else c.removesuffix("_first") for c in first.column_names])
+
+
+def collect_merged(sweep_dir: Path) -> Optional[Path]:
+    """Rebuild results.parquet from fragments and loose trial files in bounded memory (atomic);
+    None if no trial finished yet. Loose files are sorted in batches of COMPACT_EVERY (to temporary
+    runs when there is more than one batch), then every sorted run is merged chunk by chunk."""
+    fragments, loose = fragment_files(sweep_dir), trial_files(sweep_dir)
+    if not fragments and not loose:
+        return None
+    path = results_path(sweep_dir)
+    keep = _superseding(sweep_dir)
+    with tempfile.TemporaryDirectory(prefix="fpr-collect-") as scratch:
+        runs: list[Any] = [_FragmentRun(f, keep) for f in fragments]
+        batches = [loose[i:i + COMPACT_EVERY] for i in range(0, len(loose), COMPACT_EVERY)]
+        for i, batch in enumerate(batches):
+            table = _in_order(read_trial_files(batch))
+            if len(batches) == 1:
+                runs.append(table)
+            else:
+                run = Path(scratch) / f"run-{i}.parquet"
+                pq.write_table(table, run, row_group_size=FRAGMENT_ROW_GROUP)
+                runs.append(_FragmentRun(run))
+        tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
+        try:
+            _merge_runs(runs, tmp)
+            os.replace(tmp, path)
+        except (OSError, pa.ArrowException) as e:
+            if is_disk_full(e):
+                raise DiskFull(path, sum(p.stat().st_size for p in fragments + loose)) from None
+            raise
+        finally:
+            tmp.unlink(missing_ok=True)
+    return path
+
+
+@dataclass(frozen=True)
+class _FragmentRun:
+    """A sorted file and the rows of it to keep (None: all)."""
+
+    path: Path
+    keep: Optional[pc.Expression] = None
+
+
+class _RunReader:
+    """Sequential reader of one sorted run (a fragment or an in-memory table)."""
+
+    def __init__(self, run: Any) -> None:
+        self._keep = None
+        if isinstance(run, pa.Table):
+            self._batches = iter(run.to_batches(MERGE_CHUNK_ROWS))
+        else:
+            self._batches = pq.ParquetFile(run.path).iter_batches(batch_size=FRAGMENT_ROW_GROUP)
+            self._keep = run.keep
+        self._buffer: Optional[pa.Table] = None
+
+    def keys(self, run: Any) -> pa.Table:
+        if isinstance(run, pa.Table):
+            return run.select(ORDER_COLUMNS)
+        dataset = ds.dataset([str(run.path)], schema=results_schema(), format="parquet")
+        return dataset.to_table(columns=ORDER_COLUMNS, filter=run.keep)
+
+    def take(self, n: int) -> pa.Table:
+        """The next n rows."""
+        pieces, have = [], 0
+        if self._buffer is not None:
+            pieces.append(self._buffer)
+            have = self._buffer.num_rows
+        while have < n:
+            batch = pa.Table.from_batches([next(self._batches)])
+            if self._keep is not None:
+                batch = batch.filter(self._keep)
+            pieces.append(batch)
+            have += batch.num_rows
+        table = _conform(pa.concat_tables(pieces, promote_options="permissive")) if len(pieces) > 1 \
+            else _conform(pieces[0])
+        self._buffer = table.slice(n) if table.num_rows > n else None
+        return table.slice(0, n)
+
+
+def _merge_runs(runs: list[Any], out: Path) -> None:
+    """K-way merge of sorted runs into ``out``: the global order comes from the order columns
+    alone; each chunk then takes the next rows it needs from every run, in run order."""
+    import numpy as np
+
+    readers = [_RunReader(run) for run in runs]
+    keys = []
+    for r, (reader, run) in enumerate(zip(readers, runs)):
+        k = reader.keys(run)
+        keys.append(k.append_column("run", pa.array(np.full(k.num_rows, r, dtype=np.int32)))
+                     .append_column("row", pa.array(np.arange(k.num_rows, dtype=np.int64))))
+    merged = pa.concat_tables(keys)
+    order = pc.sort_indices(merged, sort_keys=ORDER + [("run", "ascending"), ("row", "ascending")])
+    run_of = merged.column("run").take(order).to_numpy()
+    del merged, keys
+    with pq.ParquetWriter(out, results_schema()) as writer:
+        for start in range(0, len(run_of), MERGE_CHUNK_ROWS):
+            chunk_runs = run_of[start:start + MERGE_CHUNK_ROWS]
+            counts = np.bincount(chunk_runs, minlength=len(readers))
+            present = np.flatnonzero(counts)
+            offsets = dict(zip(present, np.concatenate([[0], np.cumsum(counts[present])[:-1]])))
+            pieces = [readers[r].take(int(counts[r])) for r in present]
+            index = np.empty(len(chunk_runs), dtype=np.int64)
+            for r in present:  # the k-th row of run r in this chunk is the k-th row taken from r
+                where = np.flatnonzero(chunk_runs == r)
+                index[where] = offsets[r] + np.arange(len(where))
+            writer.write_table(pa.concat_tables(pieces).take(pa.array(index)))

@@ -12,13 +12,19 @@ space, so every grid cell is tuned on equal terms and no cell's results steer an
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import itertools
+import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from fpr_core.config import ConfigError, TaskSpec, identity_sections, to_dict
-from orchestrator.sweep.sections import apply_overrides, base_sections, check_dotted, resolved_sections
+from orchestrator.sweep.metrics import CELL_KEY, SEARCH_KEY
+from orchestrator.sweep.sections import (SECTIONS, apply_overrides, base_sections, build_section, check_dotted,
+                                         resolved_sections)
 from orchestrator.sweep.spec import SpecError, SweepSpec, TaskEntry, stable_hash
 
 SMOKE_BUDGET: dict[str, Any] = {"train.steps": 30, "train.n_train": 256, "train.warmup": 5,
@@ -117,6 +123,11 @@ def resolve(cell: Cell, search_values: Optional[dict[str, Any]] = None) -> Trial
     return Trial(tid, cell, sections, search_values)
 
 
+def trial_of_config(config: dict[str, Any]) -> Trial:
+    """The trial a Tune config describes (what the trainable runs, what the driver books)."""
+    return resolve(Cell.from_payload(config[CELL_KEY]), config.get(SEARCH_KEY))
+
+
 def variant_label(axis_values: dict[str, Any]) -> str:
     """'recall=none,outer_norm=rms': field names, dotted only where two sections share a name."""
     if not axis_values:
@@ -130,15 +141,6 @@ def _label(value: Any) -> str:
     return "null" if value is None else str(value)
 
 
-def _smoke_overrides(sections: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    out = {}
-    for key, bound in SMOKE_BUDGET.items():
-        section, fld = check_dotted(key)
-        current = sections[section].get(fld)
-        out[key] = bound if current is None else min(current, bound)
-    return out
-
-
 def task_spec(entry: TaskEntry, smoke: bool = False) -> TaskSpec:
     """A spec's task entry as fpr_core's TaskSpec, its sizes filled in from the task's defaults
     (``--smoke`` keeps the SMOKE_OOD_SIZES smallest OOD sizes)."""
@@ -150,51 +152,198 @@ def task_spec(entry: TaskEntry, smoke: bool = False) -> TaskSpec:
                     tuple(sorted(ood)[:SMOKE_OOD_SIZES]) if smoke else ood)
 
 
-def expand(spec: SweepSpec, smoke: bool = False, path: Optional[Path] = None) -> list[Cell]:
-    """Every cell of the sweep, in a deterministic order (task, grid cell, seed).
+def _smoke_bounds(section: str, values: dict[str, Any]) -> dict[str, Any]:
+    """``--smoke`` budget of one resolved section: min(spec value, bound) for its SMOKE_BUDGET fields."""
+    out = {}
+    for key, bound in SMOKE_BUDGET.items():
+        sec, fld = check_dotted(key)
+        if sec == section:
+            current = values.get(fld)
+            out[fld] = bound if current is None else min(current, bound)
+    return out
 
-    Each cell's config is built by fpr_core's dataclasses, so a bad combination of values (e.g.
-    dim and heads set on different axes) raises SpecError, as do two cells with the same config.
+
+def _canonical(obj: Any) -> str:
+    """The JSON ``stable_hash`` hashes (sorted keys, no spaces)."""
+    return json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class SectionPart:
+    """One config section resolved for one combination of the axis values that address it."""
+
+    values: dict[str, Any]
+    """Every field of the section (shared, read-only, by every cell using this combination)."""
+    text: str
+    """Its canonical JSON, the fragment of the trial hash's input that this section contributes."""
+    label: dict[str, Any]
+    """The axis values that produced it, e.g. {'model.dim': 32, 'model.heads': 4}."""
+
+
+class TaskGrid:
+    """The cells of one task entry: its grid (global axes, narrowed by the task's own) x seeds.
+
+    fpr_core builds each config section on its own (``spec.build_section``), so a cell's config is
+    the product of per-section configs and only axes addressing the same section can interact (e.g.
+    ``model.dim`` and ``model.heads``). Each distinct combination of one section's axis values is
+    built and checked once; a cell is assembled from these parts, and its id hashes the same JSON
+    as ``trial_hash``, concatenated from the parts' canonical fragments.
     """
-    from fpr_core.experiment import board_coordinates
-    from fpr_core.tasks import get_task
 
-    base = base_sections(spec.base)
-    keys = list(spec.axes)
-    seeds = spec.seeds[:1] if smoke else spec.seeds
-    cells: list[Cell] = []
-    for entry in spec.tasks:
-        task = task_spec(entry, smoke)
-        task_base = apply_overrides(base, entry.overrides)
-        task_axes = {k: entry.axes.get(k, spec.axes[k]) for k in keys}
-        for combo in itertools.product(*(task_axes[k] for k in keys)):
-            axis_values = dict(zip(keys, combo))
-            raw = apply_overrides(task_base, axis_values)
-            if smoke:
-                raw = apply_overrides(raw, _smoke_overrides(resolved_sections(raw)))
+    def __init__(self, spec: SweepSpec, index: int, smoke: bool, path: Optional[Path]) -> None:
+        from fpr_core.tasks import get_task
+
+        entry = spec.tasks[index]
+        self.index, self.task_spec = index, task_spec(entry, smoke)
+        self._task_obj = get_task(entry.name, **entry.params)
+        self.seeds = spec.seeds[:1] if smoke else list(spec.seeds)
+        self.keys = list(spec.axes)
+        self.values = [entry.axes.get(k, spec.axes[k]) for k in self.keys]
+        self._smoke, self._where = smoke, f"{path}: " if path else ""
+        task_base = apply_overrides(base_sections(spec.base), entry.overrides)
+        self.parts = {name: self._section_parts(name, task_base) for name in SECTIONS}
+        t = self.task_spec
+        self._prefix = (f'{{"ood_sizes":{_canonical(list(t.ood_sizes))},"params":{_canonical(t.params)},'
+                        '"sections":{')
+        self._suffix = f',"task":{_canonical(t.name)},"train_size":{_canonical(t.train_size)}}}'
+
+    @property
+    def task(self) -> str:
+        return self.task_spec.name
+
+    @property
+    def train_size(self) -> int:
+        return self.task_spec.train_size
+
+    @property
+    def ood_sizes(self) -> tuple[int, ...]:
+        return self.task_spec.ood_sizes
+
+    def axes_of(self, section: str) -> list[int]:
+        """Positions (in the grid's axis order) of the axes that address ``section``."""
+        return [i for i, k in enumerate(self.keys) if check_dotted(k)[0] == section]
+
+    def _section_parts(self, section: str, task_base: dict[str, dict[str, Any]]) -> dict[tuple, SectionPart]:
+        """combination of value positions -> resolved part; rejects bad and colliding combinations."""
+        axes = self.axes_of(section)
+        parts: dict[tuple, SectionPart] = {}
+        seen: dict[str, tuple] = {}
+        for combo in itertools.product(*(range(len(self.values[i])) for i in axes)):
+            label = {self.keys[i]: self.values[i][j] for i, j in zip(axes, combo)}
+            raw = apply_overrides(task_base, label)[section]
             try:
-                sections = resolved_sections(raw)
-                board_coordinates(get_task(entry.name, **entry.params), sections["model"]["positions"])
+                values = dataclasses.asdict(build_section(section, raw))
+                if self._smoke:
+                    values = dataclasses.asdict(build_section(section, {**values, **_smoke_bounds(section, values)}))
+                if section == "model":  # positions 'absolute' needs a task with board coordinates
+                    from fpr_core.experiment import board_coordinates
+
+                    board_coordinates(self._task_obj, values["positions"])
             except (ConfigError, TypeError, ValueError) as e:
-                where = f"{path}: " if path else ""
-                raise SpecError(f"{where}tasks[{spec.tasks.index(entry)}] ({entry.name}) with grid cell "
-                                f"{variant_label(axis_values)}: {e}") from None
-            for seed in seeds:
-                cells.append(Cell(task_trial_hash(task, sections, seed), task, variant_label(axis_values),
-                                  seed, sections, axis_values))
-    _check_unique(cells, path)
-    return cells
+                raise SpecError(f"{self._where}tasks[{self.index}] ({self.task}) with grid cell "
+                                f"{variant_label(label)}: {e}") from None
+            text = _canonical(identity_sections({section: values})[section])
+            if text in seen:
+                raise SpecError(f"{self._where}axes: grid cells {variant_label(parts[seen[text]].label)!r} and "
+                                f"{variant_label(label)!r} of task {self.task} resolve to the same config (an "
+                                "axis repeats a value or sets a default twice); expected distinct values")
+            seen[text] = combo
+            parts[combo] = SectionPart(values, text, label)
+        return parts
+
+    def count(self) -> int:
+        """Cells of this task: the product of its axis lengths x seeds."""
+        return math.prod(len(v) for v in self.values) * len(self.seeds)
+
+    def splits(self) -> list[str]:
+        return ["id"] + [f"ood_{s}" for s in self.ood_sizes]
+
+    def cells(self, start: int = 0) -> Iterator[Cell]:
+        """Cells in order (grid cell, then seed), skipping the first ``start``."""
+        section_axes = {name: self.axes_of(name) for name in SECTIONS}
+        ordered = sorted(SECTIONS)  # the hash's JSON lists sections by name
+        n_seeds = len(self.seeds)
+        combos = itertools.product(*(range(len(v)) for v in self.values))
+        for combo in itertools.islice(combos, start // n_seeds, None):
+            parts = {name: self.parts[name][tuple(combo[i] for i in section_axes[name])] for name in SECTIONS}
+            sections = {name: parts[name].values for name in SECTIONS}
+            body = self._prefix + ",".join(f'"{name}":{parts[name].text}' for name in ordered) + '},"seed":'
+            axis_values = {k: self.values[i][j] for i, (k, j) in enumerate(zip(self.keys, combo))}
+            variant = variant_label(axis_values)
+            first = start % n_seeds if start else 0
+            start = 0
+            for seed in self.seeds[first:]:
+                cid = hashlib.sha256(f"{body}{_canonical(seed)}{self._suffix}".encode()).hexdigest()[:10]
+                yield Cell(cid, self.task_spec, variant, seed, sections, axis_values)
 
 
-def _check_unique(cells: list[Cell], path: Optional[Path]) -> None:
-    seen: dict[str, Cell] = {}
-    for c in cells:
-        if c.cell_id in seen:
-            where = f"{path}: " if path else ""
-            raise SpecError(f"{where}axes: grid cells {seen[c.cell_id].variant!r} and {c.variant!r} of task "
-                            f"{c.task} resolve to the same config (an axis repeats a value or sets a default "
-                            "twice); expected distinct values")
-        seen[c.cell_id] = c
+class SweepGrid:
+    """Every cell of a sweep, counted in closed form, checked per section, walked lazily.
+
+    Building it validates every combination (SpecError names the task and grid cell); ``cells()``
+    then yields Cell objects one at a time in the deterministic order (task, grid cell, seed), so a
+    10^6-cell grid is never held in memory.
+    """
+
+    def __init__(self, spec: SweepSpec, smoke: bool = False, path: Optional[Path] = None) -> None:
+        self.spec = spec
+        self.smoke = smoke
+        self.tasks = [TaskGrid(spec, i, smoke, path) for i in range(len(spec.tasks))]
+        self._check_tasks_distinct(path)
+
+    def __len__(self) -> int:
+        return sum(t.count() for t in self.tasks)
+
+    def trial_count(self) -> int:
+        """Trials the sweep runs: cells x search samples."""
+        return len(self) * (self.spec.search.num_samples if self.spec.search else 1)
+
+    def cells(self, start: int = 0) -> Iterator[Cell]:
+        """Cells from position ``start`` on, without building the ones before it."""
+        for t in self.tasks:
+            if start >= t.count():
+                start -= t.count()
+                continue
+            yield from t.cells(start)
+            start = 0
+
+    def max_train_steps(self) -> int:
+        """The longest training budget of any trial (ASHA's default max_t)."""
+        return max(int(p.values["steps"]) for t in self.tasks for p in t.parts["train"].values())
+
+    def train_steps(self) -> int:
+        """Training steps of every trial together (for the size guard's compute estimate)."""
+        return self._train_total(lambda train: int(train["steps"]))
+
+    def train_examples(self) -> int:
+        """Training examples drawn by every trial together: steps x batch size, summed."""
+        return self._train_total(lambda train: int(train["steps"]) * int(train["batch_size"]))
+
+    def _train_total(self, per_trial) -> int:
+        samples = self.spec.search.num_samples if self.spec.search else 1
+        total = 0
+        for t in self.tasks:
+            parts = t.parts["train"].values()  # each train part is used by count/len(parts) cells
+            total += sum(per_trial(p.values) for p in parts) * (t.count() // len(parts)) * samples
+        return total
+
+    def _check_tasks_distinct(self, path: Optional[Path]) -> None:
+        """Two task entries with the same identity collide when every section has a part in common."""
+        for j, b in enumerate(self.tasks):
+            for a in self.tasks[:j]:
+                same_task = a.task_spec == b.task_spec
+                if same_task and set(a.seeds) & set(b.seeds) and all(
+                        {p.text for p in a.parts[n].values()} & {p.text for p in b.parts[n].values()}
+                        for n in SECTIONS):
+                    where = f"{path}: " if path else ""
+                    raise SpecError(f"{where}tasks[{b.index}] ({b.task}) repeats trials of tasks[{a.index}]: "
+                                    "both resolve some grid cells to the same config; expected distinct tasks")
+
+
+def expand(spec: SweepSpec, smoke: bool = False, path: Optional[Path] = None) -> list[Cell]:
+    """Every cell of the sweep as a list, in a deterministic order (task, grid cell, seed): for
+    small sweeps and tests; the driver and the CLI walk ``SweepGrid`` lazily."""
+    return list(SweepGrid(spec, smoke, path).cells())
 
 
 def trial_count(spec: SweepSpec, cells: list[Cell]) -> int:

@@ -8,6 +8,7 @@
       tracking/                MLflow writes not sent yet (store/spool.py)
       trials/<trial_id>.parquet  one file per finished trial (its existence marks the trial done)
       trials/.corrupt/         unreadable trial files set aside (store/parquet.py)
+      fragments/part-*.parquet   finished trials' files compacted, 1,000 trials per file, as the sweep runs
       results.parquet          every trial file collected into one table
       mlflow.db                the default MLflow store (SQLite), artifacts under mlartifacts/
       tune/<study>/            Ray Tune's experiment state and checkpoints (unless --storage-path)
@@ -89,6 +90,10 @@ class SweepDir:
 
     def trial_file(self, trial_id: str) -> Path:
         return self.trials / f"{trial_id}.parquet"
+
+    @property
+    def fragments(self) -> Path:
+        return self.root / "fragments"
 
     @property
     def results(self) -> Path:

@@ -44,7 +44,7 @@ def planned_trials(sweep_dir: Path) -> tuple[dict[str, dict[str, Any]], int]:
         return {}, 0
     if plan.spec.search is not None:
         return {}, plan.trial_count
-    return {c.cell_id: {"task": c.task, "variant": c.variant, "seed": c.seed} for c in plan.cells}, 0
+    return {c.cell_id: {"task": c.task, "variant": c.variant, "seed": c.seed} for c in plan.cells()}, 0
 
 
 class LiveFile:

@@ -17,6 +17,13 @@ FINAL_LOSS = f"{TRAIN_PREFIX}/final_loss"
 STEP = "step"
 """Training step of a report (Tune's and ASHA's time attribute)."""
 
+CELL_KEY = "cell"
+"""Tune config key: the trial's cell (``Cell.payload()``)."""
+META_KEY = "meta"
+"""Tune config key: the sweep's provenance (``SweepMeta.as_dict()``)."""
+SEARCH_KEY = "search"
+"""Tune config key: the values Optuna sampled (search sweeps only)."""
+
 ROWS_KEY = "fpr/rows"
 """Final report: the trial's result rows (JSON list of row dicts)."""
 CURVES_KEY = "fpr/curves"

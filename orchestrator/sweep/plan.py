@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
-from orchestrator.sweep.expand import Cell, expand, trial_count
+from orchestrator.sweep.expand import Cell, SweepGrid
 from orchestrator.sweep.layout import sweep_name
 from orchestrator.sweep.metrics import scheduler_metrics, search_metrics
 from orchestrator.sweep.spec import SpecError, SweepSpec, load_spec
@@ -18,12 +19,14 @@ from orchestrator.sweep.spec import SpecError, SweepSpec, load_spec
 
 @dataclass(frozen=True)
 class SweepPlan:
-    """A validated spec and the cells one run of it trains (``--smoke`` cells when ``smoke``)."""
+    """A validated spec and the grid of cells one run of it trains (``--smoke`` cells when ``smoke``).
+
+    The grid is lazy: it was checked in full, and ``cells()`` walks it one cell at a time."""
 
     spec: SweepSpec
     path: Path
     smoke: bool
-    cells: list[Cell]
+    grid: SweepGrid
 
     @property
     def name(self) -> str:
@@ -32,7 +35,10 @@ class SweepPlan:
 
     @property
     def trial_count(self) -> int:
-        return trial_count(self.spec, self.cells)
+        return self.grid.trial_count()
+
+    def cells(self, start: int = 0) -> Iterator[Cell]:
+        return self.grid.cells(start)
 
 
 def plan_sweep(path: str | Path, smoke: bool = False) -> SweepPlan:
@@ -42,14 +48,14 @@ def plan_sweep(path: str | Path, smoke: bool = False) -> SweepPlan:
     smoke run never passes a spec the real run would refuse."""
     path = Path(path)
     spec = load_spec(path)
-    cells = expand(spec, path=path)
-    check_metrics(spec, cells, path)
+    grid = SweepGrid(spec, path=path)
+    check_metrics(spec, [t.splits() for t in grid.tasks], path)
     if smoke:
-        cells = expand(spec, smoke=True, path=path)
-    return SweepPlan(spec, path, smoke, cells)
+        grid = SweepGrid(spec, smoke=True, path=path)
+    return SweepPlan(spec, path, smoke, grid)
 
 
-def check_metrics(spec: SweepSpec, cells: list[Cell], path: Path) -> None:
+def check_metrics(spec: SweepSpec, task_splits: list[list[str]], path: Path) -> None:
     """Metric names are checked here because Tune's own check is off (intermediate reports carry
     training metrics only, the final one the per-split metrics)."""
     if spec.scheduler.type == "asha":
@@ -57,7 +63,7 @@ def check_metrics(spec: SweepSpec, cells: list[Cell], path: Path) -> None:
         if spec.scheduler.metric not in allowed:
             raise SpecError(f"{path}: scheduler.metric: got {spec.scheduler.metric!r}, expected one of {allowed}")
     if spec.search is not None:
-        allowed = search_metrics(set.intersection(*(set(c.splits()) for c in cells)))
+        allowed = search_metrics(set.intersection(*(set(s) for s in task_splits)))
         if spec.search.metric not in allowed:
             raise SpecError(f"{path}: search.metric: got {spec.search.metric!r}, expected one of {allowed} "
                             "(a split every task evaluates)")

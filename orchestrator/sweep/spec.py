@@ -190,6 +190,8 @@ class SweepSpec(_Strict):
     resources: Resources = Field(default_factory=Resources)
     max_failures: int = Field(1, ge=0, description="Retries of a trial that raises, before it counts as failed.")
     max_concurrent: Optional[int] = Field(None, gt=0, description="Max trials running at once (default: as resources allow).")
+    max_trials: Optional[int] = Field(None, gt=0, description="Largest number of trials this spec may run; "
+                                      "`run` refuses more. Sweeps above 10,000 trials need it (or --yes).")
     tracking_uri: Optional[str] = Field(None, description="MLflow URI (default: sqlite under the sweep's results).")
     keep_models: Literal["final", "none"] = Field(
         "final", description="final: every trial that finishes ok keeps its final weights (and EMA weights) with its "
