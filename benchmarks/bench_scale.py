@@ -192,6 +192,7 @@ def synthetic_trials(sweep: Path, n_trials: int, compact_every: Optional[int]) -
     from orchestrator.store import parquet as results
 
     template = pq.read_table(TEMPLATE)
+    own = {b"fpr_sweep.schema_version": results.results_schema().metadata[b"fpr_sweep.schema_version"]}
     ids = pc.unique(template.column("trial_id")).to_pylist()
     by_trial = [template.filter(pc.equal(template.column("trial_id"), t)) for t in ids]
     sweep.joinpath("trials").mkdir(parents=True, exist_ok=True)
@@ -204,7 +205,8 @@ def synthetic_trials(sweep: Path, n_trials: int, compact_every: Optional[int]) -
                                  pa.array([trial_id] * base.num_rows))
                  .set_column(base.schema.get_field_index("seed"), "seed",
                              pa.array([k // len(by_trial)] * base.num_rows, pa.int64())))
-        pq.write_table(table, results.trial_path(sweep, trial_id))
+        meta = {**(table.schema.metadata or {}), **own, b"fpr_sweep.trial_id": trial_id.encode()}
+        pq.write_table(table.replace_schema_metadata(meta), results.trial_path(sweep, trial_id))
         pending.append(trial_id)
         if compact_every and len(pending) >= compact_every:
             results.compact(sweep, pending)

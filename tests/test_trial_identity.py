@@ -35,7 +35,7 @@ def test_known_trial_and_spec_hashes_are_pinned():
     from orchestrator.sweep.plan import plan_sweep
 
     plan = plan_sweep(ROOT / "results" / STUDY / "spec.yaml")  # the copy the committed run read
-    first = plan.cells[0]
+    first = next(plan.cells())
     assert (first.cell_id, first.task, first.variant, first.seed) == (
         "fbdda8530f", "mazes", "recall=none,outer_norm=rms,spectral=null", 0)
     assert plan.spec.spec_hash() == "a7fc38a351fe"
