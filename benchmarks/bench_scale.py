@@ -299,11 +299,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="10^3 cells and trials, short timeouts")
     parser.add_argument("--before-timeout", type=float, default=None,
-                        help="seconds before a 'before' command is stopped (default 120, smoke 60)")
+                        help="seconds before a 'before' command is stopped (default 120, smoke 30)")
     parser.add_argument("--skip-run", action="store_true", help="skip figure 2 (starts Ray twice)")
     args = parser.parse_args()
     cells_exp, trials_exp, report_exp = (3, 3, 3) if args.smoke else (6, 5, 4)
-    timeout = args.before_timeout or (60.0 if args.smoke else 120.0)
+    timeout = args.before_timeout or (30.0 if args.smoke else 120.0)
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
         scratch = Path(tmp)

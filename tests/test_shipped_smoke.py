@@ -53,7 +53,7 @@ def test_every_shipped_spec_runs_with_smoke(spec, tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     table = pq.read_table(SweepDir.under(tmp_path, plan.spec.name, smoke=True).results,
                           columns=["trial_id", "status"]).to_pylist()
-    assert {r["trial_id"] for r in table} == {c.cell_id for c in plan.cells}
+    assert {r["trial_id"] for r in table} == {c.cell_id for c in plan.cells()}
     assert {r["status"] for r in table} <= set(FINAL_STATUSES)
 
 
