@@ -300,9 +300,15 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="10^3 cells and trials, short timeouts")
     parser.add_argument("--before-timeout", type=float, default=None,
                         help="seconds before a 'before' command is stopped (default 120, smoke 30)")
-    parser.add_argument("--skip-run", action="store_true", help="skip figure 2 (starts Ray twice)")
+    parser.add_argument("--skip-run", action="store_true", help="skip figures 2 and 3 (start Ray twice)")
+    parser.add_argument("--results-exp", type=int, default=None, help="10^N trial files for collect/status "
+                                                                     "(default 5, smoke 3)")
+    parser.add_argument("--report-exp", type=int, default=None, help="10^N trials for report (default 4, smoke 3)")
+    parser.add_argument("--only", choices=["expansion", "run", "results"], default=None, help="one group of figures")
     args = parser.parse_args()
     cells_exp, trials_exp, report_exp = (3, 3, 3) if args.smoke else (6, 5, 4)
+    results_exp = args.results_exp or trials_exp
+    report_exp = args.report_exp or report_exp
     timeout = args.before_timeout or (30.0 if args.smoke else 120.0)
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
@@ -310,10 +316,12 @@ def main() -> None:
         before = baseline_tree(scratch)
         print(f"before = {BASELINE if before else 'unavailable (not a git checkout)'}, after = this checkout; "
               f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}")
-        expansion(before, scratch, cells_exp, timeout)
-        if not args.skip_run:
+        if args.only in (None, "expansion"):
+            expansion(before, scratch, cells_exp, timeout)
+        if args.only in (None, "run") and not args.skip_run:
             first_trial_figures(before, scratch, trials_exp, timeout)
-        results_figures(before, scratch, trials_exp, report_exp, timeout)
+        if args.only in (None, "results"):
+            results_figures(before, scratch, results_exp, report_exp, timeout)
 
 
 if __name__ == "__main__":
