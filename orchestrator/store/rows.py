@@ -100,7 +100,8 @@ def split_fields(s: Any) -> dict[str, Any]:
     out: dict[str, Any] = {"split": s.split, "size": int(s.size), "status": "ok", "error": None}
     for key in SPLIT_ROW_COLUMNS:
         value = s.metrics.get(key)
-        out[key] = (None if value is None else int(value)) if key in INT_ROW_COLUMNS else _float(value)
+        number = _float(value)  # NaN (a metric not measured, e.g. probes with eval.diagnostics off) -> null
+        out[key] = (None if number is None else int(number)) if key in INT_ROW_COLUMNS else number
     out["instance_iters"] = [float(v) for v in s.instance_iters]
     out["instance_difficulty"] = [float(v) for v in s.instance_difficulty]
     out["instance_correct"] = [bool(v) for v in s.instance_correct]
