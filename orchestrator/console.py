@@ -1,23 +1,35 @@
-"""Live terminal progress of a sweep (rich): a table of trials and an overall progress bar.
+"""Live terminal progress of a sweep (rich), and the Ray/Tune messages we keep off the terminal.
 
-Fed by the driver's Tune callback; knows nothing of Ray. On a terminal it redraws in place; when
-the output is a pipe or a file it prints one line per trial event instead.
+Fed by the driver's Tune callback; knows nothing of Ray. Every trial event (start, retry, end) is
+printed once as a plain line, so the scrollback is a clean log. On a terminal a small live region
+under those lines shows the trials running now, the counts (done, running, pending, failed) and an
+ETA; it is cut to the terminal's height, so rich can always redraw it in place (a region taller
+than the screen leaves torn copies in the scrollback). Ray's own log handlers are pointed at the
+live console while it runs, for the same reason. Long variant labels are shown as short codes
+(v1, v2...) with a legend line, so the table reads at 80 columns.
 """
 from __future__ import annotations
 
+import logging
+import sys
 import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import Iterable, Optional
 
 from rich.console import Console, Group
 from rich.live import Live
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 STYLE = {"ok": "green", "failed": "red", "diverged": "yellow", "stopped": "yellow",
          "running": "cyan", "pending": "dim", "retrying": "magenta"}
+FINAL = ("ok", "failed", "diverged", "stopped")
 MAX_ROWS = 20
-"""Trials shown in the live table (running first, then the most recent)."""
+"""Running trials shown in the live table at most (fewer when the terminal is short)."""
+LABEL_WIDTH = 16
+"""Variant labels longer than this are shown as a short code with a legend line."""
+RAY_LOGGERS = ("ray", "ray.tune", "ray.train", "")
+"""Loggers whose stream handlers write through the live console while it runs."""
 
 
 @dataclass
@@ -29,90 +41,234 @@ class TrialLine:
     status: str = "pending"
     step: Optional[int] = None
     metric: str = ""
+    started: float = 0.0
     updated: float = 0.0
 
 
-class SweepProgress:
-    """Trial table + progress bar; call ``start``/``stop`` around the Tune run."""
+class VariantCodes:
+    """Short codes (v1, v2, ...) for variant labels too long for an 80-column table."""
 
-    def __init__(self, console: Console, total: int, already_done: int = 0, title: str = "") -> None:
+    def __init__(self) -> None:
+        self.codes: dict[str, str] = {}
+
+    def code(self, variant: str) -> tuple[str, bool]:
+        """(what to show, whether this label was new and needs its legend line)."""
+        if len(variant) <= LABEL_WIDTH:
+            return variant, False
+        if variant in self.codes:
+            return self.codes[variant], False
+        self.codes[variant] = f"v{len(self.codes) + 1}"
+        return self.codes[variant], True
+
+    def legend(self, variant: str) -> str:
+        return f"{self.codes[variant]} = {variant}"
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+class SweepProgress:
+    """Event lines + a live region of running trials; call ``start``/``stop`` around the Tune run."""
+
+    def __init__(self, console: Console, total: int, already_done: int = 0, title: str = "",
+                 variants: Iterable[str] = ()) -> None:
         self.console = console
-        self.lines: dict[str, TrialLine] = {}
+        self.total = total
+        self.already_done = already_done
         self.title = title
-        self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TimeElapsedColumn(), console=console)
-        self.bar_task = self.bar.add_task(title or "trials", total=total, completed=already_done)
+        self.lines: dict[str, TrialLine] = {}
+        self.codes = VariantCodes()
+        self._variants = list(dict.fromkeys(variants))
+        self._finished_now = 0
+        self._begun = time.time()
+        self._first_start: Optional[float] = None
+        self._restore: list[tuple[logging.StreamHandler, object]] = []
         self.live: Optional[Live] = None
 
     @property
     def interactive(self) -> bool:
         return self.console.is_terminal
 
+    # ------------------------------------------------------------ lifecycle
+
     def start(self) -> None:
+        self._begun = time.time()
+        for variant in self._variants:
+            self._show_variant(variant)
         if self.interactive:
-            self.live = Live(self._render(), console=self.console, refresh_per_second=2, transient=False)
+            self.live = Live(get_renderable=self._render, console=self.console, refresh_per_second=2,
+                             transient=True, redirect_stdout=True, redirect_stderr=True,
+                             vertical_overflow="crop")
             self.live.start()
+            self._route_log_handlers()
 
     def stop(self) -> None:
         if self.live is not None:
-            self.live.update(self._render())
+            self._unroute_log_handlers()
             self.live.stop()
             self.live = None
+        self.console.print(self.summary(), highlight=False, soft_wrap=True)
+
+    def _route_log_handlers(self) -> None:
+        """Ray's handlers hold the real stderr; while the live region is up they must write through
+        rich's proxy (now sys.stderr), which prints above the region instead of over it."""
+        originals = (sys.__stderr__, sys.__stdout__, getattr(self.live, "_restore_stderr", None))
+        for name in RAY_LOGGERS:
+            for handler in logging.getLogger(name).handlers:
+                if type(handler) is logging.StreamHandler and handler.stream in originals:
+                    self._restore.append((handler, handler.setStream(sys.stderr)))
+
+    def _unroute_log_handlers(self) -> None:
+        for handler, stream in self._restore:
+            handler.setStream(stream)
+        self._restore.clear()
+
+    # ------------------------------------------------------------ events
 
     def _line(self, trial_id: str, task: str, variant: str, seed: int) -> TrialLine:
         if trial_id not in self.lines:
             self.lines[trial_id] = TrialLine(trial_id, task, variant, seed)
+            self._show_variant(variant)
         return self.lines[trial_id]
+
+    def _show_variant(self, variant: str) -> None:
+        _, new = self.codes.code(variant)
+        if new:
+            self.console.print(f"[dim]variant[/] {self.codes.legend(variant)}", highlight=False)
 
     def started(self, trial_id: str, task: str, variant: str, seed: int) -> None:
         line = self._line(trial_id, task, variant, seed)
-        line.status, line.updated = "running", time.time()
-        self._emit(line, "started")
+        if line.status in FINAL:
+            return
+        now = time.time()
+        line.status, line.started, line.updated = "running", now, now
+        self._first_start = self._first_start or now
+        self._event(line, "started")
 
     def result(self, trial_id: str, task: str, variant: str, seed: int, step: Optional[int], metric: str) -> None:
         line = self._line(trial_id, task, variant, seed)
         line.step, line.metric, line.updated = step, metric or line.metric, time.time()
         if line.status == "pending":
-            line.status = "running"
-        self._refresh()
+            line.status, line.started = "running", line.started or time.time()
 
     def retrying(self, trial_id: str, task: str, variant: str, seed: int) -> None:
         line = self._line(trial_id, task, variant, seed)
         line.status, line.updated = "retrying", time.time()
-        self._emit(line, "failed, retrying")
+        self._event(line, "failed, retrying")
 
     def finished(self, trial_id: str, task: str, variant: str, seed: int, status: str, metric: str = "") -> None:
         line = self._line(trial_id, task, variant, seed)
-        if line.status in ("ok", "failed", "diverged", "stopped"):
+        if line.status in FINAL:
             return
         line.status, line.metric, line.updated = status, metric or line.metric, time.time()
-        self.bar.advance(self.bar_task)
-        self._emit(line, status)
+        self._finished_now += 1
+        self._event(line, status)
 
-    def _emit(self, line: TrialLine, what: str) -> None:
-        if self.interactive:
-            self._refresh()
-            return
-        done = int(self.bar.tasks[0].completed)
-        total = int(self.bar.tasks[0].total or 0)
-        extra = f"  {line.metric}" if line.metric and what not in ("started",) else ""
-        self.console.print(f"[{done}/{total}] {line.trial_id} {line.task} {line.variant} seed={line.seed}: "
-                           f"[{STYLE.get(line.status, '')}]{what}[/]{extra}", highlight=False)
+    def _event(self, line: TrialLine, what: str) -> None:
+        """One permanent line per event: '[3/8] ok  prefix_sums v2 s0 3f9a0c1b2d  acc/ood_64=0.750  41 s'."""
+        label, _ = self.codes.code(line.variant)
+        extra = ""
+        if what in FINAL:
+            took = f"  {_duration(line.updated - line.started)}" if line.started else ""
+            extra = f"  {line.metric}{took}" if line.metric else took
+        self.console.print(f"[{self.done}/{self.total}] [{STYLE.get(line.status, '')}]{what:<8}[/] "
+                           f"{line.task} {label} s{line.seed} [dim]{line.trial_id}[/]{extra}",
+                           highlight=False, soft_wrap=True)
 
-    def _refresh(self) -> None:
-        if self.live is not None:
-            self.live.update(self._render())
+    # ------------------------------------------------------------ counts
+
+    @property
+    def done(self) -> int:
+        return self.already_done + self._finished_now
+
+    def counts(self) -> dict[str, int]:
+        out = {s: 0 for s in ("running", "failed")}
+        for line in self.lines.values():
+            if line.status in ("running", "retrying"):
+                out["running"] += 1
+            elif line.status == "failed":
+                out["failed"] += 1
+        out["pending"] = max(0, self.total - self.done - out["running"])
+        return out
+
+    def eta_seconds(self, now: Optional[float] = None) -> Optional[float]:
+        """Remaining trials x the mean time between trial ends in this run (None before the first
+        end): steady concurrency makes that the rate at which the rest will finish."""
+        if not self._finished_now or self._first_start is None:
+            return None
+        now = now or time.time()
+        rate = self._finished_now / max(now - self._first_start, 1e-6)
+        return (self.total - self.done) / rate
+
+    def summary(self) -> str:
+        c = self.counts()
+        eta = self.eta_seconds()
+        parts = [f"{self.done}/{self.total} done", f"{c['running']} running", f"{c['pending']} pending"]
+        if c["failed"]:
+            parts.append(f"[red]{c['failed']} failed[/]")
+        parts.append(f"{_duration(time.time() - self._begun)} elapsed")
+        if self.done < self.total:
+            parts.append("ETA " + (f"~{_duration(eta)}" if eta is not None else "--"))
+        return (f"[bold]{self.title}[/] " if self.title else "") + " · ".join(parts)
+
+    # ------------------------------------------------------------ live region
 
     def _render(self) -> Group:
-        table = Table(title=self.title or None, expand=False)
-        for col in ("trial", "task", "variant", "seed", "status", "step", "latest"):
-            table.add_column(col)
-        order = {"running": 0, "retrying": 0, "failed": 1}
-        lines = sorted(self.lines.values(), key=lambda l: (order.get(l.status, 2), -l.updated))
-        for line in lines[:MAX_ROWS]:
-            table.add_row(line.trial_id, line.task, line.variant, str(line.seed),
-                          f"[{STYLE.get(line.status, '')}]{line.status}[/]",
-                          "" if line.step is None else str(line.step), line.metric)
-        if len(lines) > MAX_ROWS:
-            table.caption = f"... and {len(lines) - MAX_ROWS} more"
-        return Group(table, self.bar)
+        running = sorted((l for l in self.lines.values() if l.status in ("running", "retrying")),
+                         key=lambda l: l.started)
+        room = max(1, min(MAX_ROWS, self.console.size.height - 7))  # summary (<= 2 lines), header, "more", cursor
+        table = Table(box=None, pad_edge=False, show_edge=False, expand=False)
+        for col, kw in (("trial", {"style": "dim", "no_wrap": True}), ("task", {"no_wrap": True}),
+                        ("variant", {"no_wrap": True}), ("seed", {"justify": "right"}),
+                        ("step", {"justify": "right"}), ("for", {"justify": "right"}),
+                        ("latest", {"overflow": "ellipsis", "no_wrap": True})):
+            table.add_column(col, **kw)
+        now = time.time()
+        for line in running[:room]:
+            status = "" if line.status == "running" else " [magenta](retry)[/]"
+            table.add_row(line.trial_id, line.task, self.codes.code(line.variant)[0] + status, str(line.seed),
+                          "" if line.step is None else str(line.step), _duration(now - line.started),
+                          line.metric)
+        parts = [Text.from_markup(self.summary(), overflow="fold")]
+        if running:
+            parts.append(table)
+        if len(running) > room:
+            parts.append(Text(f"... and {len(running) - room} more running", style="dim"))
+        return Group(*parts)
+
+
+# ---------------------------------------------------------------- Ray's messages
+
+class _Drop(logging.Filter):
+    """Drops records whose message contains any of ``needles``."""
+
+    def __init__(self, *needles: str) -> None:
+        super().__init__()
+        self.needles = needles
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(n in message for n in self.needles)
+
+
+WRONG_ADVICE = {
+    # Tune's advice for its own API; `fpr-sweep run` resumes with the same command (we say so).
+    "ray.tune.tune": ("Resume experiment with:", "Trials did not complete"),
+    # Reading the experiment state of trials that never reported: nothing is missing for us.
+    "ray.tune.analysis.experiment_analysis": ("Failed to fetch metrics",),
+    # Printed at every local start; the cluster's auth mode is not the user's business here.
+    "ray._private.authentication.authentication_token_setup": ("Token authentication is enabled",),
+}
+"""Logger name -> messages that give advice which is wrong (or noise) for users of this CLI."""
+
+
+def quiet_ray_messages() -> None:
+    """Install the filters for WRONG_ADVICE (idempotent)."""
+    for name, needles in WRONG_ADVICE.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _Drop) for f in logger.filters):
+            logger.addFilter(_Drop(*needles))
