@@ -9,6 +9,7 @@ import csv
 import ipaddress
 import itertools
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -86,16 +87,21 @@ def run(spec_path: Path = SPEC_ARG,
                                                             "purpose, adding its trials (recorded in sweep.json)."),
         yes: bool = typer.Option(False, "--yes", help="Run a sweep above the 10,000-trial guard without a "
                                                       "max_trials in the spec."),
+        require_clean: bool = typer.Option(
+            False, "--require-clean", help="Refuse to start unless the code is a clean git commit (the spec's "
+                                           "require_clean: true does the same); without it a dirty tree only warns."),
         ) -> None:
     """Run a sweep (or resume it: the same command continues an interrupted sweep)."""
     plan = _load(spec_path, smoke)
     spec = plan.spec
+    results_dir = os.path.expanduser(results_dir) if results_dir else None  # '~/results' through `ray job submit`
     if dry_run:
         _print_plan(plan, results_dir, all_path)
         raise typer.Exit(EXIT_OK)
     from orchestrator.store import tracking
     from orchestrator.run.driver import RunOptions, SweepError, check_size, run_sweep, sweep_dir_for
 
+    _check_clean_tree(require_clean or spec.require_clean)
     opts = RunOptions(address, max_concurrent, tracking_uri, results_dir, storage, yes)
     try:
         check_size(plan, yes)  # before anything is written or started
@@ -145,6 +151,23 @@ def run(spec_path: Path = SPEC_ARG,
         lock.release()
     _print_outcome(outcome, uri)
     raise typer.Exit(outcome.exit_code)
+
+
+def _check_clean_tree(required: bool) -> None:
+    """Rows record the git commit they ran from; from a dirty tree that commit is not the code that
+    ran. Refuse (exit 2, before anything is created) when required, else warn loudly."""
+    from orchestrator.store import provenance
+
+    changes = provenance.uncommitted_changes()
+    if not changes:
+        return
+    shown = "\n  ".join(changes[:10]) + (f"\n  ... and {len(changes) - 10} more" if len(changes) > 10 else "")
+    what = f"the code in {provenance.REPO_DIR} is not a clean git commit:\n  {shown}\n"
+    if required:
+        _fail(what + "--require-clean (or require_clean: true in the spec): commit or stash the changes first.")
+    err_console.print(f"[bold yellow]warning: {what}every row will record git_commit '...+dirty', a state of the "
+                      "code that no commit holds. Commit first for results others can reproduce "
+                      "(--require-clean refuses to start from a dirty tree).[/]", highlight=False, soft_wrap=True)
 
 
 def _is_loopback(host: str) -> bool:
@@ -481,17 +504,23 @@ def ui(sweep: str = SWEEP_ARG, results_dir: Optional[str] = RESULTS_OPT,
        port: int = typer.Option(5000, "--port", help="Port to serve on."),
        host: str = typer.Option(LOOPBACK, "--host", help="Interface to bind; anything but loopback exposes "
                                                          "the UI (and the runs) to the network.")) -> None:
-    """Serve the MLflow UI for a sweep's tracking store on http://127.0.0.1:PORT (--host to expose it; Ctrl-C stops it)."""
-    from orchestrator.store import tracking
+    """Serve the MLflow UI for a sweep's tracking store on http://127.0.0.1:PORT (--host to expose it;
+    Ctrl-C or SIGTERM stops it). The store is the one inside the sweep folder, wherever it was moved."""
+    from orchestrator.store import ui as mlflow_ui
 
     _warn_if_exposed(host, "--host", "the MLflow UI")
     sweep_dir = _sweep_dir(sweep, results_dir)
-    uri = _tracking_uri(sweep_dir)
-    if uri.startswith(("http://", "https://")):
-        console.print(f"{sweep_dir.name} logs to the tracking server {uri}: open it in a browser.", highlight=False)
+    try:
+        store = mlflow_ui.resolve_store(sweep_dir)
+    except mlflow_ui.UiError as e:
+        _fail(str(e))
+    if store.remote:
+        console.print(f"{sweep_dir.name} logs to the tracking server {store.uri}: open it in a browser.",
+                      highlight=False)
         return
-    console.print(f"MLflow UI for {sweep_dir.name}: http://{host}:{port}  (store {uri})", highlight=False)
-    raise typer.Exit(tracking.run_ui(uri, port, host))
+    console.print(f"MLflow UI for {sweep_dir.name}: http://{host}:{port}  (store {store.uri}; Ctrl-C stops it)",
+                  highlight=False)
+    raise typer.Exit(mlflow_ui.serve(store, port, host))
 
 
 if __name__ == "__main__":

@@ -64,6 +64,7 @@ def _sweep_dir(tmp_path: Path) -> Path:
     d = tmp_path / "results" / "ui-test"
     (d / "trials").mkdir(parents=True)
     (d / "sweep.json").write_text(json.dumps({"tracking_uri": f"sqlite:///{d / 'mlflow.db'}"}))
+    (d / "mlflow.db").touch()  # an empty SQLite file: the server creates MLflow's tables in it
     return d
 
 

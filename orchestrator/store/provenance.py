@@ -28,6 +28,18 @@ def git_commit(repo_dir: str | Path = REPO_DIR) -> str:
     return commit + ("+dirty" if dirty else "")
 
 
+def uncommitted_changes(repo_dir: str | Path | None = None) -> list[str]:
+    """`git status --porcelain` lines for tracked files that differ from HEAD (what makes the commit
+    '+dirty'); ['(not a git checkout)'] when git cannot tell. Default: this package's repo."""
+    repo_dir = repo_dir or REPO_DIR
+    try:
+        out = subprocess.run(["git", "-C", str(repo_dir), "status", "--porcelain", "--untracked-files=no"],
+                             capture_output=True, text=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ["(not a git checkout)"]
+    return [line for line in out.splitlines() if line.strip()]
+
+
 @functools.lru_cache(maxsize=None)
 def package_versions() -> str:
     """JSON object of installed versions of PACKAGES (missing ones omitted)."""

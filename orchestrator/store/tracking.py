@@ -20,8 +20,6 @@ import logging
 import math
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
@@ -80,21 +78,6 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
         reason = getattr(e, "reason", e)
         raise TrackingError(f"MLflow tracking server {uri} is not reachable ({reason}); start it "
                             f"(mlflow server --host 127.0.0.1 --port 5000) or pass another --tracking-uri.") from None
-
-
-def ui_command(uri: str, port: int, host: str = "127.0.0.1") -> list[str]:
-    """The `mlflow server` command serving ``uri`` on ``host`` (what `fpr-sweep ui` runs); one
-    worker process is plenty for browsing a sweep."""
-    return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
-            "--host", host, "--port", str(port), "--workers", "1"]
-
-
-def run_ui(uri: str, port: int, host: str = "127.0.0.1") -> int:
-    """Serve the MLflow UI in the foreground until interrupted; returns its exit code."""
-    try:
-        return subprocess.run(ui_command(uri, port, host)).returncode
-    except KeyboardInterrupt:
-        return 0
 
 
 def flatten_config(config: dict[str, Any], prefix: str = "") -> dict[str, str]:

@@ -202,6 +202,9 @@ class SweepSpec(_Strict):
                            "run every 10 s (MLflow system metrics; needs psutil).")
     results_dir: str = Field("results", description="Where results/<name>/ goes (relative to the working directory).")
     report: ReportSpec = Field(default_factory=ReportSpec, description="How the report judges the sweep's claims.")
+    require_clean: bool = Field(
+        False, description="Refuse to start (exit 2) unless the code is a clean git commit, so every row's "
+                            "git_commit names code that exists (studies whose results are committed set it).")
 
     @field_validator("name")
     @classmethod

@@ -1,0 +1,148 @@
+"""`fpr-sweep ui`: find a sweep's MLflow store from its own folder and serve it until stopped.
+
+The store is looked up relative to the sweep folder, never at the absolute path recorded when the
+sweep ran, so a copied or moved results folder shows its own data (and a missing store is an
+error: MLflow would silently create an empty one). The server runs in a process group of its own
+with its job workers off; SIGTERM or Ctrl-C stops the whole group, so the port is free again
+within seconds.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+SWEEP_INFO = "sweep.json"
+DEFAULT_STORE = "mlflow.db"
+SERVER_STORE = Path("mlflow") / "mlflow.db"
+"""Where cluster/mlflow-server.sh keeps the tracking server's store, relative to the results root
+(the sweep folder's parent): a sweep tracked by that server and synced down opens from it."""
+STOP_GRACE_S = 3.0
+"""uvicorn frees the port within a second of SIGTERM; the `mlflow server` CLI above it lingers ~8 s
+holding nothing, so what is left after this long is killed."""
+
+
+class UiError(RuntimeError):
+    """No store to serve; the message is for the user."""
+
+
+@dataclass
+class Store:
+    """What `ui` serves: a local SQLite store (and the artifact root next to it) or a server URL."""
+
+    uri: str
+    artifacts: Optional[Path] = None
+
+    @property
+    def remote(self) -> bool:
+        return self.uri.startswith(("http://", "https://"))
+
+
+def _sqlite_path(uri: str) -> Optional[Path]:
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri[len("sqlite:///"):] if uri.startswith("sqlite:////") else "/" + uri[len("sqlite:///"):])
+
+
+def resolve_store(sweep_dir: Path) -> Store:
+    """The sweep's store, found from ``sweep_dir`` itself.
+
+    - default store: ``<sweep>/mlflow.db`` (whatever absolute path sweep.json recorded);
+    - a tracking server (http): its store under ``<results>/mlflow/`` when the folder came from the
+      cluster recipe, else the server's URL (to open in a browser);
+    - a SQLite store outside the sweep folder (``--tracking-uri sqlite:///...``) is used as is.
+    """
+    sweep_dir = Path(sweep_dir).resolve()
+    info_path = sweep_dir / SWEEP_INFO
+    info = json.loads(info_path.read_text()) if info_path.exists() else {}
+    uri = info.get("tracking_uri", "")
+    if uri.startswith(("http://", "https://")):
+        server_store = sweep_dir.parent / SERVER_STORE
+        if server_store.exists():
+            return Store(f"sqlite:///{server_store}", server_store.parent / "artifacts")
+        return Store(uri)
+    recorded = _sqlite_path(uri)
+    was_default = recorded is None or (recorded.name == DEFAULT_STORE
+                                       and recorded.parent.name == info.get("name", sweep_dir.name))
+    store = sweep_dir / DEFAULT_STORE if was_default else recorded
+    if not store.exists():
+        raise UiError(f"no MLflow store for {sweep_dir}: {store} does not exist"
+                      + (f" (sweep.json names {uri}, a store of its own folder, looked up here)"
+                         if was_default and recorded is not None and recorded != store else "")
+                      + ". Copy the sweep folder with its mlflow.db, or run the sweep first.")
+    return Store(f"sqlite:///{store}")
+
+
+def server_command(store: Store, port: int, host: str) -> list[str]:
+    """`mlflow server` for ``store``; one web worker is plenty for browsing a sweep."""
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store.uri,
+           "--host", host, "--port", str(port), "--workers", "1"]
+    if store.artifacts is not None:
+        cmd += ["--artifacts-destination", str(store.artifacts)]
+    return cmd
+
+
+def serve(store: Store, port: int, host: str) -> int:
+    """Run the MLflow server in the foreground until it exits, SIGTERM or Ctrl-C; returns 0 when
+    stopped by a signal, else the server's exit code."""
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no huey job workers
+    server = subprocess.Popen(server_command(store, port, host), env=env, start_new_session=True)
+    stop_at: list[float] = []
+
+    def stop(_signum, _frame) -> None:  # only signals here: Popen.wait holds a lock in the main flow
+        if not stop_at:
+            stop_at.append(time.time())
+            _signal_group(server.pid, signal.SIGTERM)
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    try:
+        code = _wait(server, stop_at)
+    finally:
+        by_signal = bool(stop_at)
+        stop(None, None)  # whatever ended the wait, nothing of the server outlives this call
+        _wait(server, stop_at)
+        _reap_group(server.pid, stop_at[0])
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return 0 if by_signal else code
+
+
+def _wait(server: subprocess.Popen, stop_at: list[float]) -> int:
+    """The server's exit code; SIGKILLs its group once STOP_GRACE_S passed since a stop began."""
+    while True:
+        try:
+            return server.wait(timeout=0.2)
+        except subprocess.TimeoutExpired:
+            if stop_at and time.time() - stop_at[0] > STOP_GRACE_S:
+                _signal_group(server.pid, signal.SIGKILL)
+
+
+def _reap_group(pgid: int, since: float) -> None:
+    """Wait for the rest of the group (uvicorn's workers) to go; SIGKILL it after STOP_GRACE_S."""
+    while _group_alive(pgid):
+        if time.time() - since > STOP_GRACE_S:
+            _signal_group(pgid, signal.SIGKILL)
+        time.sleep(0.1)
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,332 @@
+"""The cloud recipe, for real: Ray's cluster launcher (`ray up`, `local` provider) brings up a head
+and a worker host with the head/worker start commands of cluster/aws-gpu.yaml, a second `ray up`
+keeps one MLflow server, the quickstart smoke sweep goes in through Ray Jobs (`ray dashboard`
+tunnel + `ray job submit --working-dir`), its rows and MLflow runs land under the head's
+~/results, `ray rsync-down` brings them home, and `ray down` stops the cluster.
+
+Each host is a network namespace (joined to the launcher's namespace by veth over a bridge) with
+its own PID namespace, home and temp dir, reached by its own sshd. The launcher's `ray stop` kills
+every Ray process it can see: inside a PID namespace that is only the host's own, so a Ray
+running elsewhere on this machine (another test, a developer's) is never touched; the test checks
+that too. Needs root (namespaces, sshd); installs openssh-server/iproute2/rsync with apt when
+they are missing.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+pytestmark = [pytest.mark.slow, pytest.mark.launcher]
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+NET = "10.213.47"
+"""A private /24 that exists only inside this test's namespaces (no route leads out of them)."""
+TOOLS = {"sshd": "/usr/sbin/sshd", "ip": "/usr/sbin/ip", "rsync": "/usr/bin/rsync", "unshare": "/usr/bin/unshare"}
+STEP_TIMEOUT = 420
+
+
+def _ensure_tools() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("the launcher test needs root (network and PID namespaces, sshd)")
+    if all(Path(p).exists() for p in TOOLS.values()):
+        return
+    if not shutil.which("apt-get"):
+        pytest.skip("openssh-server, iproute2 and rsync are missing and there is no apt-get")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, capture_output=True, timeout=600)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "openssh-server", "iproute2", "rsync"], check=True,
+                   env=env, capture_output=True, timeout=600)
+
+
+def _sh(*cmd: str, timeout: float = 60, check: bool = True, **kw) -> subprocess.CompletedProcess:
+    r = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout, **kw)
+    if check and r.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} -> {r.returncode}\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}")
+    return r
+
+
+def _pid_ns(pid: int) -> str:
+    return os.readlink(f"/proc/{pid}/ns/pid")
+
+
+def _processes() -> dict[int, list[str]]:
+    out = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                out[int(entry.name)] = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+            except OSError:
+                continue
+    return out
+
+
+def _ray_daemons(outside_of: set[str]) -> set[int]:
+    """GCS servers and raylets in PID namespaces other than ``outside_of``."""
+    found = set()
+    for pid, argv in _processes().items():
+        if argv and Path(argv[0]).name in ("gcs_server", "raylet"):
+            try:
+                if _pid_ns(pid) not in outside_of:
+                    found.add(pid)
+            except OSError:
+                continue
+    return found
+
+
+class Hosts:
+    """client (runs the launcher), head and worker: namespaces on a bridge in the client's."""
+
+    def __init__(self, base: Path) -> None:
+        tag = uuid.uuid4().hex[:6]
+        self.base = base
+        self.ns = {"client": f"fprc-{tag}", "head": f"fprh-{tag}", "worker": f"fprw-{tag}"}
+        self.ip = {"client": f"{NET}.1", "head": f"{NET}.2", "worker": f"{NET}.3"}
+        self.key = base / "id_ed25519"
+        self.sshd: dict[str, subprocess.Popen] = {}
+        self.pid_ns: dict[str, str] = {}
+
+    def home(self, host: str) -> Path:
+        return self.base / host / "home"
+
+    def up(self) -> None:
+        _sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.key))
+        for ns in self.ns.values():
+            _sh(TOOLS["ip"], "netns", "add", ns)
+        client = self.ns["client"]
+        ipc = [TOOLS["ip"], "-n", client]
+        _sh(*ipc, "link", "set", "lo", "up")
+        _sh(*ipc, "link", "add", "br0", "type", "bridge")
+        _sh(*ipc, "addr", "add", f"{self.ip['client']}/24", "dev", "br0")
+        _sh(*ipc, "link", "set", "br0", "up")
+        for host in ("head", "worker"):
+            ns, iph = self.ns[host], [TOOLS["ip"], "-n", self.ns[host]]
+            _sh(*ipc, "link", "add", f"v{host}", "type", "veth", "peer", "name", "eth0", "netns", ns)
+            _sh(*ipc, "link", "set", f"v{host}", "master", "br0", "up")
+            _sh(*iph, "link", "set", "lo", "up")
+            _sh(*iph, "addr", "add", f"{self.ip[host]}/24", "dev", "eth0")
+            _sh(*iph, "link", "set", "eth0", "up")
+            # Ray finds its node IP through the default route; the client's side has none onward.
+            _sh(*iph, "route", "add", "default", "via", self.ip["client"])
+            self._start_sshd(host)
+        for host in ("head", "worker"):
+            self._wait_ssh(host)
+
+    def _start_sshd(self, host: str) -> None:
+        d = self.base / host
+        home, tmp = self.home(host), d / "t"
+        for p in (home, tmp):
+            p.mkdir(parents=True, exist_ok=True)
+        # Ray runs every remote command as `bash --login -c -i 'source ~/.bashrc; ...'`.
+        (home / ".bashrc").write_text(f"export PATH={BIN}:$PATH\n")
+        shutil.copy(f"{self.key}.pub", d / "authorized_keys")
+        _sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "host_key"))
+        (d / "sshd_config").write_text("\n".join([
+            f"ListenAddress {self.ip[host]}", f"HostKey {d / 'host_key'}", f"PidFile {d / 'sshd.pid'}",
+            f"AuthorizedKeysFile {d / 'authorized_keys'}", "PermitRootLogin prohibit-password",
+            "PasswordAuthentication no", "KbdInteractiveAuthentication no", "UsePAM no", "StrictModes no",
+            f"SetEnv HOME={home} TMPDIR={tmp} RAY_ADDRESS=", "MaxStartups 50", "MaxSessions 50", ""]))
+        Path("/run/sshd").mkdir(exist_ok=True)
+        log = open(d / "sshd.log", "w")
+        # bash as PID 1 of the host's PID namespace reaps orphans; --kill-child: when unshare dies,
+        # so does PID 1, and with it every process of the namespace (Ray, MLflow).
+        self.sshd[host] = subprocess.Popen(
+            [TOOLS["ip"], "netns", "exec", self.ns[host], TOOLS["unshare"], "--pid", "--fork", "--kill-child",
+             "--mount-proc", "bash", "-c", f"{TOOLS['sshd']} -D -e -f {d / 'sshd_config'} & wait $!"],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def _wait_ssh(self, host: str, timeout: float = 60) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            r = self.client("ssh", "-i", str(self.key), "-o", "StrictHostKeyChecking=no", "-o",
+                            "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", f"root@{self.ip[host]}",
+                            "echo $HOME", check=False, timeout=30)
+            if r.returncode == 0 and r.stdout.strip() == str(self.home(host)):
+                bash_pid = int(self.sshd[host].pid)
+                self.pid_ns[host] = self._child_pid_ns(bash_pid)
+                return
+            time.sleep(0.5)
+        raise AssertionError(f"sshd on {host} did not answer: {r.stdout}{r.stderr}\n"
+                             + (self.base / host / "sshd.log").read_text())
+
+    def _child_pid_ns(self, unshare_pid: int) -> str:
+        mine = _pid_ns(os.getpid())
+        for pid in _processes():
+            try:
+                if _pid_ns(pid) != mine and os.getpgid(pid) == unshare_pid:
+                    return _pid_ns(pid)
+            except OSError:
+                continue
+        raise AssertionError("the host's PID namespace was not found")
+
+    def client_env(self) -> dict[str, str]:
+        home, tmp = self.base / "client" / "home", self.base / "client" / "tmp"
+        for p in (home, tmp):
+            p.mkdir(parents=True, exist_ok=True)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+        return {**env, "HOME": str(home), "TMPDIR": str(tmp), "PATH": f"{BIN}:{env.get('PATH', '')}"}
+
+    def client(self, *cmd: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+        return _sh(TOOLS["ip"], "netns", "exec", self.ns["client"], *cmd, check=check, timeout=timeout,
+                   env=self.client_env(), cwd=REPO)
+
+    def popen_client(self, *cmd: str, log: Path) -> subprocess.Popen:
+        return subprocess.Popen([TOOLS["ip"], "netns", "exec", self.ns["client"], *cmd], env=self.client_env(),
+                                cwd=REPO, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+
+    def processes(self, host: str) -> dict[int, list[str]]:
+        out = {}
+        for pid, argv in _processes().items():
+            try:
+                if _pid_ns(pid) == self.pid_ns.get(host):
+                    out[pid] = argv
+            except OSError:
+                continue
+        return out
+
+    def down(self) -> None:
+        for proc in self.sshd.values():
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait(timeout=30)
+        for ns in self.ns.values():
+            _sh(TOOLS["ip"], "netns", "del", ns, check=False)
+
+
+def launcher_config(hosts: Hosts) -> dict:
+    """cluster/aws-gpu.yaml with the local provider: same start commands (one CPU per host, as
+    both share this machine), same file mounts and sync filters; no cloud set-up commands (the
+    hosts share this machine's environment)."""
+    aws = yaml.safe_load((REPO / "cluster" / "aws-gpu.yaml").read_text())
+
+    def one_cpu(commands: list[str]) -> list[str]:
+        return [c + " --num-cpus=1" if "ray start" in c else c for c in commands]
+
+    return {
+        "cluster_name": f"fpr-launcher-{hosts.ns['head'][-6:]}",
+        "provider": {"type": "local", "head_ip": hosts.ip["head"], "worker_ips": [hosts.ip["worker"]]},
+        "auth": {"ssh_user": "root", "ssh_private_key": str(hosts.key)},
+        "min_workers": 1, "max_workers": 1, "upscaling_speed": 1.0, "idle_timeout_minutes": 5,
+        "file_mounts": {"~/fpr-sweep": str(REPO)},
+        "rsync_exclude": aws["rsync_exclude"], "rsync_filter": aws["rsync_filter"],
+        "setup_commands": [], "head_setup_commands": [], "worker_setup_commands": [],
+        "head_start_ray_commands": one_cpu(aws["head_start_ray_commands"]),
+        "worker_start_ray_commands": one_cpu(aws["worker_start_ray_commands"]),
+    }
+
+
+def _mlflow_servers(hosts: Hosts) -> list[int]:
+    return [pid for pid, argv in hosts.processes("head").items()
+            if any(Path(a).name == "mlflow" for a in argv[:2]) and "server" in argv[1:3]]
+
+
+@pytest.fixture
+def hosts():
+    _ensure_tools()
+    # Short: Ray's socket paths under each host's temp dir must stay within 107 bytes.
+    base = Path(tempfile.mkdtemp(prefix="fprl-", dir="/tmp"))
+    h = Hosts(base)
+    try:
+        h.up()
+        yield h
+    finally:
+        h.down()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_ray_up_job_submit_rsync_down_ray_down(hosts, tmp_path):
+    started = time.time()
+    foreign = _ray_daemons(outside_of=set())  # Rays of others on this machine, before we start
+    config = tmp_path / "cluster.yaml"
+    config.write_text(yaml.safe_dump(launcher_config(hosts)))
+    ray = str(BIN / "ray")
+
+    up = hosts.client(ray, "up", "-y", "--no-config-cache", str(config), timeout=STEP_TIMEOUT)
+    assert "Cluster launched" in up.stdout + up.stderr or "Useful commands" in up.stdout, up.stdout[-3000:]
+    assert len(_mlflow_servers(hosts)) == 1
+    again = hosts.client(ray, "up", "-y", "--restart-only", "--no-config-cache", str(config), timeout=STEP_TIMEOUT)
+    assert "already running" in again.stdout + again.stderr, again.stdout[-3000:]
+    assert len(_mlflow_servers(hosts)) == 1  # a re-run of `ray up` keeps the one server
+    up_seconds = time.time() - started
+    _wait_for_worker(hosts)
+
+    tunnel = hosts.popen_client(ray, "dashboard", "--port", "8265", str(config), log=tmp_path / "dashboard.log")
+    try:
+        job = _submit(hosts, ray, tmp_path)
+    finally:
+        os.killpg(tunnel.pid, signal.SIGTERM)
+        tunnel.wait(timeout=30)
+    assert job.returncode == 0, job.stdout[-6000:] + job.stderr[-3000:]
+    assert "succeeded" in job.stdout, job.stdout[-3000:]
+
+    results = hosts.home("head") / "results"
+    rows = pd.read_parquet(results / "quickstart-smoke" / "results.parquet")
+    assert rows.trial_id.nunique() == 8 and set(rows.status) == {"ok"}
+    assert len(rows) == 8 * 3 and not rows.duplicated(["trial_id", "split"]).any()  # id + 2 OOD sizes
+    assert rows.node_id.nunique() == 2, rows[["trial_id", "node_id"]].drop_duplicates()  # both hosts trained
+    runs = _mlflow_runs(results / "mlflow" / "mlflow.db", "quickstart-smoke")
+    assert sorted(runs.values()) == ["FINISHED"] * 9  # the sweep's parent run + one per trial
+
+    synced = tmp_path / "synced"
+    hosts.client(ray, "rsync-down", str(config), "~/results/", f"{synced}/", timeout=STEP_TIMEOUT)
+    assert (synced / "quickstart-smoke" / "results.parquet").exists()
+    assert (synced / "mlflow" / "mlflow.db").exists()
+
+    hosts.client(ray, "down", "-y", str(config), timeout=STEP_TIMEOUT)
+    assert not [a for a in hosts.processes("head").values() if Path(a[0]).name in ("raylet", "gcs_server")]
+    assert not [a for a in hosts.processes("worker").values() if Path(a[0]).name in ("raylet", "gcs_server")]
+    assert foreign <= _ray_daemons(outside_of=set()), "a Ray that this test did not start was stopped"
+    print(f"ray up (twice) {up_seconds:.0f} s; whole launcher test {time.time() - started:.0f} s")
+
+
+def _raylets(hosts: Hosts, host: str) -> list[int]:
+    return [pid for pid, argv in hosts.processes(host).items() if argv and Path(argv[0]).name == "raylet"]
+
+
+def _wait_for_worker(hosts: Hosts, timeout: float = 240) -> None:
+    """`ray up` returns once the head is up; the head's autoscaler then sets up the worker host."""
+    deadline = time.time() + timeout
+    while not _raylets(hosts, "worker") and time.time() < deadline:
+        time.sleep(1)
+    if not _raylets(hosts, "worker"):
+        logs = sorted((hosts.base / "head" / "t" / "ray").glob("session_latest/logs/monitor*"))
+        raise AssertionError("the autoscaler did not start the worker host:\n"
+                             + "\n".join(p.read_text()[-3000:] for p in logs))
+
+
+def _submit(hosts: Hosts, ray: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    deadline = time.time() + 120
+    while time.time() < deadline:  # the tunnel is up when the Jobs API answers
+        probe = hosts.client(ray, "job", "list", "--address", "http://127.0.0.1:8265", check=False, timeout=60)
+        if probe.returncode == 0:
+            break
+        time.sleep(2)
+    else:
+        raise AssertionError("Jobs API not reachable through `ray dashboard`:\n" + probe.stdout + probe.stderr
+                             + (tmp_path / "dashboard.log").read_text())
+    return hosts.client(ray, "job", "submit", "--address", "http://127.0.0.1:8265", "--working-dir", str(REPO),
+                        "--", "fpr-sweep", "run", "sweeps/quickstart.yaml", "--smoke", "--address", "auto",
+                        "--results-dir", "~/results", "--tracking-uri", "http://127.0.0.1:5000",
+                        check=False, timeout=STEP_TIMEOUT + 180)
+
+
+def _mlflow_runs(db: Path, experiment: str) -> dict[str, str]:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{db}")
+    exp = client.get_experiment_by_name(experiment)
+    assert exp is not None, f"no MLflow experiment {experiment} in {db}"
+    return {r.info.run_id: r.info.status for r in client.search_runs([exp.experiment_id], max_results=1000)}
