@@ -98,10 +98,11 @@ def run(spec_path: Path = SPEC_ARG,
     if dry_run:
         _print_plan(plan, results_dir, all_path)
         raise typer.Exit(EXIT_OK)
+    _check_clean_tree(require_clean or spec.require_clean)
+    _check_address(address or os.environ.get("RAY_ADDRESS"))  # before the slow imports: seconds, not minutes
     from orchestrator.store import tracking
     from orchestrator.run.driver import RunOptions, SweepError, check_size, run_sweep, sweep_dir_for
 
-    _check_clean_tree(require_clean or spec.require_clean)
     opts = RunOptions(address, max_concurrent, tracking_uri, results_dir, storage, yes)
     try:
         check_size(plan, yes)  # before anything is written or started
@@ -168,6 +169,16 @@ def _check_clean_tree(required: bool) -> None:
     err_console.print(f"[bold yellow]warning: {what}every row will record git_commit '...+dirty', a state of the "
                       "code that no commit holds. Commit first for results others can reproduce "
                       "(--require-clean refuses to start from a dirty tree).[/]", highlight=False, soft_wrap=True)
+
+
+def _check_address(address: Optional[str]) -> None:
+    """Refuse an address where no Ray answers within seconds, before anything is created."""
+    from orchestrator.run.preflight import AddressError, check_address
+
+    try:
+        check_address(address)
+    except AddressError as e:
+        _fail(str(e))
 
 
 def _is_loopback(host: str) -> bool:

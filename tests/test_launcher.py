@@ -128,8 +128,10 @@ class Hosts:
         home, tmp = self.home(host), d / "t"
         for p in (home, tmp):
             p.mkdir(parents=True, exist_ok=True)
-        # Ray runs every remote command as `bash --login -c -i 'source ~/.bashrc; ...'`.
-        (home / ".bashrc").write_text(f"export PATH={BIN}:$PATH\n")
+        # Ray runs every remote command as `bash --login -c -i 'source ~/.bashrc; ...'`. Ray 2.60's
+        # default autoscaler (v2) never launches the workers of the `local` provider (it loops on
+        # "Adding 1 nodes to satisfy min count"); the v1 autoscaler does.
+        (home / ".bashrc").write_text(f"export PATH={BIN}:$PATH RAY_enable_autoscaler_v2=0\n")
         shutil.copy(f"{self.key}.pub", d / "authorized_keys")
         _sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "host_key"))
         (d / "sshd_config").write_text("\n".join([

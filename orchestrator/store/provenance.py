@@ -11,7 +11,8 @@ from pathlib import Path
 PACKAGES = ("fpr-sweep", "torch", "numpy", "ray", "mlflow", "optuna", "pyarrow", "numba", "chess")
 """Distributions whose versions go into the ``versions`` column."""
 
-REPO_DIR = Path(__file__).resolve().parent.parent
+REPO_DIR = Path(__file__).resolve().parents[2]
+"""The repository root (orchestrator/store/provenance.py -> ../../..)."""
 
 
 @functools.lru_cache(maxsize=None)
