@@ -10,6 +10,7 @@ import ipaddress
 import itertools
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Optional
@@ -87,6 +88,9 @@ def run(spec_path: Path = SPEC_ARG,
                                                             "purpose, adding its trials (recorded in sweep.json)."),
         yes: bool = typer.Option(False, "--yes", help="Run a sweep above the 10,000-trial guard without a "
                                                       "max_trials in the spec."),
+        node_timeout: float = typer.Option(
+            30, "--node-timeout", min=0, help="Minutes to wait for the cluster's autoscaler to add the GPU nodes "
+                                              "trials ask for (a cluster that cannot add them fails at once)."),
         require_clean: bool = typer.Option(
             False, "--require-clean", help="Refuse to start unless the code is a clean git commit (the spec's "
                                            "require_clean: true does the same); without it a dirty tree only warns."),
@@ -101,9 +105,9 @@ def run(spec_path: Path = SPEC_ARG,
     _check_clean_tree(require_clean or spec.require_clean)
     _check_address(address or os.environ.get("RAY_ADDRESS"))  # before the slow imports: seconds, not minutes
     from orchestrator.store import tracking
-    from orchestrator.run.driver import RunOptions, SweepError, check_size, run_sweep, sweep_dir_for
+    from orchestrator.run.driver import GpuUnavailable, RunOptions, SweepError, check_size, run_sweep, sweep_dir_for
 
-    opts = RunOptions(address, max_concurrent, tracking_uri, results_dir, storage, yes)
+    opts = RunOptions(address, max_concurrent, tracking_uri, results_dir, storage, yes, node_timeout * 60)
     try:
         check_size(plan, yes)  # before anything is written or started
         sweep_dir = sweep_dir_for(plan, opts)
@@ -117,6 +121,8 @@ def run(spec_path: Path = SPEC_ARG,
     from orchestrator.sweep import record
     from orchestrator.sweep.lock import LockHeld, SweepLock
 
+    new_dir = _first_missing(sweep_dir)
+    refused = None
     sweep_dir.mkdir(parents=True, exist_ok=True)
     lock = SweepLock(sweep_dir, force=force)
     try:
@@ -146,12 +152,42 @@ def run(spec_path: Path = SPEC_ARG,
 
         try:
             outcome = run_sweep(plan, opts, tracker_factory, console)
-        except (SweepError, tracking.TrackingError) as e:
-            _fail(str(e))
+        except (SweepError, tracking.TrackingError) as e:  # refused before its first trial
+            refused = e
     finally:
         lock.release()
+    if refused is not None:
+        if new_dir is not None:
+            shutil.rmtree(new_dir, ignore_errors=True)  # with the MLflow store this run created in it
+        _fail(str(refused) + (_cpu_profile_hint(spec_path) if isinstance(refused, GpuUnavailable) else ""))
     _print_outcome(outcome, uri)
     raise typer.Exit(outcome.exit_code)
+
+
+def _first_missing(path: Path) -> Optional[Path]:
+    """The outermost folder of ``path`` that does not exist yet (what a refused run must remove)."""
+    missing = None
+    for p in [path, *path.parents]:
+        if p.exists():
+            break
+        missing = p
+    return missing
+
+
+def _cpu_profile_hint(spec_path: Path) -> str:
+    from orchestrator.run.preflight import cpu_profile_for
+
+    profile = cpu_profile_for(spec_path)
+    if profile is None:
+        return " To train on CPU instead, set resources.gpu: 0."
+    return f" Without GPUs, run the study's CPU profile instead: fpr-sweep run {_shown(profile)}"
+
+
+def _shown(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def _check_clean_tree(required: bool) -> None:

@@ -128,10 +128,8 @@ class Hosts:
         home, tmp = self.home(host), d / "t"
         for p in (home, tmp):
             p.mkdir(parents=True, exist_ok=True)
-        # Ray runs every remote command as `bash --login -c -i 'source ~/.bashrc; ...'`. Ray 2.60's
-        # default autoscaler (v2) never launches the workers of the `local` provider (it loops on
-        # "Adding 1 nodes to satisfy min count"); the v1 autoscaler does.
-        (home / ".bashrc").write_text(f"export PATH={BIN}:$PATH RAY_enable_autoscaler_v2=0\n")
+        # Ray runs every remote command as `bash --login -c -i 'source ~/.bashrc; ...'`.
+        (home / ".bashrc").write_text(f"export PATH={BIN}:$PATH\n")
         shutil.copy(f"{self.key}.pub", d / "authorized_keys")
         _sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "host_key"))
         (d / "sshd_config").write_text("\n".join([
@@ -177,7 +175,10 @@ class Hosts:
         for p in (home, tmp):
             p.mkdir(parents=True, exist_ok=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-        return {**env, "HOME": str(home), "TMPDIR": str(tmp), "PATH": f"{BIN}:{env.get('PATH', '')}"}
+        # `ray up` starts Ray 2.60's autoscaler v2 by default, which never launches the `local`
+        # provider's workers (it loops on "Adding 1 nodes to satisfy min count"); v1 does.
+        return {**env, "HOME": str(home), "TMPDIR": str(tmp), "PATH": f"{BIN}:{env.get('PATH', '')}",
+                "RAY_UP_enable_autoscaler_v2": "0"}
 
     def client(self, *cmd: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
         return _sh(TOOLS["ip"], "netns", "exec", self.ns["client"], *cmd, check=check, timeout=timeout,

@@ -25,7 +25,8 @@ import ray
 from ray import tune
 from rich.console import Console
 
-from orchestrator.console import SweepProgress
+from orchestrator.console import SweepProgress, quiet_ray_messages
+from orchestrator.run import preflight
 from orchestrator.run import hub as hubs
 from orchestrator.run import tune_space
 from orchestrator.run import trust
@@ -48,6 +49,10 @@ class SweepError(RuntimeError):
     """The sweep cannot start (bad resources, unreachable services); the message is for the user."""
 
 
+class GpuUnavailable(SweepError):
+    """Trials ask for GPUs that this cluster does not have and cannot get."""
+
+
 @dataclass
 class RunOptions:
     """Command-line knobs of `fpr-sweep run` (each overrides the spec's value when given)."""
@@ -59,6 +64,8 @@ class RunOptions:
     storage: Optional[str] = None
     yes: bool = False
     """Run a sweep larger than SIZE_GUARD trials without the spec's max_trials."""
+    node_timeout_s: float = 1800.0
+    """How long to wait for an autoscaler to add the nodes a trial needs (GPUs) before giving up."""
 
 
 @dataclass
@@ -100,6 +107,7 @@ def quiet_tune() -> None:
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    quiet_ray_messages()
 
 
 def drop_disk_full_logs() -> None:
@@ -117,6 +125,10 @@ def ensure_ray(address: Optional[str], console: Console) -> Optional[float]:
     if ray.is_initialized():
         return None
     address = address or os.environ.get("RAY_ADDRESS")
+    try:
+        preflight.check_address(address)  # ray.init retries an address where nothing answers for minutes
+    except preflight.AddressError as e:
+        raise SweepError(str(e)) from None
     started = time.perf_counter()
     common = dict(include_dashboard=False, log_to_driver=False, logging_level="WARNING")
     if address:
@@ -135,17 +147,72 @@ def ensure_ray(address: Optional[str], console: Console) -> Optional[float]:
     return seconds
 
 
-def check_resources(spec: SweepSpec) -> None:
-    """A request the cluster cannot meet would hang forever in Tune: fail fast instead."""
+def check_resources(spec: SweepSpec, trials: int, console: Console, node_timeout_s: float) -> None:
+    """A request the cluster cannot meet would hang forever in Tune: fail fast instead, unless the
+    cluster's autoscaler has node types that can meet it; then ask it for them and wait."""
     have = ray.cluster_resources()
     need = spec.resources
-    if need.gpu > 0 and have.get("GPU", 0) < need.gpu:
-        raise SweepError(f"resources.gpu: each trial asks for {need.gpu:g} GPU but the Ray cluster has "
-                         f"{have.get('GPU', 0):g}; set resources.gpu: 0 to train on CPU, or pass --address "
-                         "of a cluster with GPU nodes.")
     if have.get("CPU", 0) < need.cpu:
         raise SweepError(f"resources.cpu: each trial asks for {need.cpu:g} CPUs but the Ray cluster has "
                          f"{have.get('CPU', 0):g}; lower resources.cpu.")
+    if need.gpu <= 0 or _largest_gpu_node() >= need.gpu:
+        return
+    types = preflight.gpu_node_types(_autoscaler_node_types(), need.gpu, need.cpu)
+    if not types:
+        raise GpuUnavailable(f"resources.gpu: each trial asks for {need.gpu:g} GPU but the Ray cluster has "
+                             f"{have.get('GPU', 0):g} and no autoscaler that could add a GPU node; pass --address of "
+                             "a cluster with GPU nodes.")
+    wait_for_gpu_nodes(need.gpu, need.cpu, types, trials, console, node_timeout_s)
+
+
+def _largest_gpu_node() -> float:
+    return max((n["Resources"].get("GPU", 0) for n in ray.nodes() if n.get("Alive")), default=0)
+
+
+def _autoscaler_node_types() -> list[preflight.NodeType]:
+    """Node types of this cluster's autoscaler, read from its config (visible from the head node,
+    where `ray job submit` and `ray attach` run the driver); [] for a fixed cluster."""
+    import yaml
+
+    path = preflight.autoscaling_config_for(ray.get_runtime_context().gcs_address)
+    if path is None:
+        return []
+    try:
+        return preflight.node_types_from_launcher_config(yaml.safe_load(path.read_text()))
+    except (OSError, yaml.YAMLError):
+        return []
+
+
+def wait_for_gpu_nodes(gpu: float, cpu: float, types: list[preflight.NodeType], trials: int,
+                       console: Console, timeout_s: float) -> None:
+    """Ask the autoscaler for ``trials`` trials' worth of GPU nodes (Tune's own demand would do the
+    same, but only once trials are submitted) and wait until one trial fits."""
+    from ray.autoscaler.sdk import request_resources
+
+    needed = preflight.nodes_needed(types, gpu, trials)
+    request_resources(bundles=[{"GPU": gpu, "CPU": cpu}] * trials)
+    names = ", ".join(t.name for t in types)
+    console.print(f"waiting for {needed} GPU node{'s' if needed > 1 else ''} ({names}) from the autoscaler: each "
+                  f"trial asks for {gpu:g} GPU; giving up after {timeout_s / 60:.0f} min (--node-timeout)",
+                  highlight=False)
+    started = last_note = time.time()
+    try:
+        while _largest_gpu_node() < gpu:
+            now = time.time()
+            if now - started > timeout_s:
+                raise SweepError(f"no GPU node came up within {timeout_s / 60:.0f} min (--node-timeout); see "
+                                 "`ray status` and the autoscaler's log (monitor.log on the head).")
+            if now - last_note >= 60:
+                console.print(f"  still waiting for GPU nodes ({(now - started) / 60:.0f} min)", highlight=False)
+                last_note = now
+            time.sleep(2)
+    except KeyboardInterrupt:
+        raise SweepError("interrupted while waiting for GPU nodes; nothing ran.") from None
+    finally:
+        # A standing request would keep the nodes up after the sweep (or after a killed driver);
+        # from here on the trials' own demand keeps them, and idle nodes scale down as usual.
+        request_resources(bundles=[])
+    console.print(f"GPU node up after {time.time() - started:.0f} s", highlight=False)
 
 
 # ---------------------------------------------------------------- Tuners
@@ -298,6 +365,15 @@ def log_sweep_outcome(tracker: SweepTracker, sweep_dir: SweepDir) -> None:
     tracker.log_sweep_files([sweep_dir.spec_copy, sweep_dir.results])
 
 
+def _abandon(opening) -> None:
+    """A run refused before its first trial leaves no RUNNING parent run behind (KILLED: the same
+    command resumes it)."""
+    try:
+        opening.result().end_sweep("KILLED")
+    except Exception:  # the tracker itself failed to open: nothing was started
+        pass
+
+
 def run_sweep(plan: SweepPlan, opts: RunOptions, tracker_factory, console: Console) -> SweepOutcome:
     """Run (or resume) the planned sweep; ``tracker_factory(sweep_dir, meta)`` opens its SweepTracker."""
     from orchestrator.store.provenance import git_commit
@@ -319,11 +395,17 @@ def run_sweep(plan: SweepPlan, opts: RunOptions, tracker_factory, console: Conso
     # Opening a new SQLite store runs MLflow's migrations (~10 s here): overlap it with Ray's start.
     with ThreadPoolExecutor(1) as pool:
         opening = pool.submit(tracker_factory, sweep_dir, meta)
-        if first is not None:
-            outcome.ray_start_seconds = ensure_ray(opts.address, console)
+        try:
+            if first is not None:
+                outcome.ray_start_seconds = ensure_ray(opts.address, console)
+                to_run = max(1, total - already)
+                check_resources(spec, min(to_run, opts.max_concurrent or spec.max_concurrent or to_run),
+                                console, opts.node_timeout_s)
+        except SweepError:
+            _abandon(opening)
+            raise
         tracker = opening.result()
     if first is not None:
-        check_resources(spec)
         drop_disk_full_logs()
     storage = SweepDir(sweep_dir).tune_storage(opts.storage)
     progress = SweepProgress(console, total, already, title=name)

@@ -7,6 +7,7 @@ timeout, then the HTTP/2 preface that Ray's GCS (a gRPC server) must answer, tel
 """
 from __future__ import annotations
 
+import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,6 +100,27 @@ def nodes_needed(types: list[NodeType], gpus_per_trial: float, trials: int) -> i
     """GPU nodes of the best-fitting type for ``trials`` trials at once (at least one)."""
     per_node = max(int(t.resources["GPU"] // gpus_per_trial) for t in types)
     return max(1, -(-trials // max(per_node, 1)))
+
+
+def autoscaling_config_for(gcs_address: str, proc: Path = Path("/proc")) -> Optional[Path]:
+    """The autoscaler config of the cluster at ``gcs_address``: the `--autoscaling-config` of its
+    monitor process (on the head; `ray up` writes ~/ray_bootstrap_config.yaml, with each node
+    type's CPUs and GPUs filled in). None where no such monitor runs on this machine: a fixed
+    cluster, or a driver on another machine."""
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if f"--gcs-address={gcs_address}" not in argv:
+            continue
+        for arg in argv:
+            if arg.startswith("--autoscaling-config="):
+                path = Path(os.path.expanduser(arg.split("=", 1)[1]))
+                return path if path.exists() else None
+    return None
 
 
 def cpu_profile_for(spec_path: Optional[Path]) -> Optional[Path]:
