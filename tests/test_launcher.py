@@ -85,6 +85,21 @@ def _ray_daemons(outside_of: set[str]) -> set[int]:
     return found
 
 
+def _host_init(home: Path, sshd_config: Path) -> str:
+    """PID 1 of a host: its own /root (ssh expands `~` from the password file, not $HOME, and
+    Ray's launcher puts its key and config in `~`), with this machine's Python and the repo bound
+    back in where they live under /root; then sshd."""
+    keep = sorted({str(Path(p).resolve()) for p in (REPO, sys.prefix, sys.base_prefix, BIN.resolve().parent)
+                   if str(Path(p).resolve()).startswith("/root/")})
+    binds = "".join(f'mkdir -p "{home}/{p[len("/root/"):]}" && mount --rbind "{p}" "{home}/{p[len("/root/"):]}"\n'
+                    for p in keep)
+    return f"""set -e
+{binds}mount --rbind "{home}" /root
+{TOOLS['sshd']} -D -e -f {sshd_config} &
+wait $!
+"""
+
+
 class Hosts:
     """client (runs the launcher), head and worker: namespaces on a bridge in the client's."""
 
@@ -130,20 +145,22 @@ class Hosts:
             p.mkdir(parents=True, exist_ok=True)
         # Ray runs every remote command as `bash --login -c -i 'source ~/.bashrc; ...'`.
         (home / ".bashrc").write_text(f"export PATH={BIN}:$PATH\n")
+        (home / ".fpr-host").write_text(host)
         shutil.copy(f"{self.key}.pub", d / "authorized_keys")
         _sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "host_key"))
         (d / "sshd_config").write_text("\n".join([
             f"ListenAddress {self.ip[host]}", f"HostKey {d / 'host_key'}", f"PidFile {d / 'sshd.pid'}",
             f"AuthorizedKeysFile {d / 'authorized_keys'}", "PermitRootLogin prohibit-password",
             "PasswordAuthentication no", "KbdInteractiveAuthentication no", "UsePAM no", "StrictModes no",
-            f"SetEnv HOME={home} TMPDIR={tmp} RAY_ADDRESS=", "MaxStartups 50", "MaxSessions 50", ""]))
+            f"SetEnv TMPDIR={tmp} RAY_ADDRESS=", "MaxStartups 50", "MaxSessions 50", ""]))
+        (d / "init.sh").write_text(_host_init(home, d / "sshd_config"))
         Path("/run/sshd").mkdir(exist_ok=True)
         log = open(d / "sshd.log", "w")
         # bash as PID 1 of the host's PID namespace reaps orphans; --kill-child: when unshare dies,
         # so does PID 1, and with it every process of the namespace (Ray, MLflow).
         self.sshd[host] = subprocess.Popen(
             [TOOLS["ip"], "netns", "exec", self.ns[host], TOOLS["unshare"], "--pid", "--fork", "--kill-child",
-             "--mount-proc", "bash", "-c", f"{TOOLS['sshd']} -D -e -f {d / 'sshd_config'} & wait $!"],
+             "--mount-proc", "--propagation", "private", "bash", str(d / "init.sh")],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def _wait_ssh(self, host: str, timeout: float = 60) -> None:
@@ -151,8 +168,8 @@ class Hosts:
         while time.time() < deadline:
             r = self.client("ssh", "-i", str(self.key), "-o", "StrictHostKeyChecking=no", "-o",
                             "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", f"root@{self.ip[host]}",
-                            "echo $HOME", check=False, timeout=30)
-            if r.returncode == 0 and r.stdout.strip() == str(self.home(host)):
+                            "cat ~/.fpr-host", check=False, timeout=30)
+            if r.returncode == 0 and r.stdout.strip() == host:
                 bash_pid = int(self.sshd[host].pid)
                 self.pid_ns[host] = self._child_pid_ns(bash_pid)
                 return
