@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-SWEEP_INFO = "sweep.json"
-DEFAULT_STORE = "mlflow.db"
+from orchestrator.sweep.layout import SweepDir
+
 SERVER_STORE = Path("mlflow") / "mlflow.db"
 """Where cluster/mlflow-server.sh keeps the tracking server's store, relative to the results root
 (the sweep folder's parent): a sweep tracked by that server and synced down opens from it."""
@@ -58,9 +58,9 @@ def resolve_store(sweep_dir: Path) -> Store:
       cluster recipe, else the server's URL (to open in a browser);
     - a SQLite store outside the sweep folder (``--tracking-uri sqlite:///...``) is used as is.
     """
-    sweep_dir = Path(sweep_dir).resolve()
-    info_path = sweep_dir / SWEEP_INFO
-    info = json.loads(info_path.read_text()) if info_path.exists() else {}
+    layout = SweepDir(Path(sweep_dir).resolve())
+    sweep_dir = layout.root
+    info = json.loads(layout.info.read_text()) if layout.info.exists() else {}
     uri = info.get("tracking_uri", "")
     if uri.startswith(("http://", "https://")):
         server_store = sweep_dir.parent / SERVER_STORE
@@ -68,9 +68,9 @@ def resolve_store(sweep_dir: Path) -> Store:
             return Store(f"sqlite:///{server_store}", server_store.parent / "artifacts")
         return Store(uri)
     recorded = _sqlite_path(uri)
-    was_default = recorded is None or (recorded.name == DEFAULT_STORE
+    was_default = recorded is None or (recorded.name == layout.mlflow_db.name
                                        and recorded.parent.name == info.get("name", sweep_dir.name))
-    store = sweep_dir / DEFAULT_STORE if was_default else recorded
+    store = layout.mlflow_db if was_default else recorded
     if not store.exists():
         raise UiError(f"no MLflow store for {sweep_dir}: {store} does not exist"
                       + (f" (sweep.json names {uri}, a store of its own folder, looked up here)"
