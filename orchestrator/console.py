@@ -260,6 +260,9 @@ WRONG_ADVICE = {
     "ray.tune.tune": ("Resume experiment with:", "Trials did not complete"),
     # Reading the experiment state of trials that never reported: nothing is missing for us.
     "ray.tune.analysis.experiment_analysis": ("Failed to fetch metrics",),
+    # "consider reporting results less frequently": on a busy machine the driver's MLflow writes
+    # take a second or two; the reporting rate is ours, not something a user can change.
+    "ray.tune.utils.util": ("may be a performance bottleneck",),
     # Printed at every local start; the cluster's auth mode is not the user's business here.
     "ray._private.authentication.authentication_token_setup": ("Token authentication is enabled",),
 }

@@ -105,6 +105,7 @@ def test_wrong_advice_from_ray_and_tune_is_dropped():
     import ray._private.authentication.authentication_token_setup as auth
     import ray.tune.analysis.experiment_analysis as analysis
     import ray.tune.tune as tune_module
+    import ray.tune.utils.util as tune_util
 
     quiet_ray_messages()
     quiet_ray_messages()  # idempotent
@@ -118,6 +119,8 @@ def test_wrong_advice_from_ray_and_tune_is_dropped():
                                      "Resume experiment with: Tuner.restore(path=\"/x\", trainable=...)",
                                      "Total run time: 3.00 seconds"],
                 analysis.logger: ["Failed to fetch metrics for 2 trial(s):\n- t1: ValueError()"],
+                tune_util.logger: ["The `process_trial_result` operation took 2.747 s, which may be a "
+                                   "performance bottleneck."],
                 auth.logger: ["Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=disabled"]}
     for logger, texts in messages.items():
         keep = Keep()

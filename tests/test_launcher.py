@@ -297,13 +297,18 @@ def test_ray_up_job_submit_rsync_down_ray_down(hosts, tmp_path):
     assert rows.trial_id.nunique() == 8 and set(rows.status) == {"ok"}
     assert len(rows) == 8 * 3 and not rows.duplicated(["trial_id", "split"]).any()  # id + 2 OOD sizes
     assert rows.node_id.nunique() == 2, rows[["trial_id", "node_id"]].drop_duplicates()  # both hosts trained
+    head_commit = _sh("git", "-C", str(REPO), "rev-parse", "HEAD").stdout.strip()
+    dirty = bool(_sh("git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no").stdout.strip())
+    assert set(rows.git_commit) == {head_commit + ("+dirty" if dirty else "")}  # from the uploaded .git
     runs = _mlflow_runs(results / "mlflow" / "mlflow.db", "quickstart-smoke")
     assert sorted(runs.values()) == ["FINISHED"] * 9  # the sweep's parent run + one per trial
+    assert len(list((results / "mlflow" / "artifacts").rglob("config.json"))) == 8  # served by the server
 
     synced = tmp_path / "synced"
     hosts.client(ray, "rsync-down", str(config), "~/results/", f"{synced}/", timeout=STEP_TIMEOUT)
     assert (synced / "quickstart-smoke" / "results.parquet").exists()
     assert (synced / "mlflow" / "mlflow.db").exists()
+    assert len(list((synced / "mlflow" / "artifacts").rglob("config.json"))) == 8
 
     hosts.client(ray, "down", "-y", str(config), timeout=STEP_TIMEOUT)
     assert not [a for a in hosts.processes("head").values() if Path(a[0]).name in ("raylet", "gcs_server")]
@@ -337,10 +342,15 @@ def _submit(hosts: Hosts, ray: str, tmp_path: Path) -> subprocess.CompletedProce
     else:
         raise AssertionError("Jobs API not reachable through `ray dashboard`:\n" + probe.stdout + probe.stderr
                              + (tmp_path / "dashboard.log").read_text())
-    return hosts.client(ray, "job", "submit", "--address", "http://127.0.0.1:8265", "--working-dir", str(REPO),
-                        "--", "fpr-sweep", "run", "sweeps/quickstart.yaml", "--smoke", "--address", "auto",
-                        "--results-dir", "~/results", "--tracking-uri", "http://127.0.0.1:5000",
-                        check=False, timeout=STEP_TIMEOUT + 180)
+    # Checkpoints on storage both hosts reach (a folder outside their own /root), as s3:// in the recipe.
+    # .git goes up with the code (Ray leaves it out by default), so the run can name its commit.
+    job = hosts.client("env", "RAY_OVERRIDE_RUNTIME_ENV_DEFAULT_EXCLUDES=.venv,venv,__pycache__",
+                       ray, "job", "submit", "--address", "http://127.0.0.1:8265", "--working-dir", str(REPO),
+                       "--", "fpr-sweep", "run", "sweeps/quickstart.yaml", "--smoke", "--address", "auto",
+                       "--results-dir", "~/results", "--tracking-uri", "http://127.0.0.1:5000",
+                       "--storage-path", str(hosts.base / "shared"), check=False, timeout=STEP_TIMEOUT + 180)
+    (tmp_path / "job.log").write_text(job.stdout + job.stderr)
+    return job
 
 
 def _mlflow_runs(db: Path, experiment: str) -> dict[str, str]:

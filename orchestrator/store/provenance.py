@@ -15,15 +15,19 @@ REPO_DIR = Path(__file__).resolve().parents[2]
 """The repository root (orchestrator/store/provenance.py -> ../../..)."""
 
 
+def _git(repo_dir: str | Path, *args: str) -> str:
+    """Output of a git command in ``repo_dir``. File modes are ignored: a working dir that
+    `ray job submit` unpacked on a cluster loses executable bits, not code."""
+    return subprocess.run(["git", "-C", str(repo_dir), "-c", "core.fileMode=false", *args], capture_output=True,
+                          text=True, timeout=10, check=True).stdout
+
+
 @functools.lru_cache(maxsize=None)
 def git_commit(repo_dir: str | Path = REPO_DIR) -> str:
     """HEAD commit of the repo (suffix '+dirty' when tracked files changed), or 'unknown'."""
-    def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(repo_dir), *args], capture_output=True, text=True,
-                              timeout=10, check=True).stdout.strip()
     try:
-        commit = git("rev-parse", "HEAD")
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+        commit = _git(repo_dir, "rev-parse", "HEAD").strip()
+        dirty = bool(_git(repo_dir, "status", "--porcelain", "--untracked-files=no").strip())
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return commit + ("+dirty" if dirty else "")
@@ -32,10 +36,8 @@ def git_commit(repo_dir: str | Path = REPO_DIR) -> str:
 def uncommitted_changes(repo_dir: str | Path | None = None) -> list[str]:
     """`git status --porcelain` lines for tracked files that differ from HEAD (what makes the commit
     '+dirty'); ['(not a git checkout)'] when git cannot tell. Default: this package's repo."""
-    repo_dir = repo_dir or REPO_DIR
     try:
-        out = subprocess.run(["git", "-C", str(repo_dir), "status", "--porcelain", "--untracked-files=no"],
-                             capture_output=True, text=True, timeout=10, check=True).stdout
+        out = _git(repo_dir or REPO_DIR, "status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.SubprocessError):
         return ["(not a git checkout)"]
     return [line for line in out.splitlines() if line.strip()]

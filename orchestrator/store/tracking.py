@@ -165,8 +165,12 @@ class SweepTracker:
             if self.sweep_id and SWEEP_ID_TAG not in exp.tags:
                 self.client.set_experiment_tag(exp.experiment_id, SWEEP_ID_TAG, self.sweep_id)
             return exp.experiment_id
-        self.artifacts.mkdir(parents=True, exist_ok=True)
         tags = {"fpr.sweep": sweep, **({SWEEP_ID_TAG: self.sweep_id} if self.sweep_id else {})}
+        if self.uri.startswith(("http://", "https://")):
+            # The server stores artifacts under its --artifacts-destination and hands out relative
+            # mlflow-artifacts:/ URIs: they still resolve once the store is synced elsewhere.
+            return self.client.create_experiment(name, tags=tags)
+        self.artifacts.mkdir(parents=True, exist_ok=True)
         return self.client.create_experiment(name, artifact_location=self.artifacts.as_uri(), tags=tags)
 
     def _describe_experiment(self, description: str) -> None:
