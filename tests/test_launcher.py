@@ -289,7 +289,8 @@ def test_ray_up_job_submit_rsync_down_ray_down(hosts, tmp_path):
     finally:
         os.killpg(tunnel.pid, signal.SIGTERM)
         tunnel.wait(timeout=30)
-    assert job.returncode == 0, job.stdout[-6000:] + job.stderr[-3000:]
+    log = job.stdout + job.stderr
+    assert job.returncode == 0, _unboxed(log)[-8000:] + "\n--- the error's last frames:\n" + log[log.rfind("╭"):][-6000:]
     assert "succeeded" in job.stdout, job.stdout[-3000:]
 
     results = hosts.home("head") / "results"
@@ -351,6 +352,11 @@ def _submit(hosts: Hosts, ray: str, tmp_path: Path) -> subprocess.CompletedProce
                        "--storage-path", str(hosts.base / "shared"), check=False, timeout=STEP_TIMEOUT + 180)
     (tmp_path / "job.log").write_text(job.stdout + job.stderr)
     return job
+
+
+def _unboxed(log: str) -> str:
+    """A log without the frames of rich tracebacks (their last line, the error, stays)."""
+    return "\n".join(line for line in log.splitlines() if not line.lstrip().startswith(("│", "╭", "╰")))
 
 
 def _mlflow_runs(db: Path, experiment: str) -> dict[str, str]:
