@@ -85,19 +85,25 @@ def _ray_daemons(outside_of: set[str]) -> set[int]:
     return found
 
 
-def _host_init(home: Path, sshd_config: Path) -> str:
-    """PID 1 of a host: its own /root (ssh expands `~` from the password file, not $HOME, and
-    Ray's launcher puts its key and config in `~`), with this machine's Python and the repo bound
-    back in where they live under /root; then sshd."""
-    keep = sorted({str(Path(p).resolve()) for p in (REPO, sys.prefix, sys.base_prefix, BIN.resolve().parent)
-                   if str(Path(p).resolve()).startswith("/root/")})
-    binds = "".join(f'mkdir -p "{home}/{p[len("/root/"):]}" && mount --rbind "{p}" "{home}/{p[len("/root/"):]}"\n'
-                    for p in keep)
-    return f"""set -e
-{binds}mount --rbind "{home}" /root
-{TOOLS['sshd']} -D -e -f {sshd_config} &
-wait $!
-"""
+def _private_dir(top: str, own: Path, keep: list[Path]) -> str:
+    """Shell lines that put ``own`` in place of ``top`` (/root, /tmp) with the ``keep`` paths that
+    live under ``top`` bound back in at the same place."""
+    lines = []
+    for p in sorted({str(k.resolve()) for k in keep if str(k.resolve()).startswith(top + "/")}):
+        inner = f"{own}/{p[len(top) + 1:]}"
+        lines.append(f'mkdir -p "{inner}" && mount --rbind "{p}" "{inner}"')
+    return "\n".join([*lines, f'mount --rbind "{own}" {top}']) + "\n"
+
+
+def _host_init(base: Path, home: Path, tmp: Path, sshd_config: Path) -> str:
+    """PID 1 of a host: its own /root (ssh expands `~` from the password file, not $HOME, and the
+    launcher puts the autoscaler's key and config in `~`) and its own /tmp (a worker node takes the
+    head's temp dir *path*; on one shared /tmp the two runtime-env agents would garbage-collect
+    each other's job working dirs), with this machine's Python, the repo and the test's folder
+    bound back in; then sshd."""
+    keep = [REPO, Path(sys.prefix), Path(sys.base_prefix), BIN.resolve().parent, base]
+    return ("set -e\n" + _private_dir("/root", home, keep) + _private_dir("/tmp", tmp, keep)
+            + f"{TOOLS['sshd']} -D -e -f {sshd_config} &\nwait $!\n")
 
 
 class Hosts:
@@ -152,8 +158,8 @@ class Hosts:
             f"ListenAddress {self.ip[host]}", f"HostKey {d / 'host_key'}", f"PidFile {d / 'sshd.pid'}",
             f"AuthorizedKeysFile {d / 'authorized_keys'}", "PermitRootLogin prohibit-password",
             "PasswordAuthentication no", "KbdInteractiveAuthentication no", "UsePAM no", "StrictModes no",
-            f"SetEnv TMPDIR={tmp} RAY_ADDRESS=", "MaxStartups 50", "MaxSessions 50", ""]))
-        (d / "init.sh").write_text(_host_init(home, d / "sshd_config"))
+            "SetEnv RAY_ADDRESS=", "MaxStartups 50", "MaxSessions 50", ""]))
+        (d / "init.sh").write_text(_host_init(self.base, home, tmp, d / "sshd_config"))
         Path("/run/sshd").mkdir(exist_ok=True)
         log = open(d / "sshd.log", "w")
         # bash as PID 1 of the host's PID namespace reaps orphans; --kill-child: when unshare dies,
