@@ -539,11 +539,10 @@ def _trial_resources(sweep_dir: Path) -> dict[str, float]:
 
 
 def _tracking_uri(sweep_dir: Path) -> str:
-    from orchestrator.store import tracking
+    """The sweep's MLflow store, its own mlflow.db found in the folder wherever it was moved or copied."""
+    from orchestrator.store.ui import tracking_uri_of
 
-    info_path = SweepDir(sweep_dir).info
-    return (json.loads(info_path.read_text())["tracking_uri"] if info_path.exists()
-            else tracking.default_tracking_uri(sweep_dir))
+    return tracking_uri_of(sweep_dir)
 
 
 @app.command()

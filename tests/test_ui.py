@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from orchestrator.cli import app
 from orchestrator.store import tracking
-from orchestrator.store.ui import UiError, resolve_store
+from orchestrator.store.ui import UiError, resolve_store, tracking_uri_of
 
 REPO = Path(__file__).resolve().parent.parent
 runner = CliRunner()
@@ -48,6 +48,7 @@ def test_a_copied_folder_opens_its_own_store(sweep, tmp_path):
     copy = tmp_path / "elsewhere" / "renamed"
     shutil.copytree(sweep, copy)
     assert resolve_store(copy).uri == f"sqlite:///{copy / 'mlflow.db'}"
+    assert tracking_uri_of(copy) == f"sqlite:///{copy / 'mlflow.db'}"  # what report and eval write to
 
 
 def test_a_moved_folder_opens_its_store_and_creates_nothing_at_the_old_path(sweep, tmp_path):

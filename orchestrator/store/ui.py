@@ -50,6 +50,22 @@ def _sqlite_path(uri: str) -> Optional[Path]:
     return Path(uri[len("sqlite:///"):] if uri.startswith("sqlite:////") else "/" + uri[len("sqlite:///"):])
 
 
+def tracking_uri_of(sweep_dir: Path) -> str:
+    """The sweep's tracking URI as sweep.json records it, except that a default store (the folder's
+    own mlflow.db) is looked up in ``sweep_dir`` itself, wherever the folder is now."""
+    layout = SweepDir(Path(sweep_dir).resolve())
+    info = json.loads(layout.info.read_text()) if layout.info.exists() else {}
+    uri = info.get("tracking_uri", "")
+    return f"sqlite:///{layout.mlflow_db}" if not uri or _was_default(uri, info, layout) else uri
+
+
+def _was_default(uri: str, info: dict, layout: SweepDir) -> bool:
+    """Was ``uri`` the default store of the folder (named as sweep.json says) when the sweep ran?"""
+    recorded = _sqlite_path(uri)
+    return recorded is not None and recorded.name == layout.mlflow_db.name \
+        and recorded.parent.name == info.get("name", layout.name)
+
+
 def resolve_store(sweep_dir: Path) -> Store:
     """The sweep's store, found from ``sweep_dir`` itself.
 
@@ -68,8 +84,7 @@ def resolve_store(sweep_dir: Path) -> Store:
             return Store(f"sqlite:///{server_store}", server_store.parent / "artifacts")
         return Store(uri)
     recorded = _sqlite_path(uri)
-    was_default = recorded is None or (recorded.name == layout.mlflow_db.name
-                                       and recorded.parent.name == info.get("name", sweep_dir.name))
+    was_default = recorded is None or _was_default(uri, info, layout)
     store = layout.mlflow_db if was_default else recorded
     if not store.exists():
         raise UiError(f"no MLflow store for {sweep_dir}: {store} does not exist"
