@@ -72,19 +72,6 @@ def _processes() -> dict[int, list[str]]:
     return out
 
 
-def _ray_daemons(outside_of: set[str]) -> set[int]:
-    """GCS servers and raylets in PID namespaces other than ``outside_of``."""
-    found = set()
-    for pid, argv in _processes().items():
-        if argv and Path(argv[0]).name in ("gcs_server", "raylet"):
-            try:
-                if _pid_ns(pid) not in outside_of:
-                    found.add(pid)
-            except OSError:
-                continue
-    return found
-
-
 def _private_dir(top: str, own: Path, keep: list[Path]) -> str:
     """Shell lines that put ``own`` in place of ``top`` (/root, /tmp) with the ``keep`` paths that
     live under ``top`` bound back in at the same place."""
@@ -273,9 +260,19 @@ def hosts():
         shutil.rmtree(base, ignore_errors=True)
 
 
-def test_ray_up_job_submit_rsync_down_ray_down(hosts, tmp_path):
+@pytest.fixture
+def sentinel(tmp_path):
+    """A process `ray stop` would kill if it could see it (it matches the name "raylet"), outside
+    the hosts' namespaces, as any other Ray on this machine is."""
+    shutil.copy(shutil.which("sleep"), tmp_path / "raylet")
+    proc = subprocess.Popen([str(tmp_path / "raylet"), "3600"], start_new_session=True)
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+def test_ray_up_job_submit_rsync_down_ray_down(hosts, sentinel, tmp_path):
     started = time.time()
-    foreign = _ray_daemons(outside_of=set())  # Rays of others on this machine, before we start
     config = tmp_path / "cluster.yaml"
     config.write_text(yaml.safe_dump(launcher_config(hosts)))
     ray = str(BIN / "ray")
@@ -325,7 +322,7 @@ def test_ray_up_job_submit_rsync_down_ray_down(hosts, tmp_path):
     while _raylets(hosts, "worker") and time.time() < deadline:
         time.sleep(2)
     assert not _raylets(hosts, "worker"), "the worker host's raylet outlived the cluster"
-    assert foreign <= _ray_daemons(outside_of=set()), "a Ray that this test did not start was stopped"
+    assert sentinel.poll() is None, "the launcher's `ray stop` reached a process outside the hosts"
     print(f"ray up (twice) {up_seconds:.0f} s; whole launcher test {time.time() - started:.0f} s")
 
 
