@@ -36,7 +36,7 @@ def child(mode: str, steps: int, dim: int, tokens: int, batch: int) -> dict:
     import torch.nn.functional as F
 
     from fpr_core.config import GradConfig, ModelConfig, SolverConfig
-    from fpr_core.gradients import training_loss
+    from fpr_core.train import training_loss
     from fpr_core.model import LoopedModel
 
     torch.manual_seed(0)

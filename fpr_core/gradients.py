@@ -11,11 +11,11 @@ forward; modes that finish with k steps with grad spend at most ``cap - k`` in t
 - ``implicit``: no-grad solve, one F step with grad, and a backward hook that replaces the incoming
   gradient by the solution of ``g = J^T g + dL/dz*`` (J = dF/dz at z*), found by fixed-point
   iteration on vector-Jacobian products, at most implicit_iters steps (DEQ, Bai et al.).
-- ``progressive``: the forward is the full unroll (bptt); ``training_loss`` adds Deep Thinking's
+- ``progressive``: the forward is the full unroll (bptt); ``train.training_loss`` adds Deep Thinking's
   progressive term: n ~ U{0..cap-1} detached steps, then j ~ U{1..k} steps with grad;
   loss = (1 - alpha)*full + alpha*progressive (alpha = 1: the full unroll runs without grad).
 
-``segments > 1`` is deep supervision (FPRM/TRM): the forward runs ``segments`` times, each from the
+``segments > 1`` is deep supervision (FPRM/TRM), in ``train.training_loss``: the forward runs ``segments`` times, each from the
 previous segment's detached state, and the per-segment losses are summed.
 """
 from __future__ import annotations
@@ -101,55 +101,3 @@ def _implicit_backward(f0: torch.Tensor, z_leaf: torch.Tensor, iters: int) -> Ca
                 break
         return g
     return hook
-
-
-LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def training_loss(model, inputs: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
-                  loss_fn: LossFn):
-    """The training loss for every grad mode (incl. progressive) and deep-supervision segments.
-
-    inputs/targets/mask (B, *shape); loss_fn(logits (B, *shape, C), targets, mask) -> scalar.
-    Returns (loss, out) with out the LoopOutput of the last segment. The model must be in training
-    mode; the caller runs backward and the optimizer step.
-    """
-    grad_cfg = model.grad_cfg
-    total, z, out = None, None, None
-    for _ in range(grad_cfg.segments):
-        if grad_cfg.mode == "progressive":
-            loss, out = _progressive_loss(model, inputs, targets, mask, loss_fn, z)
-        else:
-            out = model(inputs, z0=z)
-            loss = loss_fn(out.logits, targets, mask)
-        total = loss if total is None else total + loss
-        z = out.z.detach()
-    return total, out
-
-
-def _progressive_loss(model, inputs, targets, mask, loss_fn, z0):
-    """Deep Thinking's progressive loss mixed with the full-unroll loss by alpha."""
-    grad_cfg, cap = model.grad_cfg, model.default_cap()
-    alpha = grad_cfg.alpha
-    if alpha < 1.0:
-        out = model(inputs, z0=z0)
-        loss = (1.0 - alpha) * loss_fn(out.logits, targets, mask)
-    else:
-        with torch.no_grad():
-            out = model(inputs, z0=z0)
-        loss = None
-    if alpha > 0.0:
-        n = int(torch.randint(0, max(cap, 1), ()).item())
-        j = int(torch.randint(1, grad_cfg.k + 1, ()).item())
-        with model._weights_cached():
-            lm = model.loop_map(inputs)
-            z = lm.z0 if z0 is None else z0
-            with torch.no_grad():
-                for _ in range(n):
-                    z = lm.f(z)
-            z = z.detach()
-            for _ in range(j):
-                z = lm.f(z)
-            prog = alpha * loss_fn(model.readout(z, lm.shape), targets, mask)
-        loss = prog if loss is None else loss + prog
-    return loss, out

@@ -174,8 +174,6 @@ def train(model: nn.Module, task: Task, data: TaskData, cfg: TrainConfig, *,
     same seed gives the same loss curve. A non-finite loss or gradient norm stops training with
     status ``diverged`` before the weights are touched.
     """
-    from fpr_core.gradients import training_loss  # the loop's gradient modes live there
-
     device = next(model.parameters()).device
     inputs, targets, mask = (torch.as_tensor(a, device=device) for a in (data.inputs, data.targets, data.mask))
     loss_fn = get_loss(cfg.loss)
@@ -229,3 +227,57 @@ def train(model: nn.Module, task: Task, data: TaskData, cfg: TrainConfig, *,
             started = time.perf_counter()
             on_checkpoint(loop.step, loop.state())
     return finish(loop.losses[-1] if loop.losses else float("nan"))
+
+
+# The training objective: what one optimizer step minimises, built on the model's public API
+# (forward, loop_map, readout, weights_cached, default_cap); the gradient modes live in gradients.py.
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def training_loss(model, inputs: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
+                  loss_fn: LossFn):
+    """The training loss for every grad mode (incl. progressive) and deep-supervision segments.
+
+    inputs/targets/mask (B, *shape); loss_fn(logits (B, *shape, C), targets, mask) -> scalar.
+    Returns (loss, out) with out the LoopOutput of the last segment. The model must be in training
+    mode; the caller runs backward and the optimizer step.
+    """
+    grad_cfg = model.grad_cfg
+    total, z, out = None, None, None
+    for _ in range(grad_cfg.segments):
+        if grad_cfg.mode == "progressive":
+            loss, out = _progressive_loss(model, inputs, targets, mask, loss_fn, z)
+        else:
+            out = model(inputs, z0=z)
+            loss = loss_fn(out.logits, targets, mask)
+        total = loss if total is None else total + loss
+        z = out.z.detach()
+    return total, out
+
+
+def _progressive_loss(model, inputs, targets, mask, loss_fn, z0):
+    """Deep Thinking's progressive loss mixed with the full-unroll loss by alpha."""
+    grad_cfg, cap = model.grad_cfg, model.default_cap()
+    alpha = grad_cfg.alpha
+    if alpha < 1.0:
+        out = model(inputs, z0=z0)
+        loss = (1.0 - alpha) * loss_fn(out.logits, targets, mask)
+    else:
+        with torch.no_grad():
+            out = model(inputs, z0=z0)
+        loss = None
+    if alpha > 0.0:
+        n = int(torch.randint(0, max(cap, 1), ()).item())
+        j = int(torch.randint(1, grad_cfg.k + 1, ()).item())
+        with model.weights_cached():
+            lm = model.loop_map(inputs)
+            z = lm.z0 if z0 is None else z0
+            with torch.no_grad():
+                for _ in range(n):
+                    z = lm.f(z)
+            z = z.detach()
+            for _ in range(j):
+                z = lm.f(z)
+            prog = alpha * loss_fn(model.readout(z, lm.shape), targets, mask)
+        loss = prog if loss is None else loss + prog
+    return loss, out

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from fpr_core.config import GradConfig, ModelConfig, SolverConfig
-from fpr_core.gradients import training_loss
+from fpr_core.train import training_loss
 from fpr_core.model import LoopedModel
 
 MODES = ["bptt", "truncated", "phantom", "implicit", "progressive"]

@@ -154,7 +154,7 @@ class LoopedModel(nn.Module):
             parametrize.register_parametrization(lin, "weight", _ScaleBy(sigma))
 
     @contextlib.contextmanager
-    def _weights_cached(self):
+    def weights_cached(self):
         """Compute parametrized weights once per forward (spectral_norm otherwise reruns per step).
 
         The cache is filled with grad enabled up front: a first access inside the no-grad solve
@@ -231,11 +231,11 @@ class LoopedModel(nn.Module):
 
         cap: max loop steps (default train_cap in training, eval_cap in eval). z0: (B, T, d)
         initial state (default LoopMap.z0). In training mode gradients follow grad_cfg.mode
-        (progressive uses the full unroll here; its extra term lives in gradients.training_loss);
+        (progressive uses the full unroll here; its extra term lives in train.training_loss);
         in eval mode it is a plain solve (wrap in torch.no_grad to keep no graph).
         """
         cap = self.default_cap() if cap is None else int(cap)
-        with self._weights_cached():
+        with self.weights_cached():
             lm = self.loop_map(inputs)
             start = lm.z0 if z0 is None else z0
             z, trace = run_loop(lm, start, self.solver_cfg, self.grad_cfg, cap, training=self.training)
