@@ -84,7 +84,9 @@ def test_server_killed_mid_sweep_loses_nothing_and_folders_never_share_runs(tmp_
         print(f"outage: exit 0, {len(df)} rows, {len(runs)} runs, MLflow complete {recover_seconds:.1f} s "
               "after the server came back")
 
-        artifacts = {tid: sweep_dir / "mlartifacts" / runs[tid].info.run_id / "artifacts" / "config.json"
+        # Server-tracked experiments keep artifacts under the server's artifact root, one folder
+        # per experiment and run, so two sweeps on one server never share an artifact path.
+        artifacts = {tid: _served_file(server, runs[tid].info.artifact_uri, "config.json")
                      for tid in df.trial_id.unique()}
         stamps = {tid: p.stat().st_mtime for tid, p in artifacts.items()}
         other = tmp_path / "other"  # the same sweep name in a second results folder, same server
@@ -95,9 +97,18 @@ def test_server_killed_mid_sweep_loses_nothing_and_folders_never_share_runs(tmp_
         exps = [e for e in client.search_experiments() if e.name.startswith("outage")]
         assert len(exps) == 2
         second = next(e for e in exps if e.experiment_id != first.experiment_id)
-        assert second.artifact_location.startswith((other / "outage").resolve().as_uri())
+        assert second.artifact_location != first.artifact_location  # its own artifact location
         assert len(_experiment_runs(client, second.experiment_id)) == 3
         assert _experiment_runs(client, first.experiment_id).keys() == runs.keys()  # untouched
         assert {tid: p.stat().st_mtime for tid, p in artifacts.items()} == stamps  # not overwritten
     finally:
         server.kill()
+
+
+def _served_file(server: MlflowServer, artifact_uri: str, name: str) -> Path:
+    """Where the tracking server keeps a run's artifact on disk: its artifact root (a file: URI here)."""
+    from urllib.parse import urlparse
+
+    path = Path(urlparse(artifact_uri).path) / name
+    assert path.is_relative_to(server.directory.resolve()), artifact_uri  # the server's folder, not ours
+    return path
