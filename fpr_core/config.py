@@ -21,6 +21,11 @@ Positions = Literal["none", "rope1d", "rope2d", "absolute"]
 Conv = Literal["none", "1d", "2d"]
 Mlp = Literal["swiglu", "gelu"]
 Mixer = Literal["attention", "local_attention", "conv"]
+SpectralMode = Literal["step", "per_map"]
+InternalNorm = Literal["per_sublayer", "per_step"]
+InitialState = Literal["auto", "zeros", "x", "random"]
+ResidualRule = Literal["per_token", "global"]
+ProgressiveForm = Literal["dt", "halting"]
 SolverName = Literal["damped", "anderson"]
 GradMode = Literal["bptt", "truncated", "phantom", "implicit", "progressive"]
 LossName = Literal["ce", "stablemax"]
@@ -78,6 +83,11 @@ class ModelConfig:
     recall: Recall = "standard"
     """Where the input x enters the loop: none (only z0 = x), standard (residual stream at loop
     entry), internal (only the sublayer inputs, r = Norm(W[z; x]); SGLT)."""
+    internal_norm: InternalNorm = field(default="per_sublayer", metadata=ADDED_AFTER_IDS)
+    """With internal recall and an outer norm: per_sublayer normalises after every residual add,
+    h <- Norm_out(h + Sub(Norm_in(W[h; x]))) for the attention and the MLP sublayer (the public
+    reimplementation citing SGLT Def. 5.2); per_step normalises once per loop step (this
+    project's first form)."""
     recall_form: RecallForm = "scaled"
     """Form of standard recall: scaled = FPRM's z <- a2*z + b2*x; concat = DT's z <- W[z; x]."""
     pre_norm: bool = True
@@ -85,14 +95,24 @@ class ModelConfig:
     outer_norm: Norm = "rms"
     """Norm applied to the state at the output of every loop step (SGLT's outer normalization)."""
     residual_scale: ResidualScale = "learned"
-    """z <- a1*z + b1*sublayer(Norm(z)) with FPRM's coupled coefficients; fixed = not trained."""
+    """FPRM's residual scaling; fixed = not trained, none = plain residual. With scaled standard
+    recall it is FPRM's coupled form (z <- a2*z + b2*x, then z <- a1*z + b1*sublayer(Norm(z)),
+    b2 = 1 - a2*a1^S, b1 = b2(1 - a1)/(1 - a1^S)); elsewhere nothing is injected, so it is FPRM's
+    outer_only form (a1 = b1 = 1 in the sublayers, z <- a2*z at loop entry)."""
     a1_init: float = 0.75
     """Initial a1 = sigmoid(logit) per channel (FPRM's best init)."""
     a2_init: float = 0.25
     """Initial a2 for scaled standard recall (FPRM's best init)."""
     spectral: Optional[float] = None
-    """Target spectral norm sigma of the loop's linear maps (None = no spectral normalization).
-    <1 contractive, ~1 critical, >1 expansive."""
+    """The loop's spectral regime sigma (None = no spectral normalization): <1 contractive, ~1
+    critical, >1 expansive. What sigma sets is spectral_mode's choice."""
+    spectral_mode: SpectralMode = field(default="step", metadata=ADDED_AFTER_IDS)
+    """step: sigma is the gain of the loop step as a whole before the outer norm, ||dF_pre/dz||_2
+    at initialisation on unit-RMS states (the regime the stability theory speaks of, SGLT):
+    every linear map in the loop is spectrally normalised to one common scale c, and c is
+    calibrated at construction so the step's measured gain is sigma. per_map: every linear map
+    has spectral norm sigma itself (this project's first form; a step composes 2-3 such maps, so
+    its gain compounds to about sigma^2-sigma^3)."""
     positions: Positions = "none"
     """Positional scheme. none / rope1d / rope2d are size-agnostic (weights run on any size).
     absolute = learned embeddings of the board coordinates the task declares (Task.coordinates:
@@ -107,6 +127,13 @@ class ModelConfig:
     """Scale attention logits by log(n)/log(n_train) so attention stays sharp on larger inputs."""
     init_std: float = 0.02
     """Std of weight init."""
+    z0: InitialState = field(default="auto", metadata=ADDED_AFTER_IDS)
+    """Initial state of the loop: auto (x without recall, the only way x reaches an autonomous
+    loop; zeros with recall), zeros, x, or random (FPRM: a fresh truncated normal with std z0_std
+    at every reset, in training and evaluation)."""
+    z0_std: float = field(default=1.0, metadata=ADDED_AFTER_IDS)
+    """Std of the random initial state (FPRM: init_std 1.0 by default, 6.0 in its task configs;
+    its embeddings, like x here, have unit scale). Path independence starts from this draw."""
     mixer: Mixer = field(default="attention", metadata=ADDED_AFTER_IDS)
     """Token mixing sublayer of each block: attention (global, what FPRM and SGLT use),
     local_attention (each token attends to a mixer_window x mixer_window neighbourhood on grids, a
@@ -124,10 +151,16 @@ class ModelConfig:
     def validate(self, where: str = "model") -> None:
         for name, lit in [("recall", Recall), ("recall_form", RecallForm), ("outer_norm", Norm),
                           ("residual_scale", ResidualScale), ("positions", Positions),
-                          ("conv", Conv), ("mlp", Mlp), ("mixer", Mixer)]:
+                          ("conv", Conv), ("mlp", Mlp), ("mixer", Mixer), ("spectral_mode", SpectralMode),
+                          ("internal_norm", InternalNorm), ("z0", InitialState)]:
             _check_choice(where, name, getattr(self, name), _literal_choices(lit))
         if not isinstance(self.causal, bool):
             raise ConfigError(f"{where}.causal: got {self.causal!r}, expected true or false")
+        if self.recall == "none" and self.z0 in ("zeros", "random"):
+            raise ConfigError(f"{where}.z0: got {self.z0!r} with recall 'none', expected 'auto' or 'x' "
+                              f"(without recall x enters only through the initial state)")
+        if not self.z0_std > 0:
+            raise ConfigError(f"{where}.z0_std: got {self.z0_std}, expected a positive number")
         if self.mixer_window < 1 or (not self.causal and self.mixer_window % 2 == 0):
             raise ConfigError(f"{where}.mixer_window: got {self.mixer_window}, expected an odd integer >= 1 "
                               f"(any integer >= 1 with causal)")
@@ -154,7 +187,11 @@ class SolverConfig:
     name: SolverName = "damped"
     """damped iteration z <- eta*F(z) + (1-eta)*z, or anderson acceleration."""
     tol: float = 1e-2
-    """Halt a sample when r = max_tokens ||z - F(z)||_inf / ||F(z)||_inf < tol."""
+    """Halt a sample when its residual r (see residual) < tol."""
+    residual: ResidualRule = field(default="per_token", metadata=ADDED_AFTER_IDS)
+    """per_token: FPRM's r = max over tokens t of ||z_t - F(z)_t||_inf / ||F(z)_t||_inf; global:
+    max|z - F(z)| / max|F(z)| over the whole sample (this project's first form; a token with small
+    entries can be far from rest while the sample-wide ratio is small)."""
     train_cap: int = 16
     """Max loop steps per forward pass in training."""
     eval_cap: int = 64
@@ -185,6 +222,7 @@ class SolverConfig:
     def validate(self, where: str = "solver") -> None:
         _check_choice(where, "name", self.name, _literal_choices(SolverName))
         _check_choice(where, "eval_cap_law", self.eval_cap_law, _literal_choices(CapLaw))
+        _check_choice(where, "residual", self.residual, _literal_choices(ResidualRule))
         if self.tol <= 0:
             raise ConfigError(f"{where}.tol: got {self.tol}, expected > 0")
         for name in ("train_cap", "eval_cap", "patience", "anderson_m"):
@@ -206,11 +244,18 @@ class GradConfig:
     """bptt | truncated (k steps with grad after a no-grad solve) | phantom (k damped steps from the
     detached fixed point) | implicit (IFT backward solve) | progressive (DT's progressive loss)."""
     k: int = 4
-    """Steps with grad for truncated / phantom; max steps with grad for progressive."""
+    """Steps with grad for truncated / phantom; max steps with grad for progressive 'halting'."""
     phantom_eta: float = 0.5
     """Damping of phantom-gradient steps."""
     alpha: float = 0.5
-    """Progressive loss mix: loss = (1-alpha)*full + alpha*progressive (DT: prefix sums 1.0)."""
+    """Progressive loss mix: loss = (1-alpha)*full + alpha*progressive (DT: prefix sums 1.0,
+    mazes 0.01, chess 0.5)."""
+    progressive: ProgressiveForm = field(default="dt", metadata=ADDED_AFTER_IDS)
+    """Form of the progressive loss. dt (Deep Thinking's code, Bansal et al. 2022): T =
+    solver.train_cap plain steps, no halting; n ~ U{0..T-1} steps without grad, then
+    k ~ U{1..T-n} steps with grad from the detached state; 'full' is the loss after T steps
+    from the start. halting (this project's first form): 'full' is the halting solver's
+    forward under bptt, n ~ U{0..cap-1}, k ~ U{1..grad.k}."""
     segments: int = 1
     """Deep supervision segments per training step (state detached between segments; FPRM/TRM)."""
     implicit_iters: int = 30
@@ -232,6 +277,7 @@ class GradConfig:
 
     def validate(self, where: str = "grad") -> None:
         _check_choice(where, "mode", self.mode, _literal_choices(GradMode))
+        _check_choice(where, "progressive", self.progressive, _literal_choices(ProgressiveForm))
         if self.k < 1 or self.segments < 1:
             raise ConfigError(f"{where}: k={self.k}, segments={self.segments}, expected integers >= 1")
         if not 0 <= self.alpha <= 1:

@@ -11,12 +11,11 @@ forward; modes that finish with k steps with grad spend at most ``cap - k`` in t
 - ``implicit``: no-grad solve, one F step with grad, and a backward hook that replaces the incoming
   gradient by the solution of ``g = J^T g + dL/dz*`` (J = dF/dz at z*), found by fixed-point
   iteration on vector-Jacobian products, at most implicit_iters steps (DEQ, Bai et al.).
-- ``progressive``: the forward is the full unroll (bptt); ``train.training_loss`` adds Deep Thinking's
-  progressive term: n ~ U{0..cap-1} detached steps, then j ~ U{1..k} steps with grad;
-  loss = (1 - alpha)*full + alpha*progressive (alpha = 1: the full unroll runs without grad).
+- ``progressive``: the model's forward is the full unroll (bptt); the objective in
+  ``fpr_core.train`` adds Deep Thinking's progressive term (``grad.progressive``).
 
-``segments > 1`` is deep supervision (FPRM/TRM), in ``train.training_loss``: the forward runs ``segments`` times, each from the
-previous segment's detached state, and the per-segment losses are summed.
+``unroll`` runs a fixed number of plain steps without halting (Deep Thinking's T). The training
+objective (deep-supervision segments, progressive loss) lives in ``fpr_core.train``.
 """
 from __future__ import annotations
 
@@ -26,7 +25,7 @@ import torch
 
 from fpr_core.config import GradConfig, SolverConfig
 from fpr_core.registry import Registry
-from fpr_core.solver import LoopTrace, solve
+from fpr_core.solver import RESIDUALS, LoopTrace, solve
 
 GRAD_MODES: Registry = Registry("grad.mode")
 IMPLICIT_TOL = 1e-5
@@ -101,3 +100,21 @@ def _implicit_backward(f0: torch.Tensor, z_leaf: torch.Tensor, iters: int) -> Ca
                 break
         return g
     return hook
+
+
+def unroll(lm, z0: torch.Tensor, steps: int, solver_cfg: SolverConfig) -> tuple[torch.Tensor, LoopTrace]:
+    """``steps`` plain steps z <- F(z) from z0 (B, T, d), no halting (Deep Thinking's fixed T),
+    differentiable when grad is on; the trace records every sample at ``steps`` iterations with the
+    residual (``solver.residual``) of its last step."""
+    measure = RESIDUALS.get(solver_cfg.residual)
+    z, curve = z0, []
+    r = torch.full((z0.shape[0],), float("inf"), device=z0.device)
+    for _ in range(steps):
+        fz = lm.f(z)
+        with torch.no_grad():
+            r = measure(z, fz).float()
+            curve.append(r.mean())
+        z = fz
+    iterations = torch.full((z0.shape[0],), steps, dtype=torch.long, device=z0.device)
+    residual_curve = torch.stack(curve) if curve else z0.new_zeros(0, dtype=torch.float32)
+    return z, LoopTrace(iterations, r, r < solver_cfg.tol, torch.zeros_like(r, dtype=torch.bool), residual_curve)

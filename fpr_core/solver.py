@@ -10,12 +10,12 @@ indexing the embedding x with idx). With ``cfg.per_sample`` converged samples le
 batch, so F is never computed on finished samples and compute follows difficulty; with
 ``per_sample=False`` every sample is updated until the slowest one halts (FPRM's batch halting).
 
-Per step on the active rows: ``r = max|z - F(z)| / max|F(z)|`` per sample (the max over tokens of
-the per-token inf-norm, over the sample's inf-norm of F(z)); then the update (damped:
+Per step on the active rows: the residual r per sample (``SolverConfig.residual``: FPRM's per-token
+``max_t ||z_t - F(z)_t||_inf / ||F(z)_t||_inf``, or the global ``max|z - F(z)| / max|F(z)|``); then the update (damped:
 ``z <- eta*F(z) + (1-eta)*z`` with a per-sample eta); if r has not improved for ``patience`` steps
 and r >= tol, ``eta <- gamma*eta`` (gamma = decay_train or decay_eval). A sample halts when
-r < tol (converged), eta < min_eta, or a period-2 cycle is seen (``max|z_{t+1} - z_{t-1}|`` /
-``max|z_{t+1}|`` < tol while r >= tol: flagged ``cycled``, Knutson et al. 2026), or at the cap.
+r < tol (converged), eta < min_eta, or a period-2 cycle is seen (the same residual rule between
+z_{t+1} and z_{t-1} < tol while r >= tol: flagged ``cycled``, Knutson et al. 2026), or at the cap.
 The solver is autograd-agnostic: with grad enabled the unroll is differentiable (BPTT), under
 ``torch.no_grad`` it keeps no graph. Halting statistics are always computed without grad.
 """
@@ -55,8 +55,21 @@ class LoopTrace:
                          self.residual_curve)
 
 
+RESIDUALS: Registry = Registry("solver.residual")
+
+
+@RESIDUALS.register("per_token")
 def residual(z: torch.Tensor, fz: torch.Tensor) -> torch.Tensor:
-    """(A,) FPRM's relative residual ``max_tokens ||z - F(z)||_inf / ||F(z)||_inf`` per sample."""
+    """(A,) FPRM's relative residual: per token ``||z_t - F(z)_t||_inf / ||F(z)_t||_inf``, then the
+    max over tokens (FPRM's FixedPointOptimizer.step; eps 1e-8 there, a clamp here)."""
+    num = (z - fz).abs().amax(-1)             # (A, T)
+    den = fz.abs().amax(-1).clamp_min(_TINY)  # (A, T)
+    return (num / den).flatten(1).amax(1)
+
+
+@RESIDUALS.register("global")
+def global_residual(z: torch.Tensor, fz: torch.Tensor) -> torch.Tensor:
+    """(A,) ``max|z - F(z)| / max|F(z)|`` over the whole sample (this project's first form)."""
     num = (z - fz).abs().flatten(1).amax(1)
     den = fz.abs().flatten(1).amax(1)
     return num / den.clamp_min(_TINY)
@@ -147,9 +160,9 @@ class _HaltState:
         self.halted[idx] |= conv | cyc | (self.eta[idx] < cfg.min_eta)
 
 
-def _two_step_change(z_new: torch.Tensor, z_prev: torch.Tensor) -> torch.Tensor:
-    """(A,) max|z_{t+1} - z_{t-1}| / max|z_{t+1}|."""
-    return residual(z_prev, z_new)
+def _two_step_change(z_new: torch.Tensor, z_prev: torch.Tensor, rule) -> torch.Tensor:
+    """(A,) the residual rule applied to z_{t-1} against z_{t+1} (0 on a period-2 cycle)."""
+    return rule(z_prev, z_new)
 
 
 def solve(f: SubsetMap, z0: torch.Tensor, cfg: SolverConfig, cap: int, *, train: bool
@@ -165,6 +178,7 @@ def solve(f: SubsetMap, z0: torch.Tensor, cfg: SolverConfig, cap: int, *, train:
     rule = SOLVERS.get(cfg.name)(cfg, z0)
     state = _HaltState(b, cfg, z0.device)
     gamma = cfg.decay_train if train else cfg.decay_eval
+    measure = RESIDUALS.get(cfg.residual)
     idx = torch.arange(b, device=z0.device)  # (A,) rows of the active samples
     z_out, z, prev = z0, z0, None            # prev: (A, T, d) detached state one step back
     curve: list[torch.Tensor] = []
@@ -174,10 +188,10 @@ def solve(f: SubsetMap, z0: torch.Tensor, cfg: SolverConfig, cap: int, *, train:
         fz = f(z, idx)
         z_new = rule.update(z, fz, state.eta[idx])
         with torch.no_grad():
-            r = residual(z, fz).float()
+            r = measure(z, fz).float()
             cyc = torch.zeros_like(r, dtype=torch.bool)
             if cfg.detect_cycles and prev is not None:
-                cyc = (_two_step_change(z_new, prev) < cfg.tol) & (r >= cfg.tol)
+                cyc = (_two_step_change(z_new, prev, measure) < cfg.tol) & (r >= cfg.tol)
             state.record(idx, r, cyc, cfg, gamma)
             curve.append(r.mean())
             prev = z.detach() if cfg.detect_cycles else None

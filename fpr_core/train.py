@@ -1,4 +1,5 @@
-"""Training loop: AdamW + warmup/cosine, grad clipping, optional EMA, exact resume, divergence stop.
+"""Training: the objective (deep-supervision segments, Deep Thinking's progressive loss) and the
+loop (AdamW + warmup/cosine, grad clipping, optional EMA, exact resume, divergence stop).
 
 The trainer knows nothing of loggers or Ray: it calls ``on_log(step, metrics)`` and
 ``on_checkpoint(step, state)`` and checks ``should_stop()``. A checkpoint ``state`` holds only
@@ -18,10 +19,13 @@ from torch import nn
 
 from fpr_core.config import TrainConfig
 from fpr_core.device import autocast, select_device
+from fpr_core.gradients import unroll
 from fpr_core.losses import get_loss
+from fpr_core.model.looped import LoopOutput
 from fpr_core.tasks.base import Task, TaskData
 
-__all__ = ["TrainResult", "train", "lr_at", "save_checkpoint", "load_checkpoint", "select_device"]
+__all__ = ["TrainResult", "train", "training_loss", "sample_progressive_steps", "lr_at", "save_checkpoint",
+           "load_checkpoint", "select_device"]
 
 ADAM_BETAS = (0.9, 0.95)
 """FPRM's AdamW betas."""
@@ -29,6 +33,96 @@ CHECKPOINT_FORMAT = 1
 
 LogFn = Callable[[int, dict[str, float]], None]
 CheckpointFn = Callable[[int, dict[str, Any]], None]
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+# ----------------------------------------------------------------------------------- the objective
+
+def training_loss(model, inputs: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, loss_fn: LossFn):
+    """The training loss for every grad mode (incl. progressive) and deep-supervision segments.
+
+    inputs/targets/mask (B, *shape); loss_fn(logits (B, *shape, C), targets, mask) -> scalar.
+    ``grad.segments > 1`` is deep supervision (FPRM/TRM): the forward runs ``segments`` times, each
+    from the previous segment's detached state, and the per-segment losses are summed. Returns
+    (loss, out) with out the LoopOutput of the last segment. The model must be in training mode;
+    the caller runs backward and the optimizer step.
+    """
+    grad_cfg = model.grad_cfg
+    total, z, out = None, None, None
+    for _ in range(grad_cfg.segments):
+        if grad_cfg.mode == "progressive":
+            progressive = progressive_dt if grad_cfg.progressive == "dt" else progressive_halting
+            loss, out = progressive(model, inputs, targets, mask, loss_fn, z)
+        else:
+            out = model(inputs, z0=z)
+            loss = loss_fn(out.logits, targets, mask)
+        total = loss if total is None else total + loss
+        z = out.z.detach()
+    return total, out
+
+
+def sample_progressive_steps(total: int, generator: Optional[torch.Generator] = None) -> tuple[int, int]:
+    """Deep Thinking's draw for T = total: n ~ U{0..T-1} steps without grad, k ~ U{1..T-n} with grad
+    (DT's ``randrange(0, T)`` and ``randrange(1, T - n + 1)``)."""
+    n = int(torch.randint(0, total, (), generator=generator))
+    k = int(torch.randint(1, total - n + 1, (), generator=generator))
+    return n, k
+
+
+def progressive_dt(model, inputs, targets, mask, loss_fn: LossFn, z0=None):
+    """Deep Thinking's progressive loss as published (Bansal et al. 2022, deep-thinking train_model):
+    T = solver.train_cap plain steps, no halting. full: the loss after T steps from the start;
+    progressive: n steps without grad, then k steps with grad from the detached state;
+    loss = (1 - alpha)*full + alpha*progressive (alpha = 1: the full run keeps no graph)."""
+    alpha, total = model.grad_cfg.alpha, model.solver_cfg.train_cap
+    with model.weights_cached():
+        lm = model.loop_map(inputs)
+        start = lm.z0 if z0 is None else z0
+        with torch.set_grad_enabled(torch.is_grad_enabled() and alpha < 1.0):
+            z, trace = unroll(lm, start, total, model.solver_cfg)
+            logits = model.readout(z, lm.shape)
+        out = LoopOutput(logits=logits, z=z, trace=trace)
+        loss = (1.0 - alpha) * loss_fn(logits, targets, mask) if alpha < 1.0 else None
+        if alpha > 0.0:
+            n, k = sample_progressive_steps(total)
+            with torch.no_grad():
+                z, _ = unroll(lm, start, n, model.solver_cfg)
+            z, _ = unroll(lm, z.detach(), k, model.solver_cfg)
+            prog = alpha * loss_fn(model.readout(z, lm.shape), targets, mask)
+            loss = prog if loss is None else loss + prog
+    return loss, out
+
+
+def progressive_halting(model, inputs, targets, mask, loss_fn: LossFn, z0=None):
+    """This project's first progressive form (``grad.progressive: halting``): full = the halting
+    solver's forward under bptt; n ~ U{0..cap-1} detached steps, then j ~ U{1..grad.k} with grad."""
+    grad_cfg, cap = model.grad_cfg, model.default_cap()
+    alpha = grad_cfg.alpha
+    if alpha < 1.0:
+        out = model(inputs, z0=z0)
+        loss = (1.0 - alpha) * loss_fn(out.logits, targets, mask)
+    else:
+        with torch.no_grad():
+            out = model(inputs, z0=z0)
+        loss = None
+    if alpha > 0.0:
+        n = int(torch.randint(0, max(cap, 1), ()).item())
+        j = int(torch.randint(1, grad_cfg.k + 1, ()).item())
+        with model.weights_cached():
+            lm = model.loop_map(inputs)
+            z = lm.z0 if z0 is None else z0
+            with torch.no_grad():
+                for _ in range(n):
+                    z = lm.f(z)
+            z = z.detach()
+            for _ in range(j):
+                z = lm.f(z)
+            prog = alpha * loss_fn(model.readout(z, lm.shape), targets, mask)
+        loss = prog if loss is None else loss + prog
+    return loss, out
+
+
+# ------------------------------------------------------------------------------------- the loop
 
 
 @dataclass
@@ -227,57 +321,3 @@ def train(model: nn.Module, task: Task, data: TaskData, cfg: TrainConfig, *,
             started = time.perf_counter()
             on_checkpoint(loop.step, loop.state())
     return finish(loop.losses[-1] if loop.losses else float("nan"))
-
-
-# The training objective: what one optimizer step minimises, built on the model's public API
-# (forward, loop_map, readout, weights_cached, default_cap); the gradient modes live in gradients.py.
-LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def training_loss(model, inputs: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
-                  loss_fn: LossFn):
-    """The training loss for every grad mode (incl. progressive) and deep-supervision segments.
-
-    inputs/targets/mask (B, *shape); loss_fn(logits (B, *shape, C), targets, mask) -> scalar.
-    Returns (loss, out) with out the LoopOutput of the last segment. The model must be in training
-    mode; the caller runs backward and the optimizer step.
-    """
-    grad_cfg = model.grad_cfg
-    total, z, out = None, None, None
-    for _ in range(grad_cfg.segments):
-        if grad_cfg.mode == "progressive":
-            loss, out = _progressive_loss(model, inputs, targets, mask, loss_fn, z)
-        else:
-            out = model(inputs, z0=z)
-            loss = loss_fn(out.logits, targets, mask)
-        total = loss if total is None else total + loss
-        z = out.z.detach()
-    return total, out
-
-
-def _progressive_loss(model, inputs, targets, mask, loss_fn, z0):
-    """Deep Thinking's progressive loss mixed with the full-unroll loss by alpha."""
-    grad_cfg, cap = model.grad_cfg, model.default_cap()
-    alpha = grad_cfg.alpha
-    if alpha < 1.0:
-        out = model(inputs, z0=z0)
-        loss = (1.0 - alpha) * loss_fn(out.logits, targets, mask)
-    else:
-        with torch.no_grad():
-            out = model(inputs, z0=z0)
-        loss = None
-    if alpha > 0.0:
-        n = int(torch.randint(0, max(cap, 1), ()).item())
-        j = int(torch.randint(1, grad_cfg.k + 1, ()).item())
-        with model.weights_cached():
-            lm = model.loop_map(inputs)
-            z = lm.z0 if z0 is None else z0
-            with torch.no_grad():
-                for _ in range(n):
-                    z = lm.f(z)
-            z = z.detach()
-            for _ in range(j):
-                z = lm.f(z)
-            prog = alpha * loss_fn(model.readout(z, lm.shape), targets, mask)
-        loss = prog if loss is None else loss + prog
-    return loss, out

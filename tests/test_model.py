@@ -18,13 +18,15 @@ GRID, BIG_GRID = (3, 4, 4), (2, 7, 7)
 OPTIONS = [
     dict(recall="none"), dict(recall="internal"), dict(recall="standard", recall_form="concat"),
     dict(pre_norm=False), dict(outer_norm="none"), dict(outer_norm="layer"),
-    dict(residual_scale="none"), dict(residual_scale="fixed"), dict(spectral=0.5),
+    dict(residual_scale="none"), dict(residual_scale="fixed"), dict(spectral=0.5, spectral_mode="per_map"),
     dict(positions="rope1d"), dict(conv="1d", conv_kernel=4), dict(log_n_attention=False),
     dict(mlp="gelu", mlp_ratio=3.0), dict(n_layers=2),
     dict(mixer="local_attention"), dict(mixer="local_attention", mixer_window=5, positions="rope1d"),
     dict(mixer="conv"), dict(mixer="conv", mixer_window=5, recall="internal"),
     dict(causal=True), dict(causal=True, mixer="local_attention", mixer_window=2),
     dict(causal=True, mixer="conv", mixer_window=4), dict(causal=True, conv="1d", conv_kernel=4),
+    dict(recall="internal", internal_norm="per_step"), dict(recall="internal", outer_norm="layer"),
+    dict(z0="random", z0_std=6.0), dict(z0="x"), dict(recall="internal", z0="random"),
 ]
 GRID_ONLY = [dict(positions="rope2d"), dict(conv="2d"), dict(causal=True, conv="2d", mixer="local_attention")]
 
@@ -106,8 +108,8 @@ def test_residual_coupling_matches_fprm():
 
 
 @pytest.mark.parametrize("sigma", [0.5, 2.0])
-def test_spectral_norm_of_loop_maps_equals_target(sigma):
-    model = build(spectral=sigma, recall="internal", n_layers=2)
+def test_per_map_spectral_norm_of_loop_maps_equals_target(sigma):
+    model = build(spectral=sigma, spectral_mode="per_map", recall="internal", n_layers=2)
     linears = model.loop_linears()
     assert len(linears) == 2 * 4 + 4  # qkv, out, up, down per block + one recall proj per sublayer
     for lin in linears:

@@ -8,7 +8,7 @@ import torch
 
 from fpr_core.config import GradConfig, ModelConfig, SolverConfig
 from fpr_core.model import LoopedModel
-from fpr_core.solver import residual, solve
+from fpr_core.solver import RESIDUALS, residual, solve
 
 
 class CountingMap:
@@ -138,3 +138,22 @@ def test_differentiable_when_grad_is_enabled():
     z, _ = solve(f, torch.zeros(2, 1, 1), SolverConfig(tol=1e-7), 100, train=True)
     z.sum().backward()
     assert rate.grad.item() == pytest.approx(2 * 1 / (1 - 0.5) ** 2, rel=1e-4)
+
+
+def test_residual_is_fprm_per_token_ratio_and_global_is_kept_by_name():
+    # Token 0 has large entries and is nearly at rest; token 1 has small entries and is far from
+    # rest. FPRM's per-token ratio sees token 1 (0.5); a sample-wide ratio hides it (0.05 / 10).
+    z = torch.tensor([[[10.0, 0.0], [0.1, 0.0]]])
+    fz = torch.tensor([[[10.0, 0.0], [0.05, 0.0]]])
+    assert RESIDUALS.get("per_token")(z, fz).item() == pytest.approx(1.0)
+    assert RESIDUALS.get("global")(z, fz).item() == pytest.approx(0.05 / 10.0)
+    assert residual is RESIDUALS.get("per_token")
+
+
+@pytest.mark.parametrize("rule,halts", [("per_token", False), ("global", True)])
+def test_solver_halts_by_the_configured_residual(rule, halts):
+    target = torch.tensor([[[10.0, 0.0], [0.05, 0.0]]])
+    f = lambda z, idx: 0.5 * (z + target[idx])  # contraction towards target, from z0 = target + offset
+    z0 = target + torch.tensor([[[0.0, 0.0], [0.05, 0.0]]])
+    _, trace = solve(f, z0, SolverConfig(tol=0.05, residual=rule), cap=1, train=False)
+    assert bool(trace.converged[0]) == halts

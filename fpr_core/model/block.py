@@ -1,7 +1,9 @@
 """The MLP sublayer, and the transformer block applied n_layers times per loop step.
 
-A sublayer update is ``z <- a1*z + b1*f(PreNorm(recall.sublayer_input(z, x, i)))`` (FPRM residual
-scaling; with residual_scale='none' a1 = b1 = 1). The block's first sublayer is the token mixer
+A sublayer update is ``z <- Post(a1*z + b1*f(PreNorm(recall.sublayer_input(z, x, i))))`` (FPRM
+residual scaling; a1 = b1 = 1 where FPRM's coupling does not apply). Post is the outer norm after
+every residual add for internal recall in its published form (``model.internal_norm``), else
+the identity. The block's first sublayer is the token mixer
 (``model.mixer``: global attention, local attention or a depthwise conv; fpr_core.model.mixers), the
 second the MLP.
 """
@@ -40,15 +42,19 @@ class Block(nn.Module):
     The mixer is stored as ``attn`` whatever its kind, so checkpoints of attention models keep
     their parameter names."""
 
-    def __init__(self, cfg, pre_norm: nn.Module, grid: bool) -> None:
+    def __init__(self, cfg, pre_norm: nn.Module, post_norm: nn.Module, grid: bool) -> None:
         super().__init__()
         self.attn = make_mixer(cfg.mixer, cfg.dim, cfg.heads, cfg.mixer_window, cfg.causal, grid, cfg.init_std)
         self.mlp = MLP(cfg.dim, cfg.mlp_ratio, cfg.mlp)
-        self.pre_norm = pre_norm
+        self.pre_norm, self.post_norm = pre_norm, post_norm
 
-    def forward(self, z, x, recall, coeffs, first_sublayer: int, shape, rope, scale: float) -> torch.Tensor:
+    def forward(self, z, x, recall, coeffs, first_sublayer: int, shape, rope, scale: float, *,
+                post: bool = True) -> torch.Tensor:
+        """(B, T, d) -> (B, T, d); post=False leaves out the post norms (the step before its outer
+        norms, whose gain the spectral regime sets)."""
         a1, b1, _, _ = coeffs
+        post_norm = self.post_norm if post else (lambda t: t)
         h = self.pre_norm(recall.sublayer_input(z, x, first_sublayer))
-        z = torch.addcmul(a1 * z, b1, self.attn(h, shape, rope, scale))  # a1*z + b1*mix(h)
+        z = post_norm(torch.addcmul(a1 * z, b1, self.attn(h, shape, rope, scale)))  # a1*z + b1*mix(h)
         h = self.pre_norm(recall.sublayer_input(z, x, first_sublayer + 1))
-        return torch.addcmul(a1 * z, b1, self.mlp(h))  # (B, T, d)
+        return post_norm(torch.addcmul(a1 * z, b1, self.mlp(h)))

@@ -4,13 +4,16 @@ Inputs are LongTensor tokens (B, L) for sequences or (B, H, W) for grids; ``shap
 (L,) or (H, W) and T = prod(shape). The input embedding x = embed(inputs) (B, T, d) is computed once
 per forward; one loop step is
 
-    F(z; x) = OuterNorm(Blocks(Recall.enter(Conv(z), x)))          # (B, T, d) -> (B, T, d)
+    F(z; x) = OuterNorm(F_pre(z; x)),  F_pre = Blocks(Recall.enter(Conv(z), x))   # (B, T, d) -> (B, T, d)
 
 and the readout is a per-token linear head on RMSNorm(z*), giving logits (B, *shape, C).
 No learned absolute positions anywhere, so the same weights run at any length / grid size.
-Spectral option: every linear map inside the loop (attention, MLP, recall projections; not the
-depthwise conv, not embedding/readout) gets torch's spectral_norm parametrization, then a scale by
-the target sigma, so each has operator norm sigma (DESIGN.md, 'Spectral regime').
+Spectral regime: fpr_core.model.spectral. Initial state: ``model.z0`` (``initial_state``).
+
+Public API for objectives and probes (nothing outside this module reaches into underscored
+members): ``loop_map`` / ``loop_map_from_embedding`` (F bound to one batch, with its start z0, its
+pre-outer-norm step and FPRM's random start), ``weights_cached`` (parametrized weights computed once
+per forward), ``readout``, ``default_cap``, ``step_gain``.
 """
 from __future__ import annotations
 
@@ -22,18 +25,21 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
-from torch.nn.utils.parametrizations import spectral_norm
 
 from fpr_core.config import GradConfig, ModelConfig, SolverConfig
 from fpr_core.gradients import run_loop
 from fpr_core.model.block import Block
 from fpr_core.model.norms import RMSNorm, make_norm
 from fpr_core.model.positions import BoardCoordinates, DepthwiseConv, rope_tables
-from fpr_core.model.recall import ResidualCoefficients, make_recall
+from fpr_core.model.recall import ResidualCoefficients, coefficient_form, make_recall
+from fpr_core.model.spectral import (CALIBRATION_BATCH, GAIN_ITERS, WARM_ITERS, calibrate_scale,
+                                     jacobian_norm, normalise_maps, unit_rms_states)
 from fpr_core.solver import LoopTrace
 
-SPECTRAL_WARMUP_ITERS = 200
-"""Extra power iterations at construction so sigma(W) matches the target from the first step."""
+TRUNCATION = 2.0
+"""FPRM's (TRM's) truncated normal start: cut at +-2 std, rescaled so the std is the one asked for."""
+_TRUNC_STD = 0.87962566103423978
+"""Std of a standard normal truncated to [-2, 2]."""
 
 
 @dataclass
@@ -55,16 +61,31 @@ class LoopMap:
     x: torch.Tensor
     """(B, T, d) input embedding."""
     z0: torch.Tensor
-    """(B, T, d) default initial state (recall=none: x; standard/internal: zeros)."""
+    """(B, T, d) the model's initial state for this batch (``model.z0``)."""
     shape: tuple[int, ...]
     """(L,) or (H, W)."""
     step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     """step(z, x_rows) -> F(z; x_rows) for matching rows of z and x."""
+    step_pre: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    """step_pre(z, x_rows) -> F_pre(z; x_rows), the step before its outer norm (for internal
+    recall in the per-sublayer form: without any of its per-sublayer outer norms)."""
+    z0_std: float = 1.0
+    """Std of ``random_start``."""
     _rows: Optional[tuple] = field(default=None, repr=False)
 
     def f(self, z: torch.Tensor) -> torch.Tensor:
         """F(z; x) on the whole batch: (B, T, d) -> (B, T, d), one full loop step incl. outer norm."""
         return self.step(z, self.x)
+
+    def f_pre(self, z: torch.Tensor) -> torch.Tensor:
+        """F_pre(z; x): the step before the outer norm, whose gain the spectral regime sets."""
+        return self.step_pre(z, self.x)
+
+    def random_start(self, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """(B, T, d) FPRM's random initial state: truncated normal with std ``model.z0_std``.
+
+        The start ``model.z0: random`` draws at every forward, and the one path independence probes."""
+        return truncated_normal(self.x.shape, self.z0_std, generator).to(self.x.device, self.x.dtype)
 
     def f_subset(self, z: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """F on the samples idx (A,) long: z (A, T, d) -> (A, T, d). The solver's ``f``.
@@ -79,15 +100,11 @@ class LoopMap:
         return self.step(z, cached[1])
 
 
-class _ScaleBy(nn.Module):
-    """Parametrization W -> sigma * W, stacked on top of spectral_norm."""
-
-    def __init__(self, sigma: float) -> None:
-        super().__init__()
-        self.sigma = float(sigma)
-
-    def forward(self, w: torch.Tensor) -> torch.Tensor:
-        return w * self.sigma
+def truncated_normal(shape, std: float, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """CPU draw of N(0, 1) truncated to [-2, 2], rescaled to std ``std`` (TRM's trunc_normal_init_)."""
+    t = torch.empty(shape)
+    nn.init.trunc_normal_(t, 0.0, 1.0, -TRUNCATION, TRUNCATION, generator=generator)
+    return t * (std / _TRUNC_STD)
 
 
 class LoopedModel(nn.Module):
@@ -115,16 +132,19 @@ class LoopedModel(nn.Module):
         self.coordinates = BoardCoordinates(coordinates, c.dim) if coordinates is not None else None
         self.conv = (DepthwiseConv(c.conv, c.dim, c.conv_kernel, c.causal, c.init_std)
                      if c.conv != "none" else None)
-        self.coeffs = ResidualCoefficients(c.residual_scale, c.dim, n_sub, c.a1_init, c.a2_init)
+        self.coeffs = ResidualCoefficients(c.residual_scale, c.dim, n_sub, c.a1_init, c.a2_init,
+                                           coefficient_form(c.recall, c.recall_form))
         self.recall = make_recall(c.recall, c.dim, n_sub, c.recall_form)
         pre_norm = make_norm("rms" if c.pre_norm else "none", c.dim)
-        self.blocks = nn.ModuleList(Block(c, pre_norm, grid) for _ in range(c.n_layers))
-        self.outer_norm = make_norm(c.outer_norm, c.dim)
+        per_sublayer = c.recall == "internal" and c.internal_norm == "per_sublayer"
+        post_norm = make_norm(c.outer_norm if per_sublayer else "none", c.dim)
+        self.blocks = nn.ModuleList(Block(c, pre_norm, post_norm, grid) for _ in range(c.n_layers))
+        self.outer_norm = make_norm("none" if per_sublayer else c.outer_norm, c.dim)  # the blocks norm
         self.final_norm = RMSNorm(c.dim)
         self.head = nn.Linear(c.dim, c.n_classes)
         self._init_weights()
         if c.spectral is not None:
-            self._apply_spectral(c.spectral)
+            self._apply_spectral(c.spectral, c.spectral_mode)
 
     # ----- construction -------------------------------------------------------------------
     def _init_weights(self) -> None:
@@ -144,14 +164,42 @@ class LoopedModel(nn.Module):
         mods = list(self.blocks.modules()) + list(self.recall.modules())
         return [m for m in mods if isinstance(m, nn.Linear)]
 
-    def _apply_spectral(self, sigma: float) -> None:
-        for lin in self.loop_linears():
-            spectral_norm(lin)
-            sn = lin.parametrizations.weight[0]
-            with torch.no_grad():  # torch's own power method (private API, torch 2.13)
-                sn._power_method(sn._reshape_weight_to_matrix(lin.parametrizations.weight.original),
-                                 SPECTRAL_WARMUP_ITERS)
-            parametrize.register_parametrization(lin, "weight", _ScaleBy(sigma))
+    def _apply_spectral(self, sigma: float, mode: str) -> None:
+        scales = normalise_maps(self.loop_linears(), sigma)
+        if mode == "step":
+            generator = torch.Generator().manual_seed(0)
+            lm, z = self._reference_batch(generator)
+            c = self.model_cfg
+            what = f"recall={c.recall}, residual_scale={c.residual_scale}"
+            was_training = self.training
+            self.eval()  # spectral_norm's power method must not step inside torch.func
+            vectors = [None]  # warm start: the singular vectors move little between scales
+
+            def gain(exact: bool) -> float:
+                g, vectors[0] = self.step_gain(lm, z, None if exact else vectors[0])
+                return float(g.median())
+            with torch.no_grad():
+                calibrate_scale(scales, gain, sigma, what)
+            self.train(was_training)
+
+    def _reference_batch(self, generator: torch.Generator) -> tuple["LoopMap", torch.Tensor]:
+        """Random tokens at the training size and unit-RMS states: where the step gain is calibrated."""
+        side = math.isqrt(self.train_tokens)
+        shape = ((side, side) if side * side == self.train_tokens else (1, self.train_tokens)) if self.grid \
+            else (self.train_tokens,)
+        tokens = torch.randint(self.model_cfg.vocab_size, (CALIBRATION_BATCH, *shape), generator=generator)
+        with torch.no_grad():
+            lm = self.loop_map(tokens)
+        return lm, unit_rms_states(tuple(lm.x.shape), generator)
+
+    def step_gain(self, lm: "LoopMap", z: torch.Tensor, v: Optional[torch.Tensor] = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B,) the spectral norm of dF_pre/dz at z (B, T, d) per sample (the step's gain before
+        the outer norm, what ``spectral_mode: step`` sets to sigma at initialisation), and the top
+        right-singular vectors (B, T, d); v warm-starts the power iteration."""
+        with torch.enable_grad():
+            gain, v = jacobian_norm(lm.f_pre, z.detach(), GAIN_ITERS if v is None else WARM_ITERS, v)
+        return gain.detach(), v.detach()
 
     @contextlib.contextmanager
     def weights_cached(self):
@@ -205,16 +253,33 @@ class LoopedModel(nn.Module):
         def step(z: torch.Tensor, x_rows: torch.Tensor) -> torch.Tensor:
             return self._step(z, x_rows, shape, rope, scale)
 
-        return LoopMap(x=x, z0=self.recall.z0(x), shape=shape, step=step)
+        def step_pre(z: torch.Tensor, x_rows: torch.Tensor) -> torch.Tensor:
+            return self._step(z, x_rows, shape, rope, scale, outer=False)
 
-    def _step(self, z, x, shape, rope, scale) -> torch.Tensor:  # (B, T, d) -> (B, T, d)
+        lm = LoopMap(x=x, z0=x, shape=shape, step=step, step_pre=step_pre, z0_std=c.z0_std)
+        lm.z0 = self.initial_state(lm)
+        return lm
+
+    def initial_state(self, lm: "LoopMap") -> torch.Tensor:
+        """(B, T, d) the start ``model.z0`` asks for: auto (x without recall, zeros with it), zeros,
+        x, or random (FPRM: a fresh truncated-normal draw at every call)."""
+        kind = self.model_cfg.z0
+        if kind == "auto":
+            kind = "x" if self.model_cfg.recall == "none" else "zeros"
+        if kind == "x":
+            return lm.x
+        if kind == "zeros":
+            return torch.zeros_like(lm.x)
+        return lm.random_start()
+
+    def _step(self, z, x, shape, rope, scale, outer: bool = True) -> torch.Tensor:  # (B, T, d) -> (B, T, d)
         if self.conv is not None:
             z = self.conv(z, shape)
         coeffs = self.coeffs()
         z = self.recall.enter(z, x, coeffs)
         for i, block in enumerate(self.blocks):
-            z = block(z, x, self.recall, coeffs, 2 * i, shape, rope, scale)
-        return self.outer_norm(z)
+            z = block(z, x, self.recall, coeffs, 2 * i, shape, rope, scale, post=outer)
+        return self.outer_norm(z) if outer else z
 
     def readout(self, z: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
         """z (B, T, d) -> logits (B, *shape, C)."""

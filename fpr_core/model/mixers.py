@@ -6,7 +6,8 @@ Every mixer maps the pre-normed state h (B, T, d) of a sequence (shape (L,)) or 
 - ``attention``: global multi-head self-attention (FPRM, SGLT). With ``causal`` the mask is the
   flattened (raster) order, so token t sees tokens <= t (FPRM runs state tracking causally).
 - ``local_attention``: each token attends only to a k x k window around it on grids, a k-token
-  window on sequences (k = ``mixer_window``). The number of keys does not grow with the input, so a
+  window on sequences (k = ``mixer_window``; neighbourhood attention, Hassani et al. 2023, with
+  zero-padded borders masked out). The number of keys does not grow with the input, so a
   local rule learned at 9x9 is the same rule at 59x59 (DESIGN.md: global attention without
   positions did not carry mazes 9 -> 33). Causal: the window ends at the token (the k x k window
   above and to the left on grids).

@@ -1,13 +1,10 @@
 """Residual scaling coefficients (FPRM) and the three recall placements (DESIGN.md, 'Recall').
 
 Recall strategies share one interface, picked by name from ``RECALLS``:
-  ``z0(x)``                    initial state (B, T, d)
   ``enter(z, x, coeffs)``      applied to the state at loop entry (standard recall injects x here)
   ``sublayer_input(z, x, i)``  what sublayer i reads, before its pre-norm (internal recall: W_i[z; x])
 
-Initial states: recall=none starts at z0 = x (the only way x reaches an autonomous loop);
-standard and internal start at z0 = 0, so the fixed point is a function of x alone and the first
-step's residual is 1 for every sample (path independence is probed from other z0 by diagnostics).
+Initial states are the model's choice (``model.z0``; fpr_core.model.looped).
 """
 from __future__ import annotations
 
@@ -25,37 +22,53 @@ def _logit(p: float) -> float:
     return math.log(p / (1.0 - p))
 
 
-class ResidualCoefficients(nn.Module):
-    """FPRM's coupled residual coefficients over S sublayers per loop step.
+def coefficient_form(recall: str, recall_form: str) -> str:
+    """'coupled' where FPRM's coupling applies (scaled standard recall injects b2*x), else
+    'outer_only' (nothing is injected: internal, none, or Deep Thinking's concat)."""
+    return "coupled" if (recall, recall_form) == ("standard", "scaled") else "outer_only"
 
-    Sublayers: ``z <- a1*z + b1*f(Norm(z))``; scaled recall: ``z <- a2*z + b2*x`` with
-    ``b2 = 1 - a2*a1^S`` and ``b1 = b2(1 - a1)/(1 - a1^S)`` (so a constant state stays bounded by x),
-    ``a = sigmoid(logit)`` per channel. mode: 'learned' (logits are Parameters), 'fixed' (buffers),
-    'none' (a1 = b1 = 1: a plain residual; a2 = b2 = 1: additive injection z + x, Fan et al. 2025).
+
+class ResidualCoefficients(nn.Module):
+    """FPRM's residual coefficients over S sublayers per loop step, ``a = sigmoid(logit)`` per channel.
+
+    form 'coupled' (FPRM's default, for scaled standard recall): sublayers ``z <- a1*z + b1*f(Norm(z))``,
+    loop entry ``z <- a2*z + b2*x`` with ``b2 = 1 - a2*a1^S`` and ``b1 = b2(1 - a1)/(1 - a1^S)``, so a
+    constant state stays bounded by x. The coupling exists because b2*x is injected.
+    form 'outer_only' (FPRM's ``outer_only=True``, where nothing is injected): a1 = b1 = 1 (plain
+    residual sublayers) and ``z <- a2*z`` at loop entry; FPRM's (1 - a2)*x term has nothing to inject.
+    Only the logits a form uses exist, so every learned coefficient shapes the step.
+    mode: 'learned' (logits are Parameters, no weight decay), 'fixed' (buffers), 'none' (every
+    coefficient 1: a plain residual and additive injection z + x, Fan et al. 2025).
     """
 
-    def __init__(self, mode: str, dim: int, n_sublayers: int, a1_init: float, a2_init: float) -> None:
+    def __init__(self, mode: str, dim: int, n_sublayers: int, a1_init: float, a2_init: float,
+                 form: str = "coupled") -> None:
         super().__init__()
         if mode not in ("none", "fixed", "learned"):
             raise ValueError(f"model.residual_scale: got {mode!r}, expected 'none', 'fixed' or 'learned'")
-        self.mode = mode
+        if form not in ("coupled", "outer_only"):
+            raise ValueError(f"residual coefficient form: got {form!r}, expected 'coupled' or 'outer_only'")
+        self.mode, self.form = mode, form
         self.n_sublayers = n_sublayers
-        a1 = torch.full((dim,), _logit(a1_init))
-        a2 = torch.full((dim,), _logit(a2_init))
-        if mode == "learned":
-            self.a1_logit = nn.Parameter(a1)
-            self.a2_logit = nn.Parameter(a2)
-        else:
-            self.register_buffer("a1_logit", a1)
-            self.register_buffer("a2_logit", a2)
+        logits = {"a2_logit": _logit(a2_init)}
+        if form == "coupled":
+            logits["a1_logit"] = _logit(a1_init)
+        for name, value in logits.items():
+            tensor = torch.full((dim,), value)
+            if mode == "learned":
+                setattr(self, name, nn.Parameter(tensor))
+            else:
+                self.register_buffer(name, tensor)
 
     def forward(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(a1, b1, a2, b2), each (d,)."""
+        one = torch.ones_like(self.a2_logit)
         if self.mode == "none":
-            one = torch.ones_like(self.a1_logit)
             return one, one, one, one
-        a1 = torch.sigmoid(self.a1_logit)
         a2 = torch.sigmoid(self.a2_logit)
+        if self.form == "outer_only":
+            return one, one, a2, 1.0 - a2
+        a1 = torch.sigmoid(self.a1_logit)
         a1_s = a1 ** self.n_sublayers
         b2 = 1.0 - a2 * a1_s
         b1 = b2 * (1.0 - a1) / (1.0 - a1_s)
@@ -63,11 +76,10 @@ class ResidualCoefficients(nn.Module):
 
 
 class _Recall(nn.Module):
-    def z0(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.zeros_like(x)
-
     def enter(self, z: torch.Tensor, x: torch.Tensor, coeffs) -> torch.Tensor:
-        return z
+        """Nothing injected: only FPRM's outer_only scaling z <- a2*z (a2 = 1 without scaling)."""
+        _, _, a2, _ = coeffs
+        return a2 * z
 
     def sublayer_input(self, z: torch.Tensor, x: torch.Tensor, i: int) -> torch.Tensor:
         return z
@@ -79,9 +91,6 @@ class NoRecall(_Recall):
 
     def __init__(self, dim: int, n_sublayers: int, form: str) -> None:
         super().__init__()
-
-    def z0(self, x: torch.Tensor) -> torch.Tensor:
-        return x
 
 
 @RECALLS.register("standard")
@@ -104,15 +113,16 @@ class StandardRecall(_Recall):
                 self.proj.weight.copy_(torch.cat([eye, eye], dim=1) * 0.5)
 
     def enter(self, z: torch.Tensor, x: torch.Tensor, coeffs) -> torch.Tensor:
-        if self.form == "concat":
-            return self.proj(torch.cat([z, x], dim=-1))  # (B, T, d)
         _, _, a2, b2 = coeffs
+        if self.form == "concat":  # outer_only: a2 scales the state, W mixes in x
+            return self.proj(torch.cat([a2 * z, x], dim=-1))  # (B, T, d)
         return a2 * z + b2 * x
 
 
 @RECALLS.register("internal")
 class InternalRecall(_Recall):
-    """SGLT's internal recall: sublayer i reads ``r = Norm(W_i[z; x])``; x never enters the stream."""
+    """SGLT's internal recall: sublayer i reads ``r = Norm(W_i[z; x])``; x never enters the stream.
+    With an outer norm, ``model.internal_norm`` decides whether it follows every residual add."""
 
     def __init__(self, dim: int, n_sublayers: int, form: str) -> None:
         super().__init__()
