@@ -66,9 +66,10 @@ class LoopMap:
     """(L,) or (H, W)."""
     step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     """step(z, x_rows) -> F(z; x_rows) for matching rows of z and x."""
-    step_pre: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    step_pre: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None
     """step_pre(z, x_rows) -> F_pre(z; x_rows), the step before its outer norm (for internal
-    recall in the per-sublayer form: without any of its per-sublayer outer norms)."""
+    recall in the per-sublayer form: without any of its per-sublayer outer norms); None = a map
+    with no outer norm (F_pre = F)."""
     z0_std: float = 1.0
     """Std of ``random_start``."""
     _rows: Optional[tuple] = field(default=None, repr=False)
@@ -79,7 +80,7 @@ class LoopMap:
 
     def f_pre(self, z: torch.Tensor) -> torch.Tensor:
         """F_pre(z; x): the step before the outer norm, whose gain the spectral regime sets."""
-        return self.step_pre(z, self.x)
+        return (self.step_pre or self.step)(z, self.x)
 
     def random_start(self, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """(B, T, d) FPRM's random initial state: truncated normal with std ``model.z0_std``.
