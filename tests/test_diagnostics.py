@@ -104,9 +104,10 @@ def test_reachability_from_per_sample_stats():
                    "residual_median": pytest.approx(0.251), "cycled_frac": 0.25}
 
 
-def real_model(recall: str, seed: int = 0, outer_norm: str = "none", spectral: float | None = 0.5) -> LoopedModel:
+def real_model(recall: str, seed: int = 0, outer_norm: str = "none", spectral: float | None = 0.5,
+               **options) -> LoopedModel:
     torch.manual_seed(seed)
-    cfg = ModelConfig(dim=16, heads=2, recall=recall, outer_norm=outer_norm, spectral=spectral)
+    cfg = ModelConfig(dim=16, heads=2, recall=recall, outer_norm=outer_norm, spectral=spectral, **options)
     return LoopedModel(cfg, SolverConfig(), GradConfig(), grid=False, train_tokens=8)
 
 
@@ -147,7 +148,9 @@ def test_implicit_derivative_equals_finite_difference_on_a_contractive_toy_with_
 
 def test_implicit_derivative_is_exactly_zero_without_recall():
     """No recall: F(z; x) does not read x, so dF/dx = 0 and dz*/dx.v = 0 to the last bit."""
-    model = real_model("none", outer_norm="rms", spectral=None).eval()  # converges in 2 steps
+    # plain residual sublayers (FPRM's outer_only a2 scaling stalls near residual 0.015 here): the
+    # untrained step is near the identity and verifiably reaches its fixed point in 2 steps
+    model = real_model("none", outer_norm="rms", spectral=None, residual_scale="none").eval()
     inputs = torch.randint(0, 2, (6, 8), generator=torch.Generator().manual_seed(10))
     with torch.no_grad():
         out = model(inputs, cap=48)

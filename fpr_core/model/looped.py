@@ -176,8 +176,9 @@ class LoopedModel(nn.Module):
             self.eval()  # spectral_norm's power method must not step inside torch.func
             vectors = [None]  # warm start: the singular vectors move little between scales
 
-            def gain(exact: bool) -> float:
-                g, vectors[0] = self.step_gain(lm, z, None if exact else vectors[0])
+            def gain(exact: bool) -> float:  # exact: more iterations, still warm-started (power
+                # iteration only underestimates, and the carried vector is the best start there is)
+                g, vectors[0] = self.step_gain(lm, z, vectors[0], GAIN_ITERS if exact else WARM_ITERS)
                 return float(g.median())
             with torch.no_grad():
                 calibrate_scale(scales, gain, sigma, what)
@@ -193,13 +194,13 @@ class LoopedModel(nn.Module):
             lm = self.loop_map(tokens)
         return lm, unit_rms_states(tuple(lm.x.shape), generator)
 
-    def step_gain(self, lm: "LoopMap", z: torch.Tensor, v: Optional[torch.Tensor] = None
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    def step_gain(self, lm: "LoopMap", z: torch.Tensor, v: Optional[torch.Tensor] = None,
+                  iters: int = GAIN_ITERS) -> tuple[torch.Tensor, torch.Tensor]:
         """(B,) the spectral norm of dF_pre/dz at z (B, T, d) per sample (the step's gain before
         the outer norm, what ``spectral_mode: step`` sets to sigma at initialisation), and the top
-        right-singular vectors (B, T, d); v warm-starts the power iteration."""
+        right-singular vectors (B, T, d); v warm-starts the power iteration of ``iters`` steps."""
         with torch.enable_grad():
-            gain, v = jacobian_norm(lm.f_pre, z.detach(), GAIN_ITERS if v is None else WARM_ITERS, v)
+            gain, v = jacobian_norm(lm.f_pre, z.detach(), iters, v)
         return gain.detach(), v.detach()
 
     @contextlib.contextmanager
