@@ -158,12 +158,13 @@ def bench_sudoku(smoke: bool) -> list[Row]:
 
 
 def bench_chess(smoke: bool) -> list[Row]:
-    """Mate puzzles per second: `generate` (process pool over the cores) and one process alone."""
+    """Mate-in-1 puzzles per second (size = pieces besides the kings): `generate` (process pool over
+    the cores) and one process alone."""
     from fpr_core.tasks.chess import _generate_chunk
-    plan = [(1, 8), (2, 2)] if smoke else [(1, 256), (2, 32)]
+    plan = [(3, 8), (5, 4)] if smoke else [(3, 256), (5, 64), (9, 32)]
     rows = time_task("chess", plan, 1)
     for size, n in plan:
-        seconds = best_time(lambda: _generate_chunk(n, size, (0, size, 0)), 1)
+        seconds = best_time(lambda: _generate_chunk(n, 1, size, (0, size, 0)), 1)
         rows.append({"task": "chess[1 process]", "size": size, "n": n, "ours_s": seconds,
                      "per_s": n / seconds})
     return rows
