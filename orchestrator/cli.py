@@ -271,11 +271,12 @@ def _print_plan(plan: SweepPlan, results_dir: Optional[str], all_path: Optional[
                         str(len(t.seeds)), str(t.count() * samples))
     console.print(summary)
     per_task = [t.count() // len(t.seeds) for t in grid.tasks]
-    n_seeds = 1 if smoke else len(spec.seeds)
+    seeds = {len(t.seeds) for t in grid.tasks}
     grid_text = (f"{per_task[0]} grid cells x {len(spec.tasks)} tasks" if len(set(per_task)) == 1
                  else f"({' + '.join(map(str, per_task))}) grid cells over {len(spec.tasks)} tasks")
+    seeds_text = f"{seeds.pop()} seeds" if len(seeds) == 1 else "seeds per task"
     finished = f"; {len(done)} finished trials in the sweep folder" if done else ""
-    console.print(f"{grid_text} x {n_seeds} seeds x {samples} samples = {plan.trial_count} trials{finished}",
+    console.print(f"{grid_text} x {seeds_text} x {samples} samples = {plan.trial_count} trials{finished}",
                   highlight=False)
 
 
@@ -462,6 +463,10 @@ def eval_(sweep: str = SWEEP_ARG,
                                                                       "default: every ok trial)."),
           force: bool = typer.Option(False, "--force", help="Evaluate sizes a trial already has again "
                                                             "(its rows for them are replaced)."),
+          n_eval: Optional[int] = typer.Option(None, "--n-eval", min=1,
+                                               help="Instances per new split (default: each trial's "
+                                                    "eval.n_eval); fewer for sizes whose loop runs "
+                                                    "thousands of steps, e.g. 59x59 mazes."),
           address: Optional[str] = typer.Option(None, "--address", help="Ray cluster (default: $RAY_ADDRESS, "
                                                                         "else a local Ray)."),
           results_dir: Optional[str] = RESULTS_OPT) -> None:
@@ -484,13 +489,13 @@ def eval_(sweep: str = SWEEP_ARG,
     if not jobs:
         console.print("nothing to evaluate", highlight=False)
         raise typer.Exit(EXIT_OK)
-    outcome = _run_eval(sweep_dir, jobs, cap_law, address)
+    outcome = _run_eval(sweep_dir, jobs, cap_law, address, n_eval)
     console.print(f"evaluated {len(outcome.evaluated)} trials at {sizes} in {outcome.seconds:.1f} s"
                   + (f"; {len(outcome.failed)} failed" if outcome.failed else ""), highlight=False)
     raise typer.Exit(EXIT_TRIALS_FAILED if outcome.failed else EXIT_OK)
 
 
-def _run_eval(sweep_dir: Path, jobs, cap_law: str, address: Optional[str]):
+def _run_eval(sweep_dir: Path, jobs, cap_law: str, address: Optional[str], n_eval: Optional[int] = None):
     from orchestrator.run import reeval
     from orchestrator.run.driver import SweepError, ensure_ray, log_sweep_outcome, quiet_tune
     from orchestrator.store import parquet as results
@@ -507,7 +512,7 @@ def _run_eval(sweep_dir: Path, jobs, cap_law: str, address: Optional[str]):
         ensure_ray(address, console)
     except SweepError as e:
         _fail(str(e))
-    outcome = reeval.run_eval(sweep_dir, jobs, cap_law, tracker, _trial_resources(sweep_dir), console)
+    outcome = reeval.run_eval(sweep_dir, jobs, cap_law, tracker, _trial_resources(sweep_dir), console, n_eval)
     results.collect(sweep_dir)
     log_sweep_outcome(tracker, SweepDir(sweep_dir))
     problem = tracker.close()

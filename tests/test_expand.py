@@ -50,6 +50,27 @@ def test_task_axes_replace_the_global_axis_for_that_task_only(spec_dir):
     assert result.exit_code == 0 and re.search(r"= 6 trials", result.output), result.output
 
 
+def test_task_seeds_add_seeds_to_one_arm_without_changing_shared_trial_ids(spec_dir):
+    """More seeds for one arm: a second entry of the same task narrowed to that arm, with its own
+    (further) seeds. The first entry's trials keep the ids a one-entry spec gives them."""
+    axes = {"model.recall": ["none", "standard"]}
+    one = write_spec(spec_dir, name="one", tasks=TASKS[:1], axes=axes, seeds=[0, 1])
+    split = write_spec(spec_dir, name="split", axes=axes, seeds=[0, 1],
+                       tasks=[TASKS[0], dict(TASKS[0], axes={"model.recall": ["none"]}, seeds=[2, 3, 4])])
+    base_ids = {(c.variant, c.seed): c.cell_id for c in expand(load_spec(one))}
+    cells = expand(load_spec(split))
+    assert sorted((c.variant, c.seed) for c in cells) == sorted(
+        [("recall=none", s) for s in range(5)] + [("recall=standard", s) for s in (0, 1)])
+    assert all(base_ids[(c.variant, c.seed)] == c.cell_id for c in cells if c.seed < 2)
+    result = runner.invoke(app, ["run", str(split), "--dry-run"])
+    assert result.exit_code == 0 and re.search(r"= 7 trials", result.output), result.output
+    assert load_spec(one).spec_hash() == load_spec(write_spec(spec_dir, name="one-again", tasks=TASKS[:1], axes=axes,
+                                                             seeds=[0, 1])).spec_hash()
+    bad = write_spec(spec_dir, name="bad", tasks=[dict(TASKS[0], seeds=[1, 1])])
+    result = runner.invoke(app, ["validate", str(bad)])
+    assert result.exit_code != 0 and "seeds repeat" in result.output, result.output
+
+
 def test_trial_ids_are_stable_and_ignore_spelling(spec_dir):
     a = write_spec(spec_dir, name="a", tasks=TASKS[:1], axes={"model.recall": ["none", "standard"]})
     # same trials, spelled with an explicit default and a different name/description

@@ -165,6 +165,12 @@ def test_models_kept_series_fields_and_eval_on_new_sizes(spec_dir, ray_session):
     assert [s for s, _ in _history(client, forced_run, "acc/ood_12")] == [TRAIN_STEPS, TRAIN_STEPS]  # a newer point
     assert [s for s, _ in _history(client, forced_run, "ood/exact_acc")] == [8, 12, 12, 16]
 
+    fewer = runner.invoke(app, ["eval", str(sweep_dir), "--sizes", "20", "--trials", tid, "--n-eval", "5"])
+    assert fewer.exit_code == 0 and "evaluated 1 trials" in fewer.output, fewer.output
+    df4 = pd.read_parquet(sweep_dir / "results.parquet")
+    assert df4[(df4.trial_id == tid) & (df4.split == "ood_20")].n.tolist() == [5]
+    assert df4[(df4.trial_id == tid) & (df4.split == "ood_12")].n.tolist() == before.n.tolist()
+
     report = runner.invoke(app, ["report", str(sweep_dir)])
     assert report.exit_code == 0, report.output
     names = {a.path for a in client.list_artifacts(parent.info.run_id)}

@@ -19,8 +19,8 @@ runner = CliRunner()
 def expected_trials(path: Path) -> int:
     raw = yaml.safe_load(path.read_text())
     axes = raw.get("axes", {})
-    per_task = [math.prod(len(task.get("axes", {}).get(k, v)) for k, v in axes.items()) for task in raw["tasks"]]
-    return sum(per_task) * len(raw.get("seeds", [0]))
+    return sum(math.prod(len(task.get("axes", {}).get(k, v)) for k, v in axes.items())
+               * len(task.get("seeds", raw.get("seeds", [0]))) for task in raw["tasks"])
 
 
 @pytest.mark.parametrize("name", ["ood_generalization.yaml", "ood_generalization_cpu.yaml", "quickstart.yaml"])

@@ -10,6 +10,8 @@ from orchestrator.sweep.spec import load_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 STUDY = "ood_generalization_cpu"
+FIRST_STUDY_SPEC = Path(__file__).resolve().parent / "data" / "study_2026_round1_spec.yaml"
+"""The spec of the first committed study (42 trials): its ids are pinned literally below."""
 
 
 def test_committed_study_trial_ids_reproduce():
@@ -20,7 +22,8 @@ def test_committed_study_trial_ids_reproduce():
 
 
 def test_new_field_counts_only_away_from_its_default():
-    cell = expand(load_spec(ROOT / "sweeps" / f"{STUDY}.yaml"))[0]
+    cell = next(c for c in expand(load_spec(ROOT / "sweeps" / f"{STUDY}.yaml"))
+                if c.sections["model"]["mixer"] == "attention")
     assert "mixer" in cell.sections["model"]
     assert "mixer" not in identity_sections(cell.sections)["model"]
     moved = {**cell.sections, "model": {**cell.sections["model"], "mixer": "conv"}}
@@ -30,14 +33,19 @@ def test_new_field_counts_only_away_from_its_default():
 
 
 def test_known_trial_and_spec_hashes_are_pinned():
-    """Literal ids of the committed study: a change to hashing, expansion or spec loading that
+    """Literal ids of the first committed study: a change to hashing, expansion or spec loading that
     renamed trials (so `fpr-sweep run` would retrain finished ones) fails here."""
     from orchestrator.sweep.plan import plan_sweep
 
-    plan = plan_sweep(ROOT / "results" / STUDY / "spec.yaml")  # the copy the committed run read
+    plan = plan_sweep(FIRST_STUDY_SPEC)
     first = next(plan.cells())
     assert (first.cell_id, first.task, first.variant, first.seed) == (
         "fbdda8530f", "mazes", "recall=none,outer_norm=rms,spectral=null", 0)
     assert plan.spec.spec_hash() == "a7fc38a351fe"
+    assert len({c.cell_id for c in plan.cells()}) == 42
+
+
+def test_committed_study_rows_name_one_spec():
     committed = pq.read_table(ROOT / "results" / STUDY / "results.parquet", columns=["spec_hash"])
-    assert set(committed.column(0).to_pylist()) == {"a7fc38a351fe"}
+    spec_hash = load_spec(ROOT / "results" / STUDY / "spec.yaml").spec_hash()
+    assert set(committed.column(0).to_pylist()) == {spec_hash}

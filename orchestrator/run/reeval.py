@@ -98,8 +98,10 @@ def plan_jobs(sweep_dir: Path, sizes: list[int], trial_ids: Optional[list[str]],
     return jobs, skipped
 
 
-def evaluate_saved_model(model_bytes: bytes, sizes: list[int], cap_law: str) -> dict[str, Any]:
-    """Ray task body: load a saved model, evaluate it on ``sizes`` and return plain data."""
+def evaluate_saved_model(model_bytes: bytes, sizes: list[int], cap_law: str,
+                         n_eval: Optional[int] = None) -> dict[str, Any]:
+    """Ray task body: load a saved model, evaluate it on ``sizes`` (``n_eval`` instances each, default
+    the trial's eval.n_eval) and return plain data."""
     import dataclasses
     import io
 
@@ -113,6 +115,8 @@ def evaluate_saved_model(model_bytes: bytes, sizes: list[int], cap_law: str) -> 
     cfg = saved.experiment_config()
     if cap_law != "trained":
         cfg = dataclasses.replace(cfg, solver=dataclasses.replace(cfg.solver, eval_cap_law=cap_law))
+    if n_eval is not None:
+        cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, n_eval=n_eval))
     device = select_device(cfg.train.device)
     splits, infos = evaluate_sizes(saved.build("eval", device), cfg, tuple(sizes), device=device)
     version = str(task_of(cfg)[0].version)
@@ -122,14 +126,15 @@ def evaluate_saved_model(model_bytes: bytes, sizes: list[int], cap_law: str) -> 
 
 
 def run_eval(sweep_dir: Path, jobs: list[EvalJob], cap_law: str, tracker: Any, resources: dict[str, float],
-             console: Console) -> EvalOutcome:
+             console: Console, n_eval: Optional[int] = None) -> EvalOutcome:
     """Evaluate every job as one Ray task (as many at once as the cluster allows) and record each
     trial's rows and metrics as soon as its task returns."""
     outcome = EvalOutcome()
     task = ray.remote(evaluate_saved_model).options(num_cpus=resources.get("cpu", 1),
                                                     num_gpus=resources.get("gpu", 0), max_retries=1)
     started = time.perf_counter()
-    pending = {task.remote(SweepDir(sweep_dir).model_file(j.trial_id).read_bytes(), j.sizes, cap_law): j for j in jobs}
+    pending = {task.remote(SweepDir(sweep_dir).model_file(j.trial_id).read_bytes(), j.sizes, cap_law, n_eval): j
+               for j in jobs}
     while pending:
         done, _ = ray.wait(list(pending), num_returns=1)
         job = pending.pop(done[0])

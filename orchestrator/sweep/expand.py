@@ -196,7 +196,8 @@ class TaskGrid:
         entry = spec.tasks[index]
         self.index, self.task_spec = index, task_spec(entry, smoke)
         self._task_obj = get_task(entry.name, **entry.params)
-        self.seeds = spec.seeds[:1] if smoke else list(spec.seeds)
+        seeds = list(entry.seeds or spec.seeds)
+        self.seeds = seeds[:1] if smoke else seeds
         self.keys = list(spec.axes)
         self.values = [entry.axes.get(k, spec.axes[k]) for k in self.keys]
         self._smoke, self._where = smoke, f"{path}: " if path else ""

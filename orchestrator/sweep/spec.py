@@ -84,6 +84,10 @@ class TaskEntry(_Strict):
         default_factory=dict,
         description="Per-task values of global grid axes (same keys as the sweep's axes), replacing "
                     "the global list for this task only, e.g. fewer spectral regimes on an expensive task.")
+    seeds: Optional[list[int]] = Field(
+        None, min_length=1,
+        description="Seeds of this task entry, replacing the sweep's seeds (e.g. more seeds for an arm whose "
+                    "outcomes were bimodal, as a second entry of the same task narrowed by `axes`).")
 
     @field_validator("axes")
     @classmethod
@@ -91,6 +95,13 @@ class TaskEntry(_Strict):
         for key, values in v.items():
             if not values:
                 raise ValueError(f"axis {key!r} has no values; expected a non-empty list")
+        return v
+
+    @field_validator("seeds")
+    @classmethod
+    def _unique_task_seeds(cls, v: Optional[list[int]]) -> Optional[list[int]]:
+        if v is not None and len(set(v)) != len(v):
+            raise ValueError(f"seeds repeat: {v}; expected distinct integers")
         return v
 
 
@@ -231,7 +242,11 @@ class SweepSpec(_Strict):
 
     def science(self) -> dict[str, Any]:
         """The part of the spec that decides which trials exist (hashed into spec_hash)."""
-        return self.model_dump(include={"tasks", "axes", "base", "search", "scheduler", "seeds"})
+        science = self.model_dump(include={"tasks", "axes", "base", "search", "scheduler", "seeds"})
+        for task in science["tasks"]:
+            if task["seeds"] is None:  # per-task seeds came later: a spec without them keeps its hash
+                del task["seeds"]
+        return science
 
     def spec_hash(self) -> str:
         """Stable short hash of the science part (name, description and runtime knobs excluded)."""
