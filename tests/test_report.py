@@ -16,12 +16,14 @@ import pytest
 from rich.console import Console
 
 from orchestrator.report import bootstrap
-from orchestrator.report.build import build_report, ood_table, report_settings
+from orchestrator.report.build import (build_report, expected_cells, missing_items, ood_table, report_settings,
+                                       trial_statuses)
 from orchestrator.report.claims import (CONTRADICTED, INCONCLUSIVE, SUPPORTED, UNDERTRAINED, Part, combine,
                                         compute_verdicts, holm_rejections)
 from orchestrator.report.frame import (CAPPED, CONVERGED, CYCLED, instance_outcomes, load_results, outcome_shares,
                                        prepare, spectral_regime)
 from orchestrator.store.schema import config_columns, results_schema
+from conftest import write_spec
 from orchestrator.sweep.spec import SpecError
 
 SIZES = {"prefix_sums": (32, (64, 128, 256)), "sudoku": (40, (50, 60))}
@@ -298,6 +300,44 @@ def test_report_files_and_partial_sweep(tmp_path):
     assert all(f"]({p})" in text for p in pngs)
     assert "Claim verdicts" in text and "claim verdicts" in console.export_text()
     assert not list(sweep_dir.glob(".*.tmp"))
+
+
+def test_missing_items_follow_each_task_entry_of_the_spec(tmp_path):
+    """Two entries of one task with their own seeds and OOD sizes (a study giving one arm more seeds
+    and another fewer splits): nothing is reported missing that the spec never asked for, and what
+    it did ask for and is absent is."""
+    rows = make_rows(tasks=("prefix_sums",), recalls=("none", "standard"), norms=("rms",), spectrals=(None,),
+                     seeds=(0, 1, 2))
+    rows = [r for r in rows if not (r["variant"] == "standard,rms" and (r["seed"] == 2 or r["split"] == "ood_256"))]
+    expected = {**{("prefix_sums", "none,rms", s): {"id", "ood_64", "ood_128", "ood_256"} for s in (0, 1, 2)},
+                **{("prefix_sums", "standard,rms", s): {"id", "ood_64", "ood_128"} for s in (0, 1)}}
+
+    def missing(rows, grid):
+        frame = prepare(load_results(write_table(tmp_path / str(len(list(tmp_path.iterdir()))), rows)), 0.95)
+        return missing_items(frame, trial_statuses(frame), grid)
+
+    assert missing(rows, expected) == []
+    assert len(missing(rows, None)) == 3  # the task-wide union would flag two absent splits and a seed
+    fewer = [r for r in rows if not (r["variant"] == "none,rms" and r["seed"] == 1)]
+    fewer = [r for r in fewer if not (r["variant"] == "standard,rms" and r["seed"] == 0 and r["split"] == "ood_128")]
+    lines = missing(fewer, expected)
+    assert len(lines) == 2 and "no rows for split(s) ood_128" in lines[0]
+    assert lines[1] == "prefix_sums, none,rms: no trial for seed(s) 1"
+
+
+def test_expected_cells_read_the_spec_copy(tmp_path, spec_dir):
+    sweep_dir = tmp_path / "grid"
+    sweep_dir.mkdir()
+    assert expected_cells(sweep_dir) is None  # no spec copy: the report falls back to the task-wide union
+    path = write_spec(spec_dir, name="grid", axes={"model.recall": ["none", "standard"]}, seeds=[0],
+                      tasks=[{"name": "prefix_sums", "train_size": 8, "ood_sizes": [16, 32],
+                              "axes": {"model.recall": ["standard"]}},
+                             {"name": "prefix_sums", "train_size": 8, "ood_sizes": [16], "seeds": [0, 1],
+                              "axes": {"model.recall": ["none"]}}])
+    (sweep_dir / "spec.yaml").write_text(path.read_text())
+    assert expected_cells(sweep_dir) == {("prefix_sums", "recall=standard", 0): {"id", "ood_16", "ood_32"},
+                                         ("prefix_sums", "recall=none", 0): {"id", "ood_16"},
+                                         ("prefix_sums", "recall=none", 1): {"id", "ood_16"}}
 
 
 def test_running_sweep_reads_per_trial_files_and_labels_task_params(tmp_path):

@@ -147,14 +147,40 @@ def trial_statuses(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[cols].groupby("trial_id", sort=True).apply(first_bad, include_groups=False).reset_index()
 
 
-def missing_items(frame: pd.DataFrame, statuses: pd.DataFrame) -> list[str]:
-    """Human-readable lines: non-ok trials, ok trials lacking a split, (variant, seed) cells without rows."""
+ExpectedCells = dict[tuple[str, str, int], set[str]]
+"""(task, variant, seed) -> the splits its trial should have: what the sweep's spec expands to."""
+
+
+def expected_cells(sweep_dir: Path) -> ExpectedCells | None:
+    """The grid the spec copy beside the results expands to (None without one, or for a search
+    sweep, whose trials are samples rather than cells). Task entries may differ in seeds and OOD
+    sizes, so what a trial lacks is judged against its own entry, not the task's union."""
+    from orchestrator.sweep.expand import expand
+    from orchestrator.sweep.spec import load_spec
+
+    path = SweepDir(sweep_dir).spec_copy
+    try:
+        spec = load_spec(path)
+    except (OSError, SpecError):
+        return None
+    if spec.search is not None:
+        return None
+    return {(c.task, c.variant, int(c.seed)): {"id", *(f"ood_{size}" for size in c.ood_sizes)}
+            for c in expand(spec, path=path)}
+
+
+def missing_items(frame: pd.DataFrame, statuses: pd.DataFrame, expected: ExpectedCells | None = None) -> list[str]:
+    """Human-readable lines: non-ok trials, ok trials lacking a split, (variant, seed) cells without
+    rows; against the spec's grid when ``expected`` is given, else against each task's union of
+    splits and seeds."""
     lines = []
     for _, t in statuses[statuses["status"] != "ok"].iterrows():
         error = str(t["error"]).strip().splitlines()[0][:ERROR_CHARS] if isinstance(t["error"], str) and t["error"].strip() else "no error message"
         lines.append(f"trial {t['trial_id']} ({t['task']}, {t['variant']}, seed {t['seed']}): "
                      f"status {t['status']}: {error}")
     ok_ids = set(statuses.loc[statuses["status"] == "ok", "trial_id"])
+    if expected is not None:
+        return lines + _missing_from_grid(frame, ok_ids, expected)
     for task, rows in frame.groupby("task_label", sort=True):
         expected = set(rows["split"])
         for trial_id, trial in rows[rows["trial_id"].isin(ok_ids)].groupby("trial_id", sort=True):
@@ -167,6 +193,24 @@ def missing_items(frame: pd.DataFrame, statuses: pd.DataFrame) -> list[str]:
             absent = [int(s) for s in seeds if s not in set(sub["seed"].dropna())]
             if absent:
                 lines.append(f"{task}, {variant}: no trial for seed(s) {', '.join(map(str, absent))}")
+    return lines
+
+
+def _missing_from_grid(frame: pd.DataFrame, ok_ids: set, expected: ExpectedCells) -> list[str]:
+    lines, seen = [], set()
+    for trial_id, trial in frame.groupby("trial_id", sort=True):
+        first = trial.iloc[0]
+        key = (first["task"], first["variant"], int(first["seed"]))
+        seen.add(key)
+        lacking = sorted(expected.get(key, set()) - set(trial["split"]), key=lambda s: split_sort_key(s, None))
+        if trial_id in ok_ids and lacking:
+            lines.append(f"trial {trial_id} ({first['task_label']}, {first['variant_label']}): "
+                         f"no rows for split(s) {', '.join(lacking)}")
+    absent: dict[tuple[str, str], list[int]] = {}
+    for task, variant, seed in sorted(set(expected) - seen):
+        absent.setdefault((task, variant), []).append(seed)
+    lines += [f"{task}, {variant}: no trial for seed(s) {', '.join(map(str, seeds))}"
+              for (task, variant), seeds in absent.items()]
     return lines
 
 
@@ -322,7 +366,7 @@ def build_report(sweep_dir: Path, *, console: Console | None = None, min_id_acc:
         return report_path
     frame = prepare(df, gate)
     statuses = trial_statuses(frame)
-    missing = missing_items(frame, statuses)
+    missing = missing_items(frame, statuses, expected_cells(sweep_dir))
     table = ood_table(frame)
     figures = {task: plot_task(frame, task, sweep_dir) for task in sorted(frame["task_label"].unique())}
     verdicts = compute_verdicts(frame)
