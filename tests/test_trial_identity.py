@@ -10,7 +10,7 @@ from orchestrator.sweep.spec import load_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 STUDY = "ood_generalization_cpu"
-FIRST_STUDY_SPEC = Path(__file__).resolve().parent / "data" / "study_2026_round1_spec.yaml"
+FIRST_STUDY_SPEC = Path(__file__).resolve().parent / "data" / "study_2026_round1" / "spec.yaml"
 """The spec of the first committed study (42 trials): its ids are pinned literally below."""
 
 
