@@ -67,6 +67,13 @@ Number = Annotated[float, BeforeValidator(_yaml_float)]
 """A float field of the spec: strict, except for YAML 1.1's dot-less exponent strings."""
 
 
+def distinct_seeds(seeds: list[int]) -> list[int]:
+    """The seeds as given; a repeated seed would run the same trial twice."""
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds repeat: {seeds}; expected distinct integers")
+    return seeds
+
+
 class TaskEntry(_Strict):
     """One task family of the sweep, trained at one size and evaluated at larger ones: the YAML form
     of fpr_core's TaskSpec (expand.task_spec fills in its sizes), plus per-task overrides and axes."""
@@ -100,9 +107,7 @@ class TaskEntry(_Strict):
     @field_validator("seeds")
     @classmethod
     def _unique_task_seeds(cls, v: Optional[list[int]]) -> Optional[list[int]]:
-        if v is not None and len(set(v)) != len(v):
-            raise ValueError(f"seeds repeat: {v}; expected distinct integers")
-        return v
+        return v if v is None else distinct_seeds(v)
 
 
 def _section_field(name: str, cls: type) -> tuple[Any, Any]:
@@ -236,9 +241,7 @@ class SweepSpec(_Strict):
     @field_validator("seeds")
     @classmethod
     def _unique_seeds(cls, v: list[int]) -> list[int]:
-        if len(set(v)) != len(v):
-            raise ValueError(f"seeds repeat: {v}; expected distinct integers")
-        return v
+        return distinct_seeds(v)
 
     def science(self) -> dict[str, Any]:
         """The part of the spec that decides which trials exist (hashed into spec_hash)."""
