@@ -160,11 +160,6 @@ class _HaltState:
         self.halted[idx] |= conv | cyc | (self.eta[idx] < cfg.min_eta)
 
 
-def _two_step_change(z_new: torch.Tensor, z_prev: torch.Tensor, rule) -> torch.Tensor:
-    """(A,) the residual rule applied to z_{t-1} against z_{t+1} (0 on a period-2 cycle)."""
-    return rule(z_prev, z_new)
-
-
 def solve(f: SubsetMap, z0: torch.Tensor, cfg: SolverConfig, cap: int, *, train: bool
           ) -> tuple[torch.Tensor, LoopTrace]:
     """Iterate z <- update(z, F(z)) from z0 (B, T, d) for at most ``cap`` steps; see module doc.
@@ -191,7 +186,8 @@ def solve(f: SubsetMap, z0: torch.Tensor, cfg: SolverConfig, cap: int, *, train:
             r = measure(z, fz).float()
             cyc = torch.zeros_like(r, dtype=torch.bool)
             if cfg.detect_cycles and prev is not None:
-                cyc = (_two_step_change(z_new, prev, measure) < cfg.tol) & (r >= cfg.tol)
+                # the residual rule between z_{t-1} and z_{t+1}: 0 on a period-2 cycle
+                cyc = (measure(prev, z_new) < cfg.tol) & (r >= cfg.tol)
             state.record(idx, r, cyc, cfg, gamma)
             curve.append(r.mean())
             prev = z.detach() if cfg.detect_cycles else None
