@@ -84,11 +84,8 @@ def progressive_dt(model, inputs, targets, mask, loss_fn: LossFn, z0=None):
         out = LoopOutput(logits=logits, z=z, trace=trace)
         loss = (1.0 - alpha) * loss_fn(logits, targets, mask) if alpha < 1.0 else None
         if alpha > 0.0:
-            n, k = sample_progressive_steps(total)
-            with torch.no_grad():
-                z, _ = unroll(lm, start, n, model.solver_cfg)
-            z, _ = unroll(lm, z.detach(), k, model.solver_cfg)
-            prog = alpha * loss_fn(model.readout(z, lm.shape), targets, mask)
+            prog = alpha * progressive_term(model, lm, start, *sample_progressive_steps(total),
+                                            targets, mask, loss_fn)
             loss = prog if loss is None else loss + prog
     return loss, out
 
@@ -110,16 +107,22 @@ def progressive_halting(model, inputs, targets, mask, loss_fn: LossFn, z0=None):
         j = int(torch.randint(1, grad_cfg.k + 1, ()).item())
         with model.weights_cached():
             lm = model.loop_map(inputs)
-            z = lm.z0 if z0 is None else z0
-            with torch.no_grad():
-                for _ in range(n):
-                    z = lm.f(z)
-            z = z.detach()
-            for _ in range(j):
-                z = lm.f(z)
-            prog = alpha * loss_fn(model.readout(z, lm.shape), targets, mask)
+            prog = alpha * progressive_term(model, lm, lm.z0 if z0 is None else z0, n, j, targets, mask, loss_fn)
         loss = prog if loss is None else loss + prog
     return loss, out
+
+
+def progressive_term(model, lm, start: torch.Tensor, n: int, k: int, targets, mask, loss_fn: LossFn) -> torch.Tensor:
+    """Deep Thinking's progressive term: n plain steps without grad from ``start``, then k steps with
+    grad from the detached state; the loss of that state's readout."""
+    z = start
+    with torch.no_grad():
+        for _ in range(n):
+            z = lm.f(z)
+    z = z.detach()
+    for _ in range(k):
+        z = lm.f(z)
+    return loss_fn(model.readout(z, lm.shape), targets, mask)
 
 
 # ------------------------------------------------------------------------------------- the loop
