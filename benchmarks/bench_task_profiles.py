@@ -29,8 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from fpr_core.config import ExperimentConfig  # noqa: E402
 from fpr_core.experiment import evaluate_sizes, run_experiment  # noqa: E402
-from orchestrator.sweep.expand import expand  # noqa: E402
-from orchestrator.sweep.sections import apply_overrides  # noqa: E402
+from orchestrator.sweep.expand import expand, resolve  # noqa: E402
 from orchestrator.sweep.spec import load_spec  # noqa: E402
 
 SMOKE = {"train.steps": 3, "train.n_train": 64, "eval.n_eval": 8, "eval.diagnostics": False,
@@ -47,15 +46,8 @@ def trial_configs(spec_path: Path, task: str, seeds: list[int], sets: dict) -> l
     cells = [c for c in expand(spec, path=spec_path) if c.task == task]
     if not cells:
         raise SystemExit(f"{spec_path}: no task entry named {task!r}")
-    cell = cells[0]
-    sections = apply_overrides(cell.sections, sets)
-    configs = []
-    for seed in seeds:
-        raw = {**sections, "seed": seed,
-               "task": {"name": cell.task, "params": cell.task_params, "train_size": cell.train_size,
-                        "ood_sizes": list(cell.ood_sizes)}}
-        configs.append(ExperimentConfig.from_dict(raw))
-    return configs
+    cfg = ExperimentConfig.from_dict(resolve(cells[0], sets).experiment_config())
+    return [dataclasses.replace(cfg, seed=seed) for seed in seeds]
 
 
 def split_summary(split) -> dict:

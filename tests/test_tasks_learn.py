@@ -10,6 +10,7 @@ that favour the split's most frequent target class everywhere, read by ``task.de
 share for argmax tasks; chess decodes exactly one from- and one to-square, about 0.94). The full
 budgets and the exact accuracies they reach are in the README.
 """
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +20,7 @@ import torch
 from fpr_core.config import ExperimentConfig
 from fpr_core.experiment import run_experiment
 from fpr_core.tasks import get_task, make_splits
-from orchestrator.sweep.expand import expand
-from orchestrator.sweep.sections import apply_overrides
+from orchestrator.sweep.expand import expand, resolve
 from orchestrator.sweep.spec import load_spec
 
 PROFILES = Path(__file__).resolve().parents[1] / "sweeps" / "cpu_profiles.yaml"
@@ -38,13 +38,10 @@ COMMON = {"train.n_train": 1024, "eval.n_eval": 128, "eval.diagnostics": False,
 
 
 def profile_config(task: str) -> ExperimentConfig:
-    spec = load_spec(PROFILES)
-    cell = next(c for c in expand(spec, path=PROFILES) if c.task == task)
-    sections = apply_overrides(cell.sections, {**COMMON, **SHORT[task]})
-    return ExperimentConfig.from_dict({
-        **sections, "seed": 0,
-        "task": {"name": cell.task, "params": cell.task_params, "train_size": cell.train_size,
-                 "ood_sizes": []}})
+    """The profile's seed-0 trial with the short budget, evaluated in distribution only."""
+    cell = next(c for c in expand(load_spec(PROFILES), path=PROFILES) if c.task == task and c.seed == 0)
+    cfg = ExperimentConfig.from_dict(resolve(cell, {**COMMON, **SHORT[task]}).experiment_config())
+    return dataclasses.replace(cfg, task=dataclasses.replace(cfg.task, ood_sizes=()))
 
 
 def chance_token_accuracy(cfg: ExperimentConfig) -> float:
