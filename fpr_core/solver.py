@@ -22,7 +22,7 @@ The solver is autograd-agnostic: with grad enabled the unroll is differentiable 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 
@@ -132,32 +132,51 @@ class Anderson:
 
 
 class _HaltState:
-    """Per-sample solver bookkeeping, all (B,) tensors on the device of z0."""
+    """Per-sample solver bookkeeping of the active rows: (A,) tensors on the device of z0 that shrink
+    with the active set, like z itself, so a step never gathers or scatters by row index; a sample's
+    record is written to the (B,) outputs once, when it leaves (or when the solve ends)."""
 
     def __init__(self, b: int, cfg: SolverConfig, device) -> None:
         self.eta = torch.full((b,), float(cfg.eta), device=device)
         self.best = torch.full((b,), float("inf"), device=device)
         self.stall = torch.zeros(b, dtype=torch.long, device=device)
-        self.iterations = torch.zeros(b, dtype=torch.long, device=device)
         self.residual = torch.full((b,), float("inf"), device=device)
-        self.converged = torch.zeros(b, dtype=torch.bool, device=device)
         self.cycled = torch.zeros(b, dtype=torch.bool, device=device)
         self.halted = torch.zeros(b, dtype=torch.bool, device=device)
+        self.out_iterations = torch.zeros(b, dtype=torch.long, device=device)
+        self.out_residual = self.residual.clone()
+        self.out_cycled = self.cycled.clone()
 
-    def record(self, idx, r, cyc, cfg: SolverConfig, gamma: float) -> None:
-        """Update the rows idx after one step with residual r (A,) and cycle flags cyc (A,)."""
-        self.iterations[idx] += 1
-        self.residual[idx] = r
-        improved = r < self.best[idx]
-        self.best[idx] = torch.minimum(self.best[idx], r)
-        stall = torch.where(improved, 0, self.stall[idx] + 1)
+    def record(self, r, cyc, cfg: SolverConfig, gamma: float) -> torch.Tensor:
+        """Update the active rows after one step with residual r (A,) and cycle flags cyc (A,);
+        returns where eta decayed (A,) bool."""
+        improved = r < self.best
+        self.best = torch.minimum(self.best, r)
+        stall = torch.where(improved, 0, self.stall + 1)
         decay = (stall >= cfg.patience) & (r >= cfg.tol)
-        self.eta[idx] = torch.where(decay, self.eta[idx] * gamma, self.eta[idx])
-        self.stall[idx] = torch.where(decay, 0, stall)
-        conv = r < cfg.tol
-        self.converged[idx] = conv
-        self.cycled[idx] |= cyc
-        self.halted[idx] |= conv | cyc | (self.eta[idx] < cfg.min_eta)
+        self.eta = torch.where(decay, self.eta * gamma, self.eta)
+        self.stall = torch.where(decay, 0, stall)
+        self.residual = r
+        self.cycled = self.cycled | cyc
+        self.halted = self.halted | (r < cfg.tol) | cyc | (self.eta < cfg.min_eta)
+        return decay
+
+    def leave(self, idx: torch.Tensor, rows: Optional[torch.Tensor], steps: int) -> None:
+        """Write the record of the active rows ``rows`` (bool over them; None = all), batch rows
+        ``idx[rows]``, after ``steps`` steps, to the outputs; keep the other rows active."""
+        gone = idx if rows is None else idx[rows]
+        self.out_iterations[gone] = steps
+        self.out_residual[gone] = self.residual if rows is None else self.residual[rows]
+        self.out_cycled[gone] = self.cycled if rows is None else self.cycled[rows]
+        if rows is not None:
+            keep = ~rows
+            for name in ("eta", "best", "stall", "residual", "cycled", "halted"):
+                setattr(self, name, getattr(self, name)[keep])
+
+    def trace(self, tol: float, curve: list[torch.Tensor], like: torch.Tensor) -> LoopTrace:
+        residual_curve = torch.stack(curve) if curve else like.new_zeros(0, dtype=torch.float32)
+        return LoopTrace(self.out_iterations, self.out_residual, self.out_residual < tol, self.out_cycled,
+                         residual_curve)
 
 
 def solve(f: SubsetMap, z0: torch.Tensor, cfg: SolverConfig, cap: int, *, train: bool
@@ -168,45 +187,54 @@ def solve(f: SubsetMap, z0: torch.Tensor, cfg: SolverConfig, cap: int, *, train:
     The active rows are kept compact (A, T, d); a halted sample's state is written to the output
     once, when it leaves, so per-step cost follows the number of active samples only. The same
     ``idx`` tensor object is passed to f until the active set changes (f may cache by identity).
+
+    One host sync per step (did a sample halt, did an eta decay). While every eta is still 1 the
+    damped update is z <- F(z) itself (1*F + 0*z, the same values and gradients) and is skipped.
     """
     b = z0.shape[0]
     rule = SOLVERS.get(cfg.name)(cfg, z0)
     state = _HaltState(b, cfg, z0.device)
     gamma = cfg.decay_train if train else cfg.decay_eval
     measure = RESIDUALS.get(cfg.residual)
+    plain = cfg.eta == 1.0 and isinstance(rule, DampedIteration)  # no eta has decayed yet
     idx = torch.arange(b, device=z0.device)  # (A,) rows of the active samples
     z_out, z, prev = z0, z0, None            # prev: (A, T, d) detached state one step back
     curve: list[torch.Tensor] = []
-    for _ in range(cap):
+    steps = 0
+    for steps in range(1, cap + 1):
         if idx.numel() == 0:
             break
         fz = f(z, idx)
-        z_new = rule.update(z, fz, state.eta[idx])
+        z_new = fz if plain else rule.update(z, fz, state.eta)
         with torch.no_grad():
             r = measure(z, fz).float()
             cyc = torch.zeros_like(r, dtype=torch.bool)
             if cfg.detect_cycles and prev is not None:
                 # the residual rule between z_{t-1} and z_{t+1}: 0 on a period-2 cycle
                 cyc = (measure(prev, z_new) < cfg.tol) & (r >= cfg.tol)
-            state.record(idx, r, cyc, cfg, gamma)
+            decayed = state.record(r, cyc, cfg, gamma)
             curve.append(r.mean())
             prev = z.detach() if cfg.detect_cycles else None
+            done = state.halted
+            any_done, any_decayed = torch.stack([done.all() if not cfg.per_sample else done.any(),
+                                                 decayed.any()]).tolist()
         z = z_new
+        plain = plain and not any_decayed
         if not cfg.per_sample:
-            if bool(state.halted.all()):
+            if any_done:
                 break
             continue
-        done = state.halted[idx]
-        if bool(done.any()):
+        if any_done:
             z_out = z_out.index_copy(0, idx[done], z[done])
+            state.leave(idx, done, steps)
             keep = ~done
             idx, z = idx[keep], z[keep]
             prev = prev[keep] if prev is not None else None
             rule.keep(keep)
+    if idx.numel() > 0:
+        state.leave(idx, None, steps)
     if idx.numel() == b:
         z_out = z
     elif idx.numel() > 0:
         z_out = z_out.index_copy(0, idx, z)
-    residual_curve = torch.stack(curve) if curve else z0.new_zeros(0, dtype=torch.float32)
-    trace = LoopTrace(state.iterations, state.residual, state.converged, state.cycled, residual_curve)
-    return z_out, trace
+    return z_out, state.trace(cfg.tol, curve, z0)

@@ -157,3 +157,37 @@ def test_solver_halts_by_the_configured_residual(rule, halts):
     z0 = target + torch.tensor([[[0.0, 0.0], [0.05, 0.0]]])
     _, trace = solve(f, z0, SolverConfig(tol=0.05, residual=rule), cap=1, train=False)
     assert bool(trace.converged[0]) == halts
+
+
+def test_undamped_solve_is_plain_iteration_bit_for_bit_until_eta_decays():
+    """While every eta is 1 the solver applies z <- F(z) itself (no 1*F + 0*z): the same values and
+    gradients as a hand-written loop; once a sample's eta decays, updates are damped again."""
+    model = contractive_model(tol=1e-30, train_cap=5, detect_cycles=False, patience=100)
+    lm = model.loop_map(torch.randint(0, 3, (3, 12), generator=torch.Generator().manual_seed(2)))
+    z, _ = solve(lm.f_subset, lm.z0, model.solver_cfg, 5, train=True)
+    plain = lm.z0
+    for _ in range(5):
+        plain = lm.f(plain)
+    assert torch.equal(z, plain)
+    (grad_solve,) = torch.autograd.grad(z.sum(), lm.x, retain_graph=True)
+    (grad_plain,) = torch.autograd.grad(plain.sum(), lm.x)
+    assert torch.equal(grad_solve, grad_plain)
+    # an oscillation that stalls: eta decays after `patience` steps and the iterate is damped
+    f = CountingMap([-1.0], shift=1.0)
+    cfg = SolverConfig(tol=1e-8, patience=2, decay_eval=0.5, detect_cycles=False)
+    z, trace = solve(f, torch.zeros(1, 1, 1), cfg, 40, train=False)
+    assert trace.converged.all() and torch.allclose(z, torch.full((1, 1, 1), 0.5), atol=1e-6)
+
+
+def test_trace_of_rows_that_halt_at_different_steps_is_written_per_sample():
+    """The bookkeeping follows the shrinking active set: every sample's iterations, residual and
+    flags are those of its own last step, in batch order."""
+    f = CountingMap([0.1, 0.9, 0.0, 0.5])
+    cfg = SolverConfig(tol=1e-3)
+    z, trace = solve(f, torch.zeros(4, 2, 3), cfg, 200, train=False)
+    alone = [solve(CountingMap([r]), torch.zeros(1, 2, 3), cfg, 200, train=False) for r in (0.1, 0.9, 0.0, 0.5)]
+    assert trace.iterations.tolist() == [int(t.iterations) for _, t in alone]
+    assert torch.equal(trace.residual, torch.cat([t.residual for _, t in alone]))
+    assert torch.equal(z, torch.cat([zz for zz, _ in alone]))
+    assert trace.converged.all() and not trace.cycled.any()
+    assert len(set(trace.iterations.tolist())) == 4
