@@ -96,3 +96,23 @@ def test_local_attention_runs_forward_and_backward_on_a_59x59_grid():
 def test_bad_mixer_settings_name_the_field(field, value):
     with pytest.raises(ConfigError, match=f"model.{field}"):
         ModelConfig.from_dict({field: value})
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_explicit_small_attention_matches_the_fused_kernel(causal):
+    """Short sequences on CPU take softmax(q k^T) v written out (faster there); it is the same
+    attention as PyTorch's fused kernel up to float rounding, forward and backward."""
+    import torch.nn.functional as F
+
+    from fpr_core.model.mixers import SMALL_ATTENTION_TOKENS, attend
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(3, 2, 16, 8, generator=g, requires_grad=True) for _ in range(3))
+    assert q.shape[-2] <= SMALL_ATTENTION_TOKENS
+    ours = attend(q, k, v, 0.3, causal)
+    fused = F.scaled_dot_product_attention(q, k, v, scale=0.3, is_causal=causal)
+    torch.testing.assert_close(ours, fused, rtol=1e-5, atol=1e-6)
+    grads = torch.autograd.grad(ours.square().sum(), (q, k, v))
+    fused_grads = torch.autograd.grad(fused.square().sum(), (q, k, v))
+    for a, b in zip(grads, fused_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

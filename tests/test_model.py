@@ -168,3 +168,32 @@ def test_same_seed_same_output():
         outs.append((out.logits.detach(), model.embed.weight.grad.clone()))
     assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
     assert not torch.equal(build(seed=8)(tokens(SEQ)).logits, build(seed=7)(tokens(SEQ)).logits)
+
+
+def test_gain_free_rms_norm_matches_torch_in_value_gradient_and_jvp():
+    """The loop's RMSNorm (closed-form Jacobian, fpr_core.model.norms) against F.rms_norm: the same
+    values, gradients and forward-mode products (torch.func, as the spectral probes use it)."""
+    from fpr_core.model.norms import EPS, unit_rms
+
+    x = torch.randn(4, 5, 16, dtype=torch.float64, requires_grad=True)
+    t = torch.randn_like(x)
+    reference = lambda a: F.rms_norm(a, (16,), eps=EPS)  # noqa: E731
+    torch.testing.assert_close(unit_rms(x), reference(x))
+    assert torch.autograd.gradcheck(unit_rms, (x,))
+    torch.testing.assert_close(torch.autograd.grad(unit_rms(x), x, t)[0], torch.autograd.grad(reference(x), x, t)[0])
+    torch.testing.assert_close(torch.func.jvp(unit_rms, (x,), (t,))[1], torch.func.jvp(reference, (x,), (t,))[1])
+
+
+@pytest.mark.parametrize("opts", [dict(recall="none"), dict(recall="internal"), dict(residual_scale="none")],
+                         ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
+def test_unit_residual_coefficients_take_a_plain_add_with_the_same_result(opts):
+    """Where FPRM's coupling does not apply (a1 = b1 = 1) the residual is z + f(h): the same step,
+    bit for bit, as the scaled form a1*z + b1*f(h)."""
+    model = build(**opts)
+    lm = model.loop_map(tokens(SEQ))
+    z = torch.randn(lm.x.shape, generator=torch.Generator().manual_seed(3))
+    assert not any(block.scaled for block in model.blocks)
+    plain = lm.f(z)
+    for block in model.blocks:
+        block.scaled = True
+    assert torch.equal(plain, lm.f(z))

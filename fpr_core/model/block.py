@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fpr_core.model.mixers import make_mixer
+from fpr_core.model.recall import coefficient_form
 
 
 class MLP(nn.Module):
@@ -47,6 +48,12 @@ class Block(nn.Module):
         self.attn = make_mixer(cfg.mixer, cfg.dim, cfg.heads, cfg.mixer_window, cfg.causal, grid, cfg.init_std)
         self.mlp = MLP(cfg.dim, cfg.mlp_ratio, cfg.mlp)
         self.pre_norm, self.post_norm = pre_norm, post_norm
+        # a1 = b1 = 1 unless FPRM's coupled form is learned or fixed: then the residual is a plain add
+        self.scaled = cfg.residual_scale != "none" and coefficient_form(cfg.recall, cfg.recall_form) == "coupled"
+
+    def residual(self, z: torch.Tensor, update: torch.Tensor, a1: torch.Tensor, b1: torch.Tensor) -> torch.Tensor:
+        """a1*z + b1*update (z + update where both coefficients are 1: the same values, two kernels fewer)."""
+        return torch.addcmul(a1 * z, b1, update) if self.scaled else z + update
 
     def forward(self, z, x, recall, coeffs, first_sublayer: int, shape, rope, scale: float, *,
                 post: bool = True) -> torch.Tensor:
@@ -55,6 +62,6 @@ class Block(nn.Module):
         a1, b1, _, _ = coeffs
         post_norm = self.post_norm if post else (lambda t: t)
         h = self.pre_norm(recall.sublayer_input(z, x, first_sublayer))
-        z = post_norm(torch.addcmul(a1 * z, b1, self.attn(h, shape, rope, scale)))  # a1*z + b1*mix(h)
+        z = post_norm(self.residual(z, self.attn(h, shape, rope, scale), a1, b1))
         h = self.pre_norm(recall.sublayer_input(z, x, first_sublayer + 1))
-        return post_norm(torch.addcmul(a1 * z, b1, self.mlp(h)))
+        return post_norm(self.residual(z, self.mlp(h), a1, b1))

@@ -252,11 +252,13 @@ class LoopedModel(nn.Module):
         if c.log_n_attention:  # keep attention sharp on larger inputs
             scale *= math.log(max(x.shape[1], 2)) / math.log(self.train_tokens)
 
+        coeffs = self._coefficients_once()
+
         def step(z: torch.Tensor, x_rows: torch.Tensor) -> torch.Tensor:
-            return self._step(z, x_rows, shape, rope, scale)
+            return self._step(z, x_rows, shape, rope, scale, coeffs())
 
         def step_pre(z: torch.Tensor, x_rows: torch.Tensor) -> torch.Tensor:
-            return self._step(z, x_rows, shape, rope, scale, outer=False)
+            return self._step(z, x_rows, shape, rope, scale, coeffs(), outer=False)
 
         lm = LoopMap(x=x, z0=x, shape=shape, step=step, step_pre=step_pre, z0_std=c.z0_std)
         lm.z0 = self.initial_state(lm)
@@ -274,10 +276,21 @@ class LoopedModel(nn.Module):
             return torch.zeros_like(lm.x)
         return lm.random_start()
 
-    def _step(self, z, x, shape, rope, scale, outer: bool = True) -> torch.Tensor:  # (B, T, d) -> (B, T, d)
+    def _coefficients_once(self) -> Callable[[], tuple]:
+        """The residual coefficients, computed once per loop map and grad mode rather than at every
+        step (the same values; their gradient sums over the steps that use them as before)."""
+        cache: dict[bool, tuple] = {}
+
+        def coeffs() -> tuple:
+            grad = torch.is_grad_enabled()
+            if grad not in cache:
+                cache[grad] = self.coeffs()
+            return cache[grad]
+        return coeffs
+
+    def _step(self, z, x, shape, rope, scale, coeffs, outer: bool = True) -> torch.Tensor:  # (B, T, d) -> (B, T, d)
         if self.conv is not None:
             z = self.conv(z, shape)
-        coeffs = self.coeffs()
         z = self.recall.enter(z, x, coeffs)
         for i, block in enumerate(self.blocks):
             z = block(z, x, self.recall, coeffs, 2 * i, shape, rope, scale, post=outer)

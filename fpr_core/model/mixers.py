@@ -27,6 +27,23 @@ from fpr_core.model.positions import DepthwiseTokenConv, apply_rope, grid_of, pa
 from fpr_core.registry import Registry
 
 MIXERS: Registry = Registry("model.mixer")
+SMALL_ATTENTION_TOKENS = 48
+"""On CPU, sequences up to this many tokens use explicit softmax(q k^T) v: at these sizes PyTorch's
+fused CPU kernel costs more than it saves (benchmarks/bench_throughput.py: 16 tokens, 8-dim
+heads, forward + backward 0.3 ms explicit vs 0.7 ms fused). The same attention up to float
+rounding; CUDA always takes the fused kernel."""
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, causal: bool) -> torch.Tensor:
+    """softmax(scale q k^T [+ causal mask]) v over (B, heads, T, hd) tensors."""
+    n = q.shape[-2]
+    if q.device.type != "cpu" or n > SMALL_ATTENTION_TOKENS:
+        return F.scaled_dot_product_attention(q, k, v, scale=scale, is_causal=causal)
+    logits = (q * scale) @ k.transpose(-2, -1)  # (B, heads, T, T)
+    if causal:
+        future = torch.ones(n, n, dtype=torch.bool, device=q.device).triu(1)
+        logits = logits.masked_fill(future, float("-inf"))
+    return logits.softmax(-1) @ v
 
 
 def split_heads(t: torch.Tensor, heads: int) -> torch.Tensor:
@@ -58,7 +75,7 @@ class Attention(nn.Module):
 
     def forward(self, h: torch.Tensor, shape, rope, scale: float) -> torch.Tensor:  # (B, T, d)
         q, k, v = self.qkv_heads(h, rope)
-        return self.merge(F.scaled_dot_product_attention(q, k, v, scale=scale, is_causal=self.causal))
+        return self.merge(attend(q, k, v, scale, self.causal))
 
 
 @MIXERS.register("local_attention")

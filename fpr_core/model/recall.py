@@ -116,7 +116,7 @@ class StandardRecall(_Recall):
         _, _, a2, b2 = coeffs
         if self.form == "concat":  # outer_only: a2 scales the state, W mixes in x
             return self.proj(torch.cat([a2 * z, x], dim=-1))  # (B, T, d)
-        return a2 * z + b2 * x
+        return torch.addcmul(b2 * x, a2, z)  # a2*z + b2*x
 
 
 @RECALLS.register("internal")
