@@ -106,7 +106,8 @@ def fake_rows(trial_id: str, splits: int, n: int) -> list[dict]:
 
 
 def mlflow_per_trial(directory: Path, trials: int = 20, log_steps: int = 6) -> float:
-    from orchestrator.store.tracking import SweepTracker, default_tracking_uri
+    from orchestrator.store.store_address import default_tracking_uri
+    from orchestrator.store.tracking import SweepTracker
     from orchestrator.sweep.metrics import train_report
 
     tracker = SweepTracker(default_tracking_uri(directory), "bench-mlflow", directory, {"spec_hash": "x"})

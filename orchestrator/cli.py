@@ -9,6 +9,7 @@ import csv
 import ipaddress
 import itertools
 import json
+import logging
 import os
 import shutil
 import sys
@@ -104,7 +105,7 @@ def run(spec_path: Path = SPEC_ARG,
         raise typer.Exit(EXIT_OK)
     _check_clean_tree(require_clean or spec.require_clean)
     _check_address(address or os.environ.get("RAY_ADDRESS"))  # before the slow imports: seconds, not minutes
-    from orchestrator.store import tracking
+    from orchestrator.store import store_address
     from orchestrator.run.driver import GpuUnavailable, RunOptions, SweepError, check_size, run_sweep, sweep_dir_for
 
     opts = RunOptions(address, max_concurrent, tracking_uri, results_dir, storage, yes, node_timeout * 60)
@@ -113,10 +114,10 @@ def run(spec_path: Path = SPEC_ARG,
         sweep_dir = sweep_dir_for(plan, opts)
     except SweepError as e:
         _fail(str(e))
-    uri = tracking_uri or spec.tracking_uri or tracking.default_tracking_uri(sweep_dir)
+    uri = tracking_uri or spec.tracking_uri or store_address.default_tracking_uri(sweep_dir)
     try:
-        tracking.check_reachable(uri)
-    except tracking.TrackingError as e:
+        store_address.check_reachable(uri)
+    except store_address.TrackingError as e:
         _fail(str(e))
     from orchestrator.sweep import record
     from orchestrator.sweep.lock import LockHeld, SweepLock
@@ -138,7 +139,8 @@ def run(spec_path: Path = SPEC_ARG,
             _fail(str(e))
         info = record.write_record(sweep_dir, spec, plan.path.read_text(), plan.path, uri, smoke, extended_from)
 
-        def tracker_factory(directory: Path, meta):
+        def tracker_factory(directory: Path, meta):  # runs in a thread while Ray starts: mlflow loads there
+            from orchestrator.store import tracking
             from orchestrator.store.run_info import source_tags
 
             tags = {"spec_hash": meta.spec_hash, "git_commit": meta.git_commit,
@@ -152,7 +154,7 @@ def run(spec_path: Path = SPEC_ARG,
 
         try:
             outcome = run_sweep(plan, opts, tracker_factory, console)
-        except (SweepError, tracking.TrackingError) as e:  # refused before its first trial
+        except (SweepError, store_address.TrackingError) as e:  # refused before its first trial
             refused = e
     finally:
         lock.release()
@@ -432,15 +434,15 @@ def report(sweep: str = SWEEP_ARG, results_dir: Optional[str] = RESULTS_OPT) -> 
 
 def _log_report(sweep_dir: Path) -> None:
     """The report and its plots as artifacts of the sweep's MLflow run (when the store answers)."""
-    from orchestrator.store import tracking
+    from orchestrator.store import store_address
 
     uri = _tracking_uri(sweep_dir)
-    if not tracking.store_exists(uri):  # results copied without their MLflow store
+    if not store_address.store_exists(uri):  # results copied without their MLflow store
         return
     try:
-        tracking.check_reachable(uri)
+        store_address.check_reachable(uri)
         tracker = _attach_tracker(uri, sweep_dir)
-    except tracking.TrackingError as e:
+    except store_address.TrackingError as e:
         err_console.print(f"[yellow]warning:[/] report not logged to MLflow: {e}", highlight=False)
         return
     tracker.log_sweep_files([SweepDir(sweep_dir).report])
@@ -499,13 +501,13 @@ def _run_eval(sweep_dir: Path, jobs, cap_law: str, address: Optional[str], n_eva
     from orchestrator.run import reeval
     from orchestrator.run.driver import SweepError, ensure_ray, log_sweep_outcome, quiet_tune
     from orchestrator.store import parquet as results
-    from orchestrator.store import tracking
+    from orchestrator.store import store_address
 
     uri = _tracking_uri(sweep_dir)
     try:
-        tracking.check_reachable(uri)
+        store_address.check_reachable(uri)
         tracker = _attach_tracker(uri, sweep_dir)
-    except tracking.TrackingError as e:
+    except store_address.TrackingError as e:
         _fail(str(e))
     quiet_tune()
     try:
@@ -574,5 +576,29 @@ def ui(sweep: str = SWEEP_ARG, results_dir: Optional[str] = RESULTS_OPT,
     raise typer.Exit(mlflow_ui.serve(store, port, host))
 
 
+def main() -> None:
+    """The `fpr-sweep` entry point: the command, then a prompt exit.
+
+    After `fpr-sweep run` has printed its last line, Python's teardown of the torch, Ray and MLflow
+    modules it loaded took another 2-3 s here (benchmarks/bench_orchestration.py), with nothing
+    left to do. So once the command has returned and its output is flushed, Ray is stopped (when
+    this process started it) and the process leaves without that teardown. Everything a command
+    writes is closed before it returns (Parquet, the spool, the MLflow store's last commit)."""
+    try:
+        app()
+        code = EXIT_OK
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (EXIT_OK if e.code is None else EXIT_BAD_INPUT)
+    if "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    app()
+    main()

@@ -7,7 +7,7 @@ import time
 import pytest
 from mlflow import MlflowClient
 
-from orchestrator.store import tracking
+from orchestrator.store import store_address, tracking
 
 ROWS = [{"split": "id", "exact_acc": 0.75, "token_acc": 0.9, "iters_mean": 5.0, "iters_p95": 9.0,
          "reachability": 1.0, "input_dependence": 0.3, "spectral_radius": 0.8, "status": "ok",
@@ -19,7 +19,7 @@ ROWS = [{"split": "id", "exact_acc": 0.75, "token_acc": 0.9, "iters_mean": 5.0, 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     d = tmp_path_factory.mktemp("sweep")
-    return d, tracking.default_tracking_uri(d)
+    return d, store_address.default_tracking_uri(d)
 
 
 def test_runs_are_reused_after_reopening(store):
@@ -71,9 +71,9 @@ def test_unreachable_server_fails_fast():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    with pytest.raises(tracking.TrackingError, match=f"127.0.0.1:{port}.*not reachable"):
-        tracking.check_reachable(f"http://127.0.0.1:{port}", timeout=2)
-    tracking.check_reachable("sqlite:////tmp/x.db")  # local stores need no check
+    with pytest.raises(store_address.TrackingError, match=f"127.0.0.1:{port}.*not reachable"):
+        store_address.check_reachable(f"http://127.0.0.1:{port}", timeout=2)
+    store_address.check_reachable("sqlite:////tmp/x.db")  # local stores need no check
 
 
 def test_flatten_config():
@@ -214,7 +214,7 @@ def test_server_killed_and_restarted_loses_and_duplicates_nothing(tmp_path):
 
 
 def test_two_folders_of_one_sweep_name_get_their_own_experiments(tmp_path):
-    uri = tracking.default_tracking_uri(tmp_path)
+    uri = store_address.default_tracking_uri(tmp_path)
     first = tracking.SweepTracker(uri, "same", tmp_path / "a", {}, sweep_id="aaaaaaaaaaaa")
     second = tracking.SweepTracker(uri, "same", tmp_path / "b", {}, sweep_id="bbbbbbbbbbbb")
     again = tracking.SweepTracker(uri, "same", tmp_path / "a", {}, sweep_id="aaaaaaaaaaaa")

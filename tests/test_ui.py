@@ -18,7 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from orchestrator.cli import app
-from orchestrator.store import tracking
+from orchestrator.store import store_address, tracking
 from orchestrator.store.ui import UiError, resolve_store, tracking_uri_of
 
 REPO = Path(__file__).resolve().parent.parent
@@ -30,7 +30,7 @@ def _make_sweep(results: Path, name: str) -> Path:
     store with the sweep's parent run and one trial run."""
     d = results / name
     d.mkdir(parents=True)
-    uri = tracking.default_tracking_uri(d)
+    uri = store_address.default_tracking_uri(d)
     (d / "sweep.json").write_text(json.dumps({"name": name, "tracking_uri": uri}))
     t = tracking.SweepTracker(uri, name, d, {})
     t.trial_run("t0", f"{name}/t0", {"task": "mazes"}, {"model": {"dim": 8}})

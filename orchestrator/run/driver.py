@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 import ray
 from ray import tune
@@ -38,11 +38,13 @@ from orchestrator.store.rows import SweepMeta
 from orchestrator.store.run_info import sweep_summary
 from orchestrator.store.schema import FINAL_STATUSES
 from orchestrator.store.space import DiskFull, DropDiskFull, is_disk_full
-from orchestrator.store.tracking import SweepTracker
 from orchestrator.sweep.expand import Cell, resolve, trial_of_config
 from orchestrator.sweep.layout import LayoutError, SweepDir
 from orchestrator.sweep.plan import SweepPlan
 from orchestrator.sweep.spec import SweepSpec
+
+if TYPE_CHECKING:  # mlflow loads in the thread that opens the store, not at import
+    from orchestrator.store.tracking import SweepTracker
 
 
 class SweepError(RuntimeError):

@@ -11,7 +11,7 @@ import os
 import shutil
 import traceback
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from ray import tune
 from rich.console import Console
@@ -22,7 +22,6 @@ from orchestrator.store.rows import SweepMeta, placeholder_rows
 from orchestrator.store.run_info import dataset_records, trial_description
 from orchestrator.store.schema import FINAL_STATUSES
 from orchestrator.store.space import DiskFull, failed_path, is_disk_full
-from orchestrator.store.tracking import SweepTracker
 from orchestrator.run.signals import StopRequests
 from orchestrator.run.trainable import MODEL_FILE
 from orchestrator.sweep.expand import Trial, trial_of_config
@@ -30,6 +29,10 @@ from orchestrator.sweep.live import LiveFile
 from orchestrator.sweep.layout import SweepDir
 from orchestrator.sweep.metrics import (CURVES_KEY, DATASETS_KEY, FINAL_SPLIT_COLUMNS, PROGRESS_METRICS, ROWS_KEY,
                                         STEP, is_train_metric, split_metric, train_metric)
+
+if TYPE_CHECKING:  # mlflow loads in the thread that opens the store, not at import
+    from orchestrator.store.tracking import SweepTracker
+
 
 def _error_text(tune_trial: Any) -> str:
     """The last line of a failed trial's error (the exception's type and message)."""

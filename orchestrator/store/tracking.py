@@ -22,8 +22,6 @@ import os
 import shutil
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any, Optional
 
@@ -31,6 +29,7 @@ from mlflow.entities import Dataset, DatasetInput, InputTag, LoggedModelOutput, 
 from mlflow.tracking import MlflowClient
 
 from orchestrator.store.space import DiskFull, is_disk_full
+from orchestrator.store.store_address import TrackingError
 from orchestrator.store.spool import PARENT, Sender, Spool, _first_line, operation
 from orchestrator.store.run_info import DatasetRecord
 from orchestrator.sweep.layout import SweepDir
@@ -48,36 +47,6 @@ BATCH = 100
 logging.getLogger("mlflow").setLevel(logging.WARNING)  # no INFO lines about creating tables
 logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 """Its SQL errors come with whole tracebacks; the sender retries or reports each failure itself."""
-
-
-class TrackingError(RuntimeError):
-    """The tracking store cannot be used; the message is meant for the user."""
-
-
-def default_tracking_uri(sweep_dir: Path) -> str:
-    """SQLite store inside the sweep's results dir (MLflow 3 refuses the plain ./mlruns store)."""
-    return f"sqlite:///{SweepDir(Path(sweep_dir).resolve()).mlflow_db}"
-
-
-def store_exists(uri: str) -> bool:
-    """False for a SQLite store whose file is missing (opening it would create an empty one)."""
-    prefix = "sqlite:///"
-    return not uri.startswith(prefix) or Path(uri[len(prefix):]).exists()
-
-
-def check_reachable(uri: str, timeout: float = 5.0) -> None:
-    """For an http(s) tracking server, fail fast with a clear message if it does not answer."""
-    if not uri.startswith(("http://", "https://")):
-        return
-    url = uri.rstrip("/") + "/health"
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            if resp.status != 200:
-                raise TrackingError(f"MLflow server {uri} answered {resp.status} on /health")
-    except (urllib.error.URLError, OSError) as e:
-        reason = getattr(e, "reason", e)
-        raise TrackingError(f"MLflow tracking server {uri} is not reachable ({reason}); start it "
-                            f"(mlflow server --host 127.0.0.1 --port 5000) or pass another --tracking-uri.") from None
 
 
 def flatten_config(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
