@@ -182,6 +182,11 @@ def test_gain_free_rms_norm_matches_torch_in_value_gradient_and_jvp():
     assert torch.autograd.gradcheck(unit_rms, (x,))
     torch.testing.assert_close(torch.autograd.grad(unit_rms(x), x, t)[0], torch.autograd.grad(reference(x), x, t)[0])
     torch.testing.assert_close(torch.func.jvp(unit_rms, (x,), (t,))[1], torch.func.jvp(reference, (x,), (t,))[1])
+    half = x.detach().bfloat16().requires_grad_()  # CUDA's bf16 autocast: normed in float32, returned in bf16
+    ours, theirs = unit_rms(half), reference(half.detach().float()).bfloat16()
+    assert ours.dtype == torch.bfloat16 and torch.equal(ours, theirs)
+    (grad,) = torch.autograd.grad(ours, half, t.bfloat16())
+    assert grad.dtype == torch.bfloat16 and torch.isfinite(grad).all()
 
 
 @pytest.mark.parametrize("opts", [dict(recall="none"), dict(recall="internal"), dict(residual_scale="none")],

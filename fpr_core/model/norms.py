@@ -15,6 +15,10 @@ NORMS: Registry = Registry("model.outer_norm")
 EPS = 1e-5
 
 
+def _at_least_float32(t: torch.Tensor) -> torch.Tensor:
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
 class _UnitRMS(torch.autograd.Function):
     """y = x / sqrt(mean(x^2) + eps) with its Jacobian in closed form.
 
@@ -25,8 +29,9 @@ class _UnitRMS(torch.autograd.Function):
 
     @staticmethod
     def forward(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        rstd = torch.rsqrt(x.square().mean(-1, keepdim=True) + EPS)
-        return x * rstd, rstd
+        xf = _at_least_float32(x)  # bf16 (CUDA autocast) is normed in float32, as F.rms_norm does
+        rstd = torch.rsqrt(xf.square().mean(-1, keepdim=True) + EPS)
+        return (xf * rstd).to(x.dtype), rstd
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
@@ -37,7 +42,8 @@ class _UnitRMS(torch.autograd.Function):
 
     @staticmethod
     def _jacobian_times(y: torch.Tensor, rstd: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return (t - y * (t * y).mean(-1, keepdim=True)) * rstd
+        yf, tf = _at_least_float32(y), _at_least_float32(t)
+        return ((tf - yf * (tf * yf).mean(-1, keepdim=True)) * rstd).to(t.dtype)
 
     @staticmethod
     def backward(ctx, grad_y: torch.Tensor, _grad_rstd) -> torch.Tensor:
