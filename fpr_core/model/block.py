@@ -14,7 +14,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from fpr_core.model.mixers import make_mixer
-from fpr_core.model.recall import coefficient_form
 
 
 class MLP(nn.Module):
@@ -43,13 +42,13 @@ class Block(nn.Module):
     The mixer is stored as ``attn`` whatever its kind, so checkpoints of attention models keep
     their parameter names."""
 
-    def __init__(self, cfg, pre_norm: nn.Module, post_norm: nn.Module, grid: bool) -> None:
+    def __init__(self, cfg, pre_norm: nn.Module, post_norm: nn.Module, grid: bool, scaled: bool) -> None:
+        """scaled: False where a1 = b1 = 1 (ResidualCoefficients.scales_sublayers)."""
         super().__init__()
         self.attn = make_mixer(cfg.mixer, cfg.dim, cfg.heads, cfg.mixer_window, cfg.causal, grid, cfg.init_std)
         self.mlp = MLP(cfg.dim, cfg.mlp_ratio, cfg.mlp)
         self.pre_norm, self.post_norm = pre_norm, post_norm
-        # a1 = b1 = 1 unless FPRM's coupled form is learned or fixed: then the residual is a plain add
-        self.scaled = cfg.residual_scale != "none" and coefficient_form(cfg.recall, cfg.recall_form) == "coupled"
+        self.scaled = scaled
 
     def residual(self, z: torch.Tensor, update: torch.Tensor, a1: torch.Tensor, b1: torch.Tensor) -> torch.Tensor:
         """a1*z + b1*update (z + update where both coefficients are 1: the same values, two kernels fewer)."""

@@ -139,7 +139,8 @@ class LoopedModel(nn.Module):
         pre_norm = make_norm("rms" if c.pre_norm else "none", c.dim)
         per_sublayer = c.recall == "internal" and c.internal_norm == "per_sublayer"
         post_norm = make_norm(c.outer_norm if per_sublayer else "none", c.dim)
-        self.blocks = nn.ModuleList(Block(c, pre_norm, post_norm, grid) for _ in range(c.n_layers))
+        self.blocks = nn.ModuleList(Block(c, pre_norm, post_norm, grid, self.coeffs.scales_sublayers)
+                                    for _ in range(c.n_layers))
         self.outer_norm = make_norm("none" if per_sublayer else c.outer_norm, c.dim)  # the blocks norm
         self.final_norm = RMSNorm(c.dim)
         self.head = nn.Linear(c.dim, c.n_classes)

@@ -60,6 +60,12 @@ class ResidualCoefficients(nn.Module):
             else:
                 self.register_buffer(name, tensor)
 
+    @property
+    def scales_sublayers(self) -> bool:
+        """False where a1 = b1 = 1 (no scaling, or nothing injected): a sublayer's residual is then
+        a plain add."""
+        return self.mode != "none" and self.form == "coupled"
+
     def forward(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(a1, b1, a2, b2), each (d,)."""
         one = torch.ones_like(self.a2_logit)
