@@ -588,7 +588,13 @@ def main() -> None:
         app()
         code = EXIT_OK
     except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (EXIT_OK if e.code is None else EXIT_BAD_INPUT)
+        if isinstance(e.code, int):
+            code = e.code
+        elif e.code is None:
+            code = EXIT_OK
+        else:  # as the interpreter does for sys.exit("message"): print it, exit 1
+            print(e.code, file=sys.stderr)
+            code = 1
     if "ray" in sys.modules:
         import ray
 
