@@ -595,11 +595,10 @@ def main() -> None:
         else:  # as the interpreter does for sys.exit("message"): print it, exit 1
             print(e.code, file=sys.stderr)
             code = 1
-    if "ray" in sys.modules:
-        import ray
+    if "orchestrator.run.driver" in sys.modules:  # the only module that starts or joins Ray
+        from orchestrator.run.driver import stop_ray
 
-        if ray.is_initialized():
-            ray.shutdown()
+        stop_ray()
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()

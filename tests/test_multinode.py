@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import TINY_BASE, write_spec
+from test_ray_lifecycle import join_and_leave
 
 pytestmark = [pytest.mark.slow, pytest.mark.multinode]
 
@@ -185,6 +186,15 @@ def test_two_sweeps_share_the_cluster_and_use_both_nodes(cluster, tmp_path):
     assert not df.duplicated(["sweep", "trial_id", "split"]).any()
     assert set(df.node_id) == set(nodes.values()), (df[["sweep", "trial_id", "node_id"]], nodes)
     print(df.drop_duplicates(["sweep", "trial_id"])[["sweep", "trial_id", "hostname", "node_id", "status"]].to_string())
+
+
+def test_leaving_the_cluster_stops_none_of_its_processes(cluster):
+    """`fpr-sweep` stops a local Ray it started (killing its autoscaler monitor first); a cluster it
+    joined keeps every process, the head's monitor included."""
+    head = node_pids(cluster.head.pid)
+    assert any(b"monitor.py" in Path(f"/proc/{pid}/cmdline").read_bytes() for pid in head)
+    join_and_leave(cluster.address, cluster.env)
+    assert [pid for pid in head if not Path(f"/proc/{pid}").exists()] == []
 
 
 def test_worker_node_killed_mid_trial_is_retried_and_the_sweep_completes(cluster, tmp_path):

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 import ray
 from ray import tune
+from ray._private import ray_constants
 from rich.console import Console
 
 from orchestrator.console import SweepProgress, quiet_ray_messages
@@ -148,6 +149,24 @@ def ensure_ray(address: Optional[str], console: Console) -> Optional[float]:
                   f"({ray.cluster_resources().get('CPU', 0):g} CPUs, {ray.cluster_resources().get('GPU', 0):g} GPUs)",
                   highlight=False)
     return seconds
+
+
+def stop_ray() -> None:
+    """Leave Ray: disconnect from a cluster, or stop the local Ray this process started.
+
+    Stopping a local Ray spends a second waiting on its autoscaler monitor, which nothing in a
+    local run uses: Ray stops it after the GCS, and its SIGTERM handler then tries to report its own
+    end to that GCS until Ray's 1 s grace runs out (ray 2.60 `_private/node.py`,
+    `autoscaler/_private/monitor.py`). Killing it first makes the stop that much shorter; the other
+    processes still stop as Ray does it."""
+    if not ray.is_initialized():
+        return
+    node = getattr(ray._private.worker, "_global_node", None)
+    if node is not None and getattr(node, "head", False):
+        for info in getattr(node, "all_processes", {}).get(ray_constants.PROCESS_TYPE_MONITOR, []):
+            info.process.kill()
+            info.process.wait(timeout=5)
+    ray.shutdown()
 
 
 def check_resources(spec: SweepSpec, trials: int, console: Console, node_timeout_s: float) -> None:
