@@ -237,3 +237,49 @@ def test_a_line_torn_by_a_crash_never_swallows_the_next_operation(tmp_path):
     again = Spool(tmp_path)
     again.append({"op": "tags", "trial": "t1", "tags": {"b": "2"}})
     assert [op["tags"] for op in Spool(tmp_path).pending()] == [{"a": "1"}, {"b": "2"}]
+
+
+# ---------------------------------------------------------------- gathering reports into batches
+
+def _count_metric_batches(tracker) -> list[int]:
+    """Wrap the real client's log_batch to count the calls that carry metric points."""
+    calls = []
+    real = tracker.client.log_batch
+
+    def counting(run_id, metrics=(), **kw):
+        if metrics:
+            calls.append(len(metrics))
+        return real(run_id, metrics=metrics, **kw)
+
+    tracker.client.log_batch = counting
+    return calls
+
+
+def test_reports_arriving_together_go_in_one_batch_per_trial_each_point_once(store):
+    sweep_dir, uri = store
+    tr = tracking.SweepTracker(uri, "trk-gather", sweep_dir, {})
+    calls = _count_metric_batches(tr)
+    handles = [tr.trial_run(t, t, {}, {"seed": 0}) for t in ("g1", "g2")]
+    for step in range(12):  # two trials reporting side by side, faster than the sender gathers
+        for k, handle in enumerate(handles):
+            tr.log_metrics(handle, {"train/loss": 1.0 / (step + 1 + k), "train/acc": step / 12}, step * 25)
+    assert tr.close() is None
+    assert len(calls) <= 4, f"{len(calls)} metric batches for 24 reports of 2 trials"
+    client = MlflowClient(uri)
+    for k, handle in enumerate(handles):
+        history = client.get_metric_history(tr.run_id(handle), "train/loss")
+        assert sorted((m.step, m.value) for m in history) == [(s * 25, 1.0 / (s + 1 + k)) for s in range(12)]
+
+
+def test_a_report_the_store_refuses_costs_only_itself(store):
+    sweep_dir, uri = store
+    tr = tracking.SweepTracker(uri, "trk-refused", sweep_dir, {})
+    handle = tr.trial_run("r1", "r1", {}, {"seed": 0})
+    for step in range(6):
+        tr.log_metrics(handle, {"train/loss": float(step)}, step)
+        if step == 2:  # MLflow refuses metric names over 250 characters (a 4xx: never retried)
+            tr.log_metrics(handle, {"x" * 300: 1.0}, step)
+    assert tr.close() is None
+    history = MlflowClient(uri).get_metric_history(tr.run_id(handle), "train/loss")
+    assert sorted(m.step for m in history) == list(range(6))
+    assert len(tr.warnings) == 1 and "refused metrics for r1" in tr.warnings[0]

@@ -13,6 +13,11 @@ carry the timestamp they were logged with (MLflow's SQL store keeps one row per 
 timestamp, step, value)), runs are found by tag before being created, tags and params are set to
 the same values, artifacts overwrite the same path.
 
+The sender lets operations gather for ``GATHER_S`` before it sends them, and sends the metric
+points of one trial that arrived meanwhile in one ``log_batch``: one request (or SQLite
+transaction) per trial and second instead of one per report. A run of merged points is acked once
+all of it is sent, so a crash re-sends the run (idempotent) rather than skipping part of it.
+
 Operations are plain dicts ``{"seq", "op", "trial", ...}``; ``trial`` is a trial id, or
 ``PARENT`` for the sweep's parent run. New kinds are added with ``@operation("kind")``.
 """
@@ -25,7 +30,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from orchestrator.sweep.layout import SweepDir
 
@@ -35,6 +40,10 @@ STEPS_FILE = "steps.json"
 FILES_DIR = "files"
 PARENT = "__sweep__"
 """The ``trial`` of operations on the sweep's parent run."""
+GATHER_S = 2.0
+"""How long the sender lets operations gather before sending them (``drain`` and ``stop`` cut it
+short). Two trials reporting every 0.27 s (bench_orchestration's 1000-step trials) made 320
+``log_batch`` calls, 2.6 s of the driver's CPU, on a core the trials share."""
 BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 8.0)
 """Waits between retries of a transient failure (the last one repeats)."""
 
@@ -195,6 +204,7 @@ class Sender:
         self.sent = 0
         self._wake = threading.Condition()
         self._stop = False
+        self._hurry = False  # someone waits in drain(): send without gathering
         self._thread = threading.Thread(target=self._loop, name="mlflow-sender", daemon=True)
         self._thread.start()
 
@@ -211,20 +221,29 @@ class Sender:
             with self._wake:
                 while not self._stop and not self.spool.pending():
                     self._wake.wait(timeout=1.0)
+                gather_until = time.monotonic() + GATHER_S
+                while not self._stop and not self._hurry and time.monotonic() < gather_until:
+                    self._wake.wait(timeout=gather_until - time.monotonic())
                 if self._stop:
                     return
-            for op in self.spool.pending():
-                if not self._deliver(op):
+            for ops, last_seq in _batches(self.spool.pending()):
+                if not all(self._deliver(op) for op in ops):
                     return
+                self.spool.ack(last_seq)
+                self.sent += sum(len(op.get("parts", [op])) for op in ops)
 
     def _deliver(self, op: dict[str, Any]) -> bool:
-        """Apply one operation, retrying while the store is unreachable; False once stopped."""
+        """Apply one operation, retrying while the store is unreachable; False once stopped. Merged
+        metric points the store refuses for good are sent again report by report, so a bad value
+        costs only its own report."""
         attempt = 0
         while True:
             try:
                 OPERATIONS[op["op"]](self, op)
             except Exception as e:  # the client raises many types: classify, never crash the thread
                 if not self.is_transient(e):
+                    if len(op.get("parts", ())) > 1:
+                        return all(self._deliver(part) for part in op["parts"])
                     self.warnings.append(f"MLflow refused {op['op']} for {op['trial']}: {_first_line(e)}")
                     break
                 self.last_error = _first_line(e)
@@ -239,19 +258,21 @@ class Sender:
                 continue
             break
         self.down_since = None
-        self.spool.ack(op["seq"])
-        self.sent += 1
         return True
 
     def drain(self, timeout: float) -> bool:
         """Wait until every spooled operation is sent (True) or ``timeout`` seconds pass (False)."""
         deadline = time.monotonic() + timeout
-        while self.spool.pending():
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                return False
-            self.notify()
-            time.sleep(0.05)
-        return True
+        self._hurry = True
+        try:
+            while self.spool.pending():
+                if time.monotonic() > deadline or not self._thread.is_alive():
+                    return False
+                self.notify()
+                time.sleep(0.05)
+            return True
+        finally:
+            self._hurry = False
 
     def stop(self) -> None:
         with self._wake:
@@ -263,3 +284,26 @@ class Sender:
 def _first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0][:300] if text else ''}"
+
+
+def _batches(ops: list[dict[str, Any]]) -> Iterator[tuple[list[dict[str, Any]], int]]:
+    """The pending operations as (operations to apply, seq to ack once all are applied): each run
+    of consecutive metric operations becomes one merged operation per trial (its reports in
+    ``parts``), every other operation goes alone."""
+    i = 0
+    while i < len(ops):
+        j = i
+        while j < len(ops) and ops[j]["op"] == "metrics":
+            j += 1
+        if j == i:
+            yield [ops[i]], ops[i]["seq"]
+            i += 1
+            continue
+        merged: dict[str, dict[str, Any]] = {}
+        for op in ops[i:j]:
+            into = merged.setdefault(op["trial"], {"seq": op["seq"], "op": "metrics", "trial": op["trial"],
+                                                   "metrics": [], "parts": []})
+            into["metrics"].extend(op["metrics"])
+            into["parts"].append(op)
+        yield list(merged.values()), ops[j - 1]["seq"]
+        i = j
