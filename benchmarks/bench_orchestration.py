@@ -4,7 +4,9 @@
    Ray start, MLflow SQLite store, Tune, per-trial Parquet, collect) and (b) through
    `fpr_core.experiment.run_experiment` in a plain sequential loop (one torch thread, as a Ray
    trial with resources.cpu 1 gets). Ratio = wall(a) / (wall(b) / slots), slots = trials that run
-   at once = cores / resources.cpu. Goal <= 1.15x.
+   at once = cores / resources.cpu. Goal <= 1.15x. Also (c): the trials dealt to `slots` plain
+   loops running side by side, which separates what trials sharing the machine cost (c vs b)
+   from what the orchestration costs (a vs c).
 2. Ray start-up: `ray.init` of a local Ray (as `fpr-sweep run` starts it), in a fresh process.
 3. MLflow cost per trial: what the driver's tracking does for one trial (child run with params,
    training metrics every log step, final per-split metrics, config + convergence-plot artifacts,
@@ -50,8 +52,9 @@ def bench_spec(directory: Path, steps: int, trials: int) -> Path:
     return path
 
 
-def sequential_loop(spec_path: Path) -> tuple[float, int]:
-    """Every trial of the spec through run_experiment, one after another; (seconds, trials)."""
+def sequential_loop(spec_path: Path, part: int = 0, parts: int = 1) -> tuple[float, int]:
+    """Every trial of the spec (or every ``parts``-th from ``part``) through run_experiment, one
+    after another; (seconds, trials)."""
     import torch
 
     from fpr_core.config import ExperimentConfig
@@ -61,12 +64,32 @@ def sequential_loop(spec_path: Path) -> tuple[float, int]:
 
     torch.set_num_threads(1)
     configs = [ExperimentConfig.from_dict(resolve(c, None).experiment_config()) for c in expand(load_spec(spec_path))]
+    configs = configs[part::parts]
     run_experiment(configs[0], cache_dir=False)  # warm: task generation kernels, first-call costs
     started = time.perf_counter()
     for cfg in configs:
         result = run_experiment(cfg, cache_dir=False)
         assert result.train.status == "ok", result.train.message
     return time.perf_counter() - started, len(configs)
+
+
+def side_by_side_loops(spec_path: Path, slots: int) -> float:
+    """The spec's trials dealt to ``slots`` plain loops that run at once, each a fresh process with
+    one torch thread: what the trials cost sharing this machine, without any orchestration.
+    Seconds until the last loop is done (each loop warms up first, as ``sequential_loop`` does)."""
+    code = ("import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); import bench_orchestration as b; "
+            "print(b.sequential_loop(Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))[0])")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    loops = [subprocess.Popen([sys.executable, "-c", code, str(REPO / "benchmarks"), str(spec_path), str(k),
+                               str(slots)], stdout=subprocess.PIPE, text=True, env=env, cwd=REPO)
+             for k in range(slots)]
+    seconds = []
+    for loop in loops:
+        out, _ = loop.communicate(timeout=3600)
+        if loop.returncode != 0:
+            raise SystemExit(f"a side-by-side loop failed (exit {loop.returncode})")
+        seconds.append(float(out.strip().splitlines()[-1]))
+    return max(seconds)
 
 
 def through_cli(spec_path: Path, tree: Path = REPO) -> tuple[float, float]:
@@ -182,6 +205,10 @@ def main() -> None:
         print(f"[1] {n} trials: plain loop {seq_seconds:.1f} s ({seq_seconds / n:.1f} s/trial, 1 thread); "
               f"fpr-sweep run {cli_seconds:.1f} s on {slots} slots (Ray start {ray_seconds:.1f} s of it)")
         print_overhead("this checkout", cli_seconds, ray_seconds, ideal, min(slots, n))
+        shared = side_by_side_loops(spec_path, min(slots, n))
+        print(f"    the same trials in {min(slots, n)} plain loops side by side: {shared:.1f} s = "
+              f"{shared / ideal:.2f}x the loop per slot (what sharing the machine costs); "
+              f"fpr-sweep run / side-by-side loops = {cli_seconds / shared:.2f}x")
         if args.baseline:
             base_seconds, base_ray = through_cli(bench_spec(tmp / "baseline", args.steps, args.trials), args.baseline)
             print_overhead(f"baseline {args.baseline}", base_seconds, base_ray, ideal, min(slots, n))
@@ -193,7 +220,7 @@ def main() -> None:
         print(f"[4] {args.rows} rows in {args.rows // 10} trial files: write {c['write_trial_files']:.1f} s, "
               f"collect -> results.parquet {c['collect']:.2f} s ({c['file_mb']:.1f} MB), "
               f"read back pandas {c['pandas_read']:.2f} s, duckdb group-by {c['duckdb_groupby']:.2f} s")
-        print(json.dumps({"loop_s": seq_seconds, "cli_s": cli_seconds, "ray_start_in_cli_s": ray_seconds,
+        print(json.dumps({"loop_s": seq_seconds, "side_by_side_s": shared, "cli_s": cli_seconds, "ray_start_in_cli_s": ray_seconds,
                           "mlflow_ms_per_trial": per_trial * 1000, **c}))
 
 
