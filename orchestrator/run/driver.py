@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import shutil
+import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
@@ -164,8 +165,11 @@ def stop_ray() -> None:
     node = getattr(ray._private.worker, "_global_node", None)
     if node is not None and getattr(node, "head", False):
         for info in getattr(node, "all_processes", {}).get(ray_constants.PROCESS_TYPE_MONITOR, []):
-            info.process.kill()
-            info.process.wait(timeout=5)
+            try:
+                info.process.kill()
+                info.process.wait(timeout=5)
+            except (OSError, subprocess.TimeoutExpired):  # gone already, or stuck: ray.shutdown handles it
+                pass
     ray.shutdown()
 
 
