@@ -3,7 +3,8 @@
 Both: embedding, `steps` loop steps with gradient through all of them (our grad mode bptt with an
 unreachable tolerance, so no early halting; the baseline re-injects x with z <- layer(z + x)),
 a per-token linear head, cross-entropy, backward and an AdamW step. Same width, heads, MLP width
-(GELU, 4x) and pre-norm. Timed side by side in interleaved rounds, best of `--repeats`.
+(GELU, 4x) and pre-norm. Timed side by side in interleaved rounds, best of at least `--repeats`
+rounds and of as many as fit in `--seconds` per side.
 
 Also prints the achieved FLOP/s of our step (analytic count: per loop step and token,
 2*(4d^2 + 2*d*4d) for the linear maps plus 4*T*d for attention scores and values; training = 3x the
@@ -66,11 +67,14 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--heads", type=int, default=8)
     parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=5, help="at least this many timed rounds")
+    parser.add_argument("--seconds", type=float, default=4.0,
+                        help="and more rounds until each side has run this long: a small step's best of 5 "
+                             "moved by 15%% between runs on a 2-core machine")
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args()
     if args.smoke:
-        args.batch, args.tokens, args.dim, args.steps, args.repeats = 2, 16, 32, 2, 1
+        args.batch, args.tokens, args.dim, args.steps, args.repeats, args.seconds = 2, 16, 32, 2, 1, 0.0
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=4, n_classes=2, dim=args.dim, heads=args.heads, mlp="gelu", mlp_ratio=4.0)
@@ -94,18 +98,22 @@ def main() -> None:
     for fn in runs.values():
         fn()  # warm-up
     best = {name: float("inf") for name in runs}
-    for _ in range(args.repeats):
+    spent = {name: 0.0 for name in runs}
+    rounds = 0
+    while rounds < args.repeats or min(spent.values()) < args.seconds:
         for name, fn in runs.items():
             t0 = time.perf_counter()
             fn()
-            best[name] = min(best[name], time.perf_counter() - t0)
+            took = time.perf_counter() - t0
+            best[name], spent[name] = min(best[name], took), spent[name] + took
+        rounds += 1
     with torch.no_grad():
         iters = int(ours(inputs).trace.iterations.max())
     assert iters == args.steps, f"ours halted after {iters} of {args.steps} steps"
     peak = matmul_peak(device)
     flops = train_flops(args.batch, args.tokens, args.dim, args.steps)
     print(f"{device}, threads {torch.get_num_threads()}: batch {args.batch} x {args.tokens} tokens, "
-          f"dim {args.dim}, heads {args.heads}, {args.steps} loop steps with grad")
+          f"dim {args.dim}, heads {args.heads}, {args.steps} loop steps with grad; best of {rounds} rounds")
     print(f"ours      {best['ours'] * 1e3:8.1f} ms / training step")
     print(f"baseline  {best['baseline'] * 1e3:8.1f} ms / training step (nn.TransformerEncoderLayer loop)")
     print(f"throughput ours / baseline = {best['baseline'] / best['ours']:.2f}  (goal >= 1.0)")
