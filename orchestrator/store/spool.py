@@ -23,6 +23,7 @@ Operations are plain dicts ``{"seq", "op", "trial", ...}``; ``trial`` is a trial
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -290,20 +291,15 @@ def _batches(ops: list[dict[str, Any]]) -> Iterator[tuple[list[dict[str, Any]], 
     """The pending operations as (operations to apply, seq to ack once all are applied): each run
     of consecutive metric operations becomes one merged operation per trial (its reports in
     ``parts``), every other operation goes alone."""
-    i = 0
-    while i < len(ops):
-        j = i
-        while j < len(ops) and ops[j]["op"] == "metrics":
-            j += 1
-        if j == i:
-            yield [ops[i]], ops[i]["seq"]
-            i += 1
+    for is_metrics, run in itertools.groupby(ops, key=lambda op: op["op"] == "metrics"):
+        run = list(run)
+        if not is_metrics:
+            yield from (([op], op["seq"]) for op in run)
             continue
         merged: dict[str, dict[str, Any]] = {}
-        for op in ops[i:j]:
+        for op in run:
             into = merged.setdefault(op["trial"], {"seq": op["seq"], "op": "metrics", "trial": op["trial"],
                                                    "metrics": [], "parts": []})
             into["metrics"].extend(op["metrics"])
             into["parts"].append(op)
-        yield list(merged.values()), ops[j - 1]["seq"]
-        i = j
+        yield list(merged.values()), run[-1]["seq"]
