@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import TINY_BASE, write_spec
-from test_ray_lifecycle import join_and_leave
+from test_ray_lifecycle import alive, join_and_leave
 
 pytestmark = [pytest.mark.slow, pytest.mark.multinode]
 
@@ -194,7 +194,7 @@ def test_leaving_the_cluster_stops_none_of_its_processes(cluster):
     head = node_pids(cluster.head.pid)
     assert any(b"monitor.py" in Path(f"/proc/{pid}/cmdline").read_bytes() for pid in head)
     join_and_leave(cluster.address, cluster.env)
-    assert [pid for pid in head if not Path(f"/proc/{pid}").exists()] == []
+    assert [pid for pid in head if not alive(pid)] == []
 
 
 def test_worker_node_killed_mid_trial_is_retried_and_the_sweep_completes(cluster, tmp_path):

@@ -24,7 +24,8 @@ print(json.dumps({"pids": pids, "initialized": ray.is_initialized()}))
 """
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Running, not exited (a zombie has exited)."""
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
@@ -45,4 +46,4 @@ def test_stopping_a_local_ray_leaves_none_of_its_processes():
     out = join_and_leave()
     assert out["pids"], "a local Ray has processes (raylet, GCS, monitor, ...)"
     assert not out["initialized"]
-    assert [pid for pid in out["pids"] if _alive(pid)] == []
+    assert [pid for pid in out["pids"] if alive(pid)] == []
