@@ -6,6 +6,10 @@ a per-token linear head, cross-entropy, backward and an AdamW step. Same width, 
 (GELU, 4x) and pre-norm. Timed side by side in interleaved rounds, best of at least `--repeats`
 rounds and of as many as fit in `--seconds` per side.
 
+With ``--compile`` (the default) a third side runs our step with ``train.compile`` (torch.compile
+of the loop step, ``LoopedModel.compile_training_steps``); its compile time is printed apart and
+not counted in the step time, as a long trial amortises it.
+
 Also prints the achieved FLOP/s of our step (analytic count: per loop step and token,
 2*(4d^2 + 2*d*4d) for the linear maps plus 4*T*d for attention scores and values; training = 3x the
 forward) as a fraction of this machine's measured float32 matmul peak (a 1024^3 torch.mm).
@@ -71,6 +75,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=4.0,
                         help="and more rounds until each side has run this long: a small step's best of 5 "
                              "moved by 15%% between runs on a 2-core machine")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time our step under torch.compile (train.compile); compile time printed apart")
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args()
     if args.smoke:
@@ -78,12 +84,20 @@ def main() -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=4, n_classes=2, dim=args.dim, heads=args.heads, mlp="gelu", mlp_ratio=4.0)
-    ours = LoopedModel(cfg, SolverConfig(tol=1e-30, train_cap=args.steps, detect_cycles=False),
-                       GradConfig(mode="bptt"), grid=False, train_tokens=args.tokens).to(device).train()
+
+    def looped() -> LoopedModel:
+        torch.manual_seed(0)
+        return LoopedModel(cfg, SolverConfig(tol=1e-30, train_cap=args.steps, detect_cycles=False),
+                           GradConfig(mode="bptt"), grid=False, train_tokens=args.tokens).to(device).train()
+    ours = looped()
     base = PlainLoop(4, 2, args.dim, args.heads, args.steps).to(device).train()
+    models = {"ours": ours, "baseline": base}
+    if args.compile:
+        models["compiled"] = looped()
+        models["compiled"].compile_training_steps()
     inputs = torch.randint(0, 4, (args.batch, args.tokens), device=device)
     targets = inputs.remainder(2)
-    opts = {id(m): torch.optim.AdamW(m.parameters(), lr=1e-4) for m in (ours, base)}
+    opts = {id(m): torch.optim.AdamW(m.parameters(), lr=1e-4) for m in models.values()}
 
     def step(model, logits_of):
         opt = opts[id(model)]
@@ -94,9 +108,13 @@ def main() -> None:
         if device == "cuda":
             torch.cuda.synchronize()
 
-    runs = {"ours": lambda: step(ours, lambda i: ours(i).logits), "baseline": lambda: step(base, base)}
-    for fn in runs.values():
-        fn()  # warm-up
+    runs = {name: (lambda m=m: step(m, (lambda i: m(i).logits) if isinstance(m, LoopedModel) else m))
+            for name, m in models.items()}
+    warmup = {}
+    for name, fn in runs.items():
+        t0 = time.perf_counter()
+        fn()  # warm-up (the compiled side compiles here)
+        warmup[name] = time.perf_counter() - t0
     best = {name: float("inf") for name in runs}
     spent = {name: 0.0 for name in runs}
     rounds = 0
@@ -117,9 +135,13 @@ def main() -> None:
     print(f"ours      {best['ours'] * 1e3:8.1f} ms / training step")
     print(f"baseline  {best['baseline'] * 1e3:8.1f} ms / training step (nn.TransformerEncoderLayer loop)")
     print(f"throughput ours / baseline = {best['baseline'] / best['ours']:.2f}  (goal >= 1.0)")
-    print(f"achieved {flops / best['ours'] / 1e9:.1f} GFLOP/s of measured matmul peak {peak / 1e9:.1f} "
-          f"GFLOP/s = {flops / best['ours'] / peak:.2f} of peak")
-
+    if args.compile:
+        print(f"compiled  {best['compiled'] * 1e3:8.1f} ms / training step (train.compile; first step with "
+              f"compiling {warmup['compiled']:.1f} s)")
+        print(f"throughput compiled / baseline = {best['baseline'] / best['compiled']:.2f}")
+    for name in [n for n in ("ours", "compiled") if n in best]:
+        print(f"{name}: achieved {flops / best[name] / 1e9:.1f} GFLOP/s of measured matmul peak "
+              f"{peak / 1e9:.1f} GFLOP/s = {flops / best[name] / peak:.2f} of peak")
 
 if __name__ == "__main__":
     main()

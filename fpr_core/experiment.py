@@ -146,6 +146,8 @@ def run_experiment(cfg: ExperimentConfig, *, cache_dir: str | os.PathLike | None
     train_tokens = math.prod(splits["train"].inputs.shape[1:])
     model = LoopedModel(model_cfg, cfg.solver, cfg.grad, grid=task.grid, train_tokens=train_tokens,
                         coordinates=board_coordinates(task, cfg.model.positions)).to(dev)
+    if cfg.train.compile:
+        model.compile_training_steps()
     train_cfg = dataclasses.replace(cfg.train, seed=seed)
     result = train(model, task, splits["train"], train_cfg, on_log=on_log, on_checkpoint=on_checkpoint,
                    resume_state=resume_state, should_stop=should_stop)

@@ -57,7 +57,13 @@ class _UnitRMS(torch.autograd.Function):
 
 
 def unit_rms(x: torch.Tensor) -> torch.Tensor:
-    """(..., d) -> (..., d) at RMS 1 per vector (FPRM's gain-free RMSNorm, eps 1e-5)."""
+    """(..., d) -> (..., d) at RMS 1 per vector (FPRM's gain-free RMSNorm, eps 1e-5).
+
+    Under torch.compile the same formula is written out in plain ops, which TorchInductor fuses
+    with its neighbours (the hand-written backward would stay one opaque kernel chain)."""
+    if torch.compiler.is_compiling():
+        xf = _at_least_float32(x)
+        return (xf * torch.rsqrt(xf.square().mean(-1, keepdim=True) + EPS)).to(x.dtype)
     return _UnitRMS.apply(x)[0]
 
 
