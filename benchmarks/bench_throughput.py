@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fpr_core.config import GradConfig, ModelConfig, SolverConfig
+from fpr_core.config import ConfigError, GradConfig, ModelConfig, SolverConfig
 from fpr_core.model import LoopedModel
 
 
@@ -93,8 +93,12 @@ def main() -> None:
     base = PlainLoop(4, 2, args.dim, args.heads, args.steps).to(device).train()
     models = {"ours": ours, "baseline": base}
     if args.compile:
-        models["compiled"] = looped()
-        models["compiled"].compile_training_steps()
+        try:
+            models["compiled"] = looped()
+            models["compiled"].compile_training_steps()
+        except ConfigError as e:  # no C++ compiler for Inductor's CPU kernels
+            print(f"compiled side left out: {e}")
+            del models["compiled"]
     inputs = torch.randint(0, 4, (args.batch, args.tokens), device=device)
     targets = inputs.remainder(2)
     opts = {id(m): torch.optim.AdamW(m.parameters(), lr=1e-4) for m in models.values()}
@@ -135,7 +139,7 @@ def main() -> None:
     print(f"ours      {best['ours'] * 1e3:8.1f} ms / training step")
     print(f"baseline  {best['baseline'] * 1e3:8.1f} ms / training step (nn.TransformerEncoderLayer loop)")
     print(f"throughput ours / baseline = {best['baseline'] / best['ours']:.2f}  (goal >= 1.0)")
-    if args.compile:
+    if "compiled" in best:
         print(f"compiled  {best['compiled'] * 1e3:8.1f} ms / training step (train.compile; first step with "
               f"compiling {warmup['compiled']:.1f} s)")
         print(f"throughput compiled / baseline = {best['baseline'] / best['compiled']:.2f}")

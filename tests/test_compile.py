@@ -1,6 +1,8 @@
 """train.compile: the training loop's steps under torch.compile give eager's numbers to float
 tolerance, on a solve whose active batch shrinks, with a bounded number of compiled graphs."""
 import copy
+import os
+import shutil
 
 import pytest
 import torch
@@ -13,6 +15,9 @@ from fpr_core.model import LoopedModel
 GRAPHS_PER_MODEL = 8
 """Upper bound on compiled frames per model: grad on / off, a first static and then a dynamic
 batch, and the grad steps' input with and without requires_grad (6 measured)."""
+
+needs_compiler = pytest.mark.skipif(shutil.which(os.environ.get("CXX") or "g++") is None,
+                                    reason="TorchInductor needs a C++ compiler for CPU kernels")
 
 
 def tiny_model() -> LoopedModel:
@@ -31,6 +36,7 @@ def forward_backward(model: LoopedModel, inputs: torch.Tensor):
     return out, grads
 
 
+@needs_compiler
 def test_compiled_training_steps_match_eager_and_do_not_recompile_per_batch_size():
     eager = tiny_model()
     compiled = copy.deepcopy(eager)
@@ -57,6 +63,7 @@ def test_compiled_training_steps_match_eager_and_do_not_recompile_per_batch_size
     assert torch._dynamo.utils.counters["frames"]["total"] == frames["total"]
 
 
+@needs_compiler
 def test_a_trial_with_train_compile_follows_the_eager_loss_curve():
     base = {"task": {"name": "prefix_sums", "train_size": 6, "ood_sizes": [12]},
             "model": {"dim": 16, "heads": 2, "conv": "1d"}, "solver": {"train_cap": 4, "eval_cap": 8},

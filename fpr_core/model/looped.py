@@ -262,9 +262,16 @@ class LoopedModel(nn.Module):
         compiled earlier in this process are dropped first: a reused Ray actor trains many models
         one after another, and past dynamo's recompile limit it would fall back to eager. A
         shrinking active batch costs one recompile (the batch dim becomes dynamic), not one per size."""
+        import torch._inductor.config as inductor  # here: importing Inductor costs every other user
+
         require_compiler(next(self.parameters()).device)
         torch._dynamo.reset()
+        # Inductor compiles in a pool of min(32, cores) processes by default: on a shared node each
+        # trial would start one; keep to the threads this process was given (Ray: resources.cpu)
+        inductor.compile_threads = max(1, min(inductor.compile_threads, torch.get_num_threads()))
         self.compile_training = True
+
+    # ----- the loop map -------------------------------------------------------------------
     def token_shape(self, inputs: torch.Tensor) -> tuple[int, ...]:
         """(L,) for (B, L) inputs, (H, W) for (B, H, W) grids; raises on the wrong rank."""
         want = 3 if self.grid else 2
