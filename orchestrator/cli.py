@@ -105,6 +105,7 @@ def run(spec_path: Path = SPEC_ARG,
         raise typer.Exit(EXIT_OK)
     _check_clean_tree(require_clean or spec.require_clean)
     _check_address(address or os.environ.get("RAY_ADDRESS"))  # before the slow imports: seconds, not minutes
+    _local_ray_on_loopback(address)
     from orchestrator.store import store_address
     from orchestrator.run.driver import GpuUnavailable, RunOptions, SweepError, check_size, run_sweep, sweep_dir_for
 
@@ -217,6 +218,17 @@ def _check_address(address: Optional[str]) -> None:
         check_address(address)
     except AddressError as e:
         _fail(str(e))
+
+
+def _local_ray_on_loopback(address: Optional[str]) -> None:
+    """A local Ray (no --address, no $RAY_ADDRESS) serves this machine only, so every one of its
+    processes listens on 127.0.0.1. Left alone, Ray binds the address other hosts reach this one
+    by: its GCS and raylets, its agents' HTTP servers, and the dashboard's and autoscaler's
+    Prometheus metrics servers (on 0.0.0.0). Ray keeps to loopback where multi-node support is off,
+    as on macOS and Windows: ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` (ray/_private/services.py,
+    ``get_node_ip_address``). Ray reads it at import, so this runs before ray is imported."""
+    if not (address or os.environ.get("RAY_ADDRESS")):
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
 def _is_loopback(host: str) -> bool:
@@ -498,6 +510,7 @@ def eval_(sweep: str = SWEEP_ARG,
 
 
 def _run_eval(sweep_dir: Path, jobs, cap_law: str, address: Optional[str], n_eval: Optional[int] = None):
+    _local_ray_on_loopback(address)
     from orchestrator.run import reeval
     from orchestrator.run.driver import SweepError, ensure_ray, log_sweep_outcome, quiet_tune
     from orchestrator.store import parquet as results

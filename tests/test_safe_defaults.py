@@ -3,6 +3,7 @@ write outside its results dir, checkpoints load weights only, and secrets in the
 never reach MLflow, the Parquet table or any other file of a sweep."""
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import pickle
@@ -53,11 +54,19 @@ def _cli(*args: str, **kw) -> subprocess.Popen:
 
 
 def _stop(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)  # the CLI and the server it started, nothing else
-    except ProcessLookupError:
-        pass
-    proc.wait(timeout=30)
+    """Stop the CLI as Ctrl-C would, so it stops what it started (`ui`: its MLflow server, which
+    runs in a session of its own and would outlive a SIGKILL of the CLI); SIGKILL the CLI's group
+    if it is still there after that."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout=30)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def _sweep_dir(tmp_path: Path) -> Path:
@@ -149,6 +158,17 @@ def _listeners() -> dict[str, str]:
     return out
 
 
+def _loopback(address: str) -> bool:
+    """Whether a /proc/net/tcp{,6} local address (hex IP:port) is on 127.0.0.0/8 or ::1."""
+    raw = bytes.fromhex(address.rsplit(":", 1)[0])
+    # the kernel prints each 32-bit word in host (little-endian) byte order
+    ip = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+    if len(ip) == 4:
+        return ipaddress.IPv4Address(ip).is_loopback
+    addr = ipaddress.IPv6Address(ip)
+    return addr.is_loopback or (addr.ipv4_mapped is not None and addr.ipv4_mapped.is_loopback)
+
+
 def _process_name(cmd: list[str]) -> str:
     """'raylet', 'gcs_server', 'dashboard.py', 'orchestrator.cli', 'ray::ImplicitFunc', ..."""
     name = Path(cmd[0]).name
@@ -205,10 +225,13 @@ def test_secrets_never_reach_results_runs_or_files_and_no_dashboard_listens(tmp_
         assert proc.wait(timeout=400) == 0, log.read_text()
     finally:
         _stop(proc)
-    # Ray's GCS and raylets listen (token-authenticated gRPC); no dashboard or other HTTP server does.
+    # The local Ray serves this machine only: every process of it listens on loopback, none on the
+    # dashboard's port, and no MLflow server runs.
     assert {"gcs_server", "raylet"} <= set(served), served
-    assert not [n for n in served if "dashboard" in n or "mlflow" in n], served
+    assert not [n for n in served if "mlflow" in n], served
     assert not any(int(a.rsplit(":", 1)[1], 16) == 8265 for addrs in served.values() for a in addrs), served
+    exposed = {name: [a for a in addrs if not _loopback(a)] for name, addrs in served.items()}
+    assert not any(exposed.values()), exposed
 
     sweep_dir = tmp_path / "results" / "secrets"
     df = pd.read_parquet(sweep_dir / "results.parquet")
