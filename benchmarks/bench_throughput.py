@@ -92,7 +92,9 @@ def main() -> None:
     ours = looped()
     base = PlainLoop(4, 2, args.dim, args.heads, args.steps).to(device).train()
     models = {"ours": ours, "baseline": base}
-    if args.compile:
+    if args.compile and args.smoke:  # compiling costs ~10 s; tests/test_compile.py covers train.compile
+        print("compiled side left out in --smoke")
+    elif args.compile:
         try:
             models["compiled"] = looped()
             models["compiled"].compile_training_steps()

@@ -220,15 +220,29 @@ def _check_address(address: Optional[str]) -> None:
         _fail(str(e))
 
 
+LOCAL_ONLY_VAR = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+_OWN_PROCESS = False
+"""True once ``main`` runs the command: this process is `fpr-sweep` itself rather than a caller's
+(a test's CliRunner), so what Ray reads at import is ours to set."""
+
+
 def _local_ray_on_loopback(address: Optional[str]) -> None:
     """A local Ray (no --address, no $RAY_ADDRESS) serves this machine only, so every one of its
-    processes listens on 127.0.0.1. Left alone, Ray binds the address other hosts reach this one
-    by: its GCS and raylets, its agents' HTTP servers, and the dashboard's and autoscaler's
-    Prometheus metrics servers (on 0.0.0.0). Ray keeps to loopback where multi-node support is off,
-    as on macOS and Windows: ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` (ray/_private/services.py,
-    ``get_node_ip_address``). Ray reads it at import, so this runs before ray is imported."""
-    if not (address or os.environ.get("RAY_ADDRESS")):
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    processes should listen on 127.0.0.1. Left alone, Ray binds the address other hosts reach
+    this one by: its GCS and raylets, its agents' HTTP servers, and the dashboard's and
+    autoscaler's Prometheus metrics servers (on 0.0.0.0). Ray keeps to loopback where multi-node
+    support is off, as on macOS and Windows: ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` (ray
+    _private/services.py, ``get_node_ip_address``). Ray reads it once, at import, so ray is imported
+    here with it set to 0, and the variable is put back at once: no child process inherits it (a
+    ``ray start`` that inherited it would refuse to join a cluster). Left alone when the user set it."""
+    if (not _OWN_PROCESS or address or os.environ.get("RAY_ADDRESS") or "ray" in sys.modules
+            or LOCAL_ONLY_VAR in os.environ):
+        return
+    os.environ[LOCAL_ONLY_VAR] = "0"
+    try:
+        import ray  # noqa: F401  (ray._private.ray_constants reads the variable now)
+    finally:
+        del os.environ[LOCAL_ONLY_VAR]
 
 
 def _is_loopback(host: str) -> bool:
@@ -597,6 +611,8 @@ def main() -> None:
     left to do. So once the command has returned and its output is flushed, Ray is stopped (when
     this process started it) and the process leaves without that teardown. Everything a command
     writes is closed before it returns (Parquet, the spool, the MLflow store's last commit)."""
+    global _OWN_PROCESS
+    _OWN_PROCESS = True
     try:
         app()
         code = EXIT_OK

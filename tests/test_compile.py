@@ -22,10 +22,12 @@ needs_compiler = pytest.mark.skipif(shutil.which(os.environ.get("CXX") or "g++")
 
 def tiny_model() -> LoopedModel:
     torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=3, n_classes=2, dim=16, heads=2, conv="1d", init_std=0.5)
-    # at this init, tol 0.05 is reached after 7 to 10 steps or not at all: the active batch shrinks
+    # the shapes of the trial below (prefix sums, 6 tokens, batch 16), so it finds these graphs in
+    # TorchInductor's cache; at this init, tol 0.05 is reached after 6 to 8 steps or not within
+    # the cap: the active batch shrinks
+    cfg = ModelConfig(vocab_size=2, n_classes=2, dim=16, heads=2, conv="1d", init_std=0.5)
     return LoopedModel(cfg, SolverConfig(tol=0.05, train_cap=12), GradConfig(mode="truncated", k=2),
-                       grid=False, train_tokens=8).train()
+                       grid=False, train_tokens=6).train()
 
 
 def forward_backward(model: LoopedModel, inputs: torch.Tensor):
@@ -45,7 +47,7 @@ def test_compiled_training_steps_match_eager_and_do_not_recompile_per_batch_size
     generator = torch.Generator().manual_seed(1)
     shrank = False
     for _ in range(3):
-        inputs = torch.randint(0, 3, (12, 8), generator=generator)
+        inputs = torch.randint(0, 2, (16, 6), generator=generator)
         want, want_grads = forward_backward(eager, inputs)
         got, got_grads = forward_backward(compiled, inputs)
         assert torch.equal(got.trace.iterations, want.trace.iterations)
@@ -59,7 +61,7 @@ def test_compiled_training_steps_match_eager_and_do_not_recompile_per_batch_size
     frames = torch._dynamo.utils.counters["frames"]
     assert 0 < frames["ok"] <= GRAPHS_PER_MODEL and frames["total"] == frames["ok"]
     with torch.no_grad():  # evaluation stays eager: no new graph for another size
-        compiled.eval()(torch.randint(0, 3, (4, 16)))
+        compiled.eval()(torch.randint(0, 2, (4, 12)))
     assert torch._dynamo.utils.counters["frames"]["total"] == frames["total"]
 
 
