@@ -15,9 +15,11 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Optional
 
 import pandas as pd
 import pyarrow.parquet as pq
+
 import pytest
 
 from conftest import TINY_BASE, write_spec
@@ -51,11 +53,23 @@ class Cluster:
         self.address = f"127.0.0.1:{self.port}"
         self.env = cluster_env()
         self.tmp = tmp
-        self.head = self._start("head", "--head", f"--port={self.port}", "--include-dashboard=false",
-                                f"--temp-dir={tmp / 'ray'}")
-        self._wait_nodes(1)
-        self.worker = self._start("worker", f"--address={self.address}")
-        self._wait_nodes(2)
+        self.head: Optional[subprocess.Popen] = None
+        self.worker: Optional[subprocess.Popen] = None
+        try:
+            self.head = self._start("head", "--head", f"--port={self.port}", "--include-dashboard=false",
+                                    f"--temp-dir={tmp / 'ray'}")
+            self._wait_nodes(1)
+            self.worker = self._start("worker", f"--address={self.address}")
+            self._wait_nodes(2)
+        except BaseException:  # a node that never came up must not leave the other one running
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        """SIGKILL every node started so far."""
+        for proc in (self.worker, self.head):
+            if proc is not None:
+                self.kill(proc)
 
     def _start(self, name: str, *args: str) -> subprocess.Popen:
         log = open(self.tmp / f"{name}.log", "w")
@@ -134,8 +148,7 @@ def cluster(tmp_path_factory):
     try:
         yield c
     finally:
-        for proc in (c.worker, c.head):
-            c.kill(proc)
+        c.stop()
 
 
 def _run(spec: Path, cluster: Cluster, log: Path, *extra: str) -> subprocess.Popen:
