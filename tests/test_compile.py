@@ -1,8 +1,6 @@
 """train.compile: the training loop's steps under torch.compile give eager's numbers to float
 tolerance, on a solve whose active batch shrinks, with a bounded number of compiled graphs."""
 import copy
-import os
-import shutil
 
 import pytest
 import torch
@@ -11,12 +9,13 @@ import torch._dynamo.utils
 from fpr_core.config import ConfigError, ExperimentConfig, GradConfig, ModelConfig, SolverConfig
 from fpr_core.experiment import run_experiment
 from fpr_core.model import LoopedModel
+from fpr_core.model.looped import cpu_compiler
 
 GRAPHS_PER_MODEL = 8
 """Upper bound on compiled frames per model: grad on / off, a first static and then a dynamic
 batch, and the grad steps' input with and without requires_grad (6 measured)."""
 
-needs_compiler = pytest.mark.skipif(shutil.which(os.environ.get("CXX") or "g++") is None,
+needs_compiler = pytest.mark.skipif(cpu_compiler()[1] is None,
                                     reason="TorchInductor needs a C++ compiler for CPU kernels")
 
 

@@ -32,6 +32,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _proc_ip(hex_ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """The IP of a /proc/net/tcp{,6} address field; the kernel prints each 32-bit word in host
+    (little-endian) byte order."""
+    raw = bytes.fromhex(hex_ip)
+    return ipaddress.ip_address(b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4)))
+
+
 def listening_addresses(port: int) -> set[str]:
     """IPv4/IPv6 addresses with a socket in LISTEN state on ``port`` (from /proc/net/tcp*)."""
     out = set()
@@ -42,9 +49,7 @@ def listening_addresses(port: int) -> set[str]:
             local, state = line.split()[1], line.split()[3]
             addr, hex_port = local.split(":")
             if state == "0A" and int(hex_port, 16) == port:  # 0A = LISTEN
-                raw = bytes.fromhex(addr)
-                words = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))  # little-endian words
-                out.add(socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, words))
+                out.add(str(_proc_ip(addr)))
     return out
 
 
@@ -160,13 +165,9 @@ def _listeners() -> dict[str, str]:
 
 def _loopback(address: str) -> bool:
     """Whether a /proc/net/tcp{,6} local address (hex IP:port) is on 127.0.0.0/8 or ::1."""
-    raw = bytes.fromhex(address.rsplit(":", 1)[0])
-    # the kernel prints each 32-bit word in host (little-endian) byte order
-    ip = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
-    if len(ip) == 4:
-        return ipaddress.IPv4Address(ip).is_loopback
-    addr = ipaddress.IPv6Address(ip)
-    return addr.is_loopback or (addr.ipv4_mapped is not None and addr.ipv4_mapped.is_loopback)
+    ip = _proc_ip(address.rsplit(":", 1)[0])
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return ip.is_loopback or (mapped is not None and mapped.is_loopback)
 
 
 def _process_name(cmd: list[str]) -> str:

@@ -124,13 +124,20 @@ def _compiled(method: Callable, cpu: bool) -> Callable:
     return torch.compile(method, dynamic=None, options={"cpp_wrapper": True} if cpu else None)
 
 
+def cpu_compiler() -> tuple[str, Optional[str]]:
+    """The C++ compiler TorchInductor builds CPU kernels with ($CXX, else g++), and its path (None
+    when it is not on PATH)."""
+    name = os.environ.get("CXX") or "g++"
+    return name, shutil.which(name)
+
+
 def require_compiler(device: torch.device) -> None:
-    """TorchInductor builds CPU kernels with a C++ compiler ($CXX, else g++): refuse up front
-    rather than fail at the first training step."""
-    if device.type == "cpu" and shutil.which(os.environ.get("CXX") or "g++") is None:
+    """Refuse train.compile up front, rather than at the first training step, on a CPU without a
+    C++ compiler."""
+    name, path = cpu_compiler()
+    if device.type == "cpu" and path is None:
         raise ConfigError("train.compile: TorchInductor needs a C++ compiler for CPU kernels and found "
-                           f"none ({os.environ.get('CXX') or 'g++'} is not on PATH); install g++ or set "
-                           "$CXX, or set train.compile: false")
+                           f"none ({name} is not on PATH); install g++ or set $CXX, or set train.compile: false")
 
 
 def truncated_normal(shape, std: float, generator: Optional[torch.Generator] = None) -> torch.Tensor:
@@ -309,6 +316,7 @@ class LoopedModel(nn.Module):
         compiled = self.training and self.compile_training
         cpu = x.device.type == "cpu"
         run = _compiled(LoopedModel._step, cpu) if compiled else LoopedModel._step
+        run_measured = _compiled(LoopedModel._measured_step, cpu) if compiled else None
 
         def step(z: torch.Tensor, x_rows: torch.Tensor) -> torch.Tensor:
             return run(self, z, x_rows, shape, rope, scale, coeffs())
@@ -317,8 +325,7 @@ class LoopedModel(nn.Module):
             return self._step(z, x_rows, shape, rope, scale, coeffs(), outer=False)
 
         def measured_step(z: torch.Tensor, x_rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            return _compiled(LoopedModel._measured_step, cpu)(self, z, x_rows, shape, rope, scale, coeffs(),
-                                                              self.solver_cfg.residual)
+            return run_measured(self, z, x_rows, shape, rope, scale, coeffs(), self.solver_cfg.residual)
 
         lm = LoopMap(x=x, z0=x, shape=shape, step=step, step_pre=step_pre, z0_std=c.z0_std,
                      measured_step=measured_step if compiled else None)

@@ -19,6 +19,13 @@ def _at_least_float32(t: torch.Tensor) -> torch.Tensor:
     return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
+def _normed(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x / sqrt(mean(x^2) + eps), 1 / sqrt(mean(x^2) + eps)) over the last dim."""
+    xf = _at_least_float32(x)  # bf16 (CUDA autocast) is normed in float32, as F.rms_norm does
+    rstd = torch.rsqrt(xf.square().mean(-1, keepdim=True) + EPS)
+    return (xf * rstd).to(x.dtype), rstd
+
+
 class _UnitRMS(torch.autograd.Function):
     """y = x / sqrt(mean(x^2) + eps) with its Jacobian in closed form.
 
@@ -29,9 +36,7 @@ class _UnitRMS(torch.autograd.Function):
 
     @staticmethod
     def forward(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        xf = _at_least_float32(x)  # bf16 (CUDA autocast) is normed in float32, as F.rms_norm does
-        rstd = torch.rsqrt(xf.square().mean(-1, keepdim=True) + EPS)
-        return (xf * rstd).to(x.dtype), rstd
+        return _normed(x)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
@@ -61,10 +66,7 @@ def unit_rms(x: torch.Tensor) -> torch.Tensor:
 
     Under torch.compile the same formula is written out in plain ops, which TorchInductor fuses
     with its neighbours (the hand-written backward would stay one opaque kernel chain)."""
-    if torch.compiler.is_compiling():
-        xf = _at_least_float32(x)
-        return (xf * torch.rsqrt(xf.square().mean(-1, keepdim=True) + EPS)).to(x.dtype)
-    return _UnitRMS.apply(x)[0]
+    return (_normed if torch.compiler.is_compiling() else _UnitRMS.apply)(x)[0]
 
 
 @NORMS.register("rms")
