@@ -6,7 +6,10 @@
    trial with resources.cpu 1 gets). Ratio = wall(a) / (wall(b) / slots), slots = trials that run
    at once = cores / resources.cpu. Goal <= 1.15x. Also (c): the trials dealt to `slots` plain
    loops running side by side, which separates what trials sharing the machine cost (c vs b)
-   from what the orchestration costs (a vs c).
+   from what the orchestration costs (a vs c). (d): the same loops, each a fresh process timed
+   from its start, not warmed up: the floor. No run of the same trials in new worker processes on
+   the same slots can beat it (nor, with a local Ray, (d) plus Ray's start), so a goal below the
+   printed floor is out of reach on that machine at that trial length.
 2. Ray start-up: `ray.init` of a local Ray (as `fpr-sweep run` starts it), in a fresh process.
 3. MLflow cost per trial: what the driver's tracking does for one trial (child run with params,
    training metrics every log step, final per-split metrics, config + convergence-plot artifacts,
@@ -52,9 +55,9 @@ def bench_spec(directory: Path, steps: int, trials: int) -> Path:
     return path
 
 
-def sequential_loop(spec_path: Path, part: int = 0, parts: int = 1) -> tuple[float, int]:
+def sequential_loop(spec_path: Path, part: int = 0, parts: int = 1, warm: bool = True) -> tuple[float, int]:
     """Every trial of the spec (or every ``parts``-th from ``part``) through run_experiment, one
-    after another; (seconds, trials)."""
+    after another; (seconds, trials). ``warm``: run the first trial once, untimed, before."""
     import torch
 
     from fpr_core.config import ExperimentConfig
@@ -65,7 +68,8 @@ def sequential_loop(spec_path: Path, part: int = 0, parts: int = 1) -> tuple[flo
     torch.set_num_threads(1)
     configs = [ExperimentConfig.from_dict(resolve(c, None).experiment_config()) for c in expand(load_spec(spec_path))]
     configs = configs[part::parts]
-    run_experiment(configs[0], cache_dir=False)  # warm: task generation kernels, first-call costs
+    if warm:
+        run_experiment(configs[0], cache_dir=False)  # task generation kernels, first-call costs
     started = time.perf_counter()
     for cfg in configs:
         result = run_experiment(cfg, cache_dir=False)
@@ -73,15 +77,19 @@ def sequential_loop(spec_path: Path, part: int = 0, parts: int = 1) -> tuple[flo
     return time.perf_counter() - started, len(configs)
 
 
-def side_by_side_loops(spec_path: Path, slots: int) -> float:
+def side_by_side_loops(spec_path: Path, slots: int, cold: bool = False) -> float:
     """The spec's trials dealt to ``slots`` plain loops that run at once, each a fresh process with
     one torch thread: what the trials cost sharing this machine, without any orchestration.
-    Seconds until the last loop is done (each loop warms up first, as ``sequential_loop`` does)."""
+    Seconds until the last loop is done: each loop warms up first, as ``sequential_loop`` does, and
+    times its trials; or, ``cold``, from starting the processes to their exit, unwarmed, which is
+    what running the trials in new processes costs at the least (interpreter, torch, first calls)."""
     code = ("import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); import bench_orchestration as b; "
-            "print(b.sequential_loop(Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))[0])")
+            "print(b.sequential_loop(Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5] == 'warm')[0])")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    started = time.perf_counter()
     loops = [subprocess.Popen([sys.executable, "-c", code, str(REPO / "benchmarks"), str(spec_path), str(k),
-                               str(slots)], stdout=subprocess.PIPE, text=True, env=env, cwd=REPO)
+                               str(slots), "cold" if cold else "warm"], stdout=subprocess.PIPE, text=True, env=env,
+                              cwd=REPO)
              for k in range(slots)]
     seconds = []
     for loop in loops:
@@ -89,7 +97,7 @@ def side_by_side_loops(spec_path: Path, slots: int) -> float:
         if loop.returncode != 0:
             raise SystemExit(f"a side-by-side loop failed (exit {loop.returncode})")
         seconds.append(float(out.strip().splitlines()[-1]))
-    return max(seconds)
+    return time.perf_counter() - started if cold else max(seconds)
 
 
 def through_cli(spec_path: Path, tree: Path = REPO) -> tuple[float, float]:
@@ -182,6 +190,15 @@ def print_overhead(label: str, cli_seconds: float, ray_seconds: float, ideal: fl
           f"without Ray start-up {(cli_seconds - ray_seconds) / ideal:.2f}x (goal <= 1.3x)")
 
 
+def print_floor(fresh: float, ray_seconds: float, ideal: float) -> None:
+    """The best ratio an orchestrator that runs trials in new worker processes could print here:
+    the fresh side-by-side loops do only that, with no orchestration at all; with a local Ray,
+    its start comes on top (Ray's workers start after it)."""
+    print(f"    floor (fresh side-by-side loops, no orchestration): {fresh / ideal:.2f}x without Ray start-up, "
+          f"{(fresh + ray_seconds) / ideal:.2f}x with this run's Ray start; a goal below its floor cannot be "
+          f"met on this machine at this trial length")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=8)
@@ -209,6 +226,10 @@ def main() -> None:
         print(f"    the same trials in {min(slots, n)} plain loops side by side: {shared:.1f} s = "
               f"{shared / ideal:.2f}x the loop per slot (what sharing the machine costs); "
               f"fpr-sweep run / side-by-side loops = {cli_seconds / shared:.2f}x")
+        fresh = side_by_side_loops(spec_path, min(slots, n), cold=True)
+        print(f"    the same, each loop a fresh process timed from its start and not warmed up: {fresh:.1f} s = "
+              f"{fresh / ideal:.2f}x (what starting new processes adds: {fresh - shared:.1f} s)")
+        print_floor(fresh, ray_seconds, ideal)
         if args.baseline:
             base_seconds, base_ray = through_cli(bench_spec(tmp / "baseline", args.steps, args.trials), args.baseline)
             print_overhead(f"baseline {args.baseline}", base_seconds, base_ray, ideal, min(slots, n))
@@ -220,7 +241,8 @@ def main() -> None:
         print(f"[4] {args.rows} rows in {args.rows // 10} trial files: write {c['write_trial_files']:.1f} s, "
               f"collect -> results.parquet {c['collect']:.2f} s ({c['file_mb']:.1f} MB), "
               f"read back pandas {c['pandas_read']:.2f} s, duckdb group-by {c['duckdb_groupby']:.2f} s")
-        print(json.dumps({"loop_s": seq_seconds, "side_by_side_s": shared, "cli_s": cli_seconds, "ray_start_in_cli_s": ray_seconds,
+        print(json.dumps({"loop_s": seq_seconds, "side_by_side_s": shared, "fresh_side_by_side_s": fresh,
+                          "floor": fresh / ideal, "floor_with_ray_start": (fresh + ray_seconds) / ideal, "cli_s": cli_seconds, "ray_start_in_cli_s": ray_seconds,
                           "mlflow_ms_per_trial": per_trial * 1000, **c}))
 
 

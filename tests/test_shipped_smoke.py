@@ -2,6 +2,7 @@
 benchmarks/bench_*.py with --smoke, as fresh processes (what a user types)."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -61,3 +62,9 @@ def test_every_shipped_spec_runs_with_smoke(spec, tmp_path):
 def test_every_benchmark_runs_with_smoke(bench):
     done = run([str(bench), "--smoke"], timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    if bench.stem == "bench_orchestration":
+        # The floor is the fresh side-by-side loops: they pay the process start-up the warmed ones skip.
+        numbers = json.loads(done.stdout.strip().splitlines()[-1])
+        assert numbers["fresh_side_by_side_s"] > numbers["side_by_side_s"]
+        assert numbers["floor_with_ray_start"] > numbers["floor"] > 1.0
+        assert "floor (fresh side-by-side loops" in done.stdout
