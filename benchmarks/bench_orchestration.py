@@ -77,18 +77,18 @@ def sequential_loop(spec_path: Path, part: int = 0, parts: int = 1, warm: bool =
     return time.perf_counter() - started, len(configs)
 
 
-def side_by_side_loops(spec_path: Path, slots: int, cold: bool = False) -> float:
+def side_by_side_loops(spec_path: Path, slots: int, warm: bool = True) -> float:
     """The spec's trials dealt to ``slots`` plain loops that run at once, each a fresh process with
     one torch thread: what the trials cost sharing this machine, without any orchestration.
-    Seconds until the last loop is done: each loop warms up first, as ``sequential_loop`` does, and
-    times its trials; or, ``cold``, from starting the processes to their exit, unwarmed, which is
-    what running the trials in new processes costs at the least (interpreter, torch, first calls)."""
+    Seconds until the last loop is done: ``warm``, each loop warms up first, as ``sequential_loop``
+    does, and times its trials; otherwise from starting the processes to their exit, unwarmed, which
+    is what running the trials in new processes costs at the least (interpreter, torch, first calls)."""
     code = ("import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); import bench_orchestration as b; "
             "print(b.sequential_loop(Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5] == 'warm')[0])")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     started = time.perf_counter()
     loops = [subprocess.Popen([sys.executable, "-c", code, str(REPO / "benchmarks"), str(spec_path), str(k),
-                               str(slots), "cold" if cold else "warm"], stdout=subprocess.PIPE, text=True, env=env,
+                               str(slots), "warm" if warm else "fresh"], stdout=subprocess.PIPE, text=True, env=env,
                               cwd=REPO)
              for k in range(slots)]
     seconds = []
@@ -97,7 +97,7 @@ def side_by_side_loops(spec_path: Path, slots: int, cold: bool = False) -> float
         if loop.returncode != 0:
             raise SystemExit(f"a side-by-side loop failed (exit {loop.returncode})")
         seconds.append(float(out.strip().splitlines()[-1]))
-    return time.perf_counter() - started if cold else max(seconds)
+    return max(seconds) if warm else time.perf_counter() - started
 
 
 def through_cli(spec_path: Path, tree: Path = REPO) -> tuple[float, float]:
@@ -190,12 +190,12 @@ def print_overhead(label: str, cli_seconds: float, ray_seconds: float, ideal: fl
           f"without Ray start-up {(cli_seconds - ray_seconds) / ideal:.2f}x (goal <= 1.3x)")
 
 
-def print_floor(fresh: float, ray_seconds: float, ideal: float) -> None:
+def print_floor(floor: float, floor_with_ray_start: float) -> None:
     """The best ratio an orchestrator that runs trials in new worker processes could print here:
     the fresh side-by-side loops do only that, with no orchestration at all; with a local Ray,
     its start comes on top (Ray's workers start after it)."""
-    print(f"    floor (fresh side-by-side loops, no orchestration): {fresh / ideal:.2f}x without Ray start-up, "
-          f"{(fresh + ray_seconds) / ideal:.2f}x with this run's Ray start; a goal below its floor cannot be "
+    print(f"    floor (fresh side-by-side loops, no orchestration): {floor:.2f}x without Ray start-up, "
+          f"{floor_with_ray_start:.2f}x with this run's Ray start; a goal below its floor cannot be "
           f"met on this machine at this trial length")
 
 
@@ -226,10 +226,11 @@ def main() -> None:
         print(f"    the same trials in {min(slots, n)} plain loops side by side: {shared:.1f} s = "
               f"{shared / ideal:.2f}x the loop per slot (what sharing the machine costs); "
               f"fpr-sweep run / side-by-side loops = {cli_seconds / shared:.2f}x")
-        fresh = side_by_side_loops(spec_path, min(slots, n), cold=True)
-        print(f"    the same, each loop a fresh process timed from its start and not warmed up: {fresh:.1f} s = "
-              f"{fresh / ideal:.2f}x (what starting new processes adds: {fresh - shared:.1f} s)")
-        print_floor(fresh, ray_seconds, ideal)
+        fresh = side_by_side_loops(spec_path, min(slots, n), warm=False)
+        floor, floor_with_ray_start = fresh / ideal, (fresh + ray_seconds) / ideal
+        print(f"    the same, each loop a fresh process timed from its start and not warmed up: {fresh:.1f} s "
+              f"(what starting new processes adds: {fresh - shared:.1f} s)")
+        print_floor(floor, floor_with_ray_start)
         if args.baseline:
             base_seconds, base_ray = through_cli(bench_spec(tmp / "baseline", args.steps, args.trials), args.baseline)
             print_overhead(f"baseline {args.baseline}", base_seconds, base_ray, ideal, min(slots, n))
@@ -242,7 +243,7 @@ def main() -> None:
               f"collect -> results.parquet {c['collect']:.2f} s ({c['file_mb']:.1f} MB), "
               f"read back pandas {c['pandas_read']:.2f} s, duckdb group-by {c['duckdb_groupby']:.2f} s")
         print(json.dumps({"loop_s": seq_seconds, "side_by_side_s": shared, "fresh_side_by_side_s": fresh,
-                          "floor": fresh / ideal, "floor_with_ray_start": (fresh + ray_seconds) / ideal, "cli_s": cli_seconds, "ray_start_in_cli_s": ray_seconds,
+                          "floor": floor, "floor_with_ray_start": floor_with_ray_start, "cli_s": cli_seconds, "ray_start_in_cli_s": ray_seconds,
                           "mlflow_ms_per_trial": per_trial * 1000, **c}))
 
 

@@ -149,5 +149,6 @@ def main() -> None:
         print(f"{name}: achieved {flops / best[name] / 1e9:.1f} GFLOP/s of measured matmul peak "
               f"{peak / 1e9:.1f} GFLOP/s = {flops / best[name] / peak:.2f} of peak")
 
+
 if __name__ == "__main__":
     main()
