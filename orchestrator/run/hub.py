@@ -98,6 +98,11 @@ class DriverHub:
         params = {**t.experiment_config(), "variant": c.variant}
         return self.tracker.trial_run(t.trial_id, f"{c.task}/{c.variant}/s{c.seed}/{t.trial_id}", tags, params)
 
+    def _final_status(self, t: Trial) -> str:
+        """The status of a final trial's kept rows (file or fragment)."""
+        table = parquet.read_trial(self.sweep_dir, t.trial_id)
+        return table.column("status")[0].as_py() if table is not None else "ok"
+
     def is_final(self, t: Trial) -> bool:
         if t.trial_id in self._compacted:  # only final trials are compacted
             return True
@@ -139,9 +144,16 @@ class DriverHub:
                                              extra), {}), last.get(STEP, 0))
 
     def errored(self, tune_trial: Any) -> None:
+        """A failed trial gets ``failed`` placeholder rows, unless it already holds final rows: a
+        retry of a finished trial (Tune restored it as running after a driver died between its
+        rows file and Tune's next state save) that fails never replaces its ok rows."""
         t = self.trial(tune_trial)
-        rows = placeholder_rows(t, self.meta, "failed", _error_text(tune_trial))
-        self.finish(t, (rows, {}), (tune_trial.last_result or {}).get(STEP, 0), force=True)
+        error = _error_text(tune_trial)
+        if self.is_final(t):
+            self.warnings.append(f"trial {t.trial_id}: a retry after it had finished failed ({error}); its "
+                                 "finished rows are kept")
+        rows = placeholder_rows(t, self.meta, "failed", error)
+        self.finish(t, (rows, {}), (tune_trial.last_result or {}).get(STEP, 0))
 
     def finish(self, t: Trial, rows_curves: tuple[list[dict], dict], step: Any, force: bool = False,
                datasets: Optional[str] = None) -> None:
@@ -150,11 +162,12 @@ class DriverHub:
         generated (JSON, the final report's DATASETS_KEY)."""
         rows, curves = rows_curves
         self.live.drop(t.trial_id)
-        if self.is_final(t) and not force:
+        if self.is_final(t) and not force:  # finished rows are final: the run ends with their status
+            kept = self._final_status(t)
             if self.tracker.is_open(t.trial_id):
-                self.tracker.end_trial(t.trial_id, rows[0]["status"])
+                self.tracker.end_trial(t.trial_id, kept)
             if t.trial_id not in self.done_before:  # counted once: no "[12/8]" after a resume
-                self.progress.finished(*self._label(t), rows[0]["status"])
+                self.progress.finished(*self._label(t), kept)
             return
         parquet.write_trial_rows(self.sweep_dir, t.trial_id, rows)  # the table first, the tracker second
         self._compact_later(t.trial_id, rows[0]["status"])

@@ -1,0 +1,45 @@
+"""More fault-injection tasks (issue 33), loaded like tests/fault_tasks.py through
+``FPR_TASK_PLUGINS`` with this directory on PYTHONPATH.
+
+``retry_fails`` is prefix sums whose first attempt trains normally (stalling while the file
+``hold`` exists, from its first logged step on, so a test can catch it mid-training) and whose
+every later attempt raises in data generation: a trial that finished once, then fails when a
+resumed driver trains it again.
+"""
+from __future__ import annotations
+
+import os
+import time
+import uuid
+
+from fpr_core.tasks.base import TaskData
+from fpr_core.tasks.prefix_sums import PrefixSums
+
+from fault_tasks import InjectedFault, attempts
+
+
+class RetryFails(PrefixSums):
+    """Params ``counter`` (one line per attempt) and ``hold`` (stall while it exists)."""
+
+    name = "retry_fails"
+
+    def __init__(self, counter: str, hold: str) -> None:
+        super().__init__()
+        self.params = {"counter": counter, "hold": hold}
+        self.version = uuid.uuid4().hex  # never served from the disk cache
+        self._counted = False
+
+    def generate(self, n: int, size: int, seed: int) -> TaskData:
+        if not self._counted:
+            self._counted = True
+            with open(self.params["counter"], "a") as f:
+                f.write(f"{os.getpid()}\n")
+        attempt = attempts(self.params["counter"])
+        if attempt >= 2:
+            raise InjectedFault(f"injected fault on retry attempt {attempt}")
+        return super().generate(n, size, seed)
+
+    def decode(self, logits):
+        while os.path.exists(self.params["hold"]):
+            time.sleep(0.1)
+        return super().decode(logits)
