@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional
+from typing import Any, Callable, Literal, Optional
 
 Recall = Literal["none", "standard", "internal"]
 RecallForm = Literal["scaled", "concat"]
@@ -29,6 +29,9 @@ ProgressiveForm = Literal["dt", "halting"]
 SolverName = Literal["damped", "anderson"]
 GradMode = Literal["bptt", "truncated", "phantom", "implicit", "progressive"]
 LossName = Literal["ce", "stablemax"]
+LoopEntry = Literal["auto", "plain", "shrink", "outer_only"]
+ConvForm = Literal["add", "replace"]
+SpectralHold = Literal["init", "every_step"]
 CapLaw = Literal["task", "linear", "quadratic", "fixed"]
 
 
@@ -60,6 +63,22 @@ ADDED_AFTER_IDS = {"added_after_ids": True}
 """Field metadata: the field was added after trial ids were pinned by committed studies. A trial's
 id omits such a field while it holds its default, so a committed trial keeps its id (see
 ``identity_sections``)."""
+
+
+def changed_default(pinned: Callable[[dict[str, Any]], Any]) -> dict[str, Any]:
+    """Field metadata for a field added after trial ids were pinned whose default changes what some
+    pinned trials ran. ``pinned(section_values)`` is the value that reproduces what a pinned trial of
+    that section ran: a trial's id omits the field while it holds that value (so a trial whose
+    behaviour did not change keeps its id, and one that did gets a new one), and a config written
+    before the field existed (a saved model) reads as holding it (``fill_pinned``)."""
+    return {"added_after_ids": True, "pinned": pinned}
+
+
+def _entry_pinned(model: dict[str, Any]) -> str:
+    """What ``model.loop_entry`` pinned trials ran: the a2 shrink for no and internal recall with
+    residual scaling (the default 'auto' is now a plain entry there), 'auto' elsewhere."""
+    shrunk = model.get("recall") in ("none", "internal") and model.get("residual_scale", "learned") != "none"
+    return "shrink" if shrunk else "auto"
 
 
 @dataclass(frozen=True)
@@ -97,8 +116,11 @@ class ModelConfig:
     residual_scale: ResidualScale = "learned"
     """FPRM's residual scaling; fixed = not trained, none = plain residual. With scaled standard
     recall it is FPRM's coupled form (z <- a2*z + b2*x, then z <- a1*z + b1*sublayer(Norm(z)),
-    b2 = 1 - a2*a1^S, b1 = b2(1 - a1)/(1 - a1^S)); elsewhere nothing is injected, so it is FPRM's
-    outer_only form (a1 = b1 = 1 in the sublayers, z <- a2*z at loop entry)."""
+    b2 = 1 - a2*a1^S, b1 = b2(1 - a1)/(1 - a1^S)); with loop_entry outer_only it is FPRM's
+    outer_only form (a1 = b1 = 1 in the sublayers, z <- a2*z + (1 - a2)*x at loop entry). Where
+    nothing is injected the sublayers are plain residuals and loop_entry says whether a2 shrinks
+    the state at entry."""
+
     a1_init: float = 0.75
     """Initial a1 = sigmoid(logit) per channel (FPRM's best init)."""
     a2_init: float = 0.25
@@ -147,13 +169,41 @@ class ModelConfig:
     convs (padding k-1), so a token never sees a later one. On grids 'later' is raster order:
     attention masks by raster order, convs and local windows see only the rows above and the
     columns to the left (a subset)."""
+    loop_entry: LoopEntry = field(default="auto", metadata=changed_default(_entry_pinned))
+    """What happens to the state at loop entry, before the blocks (DESIGN.md, 'Recall'):
+    plain = nothing (Deep Thinking's no-recall block is a plain residual, Bansal et al. 2022;
+    with concat recall DT's z <- W[z; x]); shrink = z <- a2*z with a learned a2 (init a2_init) and
+    nothing injected (this project's first form for none / internal / concat recall, AUDIT 2 #3;
+    a no-recall loop without outer norm then contracts to one input-independent point);
+    outer_only = FPRM's ``outer_only=True`` (models/transformer.py): z <- a2*z + (1 - a2)*x with
+    plain residual sublayers (a1 = b1 = 1), which injects x, so standard scaled recall only.
+    auto = plain for none and internal recall, FPRM's coupled form (see residual_scale) for scaled
+    standard recall, shrink for concat recall (its form before this option existed)."""
+    conv_form: ConvForm = field(default="add", metadata=ADDED_AFTER_IDS)
+    """How the step conv (``conv``) acts on the state: add = z <- z + dwconv(z), weights N(0,
+    init_std) (this project's form: the conv starts near the identity); replace = z <- dwconv(z)
+    with PyTorch's default conv init, FPRM's form (models/transformer.py: hidden_states =
+    self.conv(hidden_states), conv_bias false in its configs)."""
+    spectral_hold: SpectralHold = field(default="init", metadata=ADDED_AFTER_IDS)
+    """How long ``spectral_mode: step`` holds the step gain at sigma: init = calibrated once at
+    construction, then training moves it (measured after training as rho at z*); every_step = the
+    common map scale c is re-normalised after every optimizer step so the step's measured gain
+    stays at sigma (spectral normalisation, Miyato et al. 2018, applied to the whole step rather
+    than to each map; one warm-started power-iteration measurement and one multiplicative
+    correction per step). Needs spectral set and spectral_mode step."""
 
     def validate(self, where: str = "model") -> None:
         for name, lit in [("recall", Recall), ("recall_form", RecallForm), ("outer_norm", Norm),
                           ("residual_scale", ResidualScale), ("positions", Positions),
                           ("conv", Conv), ("mlp", Mlp), ("mixer", Mixer), ("spectral_mode", SpectralMode),
-                          ("internal_norm", InternalNorm), ("z0", InitialState)]:
+                          ("internal_norm", InternalNorm), ("z0", InitialState), ("loop_entry", LoopEntry),
+                          ("conv_form", ConvForm), ("spectral_hold", SpectralHold)]:
             _check_choice(where, name, getattr(self, name), _literal_choices(lit))
+        self._validate_entry(where)
+        if self.spectral_hold == "every_step" and (self.spectral is None or self.spectral_mode != "step"):
+            raise ConfigError(f"{where}.spectral_hold: 'every_step' holds the step gain at model.spectral, so it "
+                              f"needs spectral set and spectral_mode 'step' (got spectral={self.spectral}, "
+                              f"spectral_mode={self.spectral_mode!r})")
         if not isinstance(self.causal, bool):
             raise ConfigError(f"{where}.causal: got {self.causal!r}, expected true or false")
         if self.recall == "none" and self.z0 in ("zeros", "random"):
@@ -174,6 +224,26 @@ class ModelConfig:
             v = getattr(self, name)
             if not 0.0 < v < 1.0:
                 raise ConfigError(f"{where}.{name}: got {v}, expected a number strictly between 0 and 1")
+
+    def _validate_entry(self, where: str) -> None:
+        scaled = (self.recall, self.recall_form) == ("standard", "scaled")
+        if self.loop_entry == "outer_only" and not scaled:
+            raise ConfigError(f"{where}.loop_entry: 'outer_only' (FPRM's z <- a2*z + (1-a2)*x) injects x, so it "
+                              f"is a form of scaled standard recall; got recall={self.recall!r}, "
+                              f"recall_form={self.recall_form!r} (expected auto, plain or shrink there)")
+        if self.loop_entry in ("plain", "shrink") and scaled:
+            raise ConfigError(f"{where}.loop_entry: {self.loop_entry!r} injects nothing, but scaled standard "
+                              "recall injects x at loop entry; expected auto (FPRM's coupled form) or outer_only "
+                              "(a plain z + x is residual_scale: none)")
+
+    def entry_form(self) -> str:
+        """The loop entry in force: 'coupled' (FPRM's default, scaled standard recall), 'outer_only',
+        'shrink' or 'plain' (``loop_entry`` with 'auto' resolved)."""
+        if self.loop_entry != "auto":
+            return self.loop_entry
+        if self.recall == "standard":
+            return "coupled" if self.recall_form == "scaled" else "shrink"
+        return "plain"
 
     @classmethod
     def from_dict(cls, data: dict | None, where: str = "model") -> "ModelConfig":
@@ -463,8 +533,20 @@ def identity_sections(sections: dict[str, dict[str, Any]]) -> dict[str, dict[str
     out = {}
     for name, values in sections.items():
         cls = EXPERIMENT_SECTIONS.get(name)
-        late = {} if cls is None else {f.name: f.default for f in dataclasses.fields(cls)
-                                       if f.metadata.get("added_after_ids")}
+        late = {} if cls is None else {f.name: (f.metadata["pinned"](values) if f.metadata.get("pinned")
+                                                else f.default)
+                                       for f in dataclasses.fields(cls) if f.metadata.get("added_after_ids")}
         out[name] = {k: v for k, v in values.items() if not (k in late and v == late[k])}
         out[name] = {**REMOVED_AFTER_IDS.get(name, {}), **out[name]}
+    return out
+
+
+def fill_pinned(section: str, values: dict[str, Any]) -> dict[str, Any]:
+    """A section's values written before some ``changed_default`` fields existed, with each missing
+    such field set to what those configs ran (its ``pinned`` value): a saved model rebuilds as trained."""
+    cls = EXPERIMENT_SECTIONS[section]
+    out = dict(values)
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("pinned") and f.name not in out:
+            out[f.name] = f.metadata["pinned"](values)
     return out

@@ -16,20 +16,71 @@ forward; modes that finish with k steps with grad spend at most ``cap - k`` in t
 
 ``unroll`` runs a fixed number of plain steps without halting (Deep Thinking's T). The training
 objective (deep-supervision segments, progressive loss) lives in ``fpr_core.train``.
+
+Not every estimator can train every loop: ``input_gradient_refusal`` says when the input embedding
+would get no gradient at all (an autonomous loop under an estimator that detaches its start), and
+the sweep's edge refuses such a trial (DESIGN.md, 'Judging a claim').
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 
-from fpr_core.config import GradConfig, SolverConfig
+from fpr_core.config import ConfigError, ExperimentConfig, GradConfig, ModelConfig, SolverConfig
 from fpr_core.registry import Registry
 from fpr_core.solver import RESIDUALS, LoopTrace, solve
 
 GRAD_MODES: Registry = Registry("grad.mode")
 IMPLICIT_TOL = 1e-5
 """Stop the implicit backward iteration when ||g_{i+1} - g_i|| / ||g_{i+1}|| falls below this."""
+
+
+_DETACHED_WHY = {
+    "truncated": "'truncated' solves without grad and then takes k steps with grad from the detached state",
+    "phantom": "'phantom' solves without grad and then takes k damped steps with grad from the detached fixed point",
+    "implicit": "'implicit' differentiates z* = F(z*; x) through dF/dx, which is 0 for a loop that never reads x, "
+                "and the solve's start is detached",
+    "progressive": "'progressive' with alpha = 1 keeps only Deep Thinking's term run from a detached state "
+                   "(the full run from z0, weighted 1 - alpha, is dropped)",
+}
+
+
+def grad_text(grad: GradConfig) -> str:
+    """The estimator as a spec writes it: 'bptt', 'truncated:8', 'progressive (alpha 1.0)'."""
+    if grad.mode in ("truncated", "phantom"):
+        return f"{grad.mode}:{grad.k}"
+    if grad.mode == "progressive":
+        return f"progressive (alpha {grad.alpha})"
+    return grad.mode
+
+
+def input_gradient_refusal(model: ModelConfig, grad: GradConfig) -> Optional[str]:
+    """Why the input embedding gets exactly zero gradient under this estimator, or None when it gets one.
+
+    The rule: x reaches the loss through the loop map wherever it is injected (standard recall in
+    every form, internal recall), and then every estimator carries a gradient to it. Without recall
+    the loop is autonomous and x enters only through z0 = x, so only an estimator that
+    differentiates the path from z0 reaches it: bptt, and the progressive loss while its full run
+    from z0 counts (alpha < 1). Truncated, phantom and implicit gradients, and progressive with
+    alpha = 1, start their graph at a detached state: the embedding's gradient is 0 and the arm
+    cannot learn its input (AUDIT.md 1.1, measured in tests/test_input_gradient.py)."""
+    if model.recall != "none":
+        return None
+    if grad.mode == "bptt" or (grad.mode == "progressive" and grad.alpha < 1.0):
+        return None
+    return (f"under grad {grad_text(grad)} its input embedding gets no gradient, so it cannot learn its input. "
+            f"Without recall x enters the loop only through z0 = x, and {_DETACHED_WHY[grad.mode]}. "
+            "What would train it: `grad: bptt` (the full unroll from z0), or Deep Thinking's progressive loss "
+            "with its full run (`grad: {mode: progressive, alpha: 0.5}`, any alpha < 1); give the arms it is "
+            "compared with the same estimator.")
+
+
+def check_input_gradient(cfg: ExperimentConfig) -> None:
+    """Raise ConfigError when the trial's input embedding would get no gradient (``input_gradient_refusal``)."""
+    why = input_gradient_refusal(cfg.model, cfg.grad)
+    if why is not None:
+        raise ConfigError(f"model.recall 'none' is refused: {why}")
 
 
 def run_loop(lm, z0: torch.Tensor, solver_cfg: SolverConfig, grad_cfg: GradConfig, cap: int, *,

@@ -25,7 +25,7 @@ from typing import Any, BinaryIO, Literal, Optional
 import torch
 from torch import nn
 
-from fpr_core.config import ExperimentConfig, ModelConfig
+from fpr_core.config import ExperimentConfig, ModelConfig, fill_pinned
 
 SAVED_MODEL_FORMAT = 1
 WeightsChoice = Literal["eval", "final", "ema"]
@@ -52,8 +52,12 @@ class SavedModel:
     """Free-form provenance (trial id, sweep, git commit, train steps) as JSON-able values."""
 
     def experiment_config(self):
-        """The config as fpr_core's ExperimentConfig."""
-        return ExperimentConfig.from_dict(self.config)
+        """The config as fpr_core's ExperimentConfig (a model saved before a ``changed_default`` field
+        existed reads as what it ran: ``fpr_core.config.fill_pinned``)."""
+        config = dict(self.config)
+        if isinstance(config.get("model"), dict):
+            config["model"] = fill_pinned("model", config["model"])
+        return ExperimentConfig.from_dict(config)
 
     def build(self, which: WeightsChoice = "eval", device: str | torch.device = "cpu") -> nn.Module:
         """A LoopedModel with the chosen weights loaded, in eval mode, on ``device``."""
@@ -65,7 +69,7 @@ class SavedModel:
         if which == "ema" and self.ema is None:
             raise ValueError("which='ema': this model was trained without EMA (train.ema: null)")
         cfg = self.experiment_config()
-        model_cfg = ModelConfig.from_dict(self.model_config)
+        model_cfg = ModelConfig.from_dict(fill_pinned("model", self.model_config))
         coordinates = board_coordinates(task_of(cfg)[0], model_cfg.positions)
         model = LoopedModel(model_cfg, cfg.solver, cfg.grad, grid=self.grid, train_tokens=self.train_tokens,
                             coordinates=coordinates)

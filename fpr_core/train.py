@@ -311,6 +311,9 @@ def train(model: nn.Module, task: Task, data: TaskData, cfg: TrainConfig, *,
             status, message = "diverged", f"non-finite gradient norm {grad_norm} at step {loop.step + 1}"
             return finish(loss_value)
         loop.optimizer.step()
+        after_step = getattr(model, "after_optimizer_step", None)
+        if after_step is not None:  # e.g. model.spectral_hold: every_step re-normalises the step gain
+            after_step()
         if loop.ema is not None:
             loop.ema.update(model)
         loop.step += 1

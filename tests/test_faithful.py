@@ -31,20 +31,51 @@ def loss_fn(logits, targets, mask):
 
 # ------------------------------------------------------------------ FPRM's coefficients
 
-@pytest.mark.parametrize("recall,form,coupled", [("standard", "scaled", True), ("standard", "concat", False),
-                                                 ("internal", "scaled", False), ("none", "scaled", False)])
-def test_coupling_only_for_scaled_standard_recall_and_every_coefficient_learns(recall, form, coupled):
-    model = build(recall=recall, recall_form=form, grad=GradConfig(mode="bptt")).train()
-    logits = {n: p for n, p in model.named_parameters() if "logit" in n}
-    assert set(logits) == ({"coeffs.a1_logit", "coeffs.a2_logit"} if coupled else {"coeffs.a2_logit"})
+@pytest.mark.parametrize("recall,form,entry,logits", [
+    ("standard", "scaled", "auto", {"a1", "a2"}),      # FPRM's coupled form
+    ("standard", "scaled", "outer_only", {"a2"}),      # FPRM's outer_only: z <- a2*z + (1-a2)*x
+    ("standard", "concat", "auto", {"a2"}),            # W[a2*z; x], the concat form before loop_entry
+    ("standard", "concat", "plain", set()),            # Deep Thinking's W[z; x]
+    ("internal", "scaled", "auto", set()),             # nothing injected: a plain entry by default
+    ("none", "scaled", "auto", set()),
+    ("internal", "scaled", "shrink", {"a2"}),          # the first form, reachable by name
+    ("none", "scaled", "shrink", {"a2"})])
+def test_coupling_only_for_scaled_standard_recall_and_every_coefficient_learns(recall, form, entry, logits):
+    model = build(recall=recall, recall_form=form, loop_entry=entry, grad=GradConfig(mode="bptt")).train()
+    learned = {n: p for n, p in model.named_parameters() if "logit" in n}
+    assert set(learned) == {f"coeffs.{name}_logit" for name in logits}
     a1, b1, a2, b2 = model.coeffs()
-    if not coupled:  # FPRM's outer_only: plain residual sublayers, z <- a2*z at loop entry
+    if "a1" not in logits:  # plain residual sublayers
         assert torch.allclose(a1, torch.ones(16)) and torch.allclose(b1, torch.ones(16))
-        assert torch.allclose(a2, torch.full((16,), 0.25))
+        assert torch.allclose(a2, torch.full((16,), 0.25 if logits else 1.0))
+    if entry == "outer_only":
+        assert torch.allclose(b2, 1.0 - a2)
     out = model(tokens(SEQ))
     F.cross_entropy(out.logits.flatten(0, -2), tokens(SEQ, 2).remainder(2).flatten()).backward()
-    for name, p in logits.items():
+    for name, p in learned.items():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("recall,entry", [("none", "shrink"), ("none", "plain"), ("internal", "shrink")])
+def test_loop_entry_injects_nothing_without_standard_recall(recall, entry):
+    """shrink scales the state by a2 at loop entry, plain leaves it (DT's no-recall block); neither
+    reads x, so a no-recall step is the same map of z for any input."""
+    model = build(recall=recall, loop_entry=entry, outer_norm="none", residual_scale="fixed")
+    seen = {}
+    model.blocks[0].register_forward_pre_hook(lambda m, args: seen.update(z=args[0]))
+    lm = model.loop_map(tokens(SEQ))
+    z = torch.randn_like(lm.x)
+    with torch.no_grad():
+        lm.f(z)
+    assert torch.allclose(seen["z"], z * (0.25 if entry == "shrink" else 1.0))
+
+
+def test_outer_only_is_refused_where_nothing_is_injected():
+    for recall in ("none", "internal"):
+        with pytest.raises(ConfigError, match="outer_only.*injects x"):
+            ModelConfig.from_dict({"recall": recall, "loop_entry": "outer_only"})
+    with pytest.raises(ConfigError, match="injects nothing"):
+        ModelConfig.from_dict({"recall": "standard", "loop_entry": "plain"})
 
 
 # ------------------------------------------------------------------ published internal recall

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from fpr_core.config import identity_sections
+from fpr_core.config import _entry_pinned, identity_sections
 from orchestrator.sweep.expand import expand, trial_hash
 from orchestrator.sweep.spec import load_spec
 
@@ -14,11 +14,23 @@ FIRST_STUDY_SPEC = Path(__file__).resolve().parent / "data" / "study_2026_round1
 """The spec of the first committed study (42 trials): its ids are pinned literally below."""
 
 
+def pinned_entry_id(cell) -> str:
+    """The cell's id with model.loop_entry set to what its pinned trial ran (issue 26 made a plain
+    entry the default without recall and with internal recall: those trials are new ones)."""
+    model = cell.sections["model"]
+    old = {**cell.sections, "model": {**model, "loop_entry": _entry_pinned(model)}}
+    return trial_hash(cell.task, cell.task_params, cell.train_size, cell.ood_sizes, old, cell.seed)
+
+
 def test_committed_study_trial_ids_reproduce():
     committed = pq.read_table(ROOT / "results" / STUDY / "results.parquet", columns=["trial_id"])
     # the spec copy the committed run read (sweeps/ may since have moved on to new trials)
-    ids = {c.cell_id for c in expand(load_spec(ROOT / "results" / STUDY / "spec.yaml"))}
-    assert ids == set(committed.column(0).to_pylist())
+    cells = expand(load_spec(ROOT / "results" / STUDY / "spec.yaml"))
+    assert {pinned_entry_id(c) for c in cells} == set(committed.column(0).to_pylist())
+    # the trials whose behaviour the new default changed (a2 shrink -> plain entry) got new ids; the rest kept theirs
+    changed = {c.cell_id != pinned_entry_id(c) for c in cells if c.sections["model"]["recall"] == "standard"}
+    assert changed == {False}
+    assert all(c.cell_id != pinned_entry_id(c) for c in cells if c.sections["model"]["recall"] != "standard")
 
 
 def test_new_field_counts_only_away_from_its_default():
@@ -35,14 +47,14 @@ def test_new_field_counts_only_away_from_its_default():
 def test_known_trial_and_spec_hashes_are_pinned():
     """Literal ids of the first committed study: a change to hashing, expansion or spec loading that
     renamed trials (so `fpr-sweep run` would retrain finished ones) fails here."""
-    from orchestrator.sweep.plan import plan_sweep
-
-    plan = plan_sweep(FIRST_STUDY_SPEC)
-    first = next(plan.cells())
-    assert (first.cell_id, first.task, first.variant, first.seed) == (
+    # expanded, not planned: `run` now refuses its no-recall arms under truncated:8 (issue 26)
+    spec = load_spec(FIRST_STUDY_SPEC)
+    cells = expand(spec)
+    first = cells[0]
+    assert (pinned_entry_id(first), first.task, first.variant, first.seed) == (
         "fbdda8530f", "mazes", "recall=none,outer_norm=rms,spectral=null", 0)
-    assert plan.spec.spec_hash() == "a7fc38a351fe"
-    assert len({c.cell_id for c in plan.cells()}) == 42
+    assert spec.spec_hash() == "a7fc38a351fe"
+    assert len({pinned_entry_id(c) for c in cells}) == 42
 
 
 def test_committed_study_rows_name_one_spec():

@@ -34,7 +34,7 @@ from fpr_core.gradients import run_loop
 from fpr_core.model.block import Block
 from fpr_core.model.norms import RMSNorm, make_norm
 from fpr_core.model.positions import BoardCoordinates, DepthwiseConv, rope_tables
-from fpr_core.model.recall import ResidualCoefficients, coefficient_form, make_recall
+from fpr_core.model.recall import ResidualCoefficients, make_recall
 from fpr_core.model.spectral import (CALIBRATION_BATCH, GAIN_ITERS, WARM_ITERS, calibrate_scale,
                                      jacobian_norm, normalise_maps, unit_rms_states)
 from fpr_core.solver import RESIDUALS, LoopTrace
@@ -170,11 +170,11 @@ class LoopedModel(nn.Module):
                              f"it uses them); got positions={c.positions!r} with coordinates "
                              f"{'given' if coordinates is not None else 'missing'}")
         self.coordinates = BoardCoordinates(coordinates, c.dim) if coordinates is not None else None
-        self.conv = (DepthwiseConv(c.conv, c.dim, c.conv_kernel, c.causal, c.init_std)
+        self.conv = (DepthwiseConv(c.conv, c.dim, c.conv_kernel, c.causal, c.init_std, c.conv_form)
                      if c.conv != "none" else None)
-        self.coeffs = ResidualCoefficients(c.residual_scale, c.dim, n_sub, c.a1_init, c.a2_init,
-                                           coefficient_form(c.recall, c.recall_form))
-        self.recall = make_recall(c.recall, c.dim, n_sub, c.recall_form)
+        entry = c.entry_form()
+        self.coeffs = ResidualCoefficients(c.residual_scale, c.dim, n_sub, c.a1_init, c.a2_init, entry)
+        self.recall = make_recall(c.recall, c.dim, n_sub, c.recall_form, entry)
         pre_norm = make_norm("rms" if c.pre_norm else "none", c.dim)
         per_sublayer = c.recall == "internal" and c.internal_norm == "per_sublayer"
         post_norm = make_norm(c.outer_norm if per_sublayer else "none", c.dim)
@@ -186,6 +186,8 @@ class LoopedModel(nn.Module):
         self.compile_training = False
         """Run the loop step under torch.compile in training mode (``compile_training_steps``)."""
         self._init_weights()
+        self._spectral_scales: list = []
+        self._hold_vectors: Optional[torch.Tensor] = None
         if c.spectral is not None:
             self._apply_spectral(c.spectral, c.spectral_mode)
 
@@ -208,7 +210,7 @@ class LoopedModel(nn.Module):
         return [m for m in mods if isinstance(m, nn.Linear)]
 
     def _apply_spectral(self, sigma: float, mode: str) -> None:
-        scales = normalise_maps(self.loop_linears(), sigma)
+        scales = self._spectral_scales = normalise_maps(self.loop_linears(), sigma)
         if mode == "step":
             generator = torch.Generator().manual_seed(0)
             lm, z = self._reference_batch(generator)
@@ -225,6 +227,28 @@ class LoopedModel(nn.Module):
             with torch.no_grad():
                 calibrate_scale(scales, gain, sigma, what)
             self.train(was_training)
+
+    def after_optimizer_step(self) -> None:
+        """Called by the trainer after every optimizer step: with ``model.spectral_hold: every_step``,
+        re-normalise the common map scale c so the step's gain is sigma again (spectral
+        normalisation, Miyato et al. 2018, of the whole step). One power-iteration measurement,
+        warm-started from the last step's singular vectors, on the calibration's reference batch,
+        then c <- c*(sigma/gain)^(1/2): the gain grows about like c^2 (two maps per branch), and
+        this correction contracts the error for any exponent in (0, 4). The warm start is not part
+        of a checkpoint, so the first correction after a resume starts cold (GAIN_ITERS)."""
+        c = self.model_cfg
+        if c.spectral_hold != "every_step" or not self._spectral_scales:
+            return
+        was_training = self.training
+        self.eval()  # spectral_norm's power method must not step inside torch.func
+        with torch.no_grad():
+            lm, z = self._reference_batch(torch.Generator().manual_seed(0))
+            cold = self._hold_vectors is None
+            gain, self._hold_vectors = self.step_gain(lm, z, self._hold_vectors, GAIN_ITERS if cold else WARM_ITERS)
+            factor = (c.spectral / max(float(gain.median()), 1e-12)) ** 0.5
+            for scale in self._spectral_scales:
+                scale.scale.mul_(factor)
+        self.train(was_training)
 
     def _reference_batch(self, generator: torch.Generator) -> tuple["LoopMap", torch.Tensor]:
         """Random tokens at the training size and unit-RMS states: where the step gain is calibrated."""

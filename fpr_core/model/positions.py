@@ -154,9 +154,29 @@ class DepthwiseTokenConv(nn.Module):
         return self.conv(F.pad(z.transpose(1, 2), (left, right))).transpose(1, 2)
 
 
+CONV_FORMS = ("add", "replace")
+"""Forms of the step conv (``model.conv_form``)."""
+
+
 class DepthwiseConv(DepthwiseTokenConv):
-    """z <- z + dwconv(z): the residual depthwise conv on the state at the start of every loop step
-    (``model.conv``; FPRM: 2-D k=3 for sudoku, 1-D k=4 for maze and state tracking)."""
+    """The depthwise conv on the state at the start of every loop step (``model.conv``; FPRM: 2-D
+    k=3 for sudoku, 1-D k=4 for maze and state tracking), in one of two forms (``model.conv_form``):
+
+    - add: ``z <- z + dwconv(z)``, weights N(0, init_std), so the step starts near the identity
+      (this project's form);
+    - replace: ``z <- dwconv(z)`` with PyTorch's default conv init (kaiming uniform), FPRM's form
+      (models/transformer.py: ``hidden_states = self.conv(hidden_states)``; no bias in its configs).
+    """
+
+    def __init__(self, kind: str, dim: int, kernel: int, causal: bool, init_std: float,
+                 form: str = "add") -> None:
+        super().__init__(kind, dim, kernel, causal, init_std)
+        if form not in CONV_FORMS:
+            raise ValueError(f"model.conv_form: got {form!r}, expected one of {CONV_FORMS}")
+        self.form = form
+        if form == "replace":
+            self.conv.reset_parameters()  # FPRM keeps nn.Conv's default init
 
     def forward(self, z: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:  # (B, T, d)
-        return z + super().forward(z, shape)
+        h = super().forward(z, shape)
+        return h if self.form == "replace" else z + h

@@ -22,20 +22,21 @@ def _logit(p: float) -> float:
     return math.log(p / (1.0 - p))
 
 
-def coefficient_form(recall: str, recall_form: str) -> str:
-    """'coupled' where FPRM's coupling applies (scaled standard recall injects b2*x), else
-    'outer_only' (nothing is injected: internal, none, or Deep Thinking's concat)."""
-    return "coupled" if (recall, recall_form) == ("standard", "scaled") else "outer_only"
+ENTRY_FORMS = ("coupled", "outer_only", "shrink", "plain")
+"""Loop-entry forms (``ModelConfig.entry_form()``; the option is ``model.loop_entry``)."""
 
 
 class ResidualCoefficients(nn.Module):
     """FPRM's residual coefficients over S sublayers per loop step, ``a = sigmoid(logit)`` per channel.
 
-    form 'coupled' (FPRM's default, for scaled standard recall): sublayers ``z <- a1*z + b1*f(Norm(z))``,
+    The form is the loop entry in force (``ModelConfig.entry_form``):
+    'coupled' (FPRM's default, for scaled standard recall): sublayers ``z <- a1*z + b1*f(Norm(z))``,
     loop entry ``z <- a2*z + b2*x`` with ``b2 = 1 - a2*a1^S`` and ``b1 = b2(1 - a1)/(1 - a1^S)``, so a
     constant state stays bounded by x. The coupling exists because b2*x is injected.
-    form 'outer_only' (FPRM's ``outer_only=True``, where nothing is injected): a1 = b1 = 1 (plain
-    residual sublayers) and ``z <- a2*z`` at loop entry; FPRM's (1 - a2)*x term has nothing to inject.
+    'outer_only' (FPRM's ``outer_only=True``, models/transformer.py): a1 = b1 = 1 (plain residual
+    sublayers) and ``z <- a2*z + (1 - a2)*x`` at loop entry.
+    'shrink' (this project's first form where nothing is injected): a1 = b1 = 1 and ``z <- a2*z``.
+    'plain' (Deep Thinking's residual block, Bansal et al. 2022): every coefficient 1, no logits.
     Only the logits a form uses exist, so every learned coefficient shapes the step.
     mode: 'learned' (logits are Parameters, no weight decay), 'fixed' (buffers), 'none' (every
     coefficient 1: a plain residual and additive injection z + x, Fan et al. 2025).
@@ -46,11 +47,12 @@ class ResidualCoefficients(nn.Module):
         super().__init__()
         if mode not in ("none", "fixed", "learned"):
             raise ValueError(f"model.residual_scale: got {mode!r}, expected 'none', 'fixed' or 'learned'")
-        if form not in ("coupled", "outer_only"):
-            raise ValueError(f"residual coefficient form: got {form!r}, expected 'coupled' or 'outer_only'")
+        if form not in ENTRY_FORMS:
+            raise ValueError(f"residual coefficient form: got {form!r}, expected one of {ENTRY_FORMS}")
         self.mode, self.form = mode, form
         self.n_sublayers = n_sublayers
-        logits = {"a2_logit": _logit(a2_init)}
+        self.register_buffer("ones", torch.ones(dim), persistent=False)  # (d,): the coefficients of 'plain'
+        logits = {} if form == "plain" else {"a2_logit": _logit(a2_init)}
         if form == "coupled":
             logits["a1_logit"] = _logit(a1_init)
         for name, value in logits.items():
@@ -68,11 +70,11 @@ class ResidualCoefficients(nn.Module):
 
     def forward(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(a1, b1, a2, b2), each (d,)."""
-        one = torch.ones_like(self.a2_logit)
-        if self.mode == "none":
+        one = self.ones
+        if self.mode == "none" or self.form == "plain":
             return one, one, one, one
         a2 = torch.sigmoid(self.a2_logit)
-        if self.form == "outer_only":
+        if self.form in ("outer_only", "shrink"):
             return one, one, a2, 1.0 - a2
         a1 = torch.sigmoid(self.a1_logit)
         a1_s = a1 ** self.n_sublayers
@@ -82,8 +84,13 @@ class ResidualCoefficients(nn.Module):
 
 
 class _Recall(nn.Module):
+    entry: str = "plain"
+    """The loop-entry form (``ENTRY_FORMS``), set by ``make_recall``."""
+
     def enter(self, z: torch.Tensor, x: torch.Tensor, coeffs) -> torch.Tensor:
-        """Nothing injected: only FPRM's outer_only scaling z <- a2*z (a2 = 1 without scaling)."""
+        """Nothing injected: z unchanged ('plain'), or z <- a2*z ('shrink'; a2 = 1 without scaling)."""
+        if self.entry == "plain":
+            return z
         _, _, a2, _ = coeffs
         return a2 * z
 
@@ -103,8 +110,10 @@ class NoRecall(_Recall):
 class StandardRecall(_Recall):
     """x injected into the residual stream at loop entry.
 
-    form='scaled': FPRM's ``z <- a2*z + b2*x`` (coefficients from ResidualCoefficients);
-    form='concat': Deep Thinking's ``z <- W[z; x]`` (W initialised near [I/2, I/2]).
+    form='scaled': FPRM's ``z <- a2*z + b2*x`` (coefficients from ResidualCoefficients: coupled, or
+    outer_only with b2 = 1 - a2);
+    form='concat': Deep Thinking's ``z <- W[z; x]`` (W initialised near [I/2, I/2]), with the state
+    first shrunk by a2 under the 'shrink' entry (``W[a2*z; x]``, this project's first form).
     """
 
     def __init__(self, dim: int, n_sublayers: int, form: str) -> None:
@@ -120,8 +129,8 @@ class StandardRecall(_Recall):
 
     def enter(self, z: torch.Tensor, x: torch.Tensor, coeffs) -> torch.Tensor:
         _, _, a2, b2 = coeffs
-        if self.form == "concat":  # outer_only: a2 scales the state, W mixes in x
-            return self.proj(torch.cat([a2 * z, x], dim=-1))  # (B, T, d)
+        if self.form == "concat":  # shrink: a2 scales the state, W mixes in x; plain: DT's W[z; x]
+            return self.proj(torch.cat([z if self.entry == "plain" else a2 * z, x], dim=-1))  # (B, T, d)
         return torch.addcmul(b2 * x, a2, z)  # a2*z + b2*x
 
 
@@ -138,6 +147,11 @@ class InternalRecall(_Recall):
         return self.projs[i](torch.cat([z, x], dim=-1))  # (B, T, d)
 
 
-def make_recall(name: str, dim: int, n_sublayers: int, form: str) -> _Recall:
-    """Build the recall strategy registered under ``name`` ('none' | 'standard' | 'internal')."""
-    return RECALLS.get(name)(dim, n_sublayers, form)
+def make_recall(name: str, dim: int, n_sublayers: int, form: str, entry: str = "plain") -> _Recall:
+    """Build the recall strategy registered under ``name`` ('none' | 'standard' | 'internal') with the
+    loop-entry form ``entry`` (``ENTRY_FORMS``)."""
+    if entry not in ENTRY_FORMS:
+        raise ValueError(f"loop entry form: got {entry!r}, expected one of {ENTRY_FORMS}")
+    recall = RECALLS.get(name)(dim, n_sublayers, form)
+    recall.entry = entry
+    return recall

@@ -14,7 +14,7 @@ from typing import Iterator
 from orchestrator.sweep.expand import Cell, SweepGrid
 from orchestrator.sweep.layout import sweep_name
 from orchestrator.sweep.metrics import scheduler_metrics, search_metrics
-from orchestrator.sweep.spec import SpecError, SweepSpec, load_spec
+from orchestrator.sweep.spec import SpecError, SweepSpec, check_learnable_inputs, load_spec
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,7 @@ def plan_sweep(path: str | Path, smoke: bool = False) -> SweepPlan:
     path = Path(path)
     spec = load_spec(path)
     grid = SweepGrid(spec, path=path)
+    check_learnable_inputs(spec, grid, path)
     check_metrics(spec, [t.splits() for t in grid.tasks], path)
     if smoke:
         grid = SweepGrid(spec, smoke=True, path=path)
