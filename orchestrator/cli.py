@@ -107,7 +107,8 @@ def run(spec_path: Path = SPEC_ARG,
     _check_address(address or os.environ.get("RAY_ADDRESS"))  # before the slow imports: seconds, not minutes
     _local_ray_on_loopback(address)
     from orchestrator.store import store_address
-    from orchestrator.run.driver import GpuUnavailable, RunOptions, SweepError, check_size, run_sweep, sweep_dir_for
+    from orchestrator.run.driver import (GpuUnavailable, RunOptions, SweepError, check_size, exit_fenced, run_sweep,
+                                         sweep_dir_for)
 
     opts = RunOptions(address, max_concurrent, tracking_uri, results_dir, storage, yes, node_timeout * 60)
     try:
@@ -126,7 +127,7 @@ def run(spec_path: Path = SPEC_ARG,
     new_dir = _first_missing(sweep_dir)
     refused = None
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    lock = SweepLock(sweep_dir, force=force)
+    lock = SweepLock(sweep_dir, force=force, on_lost=lambda _holder: exit_fenced(lock.lost_message()))
     try:
         lock.acquire()
     except LockHeld as e:
@@ -147,14 +148,14 @@ def run(spec_path: Path = SPEC_ARG,
             tags = {"spec_hash": meta.spec_hash, "git_commit": meta.git_commit,
                     **source_tags(meta.git_commit, f"fpr-sweep run {spec_path}")}
             t = tracking.SweepTracker(uri, meta.sweep, directory, tags, sweep_id=info["sweep_id"],
-                                      description=spec.description.strip())
+                                      description=spec.description.strip(), fence=lock.check)
             t.log_sweep_params({"spec": spec.science(), "description": spec.description, "smoke": smoke})
             if system_metrics or spec.system_metrics:
                 t.start_system_metrics()
             return t
 
         try:
-            outcome = run_sweep(plan, opts, tracker_factory, console)
+            outcome = run_sweep(plan, opts, tracker_factory, console, fence=lock.check)
         except (SweepError, store_address.TrackingError) as e:  # refused before its first trial
             refused = e
     finally:

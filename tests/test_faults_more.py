@@ -119,3 +119,76 @@ def test_a_failed_retry_never_replaces_a_finished_trials_ok_rows(tmp_path):
     table = pd.read_parquet(sweep_dir / "results.parquet")
     assert set(table.status) == {"ok"} and len(table) == 4 and table.trial_id.nunique() == 2
     assert second.returncode == 0, out
+
+
+# ---------------------------------------------------------------- fencing
+
+def live_running(sweep_dir: Path) -> int:
+    try:
+        return sum(t.get("status") == "running" for t in json.loads((sweep_dir / "live.json").read_text())["trials"].values())
+    except (OSError, ValueError, KeyError, AttributeError):
+        return 0
+
+
+def mlflow_children(sweep_dir: Path, name: str) -> list:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{sweep_dir / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(name)
+    runs = client.search_runs([exp.experiment_id], max_results=100)
+    return client, [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+
+
+@pytest.mark.slow
+def test_a_driver_woken_after_losing_its_lock_stops_before_its_next_write(tmp_path):
+    """Issue 33, row 1: a driver SIGSTOPped past its lease, a second driver takes the sweep, then
+    SIGCONT. The first exits 1 at once, naming the new holder, without another write; the second
+    finishes every trial; no MLflow point is logged twice and each trial has one run."""
+    from orchestrator.sweep.lock import read_holder
+
+    hold = tmp_path / "hold"
+    hold.touch()
+    path = write_spec(tmp_path, name="fenced", max_concurrent=2, tasks=[
+        {"name": "held_parity", "params": {"hold": str(hold), "after": 1}, "train_size": 8, "ood_sizes": [16]}],
+        axes={"model.recall": ["none", "standard"]})
+    sweep_dir = tmp_path / "results" / "fenced"
+    log1, log2 = tmp_path / "first.log", tmp_path / "second.log"
+    with open(log1, "w") as out1, open(log2, "w") as out2:
+        first = subprocess.Popen(cli("run", str(path)), stdout=out1, stderr=subprocess.STDOUT, cwd=REPO,
+                                 env=plugin_env(FPR_LOCK_REFRESH_S="1"), start_new_session=True)
+        second = None
+        try:
+            wait_for(lambda: live_running(sweep_dir) == 2, 180, "two running trials", first, log1)
+            time.sleep(2)  # a few metric points into the spool
+            first.send_signal(signal.SIGSTOP)
+            time.sleep(3)
+            second = subprocess.Popen(cli("run", str(path)), stdout=out2, stderr=subprocess.STDOUT, cwd=REPO,
+                                      env=plugin_env(FPR_LOCK_EXPIRY_S="2"), start_new_session=True)
+            wait_for(lambda: (read_holder(sweep_dir) or first).pid == second.pid, 60, "the takeover", second, log2)
+            hold.unlink()
+            first.send_signal(signal.SIGCONT)
+            woke = time.time()
+            first.wait(timeout=60)
+            stopped_in = time.time() - woke
+            assert second.wait(timeout=400) == 0, log2.read_text()
+        finally:
+            for proc in (first, second):
+                if proc is not None:
+                    os.kill(proc.pid, signal.SIGCONT) if proc.poll() is None else None
+                    kill_group(proc)
+    text1 = log1.read_text()
+    assert first.returncode == 1, text1
+    assert f"lost {sweep_dir / 'driver.lock'} to pid {second.pid}" in text1 and "epoch 2" in text1
+    assert stopped_in < 20, stopped_in
+    assert "trials:" not in text1  # no summary: it is the other driver's sweep now
+    assert "took over the lock of pid" in log2.read_text()
+
+    table = pd.read_parquet(sweep_dir / "results.parquet")
+    assert len(table) == 4 and set(table.status) == {"ok"}
+    client, children = mlflow_children(sweep_dir, "fenced")
+    assert sorted(r.data.tags["trial_id"] for r in children) == sorted(table.trial_id.unique())
+    assert all(r.info.status == "FINISHED" for r in children)
+    for run in children:
+        for key in run.data.metrics:
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+            assert len(steps) == len(set(steps)), (run.data.tags["trial_id"], key, sorted(steps))

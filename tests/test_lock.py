@@ -3,7 +3,9 @@ once that process is SIGKILLed; a holder on another host only with --force. The 
 (a second `fpr-sweep run` beside a running one) is in tests/test_stops.py."""
 from __future__ import annotations
 
+import errno
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -48,3 +50,69 @@ def test_a_holder_on_another_host_needs_force(tmp_path):
     with SweepLock(tmp_path, force=True) as lock:
         assert lock.took_over.host == "elsewhere"
     assert not SweepDir(tmp_path).lock.exists()
+
+
+# ---------------------------------------------------------------- fencing (issue 33)
+
+TAKE = ("import sys, time; from orchestrator.sweep.lock import SweepLock; "
+        "lock = SweepLock(sys.argv[1]); lock.acquire(); print(lock.holder.epoch, flush=True); time.sleep(600)")
+
+
+def test_a_driver_whose_lease_expired_is_fenced_off_before_its_next_write(tmp_path, monkeypatch):
+    """A driver suspended past its lease (here: its lease thread never ran) loses the sweep to a
+    second process; on its next write it finds out: the fence raises, on_lost runs once, the spool
+    refuses the append (the file is not touched) and the lease thread stops refreshing."""
+    from orchestrator.store.spool import Spool
+    from orchestrator.sweep.lock import LockLost
+
+    monkeypatch.setenv("FPR_LOCK_REFRESH_S", "600")  # as if suspended: no refresh
+    lost = []
+    lock = SweepLock(tmp_path, on_lost=lost.append)
+    lock.acquire()
+    assert lock.holder.epoch == 1
+    spool = Spool(tmp_path)
+    spool.fence = lock.check
+    spool.append({"op": "tags", "trial": "t", "tags": {"a": "1"}})
+    before = spool.path.read_bytes()
+    time.sleep(1.2)
+    second = subprocess.Popen([sys.executable, "-c", TAKE, str(tmp_path)], stdout=subprocess.PIPE, text=True,
+                              cwd=REPO, env={**os.environ, "FPR_LOCK_EXPIRY_S": "1"})
+    try:
+        assert second.stdout.readline().strip() == "2"  # the takeover's epoch
+        with pytest.raises(LockLost, match=f"epoch 1.*lost .* to pid {second.pid} .*epoch 2"):
+            spool.append({"op": "tags", "trial": "t", "tags": {"b": "2"}})
+        assert spool.path.read_bytes() == before
+        with pytest.raises(LockLost):
+            lock.check()
+        assert len(lost) == 1 and lost[0].pid == second.pid
+        lock.release()  # never removes the new holder's lock
+        assert read_holder(tmp_path).pid == second.pid
+    finally:
+        second.kill()
+        second.wait(timeout=30)
+
+
+def test_a_driver_starting_on_a_full_disk_leaves_no_lock(tmp_path):
+    """Issue 33 row "disk full at start": the lock is created whole (a temp file, then a hard link),
+    so a driver that starts on a full file system raises ENOSPC and leaves no 0-byte driver.lock
+    blocking every later run. A real 1 MB tmpfs, filled."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        with open(mount / "filler", "wb") as f:
+            with pytest.raises(OSError):
+                while True:
+                    f.write(b"\0" * 65536)
+                    f.flush()
+        with pytest.raises(OSError) as full:
+            SweepLock(mount).acquire()
+        assert full.value.errno == errno.ENOSPC
+        assert sorted(p.name for p in mount.iterdir()) == ["filler"]  # no lock, no temp file
+        (mount / "filler").unlink()
+        with SweepLock(mount) as lock:  # room again: the next run starts without --force
+            assert read_holder(mount).token == lock.holder.token
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)

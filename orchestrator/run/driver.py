@@ -15,12 +15,13 @@ import logging
 import os
 import shutil
 import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
 
 import ray
 from ray import tune
@@ -42,6 +43,7 @@ from orchestrator.store.schema import FINAL_STATUSES
 from orchestrator.store.space import DiskFull, DropDiskFull, is_disk_full
 from orchestrator.sweep.expand import Cell, resolve, trial_of_config
 from orchestrator.sweep.layout import LayoutError, SweepDir
+from orchestrator.sweep.lock import LockLost
 from orchestrator.sweep.plan import SweepPlan
 from orchestrator.sweep.spec import SweepSpec
 
@@ -150,6 +152,23 @@ def ensure_ray(address: Optional[str], console: Console) -> Optional[float]:
                   f"({ray.cluster_resources().get('CPU', 0):g} CPUs, {ray.cluster_resources().get('GPU', 0):g} GPUs)",
                   highlight=False)
     return seconds
+
+
+def exit_fenced(message: str) -> None:
+    """This driver lost its sweep to another one (sweep/lock.py): say so, stop the local Ray it
+    started (its trials with it), and leave at once with exit 1. Nothing else runs: no summary, no
+    MLflow run ends, no Tune state save, since every one of them would write over the new holder's."""
+    sys.stderr.write(f"error: {message}\n")
+    sys.stderr.flush()
+    node = getattr(ray._private.worker, "_global_node", None)
+    if node is not None and getattr(node, "head", False):
+        for infos in list(getattr(node, "all_processes", {}).values()):
+            for info in infos:
+                try:
+                    info.process.kill()
+                except OSError:
+                    pass
+    os._exit(1)
 
 
 def stop_ray() -> None:
@@ -400,8 +419,10 @@ def _abandon(opening) -> None:
         pass
 
 
-def run_sweep(plan: SweepPlan, opts: RunOptions, tracker_factory, console: Console) -> SweepOutcome:
-    """Run (or resume) the planned sweep; ``tracker_factory(sweep_dir, meta)`` opens its SweepTracker."""
+def run_sweep(plan: SweepPlan, opts: RunOptions, tracker_factory, console: Console,
+              fence: Optional[Callable[[], None]] = None) -> SweepOutcome:
+    """Run (or resume) the planned sweep; ``tracker_factory(sweep_dir, meta)`` opens its SweepTracker.
+    ``fence``: the sweep lock's check (raises LockLost once another driver took the sweep over)."""
     from orchestrator.store.provenance import git_commit
 
     quiet_tune()
@@ -436,14 +457,15 @@ def run_sweep(plan: SweepPlan, opts: RunOptions, tracker_factory, console: Conso
     storage = SweepDir(sweep_dir).tune_storage(opts.storage)
     progress = SweepProgress(console, total, already, title=name)
     with StopRequests() as stops:
-        hub = DriverHub(sweep_dir, meta, tracker, progress, console, done_before=skip, stops=stops)
+        hub = DriverHub(sweep_dir, meta, tracker, progress, console, done_before=skip, stops=stops, fence=fence)
         hubs.activate(hub)
         progress.start()
         try:
             outcome.unfinished = _run_studies(plan, studies, storage, meta, opts, skip, hub, console)
         finally:
             progress.stop()
-            hub.live.close()
+            if hub.lock_lost is None:  # live.json is the new holder's now
+                hub.live.close()
             hubs.activate(None)
     return _finish(outcome, hub, tracker, stops, storage, console)
 
@@ -487,11 +509,20 @@ def _unfinished_in(plan: SweepPlan, study: Study, hub: DriverHub) -> int:
 
 def _finish(outcome: SweepOutcome, hub: DriverHub, tracker: SweepTracker, stops: StopRequests, storage: str,
             console: Console) -> SweepOutcome:
-    """Collect the table, count, close MLflow (KILLED when stopped), say why a run stopped."""
+    """Collect the table, count, close MLflow (KILLED when stopped), say why a run stopped. A
+    driver that lost its lock writes nothing more: no table, no summary, no run ends."""
     try:
-        outcome.results_path = parquet.collect(hub.sweep_dir)
+        if hub.lock_lost is None:
+            hub.fence()
+            outcome.results_path = parquet.collect(hub.sweep_dir)
     except DiskFull as e:
         hub.disk_full = hub.disk_full or e
+    except LockLost as e:
+        hub.lock_lost = str(e)
+    if hub.lock_lost is not None:
+        tracker.abandon()
+        outcome.stopped = hub.lock_lost
+        return outcome
     statuses = parquet.finished_statuses(hub.sweep_dir)
     for status in statuses.values():
         outcome.counts[status] = outcome.counts.get(status, 0) + 1
@@ -500,7 +531,12 @@ def _finish(outcome: SweepOutcome, hub: DriverHub, tracker: SweepTracker, stops:
     outcome.stopped = str(hub.disk_full) if hub.disk_full else stops.reason
     ended = "KILLED" if outcome.unfinished or outcome.stopped else (
         "FAILED" if outcome.counts.get("failed") else "FINISHED")
-    outcome.tracking_problem = tracker.end_sweep(ended, drain_s=DISK_FULL_DRAIN_S if hub.disk_full else None)
+    try:
+        outcome.tracking_problem = tracker.end_sweep(ended, drain_s=DISK_FULL_DRAIN_S if hub.disk_full else None)
+    except LockLost as e:  # taken over while the summary was written
+        tracker.abandon()
+        outcome.stopped = str(e)
+        return outcome
     for w in hub.warnings + tracker.warnings:
         console.print(f"[yellow]{w}[/]", highlight=False)
     if not outcome.unfinished and not outcome.stopped:

@@ -11,7 +11,7 @@ import os
 import shutil
 import traceback
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from ray import tune
 from rich.console import Console
@@ -26,6 +26,7 @@ from orchestrator.run.signals import StopRequests
 from orchestrator.run.trainable import MODEL_FILE
 from orchestrator.sweep.expand import Trial, trial_of_config
 from orchestrator.sweep.live import LiveFile
+from orchestrator.sweep.lock import LockLost
 from orchestrator.sweep.layout import SweepDir
 from orchestrator.sweep.metrics import (CURVES_KEY, DATASETS_KEY, FINAL_SPLIT_COLUMNS, PROGRESS_METRICS, ROWS_KEY,
                                         STEP, is_train_metric, split_metric, train_metric)
@@ -67,7 +68,11 @@ class DriverHub:
 
     def __init__(self, sweep_dir: Path, meta: SweepMeta, tracker: SweepTracker,
                  progress: SweepProgress, console: Console, done_before: frozenset[str] = frozenset(),
-                 stops: Optional[StopRequests] = None) -> None:
+                 stops: Optional[StopRequests] = None, fence: Optional[Callable[[], None]] = None) -> None:
+        """``fence``: raises LockLost once another driver took the sweep over (sweep/lock.py);
+        checked before every hook, so a fenced-off driver writes no rows, models or spool lines."""
+        self.fence = fence or (lambda: None)
+        self.lock_lost: Optional[str] = None
         self.sweep_dir = sweep_dir
         self.meta = meta
         self.tracker = tracker
@@ -213,9 +218,16 @@ class DriverHub:
             self._to_compact = []
 
     def guarded(self, what: str, fn, *args) -> None:
-        """Run a hook; a failure is reported, not raised (Tune would abort the whole sweep)."""
+        """Run a hook; a failure is reported, not raised (Tune would abort the whole sweep). Nothing
+        runs once the driver lost its lock: the sweep stops as on Ctrl-C, writing nothing more."""
+        if self.lock_lost is not None:
+            return
         try:
+            self.fence()
             fn(*args)
+        except LockLost as e:
+            self.lock_lost = str(e)
+            self.stops.request("lock lost")
         except Exception as e:
             if isinstance(e, DiskFull) or is_disk_full(e):
                 self.stop_for_disk(e)

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 from orchestrator.sweep.layout import SweepDir
+from orchestrator.sweep.lock import LockLost
 
 SPOOL_FILE = "spool.jsonl"
 ACKED_FILE = "acked"
@@ -78,6 +79,9 @@ class Spool:
         self.ops = self._read_ops()
         self.next_seq = max([self.acked] + [op["seq"] for op in self.ops]) + 1
         self.steps: dict[str, dict[str, int]] = self._read_steps()
+        self.fence: Callable[[], None] = lambda: None
+        """Raises LockLost once another driver holds the sweep (sweep/lock.py): checked before
+        every append, ack and compaction, and by the sender before every send."""
 
     # ---------------------------------------------------------------- reading back
     def _read_acked(self) -> int:
@@ -134,6 +138,7 @@ class Spool:
     # ---------------------------------------------------------------- writing
     def append(self, op: dict[str, Any]) -> dict[str, Any]:
         """Give ``op`` the next sequence number and append it (one write of one line)."""
+        self.fence()
         with self._lock:
             op = {"seq": self.next_seq, **op}
             line = json.dumps(op, separators=(",", ":"), allow_nan=False) + "\n"
@@ -163,6 +168,7 @@ class Spool:
         return str(target.relative_to(self.dir))
 
     def ack(self, seq: int) -> None:
+        self.fence()
         with self._lock:
             self.acked = max(self.acked, seq)
             try:
@@ -172,6 +178,7 @@ class Spool:
 
     def compact(self) -> None:
         """Everything sent: keep only the step ledger, drop the log and stashed files."""
+        self.fence()
         with self._lock:
             if any(op["seq"] > self.acked for op in self.ops):
                 return
@@ -203,6 +210,8 @@ class Sender:
         self.down_since: Optional[float] = None
         self.last_error = ""
         self.sent = 0
+        self.fenced = False
+        """True once the sender stopped because another driver took the sweep over."""
         self._wake = threading.Condition()
         self._stop = False
         self._hurry = False  # someone waits in drain(): send without gathering
@@ -228,9 +237,14 @@ class Sender:
                 if self._stop:
                     return
             for ops, last_seq in _batches(self.spool.pending()):
-                if not all(self._deliver(op) for op in ops):
+                try:
+                    self.spool.fence()  # another driver holds the sweep: it sends this spool now
+                    if not all(self._deliver(op) for op in ops):
+                        return
+                    self.spool.ack(last_seq)
+                except LockLost:
+                    self.fenced = True
                     return
-                self.spool.ack(last_seq)
                 self.sent += sum(len(op.get("parts", [op])) for op in ops)
 
     def _deliver(self, op: dict[str, Any]) -> bool:

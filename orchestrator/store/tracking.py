@@ -23,7 +23,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from mlflow.entities import Dataset, DatasetInput, InputTag, LoggedModelOutput, Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
@@ -95,10 +95,13 @@ class SweepTracker:
     run before MLflow has created it; ``run_id(handle)`` gives the MLflow id once sent."""
 
     def __init__(self, uri: str, sweep: str, sweep_dir: Path, tags: dict[str, str],
-                 sweep_id: Optional[str] = None, description: str = "", reopen: bool = True) -> None:
+                 sweep_id: Optional[str] = None, description: str = "", reopen: bool = True,
+                 fence: Optional[Callable[[], None]] = None) -> None:
         """``sweep_id``: the sweep folder's id (sweep.json), which keys the experiment. ``reopen``:
         mark the parent run RUNNING (a run or resume); False attaches to a finished sweep without
-        changing its state (``fpr-sweep eval``, ``report``)."""
+        changing its state (``fpr-sweep eval``, ``report``). ``fence``: the sweep lock's check
+        (raises LockLost once another driver holds the sweep), run before every spool write and
+        every send."""
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # the sender retries, not the client
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
         self.uri = uri
@@ -113,6 +116,8 @@ class SweepTracker:
             self.client.set_tag(self.parent_id, NOTE_TAG, description)
         self._system_metrics: Any = None
         self.spool = Spool(sweep_dir)
+        if fence is not None:
+            self.spool.fence = fence
         self._open: set[str] = set()
         self._runs: dict[str, str] = {PARENT: self.parent_id}
         self.sender = Sender(self.spool, self.client, self._resolve, is_transient)
@@ -284,6 +289,14 @@ class SweepTracker:
             pass
         self._open.clear()
         return self.close(drain_s)
+
+    def abandon(self) -> None:
+        """Stop sending without another write (this driver lost the sweep to another one, which
+        sends what the spool holds)."""
+        if self._system_metrics is not None:
+            self._system_metrics.finish()
+            self._system_metrics = None
+        self.sender.stop()
 
     def flush(self, timeout: float = 60.0) -> bool:
         """Wait until every write so far reached MLflow (True) or ``timeout`` passes (False)."""

@@ -7,10 +7,20 @@ pid cannot be checked). A second `fpr-sweep run` on a held lock exits 2 naming t
 holder that died on this host (SIGKILL, a crash) is replaced with a note; a holder on another
 host only with ``--force``; a live driver on this host never. `status` and `report` take no
 lock: they read files that are only ever replaced atomically.
+
+Fencing (issue 33): a lease alone cannot stop a driver that was suspended (SIGSTOP, a frozen VM,
+a long GC pause) past its lease and then wakes while another driver holds the sweep. So every
+hold carries a random token and an *epoch* (the taken-over holder's epoch plus one), and the
+driver checks the lock file still names its own token (``SweepLock.check``) before every write of
+rows, spool and MLflow, and from the lease thread. A driver that finds its lock taken over calls
+``on_lost`` (the CLI stops its local Ray and exits 1 there and then) or, by default, raises
+``LockLost``: it never writes again. The check is a read of a small file; a write already under
+way when the process was suspended still completes (only the storage itself could fence that).
 """
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import json
 import os
 import socket
@@ -19,7 +29,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from orchestrator.sweep.layout import SweepDir
 
@@ -27,10 +37,24 @@ LEASE_REFRESH_S = 15.0
 LEASE_EXPIRY_S = 120.0
 """A lease not refreshed for this long counts as abandoned (the holder's host died or lost the
 shared storage); 8 missed refreshes, so a busy host is never mistaken for a dead one."""
+REFRESH_ENV, EXPIRY_ENV = "FPR_LOCK_REFRESH_S", "FPR_LOCK_EXPIRY_S"
+"""Override both for tests (a suspended driver's lease expires in seconds, not minutes)."""
+
+
+def lease_refresh_s() -> float:
+    return float(os.environ.get(REFRESH_ENV, LEASE_REFRESH_S))
+
+
+def lease_expiry_s() -> float:
+    return float(os.environ.get(EXPIRY_ENV, LEASE_EXPIRY_S))
 
 
 class LockHeld(RuntimeError):
     """Another driver holds the sweep; the message names it and what to do."""
+
+
+class LockLost(RuntimeError):
+    """This driver's lock was taken over (it was suspended past its lease): it must not write."""
 
 
 @dataclass
@@ -49,10 +73,14 @@ class Holder:
     """Unix time of the last lease refresh."""
     cmdline: str = ""
     """The driver's command line (for the message a second driver prints)."""
+    epoch: int = 1
+    """1 for a sweep's first hold (or after a clean release), the taken-over holder's epoch + 1 on a
+    takeover: a driver whose epoch is not the lock file's has been fenced off."""
 
     def describe(self) -> str:
         age = time.time() - self.lease
-        return f"pid {self.pid} on {self.host} (since {self.started}, lease refreshed {age:.0f} s ago)"
+        return (f"pid {self.pid} on {self.host} (epoch {self.epoch}, since {self.started}, lease refreshed "
+                f"{age:.0f} s ago)")
 
 
 def _cmdline(pid: int) -> Optional[str]:
@@ -74,7 +102,7 @@ def _alive(pid: int) -> bool:
 
 def is_stale(holder: Holder) -> bool:
     """The holder is gone: a dead (or recycled) pid on this host, or an expired lease anywhere."""
-    if time.time() - holder.lease > LEASE_EXPIRY_S:
+    if time.time() - holder.lease > lease_expiry_s():
         return True
     if holder.host != socket.gethostname():
         return False
@@ -87,7 +115,8 @@ def is_stale(holder: Holder) -> bool:
 def read_holder(sweep_dir: Path) -> Optional[Holder]:
     try:
         data = json.loads(SweepDir(Path(sweep_dir)).lock.read_text())
-        return Holder(**data)
+        known = {k: v for k, v in data.items() if k in Holder.__dataclass_fields__}
+        return Holder(**known)
     except FileNotFoundError:
         return None
     except (ValueError, TypeError, OSError):  # torn or foreign: treat as an abandoned lock
@@ -97,7 +126,11 @@ def read_holder(sweep_dir: Path) -> Optional[Holder]:
 class SweepLock:
     """``with SweepLock(sweep_dir, force=...):`` holds the sweep for one driver."""
 
-    def __init__(self, sweep_dir: Path, force: bool = False) -> None:
+    def __init__(self, sweep_dir: Path, force: bool = False,
+                 on_lost: Optional[Callable[[Optional[Holder]], None]] = None) -> None:
+        """``on_lost(new_holder)``: called once when this driver finds its lock taken over (from
+        ``check`` or the lease thread); it should stop the process. ``check`` raises LockLost
+        after it (or without it)."""
         self.path = SweepDir(Path(sweep_dir)).lock
         self.force = force
         self.holder = Holder(os.getpid(), socket.gethostname(), uuid.uuid4().hex,
@@ -106,6 +139,10 @@ class SweepLock:
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self.took_over: Optional[Holder] = None
+        self.on_lost = on_lost
+        self.lost: Optional[Holder] = None
+        self._lost_once = threading.Lock()
+        self._held = False
 
     def acquire(self) -> None:
         while not self._create():
@@ -113,12 +150,41 @@ class SweepLock:
             if current is None:
                 continue  # released between our attempt and the read: try again
             if current.host == self.holder.host and current.pid == self.holder.pid:
-                break  # our own lock (a second run_sweep in one process, as in tests)
+                self.holder = current  # our own lock (a second run_sweep in one process, as in tests)
+                break
             self._check_takeover(current)
             self.took_over = current
+            self.holder.epoch = current.epoch + 1
             self.path.unlink(missing_ok=True)
+        self._held = True
         self._thread = threading.Thread(target=self._refresh, name="sweep-lock-lease", daemon=True)
         self._thread.start()
+
+    def check(self) -> None:
+        """The fence: raise LockLost (after calling ``on_lost`` once) unless the lock file still
+        names this hold. Called before every write of rows, spool and MLflow."""
+        if not self._held:
+            return
+        current = read_holder(self.path.parent)
+        if current is not None and current.token == self.holder.token:
+            return
+        self._lose(current)
+        raise LockLost(self.lost_message())
+
+    def _lose(self, current: Optional[Holder]) -> None:
+        with self._lost_once:
+            first = self.lost is None
+            if first:
+                self.lost = current or Holder(pid=-1, host="?", token="", started="?", lease=0.0, epoch=0)
+        if first and self.on_lost is not None:
+            self.on_lost(current)
+
+    def lost_message(self) -> str:
+        new = self.lost
+        who = new.describe() if new is not None and new.pid > 0 else "nobody (the lock file was removed)"
+        return (f"this driver (pid {self.holder.pid}, epoch {self.holder.epoch}) lost {self.path} to {who}: it "
+                "was suspended or cut off past its lease. It stops before writing anything more; the "
+                "sweep is the other driver's now (`fpr-sweep status` shows it).")
 
     def _check_takeover(self, current: Holder) -> None:
         """A holder that provably died on this host is replaced; one on another host only with
@@ -135,20 +201,43 @@ class SweepLock:
                        "re-run with --force to take the sweep over.")
 
     def _create(self) -> bool:
-        """O_EXCL create: of two drivers starting together exactly one succeeds."""
+        """Exclusive create of a whole lock file: the JSON goes to a temp file first, which is then
+        hard-linked to the lock's name (link fails if the name exists), so of two drivers starting
+        together exactly one succeeds, and a full disk leaves no 0-byte lock behind (it raises)."""
+        tmp = self.path.with_name(f".{self.path.name}.{self.holder.token[:8]}.new")
+        text = json.dumps(asdict(self.holder))
+        try:
+            tmp.write_text(text)
+            os.link(tmp, self.path)
+        except FileExistsError:
+            return False
+        except OSError as e:
+            if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS):
+                raise
+            return self._create_excl(text)  # a file system without hard links
+        finally:
+            tmp.unlink(missing_ok=True)
+        return True
+
+    def _create_excl(self, text: str) -> bool:
         try:
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except FileExistsError:
             return False
-        with os.fdopen(fd, "w") as f:
-            json.dump(asdict(self.holder), f)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+        except OSError:
+            self.path.unlink(missing_ok=True)  # never leave a 0-byte lock (a full disk)
+            raise
         return True
 
     def _refresh(self) -> None:
-        while not self._stop.wait(LEASE_REFRESH_S):
+        while not self._stop.wait(lease_refresh_s()):
             current = read_holder(self.path.parent)
             if current is None or current.token != self.holder.token:
-                return  # taken over (--force elsewhere): never overwrite the new holder
+                self._lose(current)  # taken over: never overwrite the new holder, stop writing
+                return
             self.holder.lease = time.time()
             tmp = self.path.with_name(f".{self.path.name}.{self.holder.token[:8]}")
             try:
@@ -161,6 +250,7 @@ class SweepLock:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        self._held = False
         current = read_holder(self.path.parent)
         if current is not None and current.token == self.holder.token:
             self.path.unlink(missing_ok=True)
