@@ -141,7 +141,8 @@ def test_small_boards_are_unique_verified_and_rated(box, blanks):
     assert data.inputs.shape == data.targets.shape == (12, n, n)
     assert task.vocab_size == n + 1 and task.n_classes == n and task.cap_law == "fixed"
     assert ((data.inputs == 0).sum(axis=(1, 2)) == blanks).all() and data.inputs.max() <= n
-    assert (data.meta["rating"] >= 0).all() and task.difficulty_key == "rating"
+    assert (data.meta["rating"] >= 0).all() and task.difficulty_key == "propagation_depth"
+    assert (data.meta["propagation_depth"] >= 1).all()  # every puzzle has a blank: at least one round
     scratch = np.zeros(n * n, np.int64)
     for puzzle, target in zip(data.inputs, data.targets):
         assert count_solutions(puzzle.ravel(), 3, scratch, (rows, cols))[0] == 1

@@ -43,9 +43,15 @@ and only lengthens the chain of deductions (and the search the solver needs, rec
 read OOD accuracy stratified by rating, since rating 0 is "the same propagation, run longer" and
 rating > 0 needs search that propagation alone cannot do.
 
-Meta per puzzle: `givens`, `blanks` (= size) and `rating`, the number of branching nodes (cells
+Meta per puzzle: `givens`, `blanks` (= size), `rating`, the number of branching nodes (cells
 chosen with ≥ 2 candidates) the solver visits while proving uniqueness (choosing the most
-constrained cell first, naked singles only: 0 means the puzzle falls to naked singles).
+constrained cell first, naked singles only: 0 means the puzzle falls to naked singles), and
+`propagation_depth` (function `propagation_depth`): rounds of naked singles until solved, every single of a
+round filled at once, a round in which no single exists filling the most constrained cell from the
+solution (one guess). It is the task's difficulty key (`difficulty_key`): the sudoku analogue of a
+maze's dead-end-filling depth, the number of sequential deduction steps a propagating solver needs,
+and it varies within a split, where `rating` is 0 for 95-100% of 6×6 puzzles at every blank count
+(version 2; version-1 rows carry `rating` as their difficulty).
 """
 from __future__ import annotations
 
@@ -288,6 +294,43 @@ def make_puzzle(rng: np.random.Generator, blanks: int, box: tuple[int, int] = (3
         "grids; use fewer blanks")
 
 
+def propagation_depth(puzzles: np.ndarray, solutions: np.ndarray, box: tuple[int, int] = (3, 3)) -> np.ndarray:
+    """(N,) rounds of naked singles until each puzzle (N, n*n) is solved (0 = blank).
+
+    Each round fills, at once, every blank cell with exactly one candidate. A round with no such
+    cell (the puzzle needs search, rating > 0) fills the blank with the fewest candidates from
+    `solutions` (N, n*n) and still counts one round. A solved puzzle has depth 0."""
+    br, bc = box
+    n = br * bc
+    grid = np.asarray(puzzles, np.int64).reshape(-1, n * n).copy()
+    solutions = np.asarray(solutions, np.int64).reshape(-1, n * n)
+    coords = board_coordinates(box)  # (n*n, 3) row, column, box of every cell
+    rounds = np.zeros(grid.shape[0], np.int64)
+    rows_of = np.arange(grid.shape[0])
+    for _ in range(n * n):
+        blank = grid == 0  # (N, n*n)
+        open_ = blank.any(1)
+        if not open_.any():
+            break
+        onehot = grid[:, :, None] == np.arange(1, n + 1)  # (N, n*n, n)
+        used = np.zeros((grid.shape[0], 3, n, n), bool)  # (N, unit kind, unit index, digit)
+        for kind in range(3):
+            for unit in range(n):
+                used[:, kind, unit] = onehot[:, coords[:, kind] == unit].any(1)
+        taken = used[:, 0][:, coords[:, 0]] | used[:, 1][:, coords[:, 1]] | used[:, 2][:, coords[:, 2]]
+        candidates = ~taken & blank[:, :, None]  # (N, n*n, n)
+        count = np.where(blank, candidates.sum(-1), n + 1)
+        singles = blank & (count == 1)
+        digit = candidates.argmax(-1) + 1
+        grid = np.where(singles, digit, grid)
+        stuck = open_ & ~singles.any(1)
+        if stuck.any():  # no single: one guess, the most constrained cell, from the solution
+            cell = count[stuck].argmin(1)
+            grid[rows_of[stuck], cell] = solutions[rows_of[stuck], cell]
+        rounds += open_
+    return rounds
+
+
 def rules_valid(digits: np.ndarray, box: tuple[int, int] = (3, 3)) -> np.ndarray:
     """(N, n, n) digits -> (N,) bool: every row, column and box is a permutation of 1–n."""
     br, bc = box
@@ -313,10 +356,10 @@ class Sudoku(Task):
 
     name = "sudoku"
     grid = True
-    version = "1"
+    version = "2"  # 2: meta gains propagation_depth, the difficulty key (was rating)
     default_train_size = 40
     default_ood_sizes = (45, 50, 54, 58)
-    difficulty_key = "rating"
+    difficulty_key = "propagation_depth"
     cap_law = "fixed"
     accepted_params = ("box",)
 
@@ -354,7 +397,8 @@ class Sudoku(Task):
             puzzles[i], solutions[i], ratings[i], _ = make_puzzle(rng, size, self.box)
         inputs = puzzles.reshape(n, side, side)
         meta = {"givens": np.full(n, side * side - size, np.int64),
-                "blanks": np.full(n, size, np.int64), "rating": ratings}
+                "blanks": np.full(n, size, np.int64), "rating": ratings,
+                "propagation_depth": propagation_depth(puzzles, solutions, self.box)}
         return TaskData(inputs, solutions.reshape(n, side, side) - 1,
                         np.ones((n, side, side), bool), meta, size)
 

@@ -2,7 +2,10 @@
 
 Competence first: a trial *learned* when its in-distribution exact accuracy reaches the sweep's
 ``report.min_id_acc`` (spec.yaml beside the results; default 0.95). OOD accuracy is shown over
-learned trials with its 95% hierarchical-bootstrap interval, and P(learned) beside it.
+learned trials with its 95% t-interval on seed means (none below 3 seeds: n and the values), and
+P(learned) beside it with its Clopper-Pearson interval. Every number printed is also written to
+``estimates.parquet`` (``ESTIMATE_COLUMNS``, one row per task x variant x split x halting and per
+claim part). The statistical rules: docs/statistics.md.
 
 Works on partial results (a sweep still running, or one with failed trials): the header says which
 trials are not ok, which ok trials lack an eval split the other trials of their task have, and which
@@ -12,6 +15,7 @@ trials are not ok, which ok trials lack an eval split the other trials of their 
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 from pathlib import Path
@@ -24,7 +28,7 @@ from rich.console import Console
 from rich.table import Table
 
 from orchestrator.report import bootstrap, claims
-from orchestrator.report.claims import SUPPORTED, CONTRADICTED, Verdict, compute_verdicts
+from orchestrator.report.claims import SUPPORTED, CONTRADICTED, Verdict
 from orchestrator.report.frame import (CAPPED, CONVERGED, CYCLED, STALLED, instance_outcomes, is_ood,
                                       load_results, ordered_variants, outcome_shares, prepare, split_sort_key)
 from orchestrator.report.plots import plot_task
@@ -36,28 +40,33 @@ ERROR_CHARS = 160
 
 
 def ood_table(df: pd.DataFrame, min_id_acc: float | None = None) -> pd.DataFrame:
-    """Exact accuracy per (task, variant, split), with the competence gate.
+    """Exact accuracy per (task, variant, split, halting protocol), with the competence gate.
 
-    Long format, one row per (task, variant, split), ordered by task, variant (recall, outer norm,
-    sigma) and split ('id' first, then OOD by size). Columns: task, variant, recall, outer_norm,
-    regime, split, size, ood, n_seeds (ok trials), n_learned, all_mean (every ok trial), and over the
-    learned trials only: learned_mean, learned_low, learned_high (95% hierarchical-bootstrap
-    interval: seeds, then instances; NaN with no learned trial)."""
+    Long format, one row per (task, variant, split, halting), ordered by task, variant (recall,
+    outer norm, sigma) and split ('id' first, then OOD by size). Columns: task, variant, recall,
+    outer_norm, regime, split, halting ('trained' when the rows carry none), size, ood, n_seeds (ok
+    trials), n_learned, all_mean, all_low, all_high (every ok trial: the intention-to-treat
+    accuracy), and over the learned trials only: learned_mean, learned_low, learned_high (95%
+    t-interval on seed means; NaN with fewer than 3 seeds), learned_values (the seed values),
+    learned_method."""
     frame = df if "variant_label" in df.columns and min_id_acc is None else prepare(df, min_id_acc)
-    ok = frame[frame["status_ok"]]
-    columns = ["task", "variant", "recall", "outer_norm", "regime", "split", "size", "ood", "n_seeds",
-               "n_learned", "all_mean", "learned_mean", "learned_low", "learned_high"]
+    ok = claims.with_halting(frame[frame["status_ok"]])
+    columns = ["task", "variant", "recall", "outer_norm", "regime", "split", "halting", "size", "ood", "n_seeds",
+               "n_learned", "all_mean", "all_low", "all_high", "learned_mean", "learned_low", "learned_high",
+               "learned_values", "learned_method"]
     if ok.empty:
         return pd.DataFrame(columns=columns)
-    rng = bootstrap.make_rng()
-    keys = ["task_label", "variant_label", "recall", "outer_norm", "regime", "split"]
+    keys = ["task_label", "variant_label", "recall", "outer_norm", "regime", "split", "halting"]
     records = []
     for key, rows in ok.astype({k: object for k in keys}).groupby(keys, dropna=False, sort=False):
-        estimate = claims.split_accuracy(rows, rng)
-        records.append(dict(zip(["task", "variant", "recall", "outer_norm", "regime", "split"], key),
+        estimate = claims.split_accuracy(rows)
+        everyone = claims.split_accuracy(rows, learned_only=False)
+        records.append(dict(zip(["task", "variant", "recall", "outer_norm", "regime", "split", "halting"], key),
                             size=rows["size"].max(), n_seeds=int(rows["exact_acc"].notna().sum()),
                             n_learned=int(rows["learned"].sum()), all_mean=float(rows["exact_acc"].mean()),
-                            learned_mean=estimate.effect, learned_low=estimate.low, learned_high=estimate.high))
+                            all_low=everyone.low, all_high=everyone.high,
+                            learned_mean=estimate.effect, learned_low=estimate.low, learned_high=estimate.high,
+                            learned_values=estimate.values, learned_method=estimate.method))
     table = pd.DataFrame.from_records(records)
     table["ood"] = is_ood(table["split"])
     order = {v: i for i, v in enumerate(ordered_variants(frame))}
@@ -67,30 +76,35 @@ def ood_table(df: pd.DataFrame, min_id_acc: float | None = None) -> pd.DataFrame
 
 
 def _fmt_learned(cell) -> str:
+    """'0.62 [0.55, 0.69]' at the interval's precision; below 3 learned seeds the values and n."""
     if cell["n_learned"] == 0 or pd.isna(cell["learned_mean"]):
         return "-"
-    if cell["n_learned"] < 2 or pd.isna(cell["learned_low"]):
-        return f"{cell['learned_mean']:.3f}"
-    return f"{cell['learned_mean']:.3f} [{cell['learned_low']:.2f}, {cell['learned_high']:.2f}]"
+    estimate = bootstrap.Estimate(cell["learned_mean"], cell["learned_low"], cell["learned_high"],
+                                  int(cell["n_learned"]), values=tuple(cell["learned_values"] or ()))
+    return estimate.text(".3f")
 
 
 def ood_display(table: pd.DataFrame, task: str, rho: dict[str, float] | None = None
                 ) -> tuple[list[str], list[list[str]]]:
-    """One task's table for reading: a row per variant; learned k/n (P(learned)); the measured
-    rho(dF/dz) over learned trials; id accuracy of every trial; each split over learned trials."""
+    """One task's table for reading: a row per variant (and halting protocol, when there are
+    several); learned k/n with P(learned) [Clopper-Pearson]; the measured rho(dF/dz) over learned
+    trials; id accuracy of every trial; each split over learned trials."""
     rows = table[table["task"] == task]
     splits = sorted({(s, z) for s, z in zip(rows["split"], rows["size"])}, key=lambda sz: split_sort_key(*sz))
     split_names = list(dict.fromkeys(s for s, _ in splits))
     sizes = {s: z for s, z in splits}
-    header = (["variant", "learned (P)", "rho at z*", "id, all trials"]
+    header = (["variant", "learned k/n (P(learned) [95% CP])", "rho at z*", "id, all trials"]
               + [f"{s} ({int(sizes[s])})" if s == "id" and not pd.isna(sizes[s]) else s for s in split_names])
+    several = rows["halting"].nunique() > 1 if "halting" in rows else False
     body = []
-    for variant in dict.fromkeys(rows["variant"]):
-        cells = rows[rows["variant"] == variant].set_index("split")
+    for variant, halting in dict.fromkeys(zip(rows["variant"], rows.get("halting", pd.Series(["trained"] * len(rows),
+                                                                                              index=rows.index)))):
+        cells = rows[(rows["variant"] == variant) & (rows.get("halting", "trained") == halting)].set_index("split")
         first = cells.iloc[0] if "id" not in cells.index else cells.loc["id"]
         n, k = int(first["n_seeds"]), int(first["n_learned"])
         measured = (rho or {}).get(variant, math.nan)
-        body.append([variant, f"{k}/{n} ({k / n:.2f})" if n else "0/0",
+        name = f"{variant} [halting={halting}]" if several else variant
+        body.append([name, f"{k}/{n} ({bootstrap.clopper_pearson(k, n).text('.2f')})" if n else "0/0",
                      "-" if pd.isna(measured) else f"{measured:.2f}",
                      "-" if pd.isna(first["all_mean"]) or "id" not in cells.index else f"{first['all_mean']:.3f}"]
                     + [_fmt_learned(cells.loc[s]) if s in cells.index else "-" for s in split_names])
@@ -254,37 +268,118 @@ def md_table(header: list[str], body: list[list[str]]) -> str:
 
 
 def verdict_rows(verdicts: list[Verdict]) -> tuple[list[str], list[list[str]]]:
-    header = ["#", "claim", "effect [95% interval] per part", "minimum effect", "verdict", "why"]
-    return header, [[str(v.claim_id), v.claim, v.evidence, v.min_effect, v.label, v.reason] for v in verdicts]
+    header = ["#", "claim", "paper", "minimum effect", "verdict", "why"]
+    return header, [[str(v.claim_id), v.claim, v.source.paper.split(",")[0], v.min_effect, v.label, v.reason]
+                    for v in verdicts]
 
 
 def thresholds_text() -> str:
     """The constants the verdicts use, read from orchestrator.report.claims (never restated by hand)."""
     names = ["MIN_LEARNED_SEEDS", "ALPHA", "MIN_ACC_EFFECT", "REACH_MIN", "RHO_MAX", "MIN_DERIVATIVE_EFFECT",
-             "VERIFIED_MIN", "NONINF_MARGIN", "MIN_RHO_EFFECT", "MIN_INSTANCES"]
+             "VERIFIED_MIN", "NONINF_MARGIN", "MIN_RHO_EFFECT", "MIN_INSTANCES", "OVERTHINK_MAX", "CAP_BOUND_SHARE"]
     return ", ".join(f"`{n}` = {getattr(claims, n)}" for n in names)
 
 
+def claim_sections(verdicts: list[Verdict]) -> list[str]:
+    """Per claim: the sentence and its paper, estimand, arms, tasks, rule; the verdict (per halting
+    protocol when several); each part's evidence and the intention-to-treat lines."""
+    out = []
+    for v in verdicts:
+        src = v.source
+        out += [f"### Claim {v.claim_id}: {src.title}", "",
+                f"- **paper**: {src.paper} ({src.url})", f"- **as stated**: {src.quote}",
+                f"- **estimand**: {src.estimand}", f"- **arms**: {src.arms}", f"- **tasks**: {src.tasks}",
+                f"- **decision rule**: {src.rule}; minimum effect: {src.min_effect}",
+                f"- **verdict**: **{v.label}**: {v.reason}"]
+        if len(v.by_protocol) > 1:
+            out += [f"- **per halting protocol**: " + "; ".join(f"{h}: {label}" for h, label in v.by_protocol.items())]
+        out += ["", "Parts:", ""] + [f"- {line}" for line in v.details] + [""]
+    return out
+
+
+def analysis_sections(analysis: claims.Analysis) -> list[str]:
+    """Cap-bound cells, the trainability lines and overthinking per variant and split."""
+    out = ["## Cap-bound splits left out", ""]
+    bound = analysis.cap_bound
+    if bound.empty:
+        out += ["None: no learned (variant, split) cell has more than "
+                f"{claims.CAP_BOUND_SHARE:.0%} of its instances at the loop cap.", ""]
+    else:
+        out += [f"A cell whose learned trials have more than {claims.CAP_BOUND_SHARE:.0%} of instances at the loop cap "
+                "measures the cap, not the model: it is left out of every claim (accuracy, reachability, iterations, "
+                "overthinking) and shown here. Its accuracy stays in the tables above.", "",
+                md_table(["task", "variant", "split", "halting", "capped share (learned)", "learned trials", "from"],
+                         [[r.task, r.variant, r.split, r.halting, f"{r.capped_share:.0%}", str(r.n_learned), r.source]
+                          for r in bound.itertuples()]), ""]
+    out += ["## Trainability: P(learned) with and without outer norm", "",
+            "Learned counts per task, spectral regime and recall group, with outer norm against without "
+            "(Clopper-Pearson intervals, Fisher's exact test). SGLT's claim 2 includes 'supported by stable "
+            "backpropagation'; these counts are its trainability side.", ""]
+    out += [f"- {line}" for line in analysis.trainability] or ["- no task has arms with and without outer norm"]
+    over = analysis.overthinking
+    out += ["", "## Overthinking per variant and split", "",
+            "Share of instances right at some loop budget <= the training depth and wrong at the fixed point (Deep "
+            "Thinking's overthinking), from the stored budget curves: peak accuracy over those budgets minus accuracy "
+            "at the fixed point, floored at 0, a lower bound on the instance-level share (per-instance budget curves "
+            "are not stored). Mean over seeds [95% t-interval]; all ok trials, and learned trials only.", ""]
+    if over.empty:
+        out += ["No budget curves with a recorded training depth."]
+    for (task, halting), rows in (over.groupby(["task", "halting"], sort=True) if not over.empty else []):
+        splits = sorted(rows["split"].unique(), key=lambda sp: split_sort_key(sp, None))
+        body = []
+        for variant, cells in rows.groupby("variant", sort=False):
+            cells = cells.set_index("split")
+            line = [variant, f"{int(cells['k'].iloc[0])}/{int(cells['n'].iloc[0])}"]
+            for sp in splits:
+                if sp not in cells.index:
+                    line.append("-")
+                    continue
+                c = cells.loc[sp]
+                text = c["all"].text(".3f") + (f"; learned {c['learned'].text('.3f')}" if c["k"] else "")
+                line.append(text + (" (cap-bound)" if c["cap_bound"] else ""))
+            body.append(line)
+        title = f"### {task}" + (f" [halting={halting}]" if over["halting"].nunique() > 1 else "")
+        out += ["", title, "", md_table(["variant", "learned k/n"] + splits, body)]
+    out += ["", "Cells read 'all trials; learned trials'. (cap-bound): the cell's learned trials hit the cap on more "
+            f"than {claims.CAP_BOUND_SHARE:.0%} of instances, so its 'fixed point' is the cap; shown, left out of "
+            "claim 6."]
+    return out + [""]
+
+
 def render_markdown(frame: pd.DataFrame, statuses: pd.DataFrame, missing: list[str], table: pd.DataFrame,
-                    figures: dict[str, list[Path]], verdicts: list[Verdict], min_id_acc: float) -> str:
+                    figures: dict[str, list[Path]], analysis: claims.Analysis, min_id_acc: float,
+                    notes: list[str] | None = None) -> str:
     info = provenance(frame)
     counts = statuses["status"].value_counts()
+    verdicts = analysis.verdicts
     out = [f"# Sweep report: {info['sweep']}", ""]
     out += [f"- **{k}**: {v}" for k, v in info.items() if k != "sweep"]
     out += [f"- **competence gate**: a trial is *learned* when its in-distribution exact accuracy is >= "
             f"{min_id_acc:g} (`report.min_id_acc`); {int(frame.drop_duplicates('trial_id')['learned'].sum())} of "
             f"{frame['trial_id'].nunique()} trials learned"]
-    out += ["", "## Trials by status", "",
+    out += [f"- **halting protocols**: {', '.join(analysis.per_protocol) or '-'}"
+            + ("" if "halting" in frame.columns else " (the rows carry no `halting` column: the protocol they were "
+               "trained and evaluated with)")]
+    out += [f"- **note**: {n}" for n in notes or []]
+    out += ["- **every number below** is also in `estimates.parquet` beside this report"]
+    out += ["", "## Claim verdicts", "", md_table(*verdict_rows(verdicts)), "",
+            f"Rule: {claims.RULE}. Intervals: {bootstrap.LEVEL:.0%} t-intervals on seed means (accuracies with a "
+            f"binomial SE floor), Clopper-Pearson for P(learned), Fisher z for rank correlations across trials; printed "
+            f"to the interval's precision. Rules in `orchestrator/report/claims.py` and docs/statistics.md. Constants: "
+            + thresholds_text() + ".", ""]
+    out += ["## Claims as the papers state them, and the evidence", ""] + claim_sections(verdicts)
+    out += analysis_sections(analysis)
+    out += ["## Trials by status", "",
             md_table(["status", "trials"], [[s, str(int(counts.get(s, 0)))] for s in STATUSES]
                      + [[s, str(int(n))] for s, n in counts.items() if s not in STATUSES]
                      + [["total", str(len(statuses))]]), ""]
     out += ["## Missing or not ok", ""]
     out += [f"- {line}" for line in missing] if missing else ["Nothing missing: every trial is ok and has every split."]
     out += ["", "## Exact accuracy per variant and split", "",
-            "Split columns: mean over *learned* trials [95% interval, hierarchical bootstrap over seeds then "
-            "instances; none with one learned seed]; `-` = no learned trial. `learned (P)`: learned seeds k/n "
-            "and P(learned); `rho at z*`: measured spectral radius of dF/dz, mean over learned trials; "
-            "`id, all trials`: in-distribution accuracy of every ok trial.", ""]
+            "Split columns: mean over *learned* trials [95% t-interval on seed means]; below 3 learned seeds no "
+            "interval, n and the seed values instead; `-` = no learned trial. `learned k/n`: learned seeds and "
+            "P(learned) [95% Clopper-Pearson]; `rho at z*`: measured spectral radius of dF/dz, mean over learned "
+            "trials; `id, all trials`: in-distribution accuracy of every ok trial.", ""]
     if frame["input_derivative"].isna().all():
         out[-2] += (" This table predates schema 2: its rho was measured at the probe's rest state, not at "
                     "the solver's z*.")
@@ -294,10 +389,6 @@ def render_markdown(frame: pd.DataFrame, statuses: pd.DataFrame, missing: list[s
                 "cap (/ stalled: halted below the cap otherwise), median iterations of the converged instances "
                 "(`-`: none known), loop cap.", "", md_table(*iteration_display(frame, task)), ""]
         out += [f"![{p.stem}]({p.name})" for p in figures.get(task, [])] + [""]
-    out += ["## Claim verdicts", "", md_table(*verdict_rows(verdicts)), "",
-            f"Rule: {claims.RULE}. Rules and minimum effects in `orchestrator/report/claims.py`; intervals "
-            f"{bootstrap.LEVEL:.0%}, {bootstrap.N_BOOT} replicates, seed {bootstrap.BOOT_SEED}. Constants: "
-            + thresholds_text() + ".", ""]
     return "\n".join(out)
 
 
@@ -358,19 +449,105 @@ def build_report(sweep_dir: Path, *, console: Console | None = None, min_id_acc:
     sweep_dir = Path(sweep_dir)
     console = console or Console()
     gate = report_settings(sweep_dir).min_id_acc if min_id_acc is None else float(min_id_acc)
-    df = load_results(sweep_dir)
+    try:  # every halting protocol's rows (a store that predates protocols has only the trials' own)
+        df = load_results(sweep_dir, halting=None)
+    except TypeError:
+        df = load_results(sweep_dir)
     report_path = SweepDir(sweep_dir).report
     if df.empty:
         _write_atomic(report_path, f"# Sweep report: {sweep_dir.name}\n\nThe results table has no rows yet.\n")
         console.print(f"[yellow]{sweep_dir}: the results table has no rows yet[/yellow]")
         return report_path
     frame = prepare(df, gate)
+    frame, notes = recompute_sudoku_depth(frame)
     statuses = trial_statuses(frame)
     missing = missing_items(frame, statuses, expected_cells(sweep_dir))
     table = ood_table(frame)
-    figures = {task: plot_task(frame, task, sweep_dir) for task in sorted(frame["task_label"].unique())}
-    verdicts = compute_verdicts(frame)
-    _write_atomic(report_path, render_markdown(frame, statuses, missing, table, figures, verdicts, gate))
-    print_summary(console, frame, statuses, missing, table, verdicts)
+    own = claims.with_halting(frame)
+    own = own[own["halting"] == claims.TRAINED] if (own["halting"] == claims.TRAINED).any() else own
+    figures = {task: plot_task(own, task, sweep_dir) for task in sorted(own["task_label"].unique())}
+    analysis = claims.analyse(frame, gate=gate)
+    _write_atomic(report_path, render_markdown(frame, statuses, missing, table, figures, analysis, gate, notes))
+    write_estimates(SweepDir(sweep_dir).root / ESTIMATES_FILE, table, analysis)
+    print_summary(console, frame, statuses, missing, table, analysis.verdicts)
     console.print(f"report: {report_path}")
     return report_path
+
+
+ESTIMATES_FILE = "estimates.parquet"
+ESTIMATE_COLUMNS = claims.Recorder.COLUMNS
+"""kind, task, variant, split, halting, n_seeds, n_learned, estimate, lo, hi, method, p."""
+
+
+def estimates_frame(table: pd.DataFrame, analysis: claims.Analysis) -> pd.DataFrame:
+    """Every number the report prints, one row each: the accuracy table ('accuracy': learned
+    trials, t-interval; 'accuracy_all': every ok trial, the intention-to-treat accuracy) and the
+    claims' estimates (``claims.Recorder``: differences, reachability, rho, P(learned), Fisher tests,
+    overthinking, rank correlations, claim parts). Missing intervals are NaN; p is NaN where no
+    test applies."""
+    rows = []
+    for r in table.to_dict("records"):
+        base = {"task": r["task"], "variant": r["variant"], "split": r["split"], "halting": r["halting"],
+                "n_seeds": int(r["n_seeds"]), "n_learned": int(r["n_learned"]), "p": math.nan}
+        rows.append({**base, "kind": "accuracy", "estimate": r["learned_mean"], "lo": r["learned_low"],
+                     "hi": r["learned_high"], "method": r["learned_method"] or "no learned trial"})
+        rows.append({**base, "kind": "accuracy_all", "estimate": r["all_mean"], "lo": r["all_low"],
+                     "hi": r["all_high"], "method": "t on seed means (binomial SE floor), every ok trial"})
+    out = pd.concat([pd.DataFrame.from_records(rows, columns=list(ESTIMATE_COLUMNS)), analysis.estimates],
+                    ignore_index=True)
+    out = out.astype({"n_seeds": "int64", "n_learned": "Int64", "estimate": "float64", "lo": "float64",
+                      "hi": "float64", "p": "float64"})
+    return out[list(ESTIMATE_COLUMNS)]
+
+
+def write_estimates(path: Path, table: pd.DataFrame, analysis: claims.Analysis) -> Path:
+    """Write ``estimates_frame`` to ``path`` atomically (Parquet, queryable like results.parquet)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    estimates_frame(table, analysis).to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+    return path
+
+
+def recompute_sudoku_depth(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """Sudoku rows keyed by the search ``rating`` (tables written before propagation depth was the
+    key): regenerate each trial's evaluation puzzles (deterministic in the trial's seed, through the
+    task cache), check that their ratings equal the stored ones instance by instance, and key the
+    rows by propagation depth instead. Rows whose puzzles do not match keep the rating, and a note
+    says so."""
+    rows = frame[(frame["task"] == "sudoku") & (frame["difficulty_key"] == "rating") & frame["status_ok"]]
+    if rows.empty:
+        return frame, []
+    from fpr_core.tasks import get_task, make_splits
+    from fpr_core.tasks.sudoku import propagation_depth
+
+    out = frame.copy()
+    matched, failed = 0, 0
+    for _, trial in rows.groupby("trial_id", sort=True):
+        first = trial.iloc[0]
+        try:
+            params = json.loads(first["task_params"] or "{}")
+            task = get_task("sudoku", **params)
+            sizes = tuple(int(z) for z in sorted(trial.loc[trial["split"] != "id", "size"].dropna().unique()))
+            splits = make_splits(task, int(first["train_size"]), sizes, n_train=int(first["cfg.train.n_train"]),
+                                 n_eval=int(first["cfg.eval.n_eval"]), seed=int(first["seed"]))
+        except (ValueError, KeyError, TypeError):  # a row without the config to regenerate from
+            failed += len(trial)
+            continue
+        for index, row in trial.iterrows():
+            data = splits.get(row["split"])
+            stored = row["instance_difficulty"]
+            if data is None or stored is None or len(stored) != len(data.meta["rating"]) \
+                    or not np.array_equal(np.asarray(stored, float), data.meta["rating"].astype(float)):
+                failed += 1
+                continue
+            depth = propagation_depth(data.inputs.reshape(len(stored), -1), data.targets.reshape(len(stored), -1) + 1,
+                                      task.box)
+            out.at[index, "instance_difficulty"] = depth.astype(np.float32)
+            out.at[index, "difficulty_key"] = "propagation_depth"
+            matched += 1
+    note = (f"sudoku: these rows store the search `rating` as difficulty (0 for most puzzles); the evaluation "
+            f"puzzles were regenerated from each trial's seed and {matched} row(s) matched the stored ratings "
+            f"instance by instance, so claim 5 reads their propagation depth (rounds of naked singles to solve)")
+    if failed:
+        note += f"; {failed} row(s) did not match and keep the rating"
+    return out, [note]

@@ -3,10 +3,11 @@
 Drawn to be printed: small multiples (one panel per recall placement, the axis the claims are
 about) so no variant hides under another; within a panel every other variant has its own colour,
 marker and line style from the Okabe-Ito palette (colour-blind safe); intervals are bands, and a
-point resting on one learned seed gets none; fonts stay legible with the figure at half page width.
+point resting on fewer than three learned seeds gets none; fonts stay legible with the figure at half page width.
 
-- ``<task>_ood_accuracy.png``: exact accuracy vs size over learned trials, 95% hierarchical
-  bootstrap band, training size marked; legends give each variant's learned k/n.
+- ``<task>_ood_accuracy.png``: exact accuracy vs size over learned trials, 95% t-interval band on
+  seed means (none below 3 learned seeds), training size marked; legends give each variant's
+  learned k/n.
 - ``<task>_halting.png``: per recall panel, iterations of *converged* instances vs size (median),
   the loop cap drawn, and the share of instances that hit the cap; and iterations vs the task's
   difficulty key on converged instances (FPRM: compute should follow difficulty).
@@ -114,12 +115,12 @@ def _set_log2(ax, sizes) -> None:
 
 
 def _line(ax, xs, ys, style: dict, label: str, low=None, high=None, n_seeds=None) -> None:
-    """A line with markers and, where more than one seed stands behind a point, its band."""
+    """A line with markers and, where three or more seeds stand behind a point, its band."""
     xs, ys = np.asarray(xs, float), np.asarray(ys, float)
     ax.plot(xs, ys, label=label, ms=4, lw=1.2, **style)
     if low is not None:
         low, high = np.asarray(low, float), np.asarray(high, float)
-        banded = np.asarray(n_seeds) >= 2 if n_seeds is not None else np.ones(xs.size, bool)
+        banded = np.asarray(n_seeds) >= 3 if n_seeds is not None else np.ones(xs.size, bool)
         banded &= np.isfinite(low) & np.isfinite(high)
         if banded.any():
             ax.fill_between(xs[banded], low[banded], high[banded], color=style["color"], alpha=0.18, lw=0)
@@ -155,7 +156,7 @@ def plot_ood_accuracy(rows: pd.DataFrame, task: str, out_dir: Path) -> Path:
         ax.set_title(f"recall={recall} ({learned_text(rows[rows['recall'] == recall])})")
         ax.set_xlabel("size (dotted: training)")
     axes[0][0].set_ylabel("exact accuracy, learned trials")
-    fig.suptitle(f"{task}: accuracy vs size (band: 95% interval, seeds then instances)", fontsize=FONT + 1)
+    fig.suptitle(f"{task}: accuracy vs size (band: 95% t-interval on seed means, >= 3 seeds)", fontsize=FONT + 1)
     fig.tight_layout()
     _legend(fig, axes)
     return _save(fig, SweepDir(out_dir).figure(f"{slug(task)}_ood_accuracy"))
