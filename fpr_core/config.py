@@ -10,6 +10,7 @@ Generalization in Looped Transformers (Labovich 2026); DT = Deep Thinking (Schwa
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Optional
 
@@ -57,6 +58,13 @@ def _check_choice(where: str, name: str, value: Any, choices: tuple) -> None:
 
 def _literal_choices(lit) -> tuple:
     return lit.__args__
+
+
+def check_protocol_name(where: str, name: Any) -> None:
+    """A halting protocol's name: lower-case letters, digits and '_', starting with a letter."""
+    if not (isinstance(name, str) and name and name[0].isalpha() and set(name) <= set(PROTOCOL_NAME_CHARS)):
+        raise ConfigError(f"{where}: protocol name {name!r}; expected lower-case letters, digits and '_', "
+                          "starting with a letter (e.g. strict_tol)")
 
 
 ADDED_AFTER_IDS = {"added_after_ids": True}
@@ -412,6 +420,81 @@ class TrainConfig:
         return _from_dict(cls, data, where)
 
 
+TRAINED = "trained"
+"""The halting protocol a trial trained with (its own solver settings, unchanged)."""
+PROTOCOL_NAME_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789_"
+"""A protocol name is lower-case letters, digits and '_' (it becomes part of MLflow metric keys)."""
+
+
+@dataclass(frozen=True)
+class HaltingProtocol:
+    """Named halting settings applied to a trained model's solver at evaluation, without retraining
+    (issue 26; docs/halting.md). Each field left at None keeps the trial's own ``solver`` value, so
+    the empty protocol is the trial's own halting ('trained'). Reachability, the cycled share and
+    the capped share are functions of (tol, cycle rule, cap): a verdict is read under a named
+    protocol, and compared across protocols."""
+
+    tol: Optional[float] = None
+    """Residual tolerance: a sample converged when r < tol (None = the trial's ``solver.tol``).
+    FPRM uses ``fp_thresh: 0.1`` in every config (fprm config/arch/fprm.yaml, cfg_pretrain_*.yaml)."""
+    detect_cycles: Optional[bool] = None
+    """Halt a sample on a detected period-2 cycle (None = the trial's ``solver.detect_cycles``).
+    FPRM has no such rule: its FixedPointOptimizer keeps decaying the step size (model_utils.py)."""
+    cap_law: Optional[CapLaw] = None
+    """How the eval cap grows on OOD sizes (None = the trial's ``solver.eval_cap_law``)."""
+    cap_scale: float = 1.0
+    """Multiplies ``solver.eval_cap`` (the cap at the training size; OOD caps follow the cap law
+    from it): eval_cap <- ceil(eval_cap * cap_scale)."""
+
+    def validate(self, where: str = "halting") -> None:
+        if self.tol is not None and (isinstance(self.tol, bool) or not isinstance(self.tol, (int, float))
+                                     or not self.tol > 0):
+            raise ConfigError(f"{where}.tol: got {self.tol!r}, expected a number > 0 or null (the trial's)")
+        if self.detect_cycles is not None and not isinstance(self.detect_cycles, bool):
+            raise ConfigError(f"{where}.detect_cycles: got {self.detect_cycles!r}, expected true, false or null")
+        if self.cap_law is not None:
+            _check_choice(where, "cap_law", self.cap_law, _literal_choices(CapLaw))
+        if isinstance(self.cap_scale, bool) or not isinstance(self.cap_scale, (int, float)) or not self.cap_scale > 0:
+            raise ConfigError(f"{where}.cap_scale: got {self.cap_scale!r}, expected a number > 0")
+
+    def apply(self, solver: SolverConfig) -> SolverConfig:
+        """``solver`` with this protocol's settings; the very same object when it changes nothing
+        (so 'trained' evaluates exactly as the trial did)."""
+        changes: dict[str, Any] = {}
+        if self.tol is not None and self.tol != solver.tol:
+            changes["tol"] = float(self.tol)
+        if self.detect_cycles is not None and self.detect_cycles != solver.detect_cycles:
+            changes["detect_cycles"] = self.detect_cycles
+        if self.cap_law is not None and self.cap_law != solver.eval_cap_law:
+            changes["eval_cap_law"] = self.cap_law
+        if self.cap_scale != 1:
+            changes["eval_cap"] = max(1, math.ceil(solver.eval_cap * self.cap_scale))
+        return dataclasses.replace(solver, **changes) if changes else solver
+
+    @classmethod
+    def from_dict(cls, data: dict | None, where: str = "halting") -> "HaltingProtocol":
+        if data is not None and not isinstance(data, dict):
+            raise ConfigError(f"{where}: got {data!r}, expected a mapping of {[f.name for f in dataclasses.fields(cls)]}")
+        data = dict(data or {})
+        if isinstance(data.get("tol"), str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                data["tol"] = float(data["tol"])
+            except ValueError:
+                pass
+        return _from_dict(cls, data, where)
+
+
+BUILTIN_HALTING: dict[str, HaltingProtocol] = {
+    TRAINED: HaltingProtocol(),
+    "paper": HaltingProtocol(tol=0.1, detect_cycles=False),
+    "long": HaltingProtocol(detect_cycles=False, cap_scale=16.0),
+}
+"""Built-in protocols. trained: the trial's own settings. paper: FPRM's halting rule, tol 0.1
+(``fp_thresh`` in every FPRM config) and no cycle halting (FPRM's solver only decays its step size),
+at the trial's caps. long: no cycle halting and every cap x16, a budget that does not bind where the
+trial's cap did (AUDIT 1.2: sudoku at 22 blanks reaches 1.000 at cap 1024 = 64 x 16)."""
+
+
 @dataclass(frozen=True)
 class EvalConfig:
     """Evaluation budget: instances per split and which diagnostics to run."""
@@ -426,11 +509,57 @@ class EvalConfig:
     """Instances of each split the stability diagnostics run on (the first diag_n)."""
     power_iters: int = 20
     """Power-iteration steps for the spectral radius of dF/dz at z*."""
+    halting: tuple[str, ...] = field(default=(TRAINED,), metadata=ADDED_AFTER_IDS)
+    """Halting protocols every split is evaluated under at the end of the trial, one result row
+    per split and protocol: built-in names (trained, paper, long: BUILTIN_HALTING) or names defined
+    in ``protocols``. Must include 'trained' (the trial's own rows). docs/halting.md."""
+    protocols: Optional[dict[str, dict[str, Any]]] = field(default=None, metadata=ADDED_AFTER_IDS)
+    """More named halting protocols: name -> HaltingProtocol fields (tol, detect_cycles, cap_law,
+    cap_scale), e.g. {strict: {tol: 0.001, cap_scale: 4}}. A name may not shadow a built-in."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.halting, list):  # YAML and JSON give lists; the identity compares tuples
+            object.__setattr__(self, "halting", tuple(self.halting))
 
     def validate(self, where: str = "eval") -> None:
         for name in ("n_eval", "batch_size", "diag_n", "power_iters"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{where}.{name}: got {getattr(self, name)}, expected an integer >= 1")
+        self.halting_protocols(where)
+        if TRAINED not in self.halting:
+            raise ConfigError(f"{where}.halting: got {list(self.halting)}, expected a list that includes "
+                              f"{TRAINED!r} (the trial's own rows, which the competence gate reads)")
+
+    def defined_protocols(self, where: str = "eval") -> dict[str, HaltingProtocol]:
+        """Every protocol this config can name: the built-ins, then ``protocols`` (validated)."""
+        out = dict(BUILTIN_HALTING)
+        if self.protocols is None:
+            return out
+        if not isinstance(self.protocols, dict):
+            raise ConfigError(f"{where}.protocols: got {self.protocols!r}, expected a mapping of name -> "
+                              f"{{tol, detect_cycles, cap_law, cap_scale}}")
+        for name, values in self.protocols.items():
+            if name in BUILTIN_HALTING:
+                raise ConfigError(f"{where}.protocols.{name}: a built-in protocol; expected a new name "
+                                  f"(built-ins: {list(BUILTIN_HALTING)})")
+            check_protocol_name(f"{where}.protocols", name)
+            out[name] = HaltingProtocol.from_dict(values, f"{where}.protocols.{name}")
+        return out
+
+    def halting_protocols(self, where: str = "eval") -> dict[str, HaltingProtocol]:
+        """The protocols of ``halting``, by name, in order; ConfigError naming an unknown one."""
+        known = self.defined_protocols(where)
+        names = self.halting
+        if not isinstance(names, tuple) or not names or not all(isinstance(n, str) for n in names):
+            raise ConfigError(f"{where}.halting: got {names!r}, expected a non-empty list of protocol names, "
+                              f"e.g. [trained, long]")
+        if len(set(names)) != len(names):
+            raise ConfigError(f"{where}.halting: got {list(names)}, expected distinct names")
+        for i, name in enumerate(names):
+            if name not in known:
+                raise ConfigError(f"{where}.halting[{i}]: unknown protocol {name!r}; expected one of {list(known)} "
+                                  f"(define more under {where}.protocols)")
+        return {name: known[name] for name in names}
 
     @classmethod
     def from_dict(cls, data: dict | None, where: str = "eval") -> "EvalConfig":
@@ -513,6 +642,7 @@ class ExperimentConfig:
         out = dataclasses.asdict(self)
         if out["task"]["ood_sizes"] is not None:
             out["task"]["ood_sizes"] = list(out["task"]["ood_sizes"])
+        out["eval"]["halting"] = list(out["eval"]["halting"])
         return out
 
 

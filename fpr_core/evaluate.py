@@ -20,8 +20,27 @@ from fpr_core.diagnostics import PROBE_KEYS, eval_mode, probe_loop, reachability
 from fpr_core.tasks.base import Task, TaskData
 
 METRIC_KEYS = ("n", "exact_acc", "token_acc", "iters_mean", "iters_p50", "iters_p95", "reachability",
-               "cycled_frac", "residual_median", *PROBE_KEYS, "eval_seconds", "eval_cap")
+               "cycled_frac", "residual_median", *PROBE_KEYS, "eval_seconds", "eval_cap", "capped_share")
 """Keys of EvalResult.metrics (each a column of the results table)."""
+
+CAP_BOUND_SHARE = 0.05
+"""A split is *cap-bound* when more than this share of its instances ended at the loop cap
+(neither converged nor cycled nor stalled): its accuracy and reachability then measure the cap,
+not the model, and it decides no claim while a protocol exists under which it is not cap-bound
+(DESIGN.md, 'Judging a claim'; docs/halting.md)."""
+
+
+def capped_mask(iterations, converged, cycled, cap: int) -> np.ndarray:
+    """(N,) bool: the instance ended at the cap: it used all ``cap`` steps without converging
+    (r < tol) or being halted as cycled. An instance converging on the cap's last step is converged;
+    one halted by the step-size floor (eta < min_eta) below the cap is stalled, not capped."""
+    iterations = np.asarray(iterations, dtype=np.float64)
+    return (iterations >= cap) & ~np.asarray(converged, dtype=bool) & ~np.asarray(cycled, dtype=bool)
+
+
+def is_cap_bound(capped_share: float) -> bool:
+    """More than CAP_BOUND_SHARE of the split's instances ended at the cap."""
+    return bool(capped_share > CAP_BOUND_SHARE)
 
 BUDGET_POINTS = 12
 """Points of the test-time compute curve: budgets log-spaced from 1 to the cap (duplicates merged)."""
@@ -171,7 +190,9 @@ def evaluate_split(model: nn.Module, task: Task, data: TaskData, *, cap: int, cf
     metrics.update(reachability(traces[:, 0], traces[:, 1], traces[:, 2] > 0.5, traces[:, 3] > 0.5))
     metrics.update(probes)
     metrics["eval_cap"] = int(cap)
+    converged, cycled = traces[:, 2].numpy() > 0.5, traces[:, 3].numpy() > 0.5
+    metrics["capped_share"] = float(capped_mask(iters, converged, cycled, cap).mean()) if len(iters) else float("nan")
     metrics["eval_seconds"] = time.perf_counter() - started
     metrics = {k: metrics[k] for k in METRIC_KEYS}
     return EvalResult(metrics, iters.astype(np.float32), _difficulty(task, data), correct, curve,
-                      traces[:, 2].numpy() > 0.5, traces[:, 3].numpy() > 0.5, budgets, budget_acc)
+                      converged, cycled, budgets, budget_acc)

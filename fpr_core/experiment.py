@@ -10,6 +10,7 @@ the global torch RNG of training, so trials with different seeds differ in data 
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import math
@@ -20,7 +21,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from fpr_core.config import ConfigError, ExperimentConfig, ModelConfig, TaskSpec
+from fpr_core.config import TRAINED, ConfigError, ExperimentConfig, ModelConfig, TaskSpec
 from fpr_core.device import select_device
 from fpr_core.evaluate import evaluate_split, scaled_eval_cap
 from fpr_core.tasks.base import Task, TaskData
@@ -50,6 +51,8 @@ class SplitResult:
     """(K,) int: loop budgets of the test-time compute curve (log-spaced, the last = the cap)."""
     budget_acc: np.ndarray
     """(K,) float: exact accuracy read out after each budget."""
+    halting: str = TRAINED
+    """The halting protocol the split was evaluated under (``EvalConfig.halting``; docs/halting.md)."""
 
 
 @dataclass(frozen=True)
@@ -153,25 +156,42 @@ def run_experiment(cfg: ExperimentConfig, *, cache_dir: str | os.PathLike | None
                    resume_state=resume_state, should_stop=should_stop)
     evaluated: list[SplitResult] = []
     if result.status == "ok":
-        evaluated = evaluate_splits(result.eval_model, task, splits, cfg, train_size, dev)
+        for halting in cfg.eval.halting:  # 'trained' (the trial's own rows), then any other protocol
+            evaluated += evaluate_splits(result.eval_model, task, splits, cfg, train_size, dev, halting=halting)
     return ExperimentResult(result, evaluated, model_cfg, train_size, task.difficulty_key, str(dev),
                             model=model, train_tokens=train_tokens, datasets=dataset_infos(splits))
 
 
 def evaluate_splits(model: torch.nn.Module, task: Task, splits: dict[str, TaskData], cfg: ExperimentConfig,
-                    train_size: int, device: torch.device) -> list[SplitResult]:
+                    train_size: int, device: torch.device, halting: str = TRAINED) -> list[SplitResult]:
     """Evaluate every split but 'train' ('id' first, then OOD by size), each with the loop cap of
-    ``evaluate.scaled_eval_cap`` under ``cfg.solver``."""
+    ``evaluate.scaled_eval_cap``, under the halting protocol ``halting`` (a name ``cfg.eval`` knows:
+    the built-ins or ``eval.protocols``) applied to ``cfg.solver``; 'trained' is ``cfg.solver`` itself."""
+    solver = cfg.eval.defined_protocols()[halting].apply(cfg.solver) if halting != TRAINED else cfg.solver
     out: list[SplitResult] = []
     names = sorted((n for n in splits if n != "train"), key=lambda n: _eval_order(n, splits[n].size))
-    for name in names:
-        data = splits[name]
-        cap = scaled_eval_cap(cfg.solver, data.size, train_size, task.cap_law)
-        ev = evaluate_split(model, task, data, cap=cap, cfg=cfg.eval, device=device, seed=cfg.seed)
-        out.append(SplitResult(name, int(data.size), ev.metrics, ev.instance_iters,
-                               ev.instance_difficulty, ev.instance_correct, ev.residual_curve,
-                               ev.instance_converged, ev.instance_cycled, ev.budget_iters, ev.budget_acc))
+    with halting_solver(model, solver):
+        for name in names:
+            data = splits[name]
+            cap = scaled_eval_cap(solver, data.size, train_size, task.cap_law)
+            ev = evaluate_split(model, task, data, cap=cap, cfg=cfg.eval, device=device, seed=cfg.seed)
+            out.append(SplitResult(name, int(data.size), ev.metrics, ev.instance_iters,
+                                   ev.instance_difficulty, ev.instance_correct, ev.residual_curve,
+                                   ev.instance_converged, ev.instance_cycled, ev.budget_iters, ev.budget_acc,
+                                   halting))
     return out
+
+
+@contextlib.contextmanager
+def halting_solver(model: torch.nn.Module, solver):
+    """The model's loop halts under ``solver`` (a SolverConfig) inside the block: the solver, the
+    probes and the readout all take ``model.solver_cfg``; the weights are untouched."""
+    before = model.solver_cfg
+    model.solver_cfg = solver
+    try:
+        yield model
+    finally:
+        model.solver_cfg = before
 
 
 def task_of(cfg: ExperimentConfig) -> tuple[Task, int]:

@@ -481,36 +481,51 @@ def _log_report(sweep_dir: Path) -> None:
 
 @app.command("eval")
 def eval_(sweep: str = SWEEP_ARG,
-          sizes: str = typer.Option(..., "--sizes", help="New eval sizes, comma-separated, e.g. 25,33 "
-                                                         "(each becomes an ood_<size> split)."),
+          sizes: Optional[str] = typer.Option(None, "--sizes", help="New eval sizes, comma-separated, e.g. 25,33 "
+                                                                    "(each becomes an ood_<size> split)."),
+          halting: Optional[str] = typer.Option(None, "--halting",
+                                                help="Halting protocols, comma-separated, e.g. trained,paper,long: "
+                                                     "every split each trial has (and the --sizes) is evaluated "
+                                                     "under each, one row per (split, protocol). Built-ins: trained "
+                                                     "(the trial's own), paper (tol 0.1, no cycle halting, FPRM), "
+                                                     "long (no cycle halting, caps x16); more from the spec's "
+                                                     "eval.protocols. Default: the --sizes under trained. "
+                                                     "docs/halting.md."),
           cap_law: str = typer.Option("trained", "--cap-law",
-                                      help="Loop cap on the new sizes: trained (as each trial's "
+                                      help="Loop cap law: trained (each protocol's, by default the trial's "
                                            "solver.eval_cap_law), task (the task's own law), linear "
                                            "(eval_cap x size/train_size), quadratic (eval_cap x "
-                                           "(size/train_size)^2) or fixed (eval_cap at every size)."),
+                                           "(size/train_size)^2) or fixed (eval_cap at every size); other than "
+                                           "trained, the rows' protocol is named <protocol>_cap_<law>."),
           trials: Optional[str] = typer.Option(None, "--trials", help="Only these trial ids (comma-separated; "
                                                                       "default: every ok trial)."),
-          force: bool = typer.Option(False, "--force", help="Evaluate sizes a trial already has again "
-                                                            "(its rows for them are replaced)."),
+          force: bool = typer.Option(False, "--force", help="Evaluate (split, protocol) pairs a trial already has "
+                                                            "again (its rows for them are replaced)."),
           n_eval: Optional[int] = typer.Option(None, "--n-eval", min=1,
-                                               help="Instances per new split (default: each trial's "
-                                                    "eval.n_eval); fewer for sizes whose loop runs "
-                                                    "thousands of steps, e.g. 59x59 mazes."),
+                                               help="Instances per evaluated split (default: each trial's "
+                                                    "eval.n_eval, the only choice that reproduces a split's "
+                                                    "instances); fewer for sizes whose loop runs thousands of "
+                                                    "steps, e.g. 59x59 mazes."),
           address: Optional[str] = typer.Option(None, "--address", help="Ray cluster (default: $RAY_ADDRESS, "
                                                                         "else a local Ray)."),
           results_dir: Optional[str] = RESULTS_OPT) -> None:
-    """Evaluate finished trials' saved models on new sizes (in parallel on Ray, no training); adds
-    the rows to results.parquet and the metrics to the trials' MLflow runs. Sizes a trial already
-    has are skipped unless --force."""
+    """Evaluate finished trials' saved models again (in parallel on Ray, no training): on new sizes
+    and/or under named halting protocols. Adds the rows (one per trial, split and protocol) to
+    results.parquet and the metrics to the trials' MLflow runs. Pairs a trial already has are
+    skipped unless --force, so an interrupted eval resumes where it stopped."""
     from orchestrator.run import reeval
 
     sweep_dir = _sweep_dir(sweep, results_dir)
     if cap_law not in reeval.CAP_LAWS:
         _fail(f"--cap-law: got {cap_law!r}, expected one of {', '.join(reeval.CAP_LAWS)}")
+    if sizes is None and halting is None:
+        _fail("expected --sizes (new sizes under the trials' own halting), --halting (protocols, on every split "
+              "each trial has), or both")
     try:
-        wanted = reeval.parse_sizes(sizes)
+        wanted = reeval.parse_sizes(sizes) if sizes is not None else []
+        protocols = reeval.parse_halting(halting) if halting is not None else None
         ids = [t.strip() for t in trials.split(",") if t.strip()] if trials else None
-        jobs, skipped = reeval.plan_jobs(sweep_dir, wanted, ids, force)
+        jobs, skipped = reeval.plan_jobs(sweep_dir, wanted, ids, force, protocols, cap_law)
     except reeval.EvalError as e:
         _fail(str(e))
     for tid, why in sorted(skipped.items()):
@@ -518,13 +533,14 @@ def eval_(sweep: str = SWEEP_ARG,
     if not jobs:
         console.print("nothing to evaluate", highlight=False)
         raise typer.Exit(EXIT_OK)
-    outcome = _run_eval(sweep_dir, jobs, cap_law, address, n_eval)
-    console.print(f"evaluated {len(outcome.evaluated)} trials at {sizes} in {outcome.seconds:.1f} s"
+    outcome = _run_eval(sweep_dir, jobs, address, n_eval)
+    what = ", ".join(x for x in (f"at {sizes}" if sizes else "", f"under {halting}" if halting else "") if x)
+    console.print(f"evaluated {len(outcome.evaluated)} trials {what} in {outcome.seconds:.1f} s"
                   + (f"; {len(outcome.failed)} failed" if outcome.failed else ""), highlight=False)
     raise typer.Exit(EXIT_TRIALS_FAILED if outcome.failed else EXIT_OK)
 
 
-def _run_eval(sweep_dir: Path, jobs, cap_law: str, address: Optional[str], n_eval: Optional[int] = None):
+def _run_eval(sweep_dir: Path, jobs, address: Optional[str], n_eval: Optional[int] = None):
     _local_ray_on_loopback(address)
     from orchestrator.run import reeval
     from orchestrator.run.driver import SweepError, ensure_ray, log_sweep_outcome, quiet_tune
@@ -542,7 +558,7 @@ def _run_eval(sweep_dir: Path, jobs, cap_law: str, address: Optional[str], n_eva
         ensure_ray(address, console)
     except SweepError as e:
         _fail(str(e))
-    outcome = reeval.run_eval(sweep_dir, jobs, cap_law, tracker, _trial_resources(sweep_dir), console, n_eval)
+    outcome = reeval.run_eval(sweep_dir, jobs, tracker, _trial_resources(sweep_dir), console, n_eval)
     results.collect(sweep_dir)
     log_sweep_outcome(tracker, SweepDir(sweep_dir))
     problem = tracker.close()

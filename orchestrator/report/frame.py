@@ -7,6 +7,11 @@ are not a variant axis: trials of one variant that differ only in seed are the s
 
 Spectral regime (SGLT): target sigma < 1 contractive, ~1 critical, > 1 expansive, null = no
 spectral normalisation ("unnormalised").
+
+Halting protocols (docs/halting.md): a trial has one row per (split, halting protocol). Rows of
+different protocols are distinct measurements of the same instances, never pooled: ``load_results``
+returns the 'trained' rows unless asked for more, and ``claim_rows`` picks, per split, the one
+protocol a claim reads (not a cap-bound one while another protocol is not).
 """
 from __future__ import annotations
 
@@ -17,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fpr_core.config import TRAINED
+from fpr_core.evaluate import CAP_BOUND_SHARE
 from orchestrator.store import parquet
 
 CRITICAL_TOL = 0.05
@@ -30,16 +37,94 @@ ALWAYS_AXES = ("cfg.model.recall", "cfg.model.outer_norm", "cfg.model.spectral")
 """Axes every variant label shows, varying or not: the three the stability claims are about."""
 
 NON_AXES = frozenset({"cfg.train.seed", "cfg.train.device", "cfg.model.vocab_size",
-                      "cfg.model.n_classes"})
-"""cfg columns that never define a variant: the seed (that is the spread), the device, and the
-vocabulary/class counts that are set from the task."""
+                      "cfg.model.n_classes", "cfg.eval.halting", "cfg.eval.protocols"})
+"""cfg columns that never define a variant: the seed (that is the spread), the device, the
+vocabulary/class counts that are set from the task, and which halting protocols were evaluated
+(the ``halting`` column says which protocol a row is)."""
 
 
-def load_results(sweep_dir: Path) -> pd.DataFrame:
+def load_results(sweep_dir: Path, halting: str | tuple[str, ...] | None = TRAINED) -> pd.DataFrame:
     """The sweep's rows as they are now (``store.parquet.read_current``: results.parquet, or the
     sweep's own trial files while a sweep runs or when the table is broken), every schema column
-    present. Other ``*.parquet`` files in the folder are never read."""
-    return parquet.read_current(Path(sweep_dir)).to_pandas()
+    present. Other ``*.parquet`` files in the folder are never read.
+
+    halting: the protocols whose rows to return: 'trained' (default: each trial's own halting, one
+    row per (trial, split), as before protocols existed), a tuple of names, or None for every row
+    (then a trial has one row per (split, protocol): group or pick with ``claim_rows``). Rows
+    written before ``capped_share`` existed get it from their per-instance flags (``instance_outcomes``)."""
+    df = parquet.read_current(Path(sweep_dir)).to_pandas()
+    if halting is not None:
+        df = df[df["halting"].isin((halting,) if isinstance(halting, str) else tuple(halting))]
+    return add_capped(df.reset_index(drop=True))
+
+
+def add_capped(df: pd.DataFrame) -> pd.DataFrame:
+    """``capped_share`` and ``cap_bound`` filled in where a row lacks them (rows written before the
+    columns existed) from its per-instance outcomes; rows without instance data stay null."""
+    if df.empty or "capped_share" not in df.columns or not df["capped_share"].isna().any():
+        return df
+    out = df.copy()
+    missing = out["capped_share"].isna()
+    shares = [_capped_share(row) for row in out.loc[missing].to_dict("records")]
+    out.loc[missing, "capped_share"] = shares
+    known = missing & out["capped_share"].notna()
+    out["cap_bound"] = out["cap_bound"].astype(object)
+    out.loc[known, "cap_bound"] = out.loc[known, "capped_share"] > CAP_BOUND_SHARE
+    return out
+
+
+def _capped_share(row) -> float:
+    outcomes = instance_outcomes(row)
+    return float(np.mean(outcomes == CAPPED)) if outcomes.size else math.nan
+
+
+def claim_rows(frame: pd.DataFrame, by: tuple[str, ...] = ("task_label", "split"),
+               prefer: tuple[str, ...] = (TRAINED,), among: str | None = "learned") -> pd.DataFrame:
+    """The rows a claim reads: for each group of ``by`` (default: a split of a task, across every
+    variant, so arms are compared under one protocol), the rows of one halting protocol: the first
+    protocol of ``prefer``, then the others present in name order, under which no row of the group
+    is cap-bound. Where every protocol present is cap-bound, the preferred one's rows, which then
+    decide nothing. Rows of trials that are not ``among`` (default 'learned', the competence gate;
+    None = all) neither choose nor block a protocol, but are returned with the group's choice.
+
+    ``frame``: rows of every protocol (``load_results(..., halting=None)`` then ``prepare``).
+    Adds ``claim_halting`` (the protocol chosen for the row's group) and ``claim_cap_bound`` (True
+    where even that protocol is cap-bound: the group decides nothing). A claim never mixes
+    protocols within a group and never uses a cap-bound split while a protocol exists in which it
+    is not cap-bound (issue 26; docs/halting.md)."""
+    if frame.empty:
+        return frame.assign(claim_halting=pd.Series(dtype=object), claim_cap_bound=pd.Series(dtype=bool))
+    halting = frame["halting"].fillna(TRAINED) if "halting" in frame.columns else pd.Series(TRAINED, index=frame.index)
+    bound = (frame["cap_bound"].fillna(False).astype(bool) if "cap_bound" in frame.columns
+             else pd.Series(False, index=frame.index))
+    deciding = frame[among].fillna(False).astype(bool) if among and among in frame.columns else pd.Series(True, index=frame.index)
+    keys = [frame[c].astype(object).fillna("") for c in by]
+    picks = []
+    for key, idx in frame.groupby(keys, sort=False).groups.items():
+        present = sorted(set(halting[idx]))
+        order = [p for p in prefer if p in present] + [p for p in present if p not in prefer]
+        free = [p for p in order if not (bound[idx] & deciding[idx] & halting[idx].eq(p)).any()]
+        chosen = free[0] if free else order[0]
+        rows = idx[halting[idx].eq(chosen)]
+        picks.append(frame.loc[rows].assign(claim_halting=chosen, claim_cap_bound=not free))
+    return pd.concat(picks).sort_index()
+
+
+def cap_bound_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per (task_label, variant_label, split, halting) of ok rows: trials, pooled capped
+    share, and cap_bound (any trial's row cap-bound), for the report to name cap-bound splits."""
+    cols = ["task_label", "variant_label", "split", "halting"]
+    ok = frame[frame["status_ok"]] if "status_ok" in frame.columns else frame
+    if ok.empty:
+        return pd.DataFrame(columns=cols + ["trials", "capped_share", "cap_bound"])
+    ok = ok.assign(halting=ok["halting"].fillna(TRAINED), weight=ok["n"].fillna(0),
+                   capped_n=ok["capped_share"].astype(float) * ok["n"].fillna(0),
+                   bound=ok["cap_bound"].fillna(False).astype(bool))
+    g = ok.groupby(cols, dropna=False, sort=True)
+    out = g.agg(trials=("trial_id", "nunique"), capped_n=("capped_n", "sum"), weight=("weight", "sum"),
+                cap_bound=("bound", "any")).reset_index()
+    out["capped_share"] = out["capped_n"] / out["weight"].where(out["weight"] > 0)
+    return out[cols + ["trials", "capped_share", "cap_bound"]]
 
 
 def parse_spectral(value) -> float:
@@ -178,7 +263,8 @@ def add_competence(frame: pd.DataFrame, min_id_acc: float = MIN_ID_ACC) -> pd.Da
     """A copy with ``id_acc_trial`` (the trial's in-distribution exact accuracy, NaN if it has no
     ok 'id' row) and ``learned`` (ok trial with id_acc_trial >= min_id_acc) on every row."""
     out = frame.copy()
-    id_rows = out[(out["split"] == "id") & out["status_ok"]]
+    trained = out["halting"].fillna(TRAINED).eq(TRAINED) if "halting" in out.columns else True
+    id_rows = out[(out["split"] == "id") & out["status_ok"] & trained]  # the trial's own halting decides
     id_acc = id_rows.groupby("trial_id")["exact_acc"].max()
     out["id_acc_trial"] = out["trial_id"].map(id_acc).astype(float)
     out["learned"] = out["status_ok"] & (out["id_acc_trial"] >= min_id_acc)
@@ -257,8 +343,9 @@ def outcome_shares(rows: pd.DataFrame) -> dict[str, float]:
 
 def trial_summary(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per ok trial: labels, seed, learned, in-distribution accuracy, mean OOD accuracy and
-    the stability axes averaged over its eval splits (ID and OOD)."""
-    ok = frame[frame["status_ok"]].copy()
+    the stability axes averaged over its eval splits (ID and OOD), under the trial's own halting."""
+    trained = frame["halting"].fillna(TRAINED).eq(TRAINED) if "halting" in frame.columns else True
+    ok = frame[frame["status_ok"] & trained].copy()  # one protocol: the trial's own
     ok["ood_acc"] = ok["exact_acc"].where(is_ood(ok["split"]))
     keys = ["trial_id", "task", "task_label", "variant_label", "context_label", "recall", "outer_norm", "regime"]
     metrics = {"ood_acc": "mean", "id_acc_trial": "first", "learned": "first", "reachability": "mean",

@@ -58,8 +58,8 @@ def final_result(rows: list[dict[str, Any]], curves: dict[str, list[float]]) -> 
     """The trial's last report: rows, curves, status, and flat per-split metrics for the searcher."""
     out: dict[str, Any] = {ROWS_KEY: json.dumps(rows), CURVES_KEY: json.dumps(curves),
                            STATUS_KEY: rows[0]["status"], STEP: rows[0].get("train_steps") or 0}
-    for row in rows:
-        if row["status"] == "ok":
+    for row in rows:  # the searcher reads the trial's own halting; other protocols' rows are extra
+        if row["status"] == "ok" and (row.get("halting") or "trained") == "trained":
             out.update({split_metric(column, row["split"]): row[column] for column in FINAL_SPLIT_COLUMNS})
     if rows[0].get("final_loss") is not None:
         out[FINAL_LOSS] = rows[0]["final_loss"]

@@ -34,6 +34,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from fpr_core.config import TRAINED
 from orchestrator.store.schema import results_schema
 from orchestrator.store.space import DiskFull, is_disk_full
 from orchestrator.sweep.layout import SweepDir
@@ -90,8 +91,9 @@ def _timestamp(value: Any) -> Optional[dt.datetime]:
 
 
 def rows_table(rows: Iterable[dict[str, Any]]) -> pa.Table:
-    """Rows (dicts keyed by schema columns; missing ones null) as a table with the fixed schema."""
-    rows = [dict(r, finished_at=_timestamp(r.get("finished_at"))) for r in rows]
+    """Rows (dicts keyed by schema columns; missing ones null) as a table with the fixed schema; a
+    row that names no halting protocol is the trial's own ('trained')."""
+    rows = [dict(r, finished_at=_timestamp(r.get("finished_at")), halting=r.get("halting") or TRAINED) for r in rows]
     unknown = sorted({k for r in rows for k in r} - set(results_schema().names))
     if unknown:
         raise ValueError(f"result rows carry columns the schema lacks: {unknown}")
@@ -185,10 +187,12 @@ def read_file(path: Path, columns: Optional[list[str]] = None) -> Optional[pa.Ta
 
 
 def _conform(table: pa.Table) -> pa.Table:
-    """Cast a table to the current schema (columns missing from an older file become null)."""
+    """Cast a table to the current schema (columns missing from an older file become null; a row
+    without a halting protocol, written before protocols existed, is 'trained')."""
     schema = results_schema()
     cols = [table.column(f.name).cast(f.type) if f.name in table.column_names
             else pa.nulls(table.num_rows, f.type) for f in schema]
+    cols = [pc.fill_null(c, TRAINED) if f.name == "halting" else c for f, c in zip(schema, cols)]
     return pa.Table.from_arrays(cols, schema=schema)
 
 
@@ -281,9 +285,10 @@ def read_current_results(sweep_dir: Path) -> Optional[pa.Table]:
 
 
 def accuracy_table(sweep_dir: Path) -> list[dict[str, Any]]:
-    """Mean exact accuracy and iterations per (task, variant, split) over the ok rows (seeds pooled)."""
-    table = read_results(sweep_dir)
-    ok = table.filter(pc.equal(table.column("status"), "ok"))
+    """Mean exact accuracy and iterations per (task, variant, split) over the ok rows (seeds pooled)
+    evaluated under the trials' own halting ('trained'; other protocols' rows are not pooled in)."""
+    table = _conform(read_results(sweep_dir))
+    ok = table.filter(pc.and_(pc.equal(table.column("status"), "ok"), pc.equal(table.column("halting"), TRAINED)))
     grouped = ok.group_by(["task", "variant", "split"]).aggregate(
         [("exact_acc", "mean"), ("iters_mean", "mean"), ("trial_id", "count")])
     return [{"task": r["task"], "variant": r["variant"], "split": r["split"],
@@ -307,7 +312,7 @@ FRAGMENT_ROW_GROUP = 1024
 MERGE_CHUNK_ROWS = 8192
 """Rows results.parquet is written in, per step of the merge."""
 ORDER = [("task", "ascending"), ("variant", "ascending"), ("seed", "ascending"), ("trial_id", "ascending"),
-         ("size", "ascending")]
+         ("size", "ascending"), ("halting", "ascending")]
 """The order of results.parquet (and of every fragment)."""
 ORDER_COLUMNS = [name for name, _ in ORDER]
 SUMMARY_COLUMNS = ["trial_id", "task", "variant", "seed", "status", "error"]

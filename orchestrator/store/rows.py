@@ -10,6 +10,8 @@ import json
 import math
 from typing import Any, Optional
 
+from fpr_core.config import TRAINED
+from fpr_core.evaluate import is_cap_bound
 from orchestrator.store.schema import config_columns
 from orchestrator.sweep.expand import Trial
 from orchestrator.sweep.metrics import INT_ROW_COLUMNS, SPLIT_ROW_COLUMNS
@@ -35,6 +37,7 @@ def config_cells(sections: dict[str, dict[str, Any]]) -> dict[str, Optional[str]
     for col in config_columns():
         _, section, fld = col.split(".", 2)
         value = sections.get(section, {}).get(fld)
+        value = list(value) if isinstance(value, tuple) else value  # eval.halting: one spelling, as in JSON
         out[col] = None if value is None else str(value)
     return out
 
@@ -62,7 +65,7 @@ def placeholder_rows(trial: Trial, meta: SweepMeta, status: str, error: str = ""
     rows = []
     for split in trial.cell.splits():
         row = base_row(trial, meta)
-        row.update({"split": split, "size": _split_size(trial, split), "status": status,
+        row.update({"split": split, "size": _split_size(trial, split), "halting": TRAINED, "status": status,
                     "error": error or None, **(extra or {})})
         rows.append(row)
     return rows
@@ -95,13 +98,17 @@ def experiment_rows(trial: Trial, meta: SweepMeta, result: Any, worker: dict[str
 
 
 def split_fields(s: Any) -> dict[str, Any]:
-    """The columns one evaluated split fills (``s`` is fpr_core's SplitResult): split, size, ok
-    status, the SPLIT_METRICS and the per-instance arrays."""
-    out: dict[str, Any] = {"split": s.split, "size": int(s.size), "status": "ok", "error": None}
+    """The columns one evaluated split fills (``s`` is fpr_core's SplitResult): split, size, the
+    halting protocol, ok status, the SPLIT_METRICS, the capped share and cap-bound flag, and the
+    per-instance arrays."""
+    out: dict[str, Any] = {"split": s.split, "size": int(s.size), "halting": getattr(s, "halting", TRAINED),
+                           "status": "ok", "error": None}
     for key in SPLIT_ROW_COLUMNS:
         value = s.metrics.get(key)
         number = _float(value)  # NaN (a metric not measured, e.g. probes with eval.diagnostics off) -> null
         out[key] = (None if number is None else int(number)) if key in INT_ROW_COLUMNS else number
+    out["capped_share"] = _float(s.metrics.get("capped_share"))
+    out["cap_bound"] = None if out["capped_share"] is None else is_cap_bound(out["capped_share"])
     out["instance_iters"] = [float(v) for v in s.instance_iters]
     out["instance_difficulty"] = [float(v) for v in s.instance_difficulty]
     out["instance_correct"] = [bool(v) for v in s.instance_correct]
@@ -112,18 +119,28 @@ def split_fields(s: Any) -> dict[str, Any]:
     return out
 
 
+def row_key(row: dict[str, Any]) -> tuple[str, str]:
+    """What names a row within its trial: (split, halting protocol); a row written before
+    protocols existed is 'trained'."""
+    return row["split"], row.get("halting") or TRAINED
+
+
 def evaluated_rows(trial_rows: list[dict[str, Any]], new_splits: list[dict[str, Any]],
                    worker: dict[str, str]) -> list[dict[str, Any]]:
     """A trial's rows after re-evaluating its saved model: every existing row except those of a
-    re-evaluated split, then one row per new split (``split_fields`` dicts) with the trial's own
-    columns (config, training provenance) and the evaluating worker's host, node and versions."""
-    template = trial_rows[0]
-    redone = {s["split"] for s in new_splits}
-    kept = [r for r in trial_rows if r["split"] not in redone]
+    re-evaluated (split, halting protocol), then one row per new one (``split_fields`` dicts) with
+    the trial's own columns (config, training provenance) and the evaluating worker's host, node
+    and versions. Ordered: the 'trained' rows first, then by protocol, split and size."""
+    template = dict(trial_rows[0], capped_share=None, cap_bound=None)
+    redone = {row_key(s) for s in new_splits}
+    kept = [dict(r, halting=row_key(r)[1]) for r in trial_rows if row_key(r) not in redone]
     fresh = [{**template, **worker, **s, "finished_at": _now()} for s in new_splits]
-    return sorted(kept + fresh, key=lambda r: (r["split"] != "id", r["size"] or 0))
+    return sorted(kept + fresh, key=lambda r: (r["halting"] != TRAINED, r["halting"], r["split"] != "id",
+                                               r["size"] or 0))
 
 
 def residual_curves(result: Any) -> dict[str, list[float]]:
-    """Mean residual per loop step, per split (for the convergence plot)."""
-    return {s.split: [float(v) for v in s.residual_curve] for s in result.splits}
+    """Mean residual per loop step, per split (for the convergence plot); a split evaluated under
+    another halting protocol than the trial's own is keyed '<split>/<protocol>'."""
+    return {s.split if getattr(s, "halting", TRAINED) == TRAINED else f"{s.split}/{s.halting}":
+            [float(v) for v in s.residual_curve] for s in result.splits}

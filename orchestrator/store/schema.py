@@ -11,9 +11,11 @@ import pyarrow as pa
 
 from orchestrator.sweep.sections import SECTIONS, field_names
 
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"
 """2: per-instance halting flags, the implicit input-derivative, basin-jump fractions, the probe
-subset, and the test-time compute curve (schema-1 tables load with these columns null)."""
+subset, and the test-time compute curve (schema-1 tables load with these columns null).
+3: the halting protocol of each row (``halting``; older rows read as 'trained'), the share of
+instances that ended at the cap and the cap-bound flag (docs/halting.md)."""
 
 STATUSES = ("ok", "failed", "diverged", "stopped")
 FINAL_STATUSES = ("ok", "diverged", "stopped")
@@ -27,6 +29,7 @@ _BASE_FIELDS = [
     pa.field("task", pa.string(), nullable=False),
     pa.field("task_params", pa.string()),      # JSON of task params, e.g. {"group": "S5"}
     pa.field("split", pa.string(), nullable=False),  # "id" or "ood_<size>" ("train" never appears)
+    pa.field("halting", pa.string()),          # halting protocol of the row: trained, paper, long, ... (null = trained)
     pa.field("size", pa.int64()),
     pa.field("train_size", pa.int64()),
     pa.field("n", pa.int64()),
@@ -38,6 +41,8 @@ _BASE_FIELDS = [
     pa.field("eval_cap", pa.int64()),
     pa.field("reachability", pa.float64()),    # fraction with r < tol within the cap
     pa.field("cycled_frac", pa.float64()),
+    pa.field("capped_share", pa.float64()),    # share of instances that ended at the cap (not converged, not cycled)
+    pa.field("cap_bound", pa.bool_()),         # capped_share > 0.05: the split measures the cap (evaluate.CAP_BOUND_SHARE)
     pa.field("residual_median", pa.float64()),
     pa.field("input_dependence", pa.float64()),      # schema 1 only: finite difference ||z*(x)-z*(x')|| / ||x-x'||
     pa.field("input_derivative", pa.float64()),      # median ||(I-J)^-1 (dF/dx) v|| at verified z*, unit v

@@ -87,6 +87,14 @@ def is_transient(e: BaseException) -> bool:
         "OperationalError", "ConnectionError", "Timeout", "ReadTimeout", "ChunkedEncodingError")
 
 
+def by_protocol(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows as MLflow keys them: a row of the trials' own halting ('trained', or none recorded) as
+    it is (``acc/ood_22``); a row of another protocol under ``<split>/<protocol>`` (``acc/ood_22/long``,
+    ``ttc/exact_acc/ood_22/long``) and out of the size series (one point per size, the trained one)."""
+    return [r if (r.get("halting") or "trained") == "trained"
+            else dict(r, split=f"{r['split']}/{r['halting']}", size=None) for r in rows]
+
+
 class SweepTracker:
     """MLflow runs of one sweep: the parent run and one child run per trial.
 
@@ -246,6 +254,7 @@ class SweepTracker:
     def log_final(self, run: str, rows: list[dict[str, Any]], curves: dict[str, list[float]],
                   config: dict[str, Any], step: int) -> None:
         """Per-split metrics (``acc/ood_64`` ...), the resolved config JSON and a convergence plot."""
+        rows = by_protocol(rows)
         metrics: dict[str, Any] = {}
         for row in rows:
             for column in SPLIT_METRIC_NAMES:
@@ -352,6 +361,7 @@ class SweepTracker:
         """Flat per-split metrics (``acc/ood_64`` ... at ``step``) and the size series of rows
         evaluated after training (``fpr-sweep eval``). Not deduplicated by step: a re-evaluation
         (``--force``) adds a newer point at the same step, which MLflow then shows as the value."""
+        rows = by_protocol(rows)
         ts = _ms()
         self._series(run, [[split_metric(column, row["split"]), float(row[column]), ts, int(step)]
                            for row in rows for column in SPLIT_METRIC_NAMES if _finite(row.get(column))])
