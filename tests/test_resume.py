@@ -28,6 +28,31 @@ def _kill_group(pid: int) -> None:
         pass
 
 
+def _kill_while_restorable(driver: subprocess.Popen, tune_dir, deadline: float) -> None:
+    """SIGKILL the driver's process group at a moment when Tune's saved state is whole and signed:
+    what `fpr-sweep run` restores (driver.restorable). A kill at a random moment can land while Tune
+    rewrites its state, or after Tune's last write and before the driver's signer re-signed it (one
+    pass every trust.SIGN_EVERY_S, longer than these trials take); the next run then sets the state
+    aside and restarts the unfinished trials, and the restore path is tested only by chance.
+    So: freeze the whole group (SIGSTOP: nothing writes), and if the state is whole JSON, sign it
+    as the driver's next signer pass would (same key, same function) and kill the group frozen;
+    if a write was cut in the middle, let it run a moment and try again."""
+    from orchestrator.run import trust
+    from orchestrator.run.driver import experiment_state_readable, restorable
+
+    while time.time() < deadline and driver.poll() is None:
+        states = sorted(tune_dir.glob("*/experiment_state-*.json"))
+        os.killpg(driver.pid, signal.SIGSTOP)
+        if states and experiment_state_readable(str(states[-1].parent)):
+            trust.sign(states[-1].parent)
+            assert restorable(str(states[-1].parent)) is None
+            os.killpg(driver.pid, signal.SIGKILL)
+            return
+        os.killpg(driver.pid, signal.SIGCONT)
+        time.sleep(0.1)
+    raise AssertionError("Tune's state was never whole while the driver ran")
+
+
 @pytest.mark.parametrize("truncate_state", [False, True], ids=["state-intact", "state-truncated"])
 def test_killed_sweep_resumes_without_loss_or_duplicates(spec_dir, truncate_state):
     base = {**TINY_BASE, "train": {**TINY_BASE["train"], "steps": 20}}
@@ -37,6 +62,7 @@ def test_killed_sweep_resumes_without_loss_or_duplicates(spec_dir, truncate_stat
     sweep_dir = spec_dir / "results" / "resume"
     trials_dir = sweep_dir / "trials"
     env = {**os.environ, "RAY_ADDRESS": ""}
+    import orchestrator.run.driver  # noqa: F401  (imports Ray: seconds the kill below must not wait)
     with open(spec_dir / "first.log", "w") as log:
         driver = subprocess.Popen(_cli("run", str(path)), stdout=log, stderr=subprocess.STDOUT,
                                   start_new_session=True, env=env)
@@ -44,7 +70,7 @@ def test_killed_sweep_resumes_without_loss_or_duplicates(spec_dir, truncate_stat
             deadline = time.time() + 240
             while not list(trials_dir.glob("*.parquet")) and time.time() < deadline and driver.poll() is None:
                 time.sleep(0.2)
-            driver.send_signal(signal.SIGKILL)
+            _kill_while_restorable(driver, sweep_dir / "tune", deadline=time.time() + 120)
             driver.wait(timeout=30)
         finally:
             _kill_group(driver.pid)
@@ -61,8 +87,8 @@ def test_killed_sweep_resumes_without_loss_or_duplicates(spec_dir, truncate_stat
     assert second.returncode == 0, second.stdout + second.stderr
     if truncate_state:
         assert "unreadable" in second.stdout and "resuming Tune experiment" not in second.stdout
-    else:  # the kill itself can land mid-write: then the run restarts the unfinished trials instead
-        assert "resuming Tune experiment" in second.stdout or "unreadable" in second.stdout
+    else:  # killed while the state was whole and signed: Tune restores it
+        assert "resuming Tune experiment" in second.stdout and "unreadable" not in second.stdout, second.stdout
 
     df = pd.read_parquet(sweep_dir / "results.parquet")
     assert len(df) == 3 * 2 and df.trial_id.nunique() == 3
