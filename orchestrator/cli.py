@@ -5,6 +5,7 @@ resources, unreachable tracking server). User mistakes print one clear message, 
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import ipaddress
 import itertools
@@ -137,6 +138,7 @@ def run(spec_path: Path = SPEC_ARG,
             err_console.print(f"[yellow]took over the lock of {lock.took_over.describe()}[/]", highlight=False)
         try:
             extended_from = record.check_spec(spec, sweep_dir, extend)
+            _check_pooling(spec, sweep_dir, extend, extended_from)
         except record.SpecChanged as e:
             _fail(str(e))
         info = record.write_record(sweep_dir, spec, plan.path.read_text(), plan.path, uri, smoke, extended_from)
@@ -166,6 +168,24 @@ def run(spec_path: Path = SPEC_ARG,
         _fail(str(refused) + (_cpu_profile_hint(spec_path) if isinstance(refused, GpuUnavailable) else ""))
     _print_outcome(outcome, uri)
     raise typer.Exit(outcome.exit_code)
+
+
+def _check_pooling(spec, sweep_dir: Path, extend: bool, extended_from: Optional[str]) -> None:
+    """Refuse to pool trials of two specs, judged from the trial files themselves (each row carries
+    its spec hash): sweep.json may be gone or restored from elsewhere. Hashes the folder's history
+    records (earlier --extend runs) count as this sweep's."""
+    from orchestrator.store import parquet as results
+    from orchestrator.sweep.record import SpecChanged, read_info
+
+    known = {spec.spec_hash(), extended_from} | {h.get("spec_hash") for h in read_info(sweep_dir).get("history", [])}
+    with results.read_only():
+        foreign = {h: n for h, n in results.spec_hashes(sweep_dir).items() if h and h not in known}
+    if foreign and not extend:
+        shown = ", ".join(f"{n} trial{'s' if n > 1 else ''} of spec hash {h}" for h, n in sorted(foreign.items()))
+        raise SpecChanged(f"{SweepDir(sweep_dir).trials} holds {shown}, not of this spec (hash {spec.spec_hash()}), "
+                          f"and {SweepDir(sweep_dir).info.name} does not record them. Trials of two specs must not "
+                          "pool under one name: give the changed spec a new `name`, or pass --results-dir to run "
+                          "it elsewhere; --extend adds its trials to this sweep on purpose.")
 
 
 def _first_missing(path: Path) -> Optional[Path]:
@@ -312,7 +332,10 @@ def _print_plan(plan: SweepPlan, results_dir: Optional[str], all_path: Optional[
 def _done_statuses(sweep_dir: Path) -> dict[str, str]:
     from orchestrator.store import parquet as results
 
-    return results.finished_statuses(sweep_dir) if sweep_dir.is_dir() else {}
+    if not sweep_dir.is_dir():
+        return {}
+    with results.read_only():  # --dry-run moves and rewrites nothing
+        return results.finished_statuses(sweep_dir)
 
 
 def _print_outcome(outcome, uri: str) -> None:
@@ -412,7 +435,8 @@ def status(sweep: str = SWEEP_ARG, results_dir: Optional[str] = RESULTS_OPT,
     from orchestrator.sweep.live import planned_trials, read_live
 
     sweep_dir = _sweep_dir(sweep, results_dir)
-    finished = {s["trial_id"]: s for s in results.trial_summaries(sweep_dir)}
+    with results.read_only():  # an unreadable file is named, never moved
+        finished = {s["trial_id"]: s for s in results.trial_summaries(sweep_dir)}
     live = read_live(sweep_dir)
     planned, unplanned = planned_trials(sweep_dir)
     lines = []
@@ -447,10 +471,12 @@ def status(sweep: str = SWEEP_ARG, results_dir: Optional[str] = RESULTS_OPT,
 def report(sweep: str = SWEEP_ARG, results_dir: Optional[str] = RESULTS_OPT) -> None:
     """Build the sweep's report (tables and plots) from results.parquet."""
     from orchestrator.report.build import build_report
+    from orchestrator.store import parquet as results
 
     sweep_dir = _sweep_dir(sweep, results_dir)
     try:
-        build_report(sweep_dir, console=console)  # prints its summary and the report's path
+        with results.read_only():  # reads the files as they are; rewrites no table, moves no file
+            build_report(sweep_dir, console=console)  # prints its summary and the report's path
     except SpecError as e:
         _fail(str(e))
     except FileNotFoundError:
@@ -463,20 +489,33 @@ def _log_report(sweep_dir: Path) -> None:
     """The report and its plots as artifacts of the sweep's MLflow run (when the store answers)."""
     from orchestrator.store import store_address
 
+    from orchestrator.sweep.lock import LockHeld, SweepLock
+
     uri = _tracking_uri(sweep_dir)
     if not store_address.store_exists(uri):  # results copied without their MLflow store
         return
-    try:
-        store_address.check_reachable(uri)
-        tracker = _attach_tracker(uri, sweep_dir)
-    except store_address.TrackingError as e:
-        err_console.print(f"[yellow]warning:[/] report not logged to MLflow: {e}", highlight=False)
+    lock = SweepLock(sweep_dir)
+    try:  # the spool is the running driver's: write to it only while holding the sweep
+        lock.acquire()
+    except (LockHeld, OSError) as e:
+        why = "a driver is running this sweep" if isinstance(e, LockHeld) else f"cannot take its lock ({e})"
+        err_console.print(f"[yellow]warning:[/] report not logged to MLflow: {why}; run `fpr-sweep report` "
+                          "again once it has ended.", highlight=False, soft_wrap=True)
         return
-    tracker.log_sweep_files([SweepDir(sweep_dir).report])
-    tracker.log_sweep_files(sorted(sweep_dir.glob("*.png")), "plots")
-    problem = tracker.close()
-    if problem:
-        err_console.print(f"[yellow]warning:[/] {problem}", highlight=False, soft_wrap=True)
+    try:
+        try:
+            store_address.check_reachable(uri)
+            tracker = _attach_tracker(uri, sweep_dir, fence=lock.check)
+        except store_address.TrackingError as e:
+            err_console.print(f"[yellow]warning:[/] report not logged to MLflow: {e}", highlight=False)
+            return
+        tracker.log_sweep_files([SweepDir(sweep_dir).report])
+        tracker.log_sweep_files(sorted(sweep_dir.glob("*.png")), "plots")
+        problem = tracker.close()
+        if problem:
+            err_console.print(f"[yellow]warning:[/] {problem}", highlight=False, soft_wrap=True)
+    finally:
+        lock.release()
 
 
 @app.command("eval")
@@ -533,14 +572,32 @@ def eval_(sweep: str = SWEEP_ARG,
     if not jobs:
         console.print("nothing to evaluate", highlight=False)
         raise typer.Exit(EXIT_OK)
-    outcome = _run_eval(sweep_dir, jobs, address, n_eval)
+    with _holding(sweep_dir) as lock:  # eval rewrites rows and sends to the sweep's spool: one writer
+        outcome = _run_eval(sweep_dir, jobs, address, n_eval, fence=lock.check)
     what = ", ".join(x for x in (f"at {sizes}" if sizes else "", f"under {halting}" if halting else "") if x)
     console.print(f"evaluated {len(outcome.evaluated)} trials {what} in {outcome.seconds:.1f} s"
                   + (f"; {len(outcome.failed)} failed" if outcome.failed else ""), highlight=False)
     raise typer.Exit(EXIT_TRIALS_FAILED if outcome.failed else EXIT_OK)
 
 
-def _run_eval(sweep_dir: Path, jobs, address: Optional[str], n_eval: Optional[int] = None):
+@contextlib.contextmanager
+def _holding(sweep_dir: Path):
+    """The sweep's lock for a command that writes to a finished sweep (`eval`); exit 2 naming the
+    driver when one is running it."""
+    from orchestrator.sweep.lock import LockHeld, SweepLock
+
+    lock = SweepLock(sweep_dir)
+    try:
+        lock.acquire()
+    except LockHeld as e:
+        _fail(f"{e} `fpr-sweep eval` writes the sweep's rows and MLflow runs: run it once the driver has ended.")
+    try:
+        yield lock
+    finally:
+        lock.release()
+
+
+def _run_eval(sweep_dir: Path, jobs, address: Optional[str], n_eval: Optional[int] = None, fence=None):
     _local_ray_on_loopback(address)
     from orchestrator.run import reeval
     from orchestrator.run.driver import SweepError, ensure_ray, log_sweep_outcome, quiet_tune
@@ -550,7 +607,7 @@ def _run_eval(sweep_dir: Path, jobs, address: Optional[str], n_eval: Optional[in
     uri = _tracking_uri(sweep_dir)
     try:
         store_address.check_reachable(uri)
-        tracker = _attach_tracker(uri, sweep_dir)
+        tracker = _attach_tracker(uri, sweep_dir, fence=fence)
     except store_address.TrackingError as e:
         _fail(str(e))
     quiet_tune()
@@ -567,14 +624,14 @@ def _run_eval(sweep_dir: Path, jobs, address: Optional[str], n_eval: Optional[in
     return outcome
 
 
-def _attach_tracker(uri: str, sweep_dir: Path):
+def _attach_tracker(uri: str, sweep_dir: Path, fence=None):
     """The sweep's tracker without reopening its runs (``eval``, ``report``): the experiment of this
-    folder's sweep id."""
+    folder's sweep id; ``fence``: the check of the sweep lock the command holds."""
     from orchestrator.store import tracking
     from orchestrator.sweep.record import read_info
 
     return tracking.SweepTracker(uri, sweep_dir.name, sweep_dir, {}, sweep_id=read_info(sweep_dir).get("sweep_id"),
-                                 reopen=False)
+                                 reopen=False, fence=fence)
 
 
 def _trial_resources(sweep_dir: Path) -> dict[str, float]:

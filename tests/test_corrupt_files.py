@@ -25,7 +25,7 @@ runner = CliRunner()
 def sweep(tmp_path):
     """A sweep folder as a run leaves it: spec.yaml, sweep.json, two finished trials, results.parquet."""
     path = write_spec(tmp_path, name="cf", tasks=[{"name": "prefix_sums", "train_size": 8, "ood_sizes": [16]}],
-                      axes={"model.recall": ["none", "standard", "internal"]})
+                      axes={"train.lr": [0.001, 0.002, 0.003]})
     spec = load_spec(path)
     sweep_dir = tmp_path / "results" / "cf"
     sweep_dir.mkdir(parents=True)
@@ -53,11 +53,13 @@ def test_truncated_trial_file_is_quarantined_and_its_trial_runs_again(sweep):
     broken.write_bytes(broken.read_bytes()[:100])  # what a full disk or a crashed tool leaves
     status = _invoke("status", str(sweep_dir))
     assert status.exit_code == 0, status.output
-    assert f"{broken} is unreadable" in status.output and "trials/.corrupt/" in status.output
-    assert not broken.exists() and len(list((sweep_dir / "trials" / ".corrupt").iterdir())) == 1
+    # status only reads (issue 33): the file is named and left where it is
+    assert f"{broken} is unreadable" in status.output and "left in place" in status.output
+    assert broken.exists() and not (sweep_dir / "trials" / ".corrupt").exists()
     row = next(line for line in status.output.splitlines() if trials[0].trial_id in line and "│" in line)
     assert "pending" in row and "1 ok, 2 pending" in status.output
     assert results.finished_statuses(sweep_dir) == {trials[1].trial_id: "ok"}  # the next run trains it again
+    assert not broken.exists() and len(list((sweep_dir / "trials" / ".corrupt").iterdir())) == 1  # set aside
 
 
 def test_garbage_results_table_is_rebuilt_and_report_works_from_trial_files(sweep):
@@ -65,7 +67,9 @@ def test_garbage_results_table_is_rebuilt_and_report_works_from_trial_files(swee
     (sweep_dir / "results.parquet").write_bytes(b"PAR1 not really parquet")
     report = _invoke("report", str(sweep_dir))
     assert report.exit_code == 0, report.output
-    assert pq.read_table(sweep_dir / "results.parquet").num_rows == 4  # rebuilt: 2 trials x 2 splits
+    assert (sweep_dir / "results.parquet").read_bytes() == b"PAR1 not really parquet"  # report only reads
+    assert results.read_results(sweep_dir).num_rows == 4  # a writer rebuilds it: 2 trials x 2 splits
+    assert pq.read_table(sweep_dir / "results.parquet").num_rows == 4
     (sweep_dir / "results.parquet").unlink()  # as after a SIGTERM before the table was collected
     assert _invoke("report", str(sweep_dir)).exit_code == 0
     assert (sweep_dir / "report.md").exists()

@@ -150,7 +150,7 @@ def test_a_driver_woken_after_losing_its_lock_stops_before_its_next_write(tmp_pa
     hold.touch()
     path = write_spec(tmp_path, name="fenced", max_concurrent=2, tasks=[
         {"name": "held_parity", "params": {"hold": str(hold), "after": 1}, "train_size": 8, "ood_sizes": [16]}],
-        axes={"model.recall": ["none", "standard"]})
+        axes={"train.lr": [0.001, 0.002]})
     sweep_dir = tmp_path / "results" / "fenced"
     log1, log2 = tmp_path / "first.log", tmp_path / "second.log"
     with open(log1, "w") as out1, open(log2, "w") as out2:
@@ -192,3 +192,134 @@ def test_a_driver_woken_after_losing_its_lock_stops_before_its_next_write(tmp_pa
         for key in run.data.metrics:
             steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
             assert len(steps) == len(set(steps)), (run.data.tags["trial_id"], key, sorted(steps))
+
+
+# ---------------------------------------------------------------- one finished sweep, read many ways
+
+@pytest.fixture(scope="module")
+def finished_sweep(tmp_path_factory) -> tuple[Path, Path]:
+    """A real two-trial sweep, run once by the CLI; tests copy it before changing anything."""
+    root = tmp_path_factory.mktemp("finished")
+    path = write_spec(root, name="done", tasks=[{"name": "prefix_sums", "train_size": 8, "ood_sizes": [16]}],
+                      axes={"train.lr": [0.001, 0.002]})
+    done = run_cli("run", str(path), env=plugin_env())
+    assert done.returncode == 0, done.stdout + done.stderr
+    return path, root / "results" / "done"
+
+
+def copy_sweep(finished_sweep, tmp_path: Path) -> tuple[Path, Path]:
+    import shutil
+
+    spec, sweep_dir = finished_sweep
+    results = tmp_path / "results"
+    results.mkdir()
+    shutil.copytree(sweep_dir, results / "done")
+    text = spec.read_text().replace(str(sweep_dir.parent), str(results))
+    (tmp_path / spec.name).write_text(text)
+    return tmp_path / spec.name, results / "done"
+
+
+def file_states(root: Path, skip: tuple[str, ...] = ()) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(root)): (p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(root.rglob("*"))
+            if p.is_file() and not str(p.relative_to(root)).startswith(skip)}
+
+
+NO_DAC = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search"]
+"""Root without its power to read any file: a file's mode applies to it as to any user."""
+
+
+@pytest.mark.slow
+def test_read_only_commands_move_and_rewrite_nothing(finished_sweep, tmp_path):
+    """Issue 33, row "status by a user who cannot read one trial file": the good file stays where
+    it is and the error says 'permission denied'; `status`, `run --dry-run` and `report` leave every
+    results file as it was, even with results.parquet missing (the table is built in memory)."""
+    spec, sweep_dir = copy_sweep(finished_sweep, tmp_path)
+    (sweep_dir / "results.parquet").unlink()
+    unreadable = sorted((sweep_dir / "trials").glob("*.parquet"))[0]
+    unreadable.chmod(0)
+    before = file_states(sweep_dir)
+    env = plugin_env()
+    status = subprocess.run(NO_DAC + cli("status", str(sweep_dir)), capture_output=True, text=True, env=env,
+                            cwd=REPO, timeout=120)
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert f"cannot read {unreadable}: permission denied" in status.stderr
+    assert unreadable.exists() and not (sweep_dir / "trials" / ".corrupt").exists()
+    unreadable.chmod(0o644)
+    dry = run_cli("run", str(spec), "--dry-run", env=env, timeout=120)
+    assert dry.returncode == 0 and "2 finished trials" in dry.stdout, dry.stdout + dry.stderr
+    assert file_states(sweep_dir) == before
+    report = run_cli("report", str(sweep_dir), env=env, timeout=300)
+    assert report.returncode == 0, report.stdout + report.stderr
+    assert not (sweep_dir / "results.parquet").exists()  # read, not rebuilt
+    after = file_states(sweep_dir)  # report.md, its plots and MLflow are what report writes
+    assert {k: after.get(k) for k in before if not k.startswith(("tracking", "mlflow.db", "mlartifacts"))} == {
+        k: v for k, v in before.items() if not k.startswith(("tracking", "mlflow.db", "mlartifacts"))}
+
+
+@pytest.mark.slow
+def test_report_and_eval_during_a_live_run_leave_the_drivers_spool_alone(finished_sweep, tmp_path):
+    """Issue 33, row "eval or report during a live run": with the sweep's lock held by a live
+    process, `report` writes its report but leaves the spool (the driver's) untouched and says why
+    MLflow got nothing; `eval` exits 2 naming the holder."""
+    from test_lock import HOLD
+
+    _spec, sweep_dir = copy_sweep(finished_sweep, tmp_path)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(sweep_dir)], stdout=subprocess.PIPE, text=True,
+                              cwd=REPO)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        spool = sweep_dir / "tracking"
+        before = file_states(spool)
+        report = run_cli("report", str(sweep_dir), env=plugin_env(), timeout=300)
+        assert report.returncode == 0, report.stdout + report.stderr
+        assert "report not logged to MLflow: a driver is running this sweep" in report.stderr
+        assert file_states(spool) == before
+        evaluate = run_cli("eval", str(sweep_dir), "--sizes", "24", env=plugin_env(), timeout=300)
+        assert evaluate.returncode == 2, evaluate.stdout + evaluate.stderr
+        assert f"pid {holder.pid}" in evaluate.stderr and "Traceback" not in evaluate.stderr
+        assert file_states(spool) == before
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+
+
+# ---------------------------------------------------------------- identity from the files
+
+@pytest.mark.slow
+def test_pooling_two_specs_is_refused_from_the_files_alone(finished_sweep, tmp_path):
+    """Issue 33, row "changed spec with sweep.json deleted": the trial files' own spec hashes
+    refuse the run (exit 2, before Ray starts); --extend still adds on purpose."""
+    spec, sweep_dir = copy_sweep(finished_sweep, tmp_path)
+    (sweep_dir / "sweep.json").unlink()
+    changed = spec.read_text().replace("steps: 10", "steps: 12")
+    assert changed != spec.read_text()
+    spec.write_text(changed)
+    done = run_cli("run", str(spec), env=plugin_env(), timeout=120)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "holds 2 trials of spec hash" in done.stderr and "must not pool" in done.stderr
+    assert "Ray" not in done.stdout and "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+def test_results_table_is_current_by_content_not_by_mtime(finished_sweep, tmp_path):
+    """Issue 33, row "a trial file older than results.parquet": a trial file put back from a
+    backup (older content, older mtime) makes the table stale; readers rebuild it from the files.
+    Every trial file names its spec hash in its own metadata."""
+    import pyarrow.parquet as pq
+
+    from orchestrator.store import parquet
+
+    _spec, sweep_dir = copy_sweep(finished_sweep, tmp_path)
+    trial = sorted((sweep_dir / "trials").glob("*.parquet"))[0]
+    assert pq.read_schema(trial).metadata[parquet.SPEC_KEY] == pd.read_parquet(trial).spec_hash[0].encode()
+    backup = tmp_path / "backup.parquet"
+    backup.write_bytes(trial.read_bytes())
+    rows = pq.read_table(trial).to_pylist()
+    parquet.write_trial_rows(sweep_dir, trial.stem, [dict(r, exact_acc=0.125) for r in rows])
+    parquet.collect(sweep_dir)
+    assert set(parquet.read_current(sweep_dir).to_pandas().query("trial_id == @trial.stem").exact_acc) == {0.125}
+    os.replace(backup, trial)  # `mv` from the backup: its mtime is older than results.parquet's
+    old = (sweep_dir / "results.parquet").stat().st_mtime - 3600
+    os.utime(trial, (old, old))
+    again = parquet.read_current(sweep_dir).to_pandas().query("trial_id == @trial.stem")
+    assert set(again.exact_acc) == {r["exact_acc"] for r in rows} and 0.125 not in set(again.exact_acc)

@@ -15,19 +15,30 @@ duckdb and ``pyarrow.dataset`` all read the same columns.
 Only our own files are read: a trial file must carry the schema's version and its own trial id in
 its Parquet metadata (a user's export saved next to them is ignored with a warning), and a file
 that cannot be read (truncated by a full disk, garbage from another tool) is moved to
-``trials/.corrupt/`` with a warning: its trial counts as unfinished and runs again.
+``trials/.corrupt/`` with a warning: its trial counts as unfinished and runs again. A file this
+user may not read is skipped with a warning saying so, never moved (it may be fine), and within
+``read_only()`` (`status`, `report`, `--dry-run`) nothing is moved or rewritten at all.
+
+Identity from the files (issue 33): every trial file carries its spec hash and a random write id in
+its metadata; results.parquet records a digest of the write ids (and fragment names) it was built
+from, so it counts as current when its inputs are the same files, whatever their mtimes say (a
+trial file restored from a backup, clock skew).
 """
 from __future__ import annotations
 
 import datetime as dt
+import errno
+import hashlib
 import os
 import sys
 import tempfile
+import threading
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -42,7 +53,36 @@ from orchestrator.sweep.layout import SweepDir
 VERSION_KEY = b"fpr_sweep.schema_version"
 TRIAL_KEY = b"fpr_sweep.trial_id"
 """Parquet key-value metadata of every trial file: the schema version and the trial it holds."""
+SPEC_KEY = b"fpr_sweep.spec_hash"
+WRITE_KEY = b"fpr_sweep.write_id"
+"""Also on every trial file: the spec hash of its rows and a random id of this write."""
+INPUTS_KEY = b"fpr_sweep.inputs"
+"""On results.parquet: the digest of the inputs it was built from (``_inputs_digest``)."""
 CORRUPT_DIR = ".corrupt"
+
+_READ_ONLY = threading.local()
+
+
+@contextmanager
+def read_only() -> Iterator[None]:
+    """Within (this thread): nothing is moved or rewritten. An unreadable file is reported and
+    skipped, not quarantined; a stale results.parquet is rebuilt in memory, not on disk."""
+    before = getattr(_READ_ONLY, "on", False)
+    _READ_ONLY.on = True
+    try:
+        yield
+    finally:
+        _READ_ONLY.on = before
+
+
+def _is_read_only() -> bool:
+    return getattr(_READ_ONLY, "on", False)
+
+
+def _denied(error: BaseException) -> bool:
+    """A permission error (pyarrow's errors carry errno or only the text)."""
+    return (isinstance(error, PermissionError) or getattr(error, "errno", None) in (errno.EACCES, errno.EPERM)
+            or "Permission denied" in str(error))
 
 
 def _print_warning(message: str) -> None:
@@ -106,7 +146,8 @@ def write_trial_rows(sweep_dir: Path, trial_id: str, rows: list[dict[str, Any]])
         raise ValueError(f"trial {trial_id}: no rows to write")
     path = trial_path(sweep_dir, trial_id)
     table = rows_table(rows)
-    meta = {**(table.schema.metadata or {}), TRIAL_KEY: trial_id.encode()}
+    meta = {**(table.schema.metadata or {}), TRIAL_KEY: trial_id.encode(),
+            SPEC_KEY: str(rows[0].get("spec_hash") or "").encode(), WRITE_KEY: uuid.uuid4().hex.encode()}
     _atomic_write(table.replace_schema_metadata(meta), path)
     return path
 
@@ -117,7 +158,12 @@ def _candidate_files(sweep_dir: Path) -> list[Path]:
 
 
 def quarantine(path: Path, reason: str) -> Optional[Path]:
-    """Move an unreadable results file into ``.corrupt/`` beside it, with a warning naming both."""
+    """Move an unreadable results file into ``.corrupt/`` beside it, with a warning naming both
+    (within ``read_only()`` only the warning)."""
+    if _is_read_only():
+        warn(f"{path} is unreadable ({reason}); left in place (this command only reads: the next "
+             "`fpr-sweep run` sets it aside and re-runs its trial).")
+        return None
     aside_dir = path.parent / CORRUPT_DIR
     aside = aside_dir / f"{path.name}.{time.strftime('%Y%m%d-%H%M%S')}.{uuid.uuid4().hex[:4]}"
     try:
@@ -140,8 +186,18 @@ def _file_schema(path: Path) -> Optional[pa.Schema]:
     except FileNotFoundError:
         return None
     except (pa.ArrowException, OSError) as e:
-        quarantine(path, _reason(e))
+        _unreadable(path, e)
         return None
+
+
+def _unreadable(path: Path, error: BaseException) -> None:
+    """A file that cannot be read: one this user may not read is only named (it may be fine);
+    anything else is set aside."""
+    if _denied(error):
+        warn(f"cannot read {path}: permission denied; skipped (not moved: the file itself may be fine). "
+             "Its trial counts as unfinished here; check the file's owner and mode.")
+        return
+    quarantine(path, _reason(error))
 
 
 def _reason(error: BaseException) -> str:
@@ -182,7 +238,7 @@ def read_file(path: Path, columns: Optional[list[str]] = None) -> Optional[pa.Ta
     except FileNotFoundError:
         return None
     except (pa.ArrowException, OSError) as e:
-        quarantine(path, _reason(e))
+        _unreadable(path, e)
         return None
 
 
@@ -255,6 +311,8 @@ def read_results(sweep_dir: Path) -> pa.Table:
     table = read_current_results(sweep_dir)
     if table is not None:
         return table
+    if _is_read_only():  # status, report: build the table in memory, leave results.parquet alone
+        return pa.concat_tables([_fragment_rows(sweep_dir), read_trial_files(trial_files(sweep_dir))])
     try:
         path = collect(sweep_dir)
     except OSError as e:  # a read-only folder (someone else's sweep): build the table in memory
@@ -265,23 +323,62 @@ def read_results(sweep_dir: Path) -> pa.Table:
 
 
 def read_current_results(sweep_dir: Path) -> Optional[pa.Table]:
-    """results.parquet if it exists, is readable, is ours and no trial file is newer; else None."""
+    """results.parquet if it exists, is readable, is ours and was built from the trial files and
+    fragments there now (by their write ids; by mtime for a table written before the digest);
+    else None."""
     path = results_path(sweep_dir)
     try:
         built = path.stat().st_mtime
     except FileNotFoundError:
         return None
-    parts = _candidate_files(sweep_dir) + _candidate_fragments(sweep_dir)
-    newest = max((p.stat().st_mtime for p in parts), default=-float("inf"))
-    if newest > built:
-        return None
     schema = _file_schema(path)
     if schema is None:
         return None
-    if VERSION_KEY not in (schema.metadata or {}):
+    meta = schema.metadata or {}
+    if VERSION_KEY not in meta:
         quarantine(path, "not written by fpr-sweep (no schema version in its metadata)")
         return None
+    if INPUTS_KEY in meta:
+        if meta[INPUTS_KEY] != _inputs_digest(fragment_files(sweep_dir), trial_files(sweep_dir)):
+            return None
+    else:
+        parts = _candidate_files(sweep_dir) + _candidate_fragments(sweep_dir)
+        if max((p.stat().st_mtime for p in parts), default=-float("inf")) > built:
+            return None
     return read_file(path)
+
+
+def _write_id(path: Path) -> str:
+    """A trial file's write id (its size and mtime for a file written before write ids)."""
+    try:
+        meta = pq.read_schema(path).metadata or {}
+        if WRITE_KEY in meta:
+            return meta[WRITE_KEY].decode()
+        st = path.stat()
+        return f"{st.st_size}-{st.st_mtime_ns}"
+    except (OSError, pa.ArrowException):
+        return "unreadable"
+
+
+def _inputs_digest(fragments: list[Path], loose: list[Path]) -> bytes:
+    """What results.parquet is built from: fragment names (never rewritten) and each loose trial
+    file's write id."""
+    h = hashlib.sha256()
+    for p in sorted(fragments):
+        h.update(f"f:{p.name}\n".encode())
+    for p in sorted(loose):
+        h.update(f"t:{p.stem}:{_write_id(p)}\n".encode())
+    return h.hexdigest().encode()
+
+
+def spec_hashes(sweep_dir: Path) -> dict[str, int]:
+    """spec hash -> trials with rows of it, from the trial files and fragments alone (not sweep.json)."""
+    table = pa.concat_tables([_fragment_rows(sweep_dir, ["trial_id", "spec_hash"]),
+                              read_trial_files(trial_files(sweep_dir), ["trial_id", "spec_hash"])])
+    out: dict[str, int] = {}
+    for row in table.group_by(["spec_hash"]).aggregate([("trial_id", "count_distinct")]).to_pylist():
+        out[row["spec_hash"] or ""] = row["trial_id_count_distinct"]
+    return out
 
 
 def accuracy_table(sweep_dir: Path) -> list[dict[str, Any]]:
@@ -401,6 +498,7 @@ def collect_merged(sweep_dir: Path) -> Optional[Path]:
         return None
     path = results_path(sweep_dir)
     keep = _superseding(sweep_dir)
+    digest = _inputs_digest(fragments, loose)  # before reading them: a file replaced meanwhile reads as stale
     with tempfile.TemporaryDirectory(prefix="fpr-collect-") as scratch:
         runs: list[Any] = [_FragmentRun(f, keep) for f in fragments]
         batches = [loose[i:i + COMPACT_EVERY] for i in range(0, len(loose), COMPACT_EVERY)]
@@ -414,7 +512,7 @@ def collect_merged(sweep_dir: Path) -> Optional[Path]:
                 runs.append(_FragmentRun(run))
         tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
         try:
-            _merge_runs(runs, tmp)
+            _merge_runs(runs, tmp, {INPUTS_KEY: digest})
             os.replace(tmp, path)
         except (OSError, pa.ArrowException) as e:
             if is_disk_full(e):
@@ -469,7 +567,7 @@ class _RunReader:
         return table.slice(0, n)
 
 
-def _merge_runs(runs: list[Any], out: Path) -> None:
+def _merge_runs(runs: list[Any], out: Path, metadata: Optional[dict[bytes, bytes]] = None) -> None:
     """K-way merge of sorted runs into ``out``: the global order comes from the order columns
     alone; each chunk then takes the next rows it needs from every run, in run order."""
     import numpy as np
@@ -484,7 +582,9 @@ def _merge_runs(runs: list[Any], out: Path) -> None:
     order = pc.sort_indices(merged, sort_keys=ORDER + [("run", "ascending"), ("row", "ascending")])
     run_of = merged.column("run").take(order).to_numpy()
     del merged, keys
-    with pq.ParquetWriter(out, results_schema()) as writer:
+    schema = results_schema()
+    schema = schema.with_metadata({**(schema.metadata or {}), **(metadata or {})})
+    with pq.ParquetWriter(out, schema) as writer:
         for start in range(0, len(run_of), MERGE_CHUNK_ROWS):
             chunk_runs = run_of[start:start + MERGE_CHUNK_ROWS]
             counts = np.bincount(chunk_runs, minlength=len(readers))
