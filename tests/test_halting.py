@@ -290,3 +290,67 @@ def test_old_parquet_rows_read_as_trained(tmp_path):
     df = load_results(sweep)
     assert df.halting.tolist() == ["trained"] and df.capped_share.tolist() == [0.5] and bool(df.cap_bound.iloc[0])
     assert load_results(sweep, halting="long").empty and math.isclose(load_results(sweep, None).n.iloc[0], 2)
+
+
+# ---------------------------------------------------------------- through the product
+
+SAME_METRICS = ["n", "exact_acc", "token_acc", "iters_mean", "iters_p50", "iters_p95", "eval_cap", "reachability",
+                "cycled_frac", "residual_median", "capped_share", "cap_bound", "input_derivative", "spectral_radius",
+                "instance_iters", "instance_correct", "instance_converged", "instance_cycled", "budget_acc"]
+
+
+@pytest.mark.slow
+def test_eval_halting_through_the_cli(spec_dir, ray_session):
+    """A spec's eval.halting rows at the end of the trial; `fpr-sweep eval --halting` adds the
+    missing (split, protocol) rows, skips present ones, and a forced 'trained' re-evaluation
+    equals the trial's own rows; MLflow keys other protocols apart."""
+    from mlflow import MlflowClient
+    from typer.testing import CliRunner
+
+    from conftest import TINY_BASE, write_spec
+    from orchestrator.cli import app
+
+    runner = CliRunner()
+    base = {**TINY_BASE, "eval": {**TINY_BASE["eval"], "halting": ["trained", "paper"]}}
+    path = write_spec(spec_dir, name="halting", base=base,
+                      tasks=[{"name": "prefix_sums", "train_size": 8, "ood_sizes": [16]}])
+    assert runner.invoke(app, ["run", str(path)]).exit_code == 0
+    sweep_dir = spec_dir / "results" / "halting"
+    first = pd.read_parquet(sweep_dir / "results.parquet")
+    assert sorted(zip(first.split, first.halting)) == [("id", "paper"), ("id", "trained"),
+                                                      ("ood_16", "paper"), ("ood_16", "trained")]
+
+    out = runner.invoke(app, ["eval", str(sweep_dir), "--halting", "trained,long"])
+    assert out.exit_code == 0 and "[1/1" in out.output and "[long]" in out.output, out.output
+    df = pd.read_parquet(sweep_dir / "results.parquet")
+    assert len(df) == 6 and sorted(df[df.halting == "long"].split) == ["id", "ood_16"]
+    assert (df[df.halting == "long"].eval_cap.sort_values().tolist() == [128, 256])  # 8 x 16, then x 16/8
+    again = runner.invoke(app, ["eval", str(sweep_dir), "--halting", "long,trained"])
+    assert again.exit_code == 0 and "nothing to evaluate" in again.output
+    bad = runner.invoke(app, ["eval", str(sweep_dir), "--halting", "lnog"])
+    assert bad.exit_code == 2 and "unknown protocol ['lnog']" in bad.output
+
+    forced = runner.invoke(app, ["eval", str(sweep_dir), "--halting", "trained", "--force"])
+    assert forced.exit_code == 0, forced.output
+    redone = pd.read_parquet(sweep_dir / "results.parquet")
+    key = ["split", "halting"]
+    before = first[first.halting == "trained"].sort_values(key).reset_index(drop=True)
+    after = redone[redone.halting == "trained"].sort_values(key).reset_index(drop=True)
+    assert (after.finished_at > before.finished_at).all()
+    for column in SAME_METRICS:
+        assert before[column].map(_plain).tolist() == after[column].map(_plain).tolist(), column
+
+    client = MlflowClient(f"sqlite:///{sweep_dir / 'mlflow.db'}")
+    (run,) = [r for r in client.search_runs([client.get_experiment_by_name("halting").experiment_id])
+              if "trial_id" in r.data.tags]
+    metrics = run.data.metrics
+    trained_16 = after.set_index("split").exact_acc["ood_16"]
+    assert metrics["acc/ood_16"] == trained_16
+    assert metrics["acc/ood_16/long"] == df[(df.halting == "long") & (df.split == "ood_16")].exact_acc.iloc[0]
+    assert "acc/ood_16/paper" in metrics and "ttc/exact_acc/ood_16/long" in metrics
+    assert [s for s, _ in sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id,
+                                                                                       "ood/exact_acc"))] == [8, 8, 16, 16]
+
+
+def _plain(value):
+    return value.tolist() if hasattr(value, "tolist") else value
