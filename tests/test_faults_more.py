@@ -323,3 +323,55 @@ def test_results_table_is_current_by_content_not_by_mtime(finished_sweep, tmp_pa
     os.utime(trial, (old, old))
     again = parquet.read_current(sweep_dir).to_pandas().query("trial_id == @trial.stem")
     assert set(again.exact_acc) == {r["exact_acc"] for r in rows} and 0.125 not in set(again.exact_acc)
+
+
+# ---------------------------------------------------------------- group signals
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sender", ["kill-group", "timeout"])
+def test_sigterm_to_the_process_group_stops_the_driver_cleanly(tmp_path, sender):
+    """Issue 33, row "SIGTERM to the process group": what `timeout`, systemd, Slurm and Kubernetes
+    send. Ray's own processes are outside the driver's group, so only the driver gets it: within
+    10 s it prints its summary, releases its lock, ends the runs (trials KILLED) and exits 1."""
+    from orchestrator.sweep.lock import read_holder
+
+    base = {**TINY_BASE, "train": {**TINY_BASE["train"], "steps": 100_000, "checkpoint_every": 50}}
+    path = write_spec(tmp_path, name="grp", max_concurrent=2, base=base, tasks=[
+        {"name": "prefix_sums", "train_size": 8, "ood_sizes": [16]}], axes={"train.lr": [0.001, 0.002]})
+    sweep_dir = tmp_path / "results" / "grp"
+    log = tmp_path / "driver.log"
+    limit = 70  # `timeout`'s limit: Ray's start and both trials running well before it
+    command = cli("run", str(path))
+    if sender == "timeout":
+        command = ["timeout", "--preserve-status", "-s", "TERM", str(limit), *command]
+    with open(log, "w") as out:
+        started = time.time()
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=plugin_env(),
+                                start_new_session=True)
+        try:
+            wait_for(lambda: live_running(sweep_dir) == 2, limit - 5, "two running trials", proc, log)
+            time.sleep(2)  # training, reporting, checkpointing
+            if sender == "kill-group":
+                signalled = time.time()
+                os.killpg(proc.pid, signal.SIGTERM)  # kill -TERM -PGID
+            else:
+                signalled = started + limit
+            proc.wait(timeout=limit + 60)
+            stopped_in = time.time() - signalled
+        finally:
+            if proc.poll() is None:
+                kill_group(proc)
+    text = log.read_text()
+    assert proc.returncode == 1, text  # interrupted: trials unfinished
+    print(f"{sender}: stopped {stopped_in:.1f} s after the signal")
+    assert stopped_in <= 10, (stopped_in, text)
+    assert "stopped: SIGTERM received" in text and "2 unfinished" in text, text
+    assert read_holder(sweep_dir) is None and not (sweep_dir / "live.json").exists()
+    _client, children = mlflow_children(sweep_dir, "grp")
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{sweep_dir / 'mlflow.db'}")
+    parent = [r for r in client.search_runs([client.get_experiment_by_name("grp").experiment_id])
+              if r.data.tags.get("fpr.role") == "sweep"]
+    assert [r.info.status for r in parent] == ["KILLED"]
+    assert all(r.info.status == "KILLED" for r in children) and len(children) == 2

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
@@ -146,7 +146,8 @@ def ensure_ray(address: Optional[str], console: Console) -> Optional[float]:
                              "check the address, and for a token-authenticated cluster set RAY_AUTH_MODE=token "
                              "with its token in ~/.ray/auth_token or $RAY_AUTH_TOKEN.") from None
     else:
-        ray.init(address="local", num_cpus=os.cpu_count(), **common)
+        with ray_processes_in_own_session():
+            ray.init(address="local", num_cpus=os.cpu_count(), **common)
     seconds = time.perf_counter() - started
     console.print(f"Ray {'joined ' + address if address else 'started locally'} in {seconds:.1f} s "
                   f"({ray.cluster_resources().get('CPU', 0):g} CPUs, {ray.cluster_resources().get('GPU', 0):g} GPUs)",
@@ -169,6 +170,34 @@ def exit_fenced(message: str) -> None:
                 except OSError:
                     pass
     os._exit(1)
+
+
+@contextmanager
+def ray_processes_in_own_session() -> Iterator[None]:
+    """Start a local Ray's processes (GCS, raylet, monitor, ...; workers are the raylet's children)
+    in a session of their own, outside the driver's process group.
+
+    What `timeout`, systemd, Slurm and Kubernetes send is SIGTERM to the whole process group. Ray's
+    processes shared the driver's group, so they died with it while the driver was still stopping
+    its trials through them: it stalled 60 s and aborted with no summary, its lock and live.json left
+    and its runs RUNNING (issue 33). In their own session the signal reaches only the driver, which
+    stops as on Ctrl-C and then stops Ray itself. They still die with the driver: Ray starts them
+    with the parent-death signal (``fate_share``), which a session does not change. Ray 2.60 starts
+    every process through ``ray._private.services.ConsolePopen``."""
+    from ray._private import services
+
+    original = services.ConsolePopen
+
+    class OwnSession(original):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs.setdefault("start_new_session", True)
+            super().__init__(*args, **kwargs)
+
+    services.ConsolePopen = OwnSession
+    try:
+        yield
+    finally:
+        services.ConsolePopen = original
 
 
 def stop_ray() -> None:
