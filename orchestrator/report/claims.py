@@ -296,11 +296,13 @@ def combine(claim_id: int, parts: list[Part], skipped: list[str], itt: list[str]
     supported_text = ((f"; supported in {', '.join(decided)}" if len(decided) <= 3 else
                        f"; supported in {len(decided)} of {len(parts)} parts") if decided else "")
     under = [p for p in parts if p.verdict == UNDERTRAINED]
+    uncontrolled = [p for p in parts if p.verdict == NO_CONTROL]
+    uncontrolled_text = (f"; {len(uncontrolled)} part(s) where the disfavoured arm did not learn in distribution "
+                         f"and no positive control learned" if uncontrolled else "")
     if under:
         detail = _undertrained_detail(under, len(parts))
         return Verdict(verdict=UNDERTRAINED, detail=detail, reason=f"{len(under)} of {len(parts)} part(s) "
-                       f"undertrained" + supported_text + lone_text + no_data, **base)
-    uncontrolled = [p for p in parts if p.verdict == NO_CONTROL]
+                       f"undertrained" + uncontrolled_text + supported_text + lone_text + no_data, **base)
     if uncontrolled:
         return Verdict(verdict=NO_CONTROL, detail=f"({len(uncontrolled)} of {len(parts)} parts)",
                        reason=f"the disfavoured arm did not learn in distribution and no positive control learned in "
@@ -447,7 +449,8 @@ def _paired_ood_part(name: str, task: str, task_rows: pd.DataFrame, a: pd.DataFr
     itt, itt_seeds = _paired(a, b, splits, learned_only=False)
     itt_p = itt.p_at_least(contradict_below)
     rec.add(f"{kind}_itt", task, name, ",".join(splits), itt, n_learned=None, p=itt_p)
-    itt_line = f"{name}: intention-to-treat {itt.text()} over {len(itt_seeds)} paired seed(s) (all, learned or not)"
+    itt_line = (f"{name}: intention-to-treat {itt.text()} over {len(itt_seeds)} paired seed(s) (all, learned or not)"
+                if splits else f"{name}: intention-to-treat not computed (no common OOD split outside cap-bound cells)")
     if not splits:
         return Part(name, INCONCLUSIVE, f"{name}: no common OOD split that is not cap-bound [{gate}]",
                     note="no common non-cap-bound OOD split"), itt_line
@@ -500,6 +503,9 @@ def _regime_arm(task: str, name: str, rows: pd.DataFrame, rec: Recorder) -> Part
     text = f"{name}: ID reachability {reach.text('.3f')}, measured rho {rho.text('.3f')} [{learned_text(rows)}]"
     if id_rows.empty:
         return Part(name, INCONCLUSIVE, f"{name}: in-distribution split cap-bound or missing", note="no ID split")
+    reach_p, rho_p = reach.p_at_least(REACH_MIN), rho.p_at_most(RHO_MAX)  # against the claim, for Holm
+    rec.add("reachability_id", task, variant, "id", reach, n_learned=k, p=reach_p)
+    rec.add("rho", task, variant, "all", rho, n_learned=k, p=rho_p)
     if k < MIN_LEARNED_SEEDS:
         return Part(name, UNDERTRAINED, text, note=learned_text(rows))
     reach_v, reach_p, reach_note = decide(reach, REACH_MIN, REACH_MIN)
@@ -509,8 +515,6 @@ def _regime_arm(task: str, name: str, rows: pd.DataFrame, rec: Recorder) -> Part
         rho_v = (SUPPORTED if rho.has_interval and rho.high < RHO_MAX else
                  CONTRADICTED if rho.has_interval and rho.low > RHO_MAX else INCONCLUSIVE)
         rho_note = "" if rho_v != INCONCLUSIVE else "interval crosses the bound"
-    rec.add("reachability_id", task, variant, "id", reach, n_learned=k, p=reach_p)
-    rec.add("rho", task, variant, "all", rho, n_learned=k, p=rho_p)
     verdicts = (reach_v, rho_v)
     verdict = (CONTRADICTED if CONTRADICTED in verdicts else
                SUPPORTED if verdicts == (SUPPORTED, SUPPORTED) else INCONCLUSIVE)
@@ -871,7 +875,9 @@ def trainability(frame: pd.DataFrame, rec: Recorder) -> list[str]:
         k, n = n_learned(rows), n_trials(rows)
         rec.add("p_learned", task, variant, "id", bootstrap.clopper_pearson(k, n), n_learned=k, n_seeds=n)
     groups = {"recall (standard+internal)": ["standard", "internal"], "none": ["none"]}
-    for (task, regime), rows in frame.groupby(["task_label", "regime"], sort=True):
+    pooled = [((task, "all regimes"), rows) for task, rows in frame.groupby("task_label", sort=True)
+              if rows["regime"].nunique() > 1]
+    for (task, regime), rows in list(frame.groupby(["task_label", "regime"], sort=True)) + pooled:
         for group, recalls in groups.items():
             arm = rows[rows["recall"].isin(recalls)]
             normed, plain = arm[arm["outer_norm"].fillna("none") != "none"], arm[arm["outer_norm"].fillna("none") == "none"]
