@@ -354,3 +354,16 @@ def test_eval_halting_through_the_cli(spec_dir, ray_session):
 
 def _plain(value):
     return value.tolist() if hasattr(value, "tolist") else value
+
+
+def test_sweep_summary_reads_the_trials_own_halting():
+    from orchestrator.store.run_info import sweep_summary
+
+    rows = [{"trial_id": "a", "task": "sudoku", "variant": "v", "status": "ok", "split": "ood_22", "size": 22,
+             "exact_acc": 0.3, "halting": "trained"},
+            {"trial_id": "a", "task": "sudoku", "variant": "v", "status": "ok", "split": "ood_22", "size": 22,
+             "exact_acc": 0.6, "halting": "long"},
+            {"trial_id": "b", "task": "sudoku", "variant": "w", "status": "ok", "split": "ood_22", "size": 22,
+             "exact_acc": 0.4}]  # a row written before protocols: trained
+    metrics, tags = sweep_summary(rows)
+    assert metrics["best_ood_acc/sudoku"] == 0.4 and tags["best_variant/sudoku"] == "w (size 22)"

@@ -96,7 +96,8 @@ def sweep_summary(rows: list[dict[str, Any]]) -> tuple[dict[str, float], dict[st
     for status in STATUSES:
         metrics[sweep_count_metric(status)] = float(sum(1 for s in statuses.values() if s == status))
     tags: dict[str, str] = {}
-    ok = [r for r in rows if r["status"] == "ok" and r["split"] != "id" and _is_number(r.get("exact_acc"))]
+    ok = [r for r in rows if r["status"] == "ok" and r["split"] != "id" and _is_number(r.get("exact_acc"))
+          and (r.get("halting") or "trained") == "trained"]  # the trials' own halting: protocols never pooled
     for task in sorted({r["task"] for r in ok}):
         mine = [r for r in ok if r["task"] == task]
         largest = max(r["size"] for r in mine)
