@@ -433,8 +433,8 @@ def log_sweep_outcome(tracker: SweepTracker, sweep_dir: SweepDir) -> None:
     """The parent run's summary metrics (trials per status, best OOD accuracy per task) and files
     (the spec and results.parquet; `fpr-sweep report` adds the report and its plots)."""
     if sweep_dir.results.exists():
-        table = parquet.read_results(sweep_dir.root).select(["trial_id", "task", "variant", "split", "size",
-                                                             "status", "exact_acc"])
+        table = parquet.read_current(sweep_dir.root).select(["trial_id", "task", "variant", "split", "size",
+                                                             "halting", "status", "exact_acc"])
         tracker.log_sweep_summary(*sweep_summary(table.to_pylist()))
     tracker.log_sweep_files([sweep_dir.spec_copy, sweep_dir.results])
 
