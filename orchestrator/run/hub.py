@@ -245,10 +245,10 @@ class DriverHub:
 
 
 def _final_metric(rows: list[dict]) -> str:
-    """The accuracy of the trial's last evaluated split, for the progress display."""
+    """The accuracy of the trial's last evaluated split under its own halting, for the progress display."""
     column = FINAL_SPLIT_COLUMNS[0]
     return next((f"{split_metric(column, r['split'])}={r[column]:.3f}" for r in reversed(rows)
-                 if r.get(column) is not None), "")
+                 if r.get(column) is not None and (r.get("halting") or "trained") == "trained"), "")
 
 
 _ACTIVE: Optional[DriverHub] = None
