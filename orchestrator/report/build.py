@@ -358,8 +358,9 @@ def render_markdown(frame: pd.DataFrame, statuses: pd.DataFrame, missing: list[s
             f"{min_id_acc:g} (`report.min_id_acc`); {int(frame.drop_duplicates('trial_id')['learned'].sum())} of "
             f"{frame['trial_id'].nunique()} trials learned"]
     out += [f"- **halting protocols**: {', '.join(analysis.per_protocol) or '-'}"
-            + ("" if "halting" in frame.columns else " (the rows carry no `halting` column: the protocol they were "
-               "trained and evaluated with)")]
+            + (" (one: the halting the trials were trained and evaluated with)"
+               if list(analysis.per_protocol) == [claims.TRAINED] else
+               "; claims are judged per protocol, learned = in-distribution accuracy under 'trained'")]
     out += [f"- **note**: {n}" for n in notes or []]
     out += ["- **every number below** is also in `estimates.parquet` beside this report"]
     out += ["", "## Claim verdicts", "", md_table(*verdict_rows(verdicts)), "",
@@ -458,7 +459,9 @@ def build_report(sweep_dir: Path, *, console: Console | None = None, min_id_acc:
         _write_atomic(report_path, f"# Sweep report: {sweep_dir.name}\n\nThe results table has no rows yet.\n")
         console.print(f"[yellow]{sweep_dir}: the results table has no rows yet[/yellow]")
         return report_path
-    frame = prepare(df, gate)
+    frame = claims.with_halting(prepare(df, gate))
+    if frame["halting"].nunique() > 1:  # every protocol's tables show the same learned models
+        frame = claims.trained_competence(frame, gate)
     frame, notes = recompute_sudoku_depth(frame)
     statuses = trial_statuses(frame)
     missing = missing_items(frame, statuses, expected_cells(sweep_dir))

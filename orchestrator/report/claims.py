@@ -880,7 +880,8 @@ def trainability(frame: pd.DataFrame, rec: Recorder) -> list[str]:
     for (task, regime), rows in list(frame.groupby(["task_label", "regime"], sort=True)) + pooled:
         for group, recalls in groups.items():
             arm = rows[rows["recall"].isin(recalls)]
-            normed, plain = arm[arm["outer_norm"].fillna("none") != "none"], arm[arm["outer_norm"].fillna("none") == "none"]
+            has_norm = arm["outer_norm"].fillna("none") != "none"
+            normed, plain = arm[has_norm], arm[~has_norm]
             if normed.empty or plain.empty:
                 continue
             (k1, n1), (k2, n2) = (n_learned(normed), n_trials(normed)), (n_learned(plain), n_trials(plain))
@@ -913,8 +914,9 @@ def cap_bound_cells(frame: pd.DataFrame) -> pd.DataFrame:
     """(task, variant, split, halting, capped share, source) of every cap-bound cell, judged on its
     *learned* trials (the rows every accuracy, reachability and iteration estimate reads): their mean
     capped share (each row's ``capped_share``, else derived from its instance outcomes; its
-    ``cap_bound`` flag when neither is known) above CAP_BOUND_SHARE. A cell with no learned trial is never left out: it only
-    feeds intention-to-treat lines and P(learned), which do not depend on the cap being loose."""
+    ``cap_bound`` flag when neither is known) above CAP_BOUND_SHARE. A cell with no learned trial
+    is never left out: it only feeds intention-to-treat lines and P(learned), which do not depend on
+    the cap being loose."""
     records = []
     learned = frame[frame["learned"]]
     cols = [c for c in ("capped_share", "instance_iters", "eval_cap", "instance_converged", "instance_cycled",
@@ -983,7 +985,7 @@ def analyse(df: pd.DataFrame, min_id_acc: float | None = None, gate: float | Non
     rec = Recorder()
     per_protocol, train_lines, over = {}, [], []
     if frame["halting"].nunique() > 1:  # competence is the training's: read under the trials' own halting
-        frame = _trained_competence(frame, gate if gate is not None else _gate_of(frame))
+        frame = trained_competence(frame, gate if gate is not None else _gate_of(frame))
     bound = cap_bound_cells(frame)
     groups = list(frame.groupby("halting", sort=True)) or [(TRAINED, frame)]  # no ok row: every claim says so
     for halting, sub in groups:
@@ -1001,7 +1003,7 @@ def analyse(df: pd.DataFrame, min_id_acc: float | None = None, gate: float | Non
     return Analysis(verdicts, per_protocol, bound, train_lines, over_table, rec.frame())
 
 
-def _trained_competence(frame: pd.DataFrame, gate: float) -> pd.DataFrame:
+def trained_competence(frame: pd.DataFrame, gate: float) -> pd.DataFrame:
     """``learned`` on every row from the trial's in-distribution accuracy under its own halting
     ('trained'; the best over protocols where a trial has no such row), so every protocol compares
     the same learned models."""
