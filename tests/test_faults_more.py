@@ -375,3 +375,58 @@ def test_sigterm_to_the_process_group_stops_the_driver_cleanly(tmp_path, sender)
               if r.data.tags.get("fpr.role") == "sweep"]
     assert [r.info.status for r in parent] == ["KILLED"]
     assert all(r.info.status == "KILLED" for r in children) and len(children) == 2
+
+
+# ---------------------------------------------------------------- a spool that cannot lose silently
+
+@pytest.mark.slow
+def test_a_torn_spool_is_reported_and_mlflow_is_rebuilt_from_the_table(finished_sweep, tmp_path):
+    """Issue 33, row "spool.jsonl cut in half between runs": the next run names the torn spool and
+    reconciles MLflow with the table: a trial whose run never reached MLflow gets one (final
+    metrics and model from the files on disk), a RUNNING run of a finished trial is ended."""
+    from mlflow import MlflowClient
+
+    from orchestrator.store.spool import PARENT, Spool
+
+    spec, sweep_dir = copy_sweep(finished_sweep, tmp_path)
+    client = MlflowClient(f"sqlite:///{sweep_dir / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("done")
+    runs = {r.data.tags["trial_id"]: r for r in client.search_runs([exp.experiment_id])
+            if "mlflow.parentRunId" in r.data.tags}
+    lost, running = sorted(runs)
+    client.delete_run(runs[lost].info.run_id)  # its creation was in the part of the spool that was cut off
+    client.update_run(runs[running].info.run_id, status="RUNNING")  # its end was too
+    spool = Spool(sweep_dir)
+    spool.append({"op": "tags", "trial": PARENT, "tags": {"probe": "kept"}})
+    spool.append({"op": "tags", "trial": PARENT, "tags": {"probe2": "cut"}})
+    text = spool.path.read_bytes()
+    spool.path.write_bytes(text[:len(text) - 20])  # cut in half between runs
+    done = run_cli("run", str(spec), env=plugin_env(), timeout=300)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out
+    assert "1 line was cut short or failed the checksum" in out
+    assert f"trial {lost}: created its run" in out and f"trial {running}: ended its RUNNING run" in out
+    children = {r.data.tags["trial_id"]: r for r in client.search_runs([exp.experiment_id])
+                if "mlflow.parentRunId" in r.data.tags}
+    assert sorted(children) == sorted(runs)
+    assert all(r.info.status == "FINISHED" and r.data.tags.get("status") == "ok" for r in children.values())
+    assert children[lost].info.run_id != runs[lost].info.run_id
+    assert "acc/ood_16" in children[lost].data.metrics and "model/weights_bytes" in children[lost].data.metrics
+    parent = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("fpr.role") == "sweep"]
+    assert parent[0].data.tags.get("probe") == "kept" and parent[0].info.status == "FINISHED"
+
+
+def test_spool_lines_are_checksummed_and_model_paths_relative(tmp_path):
+    """A line changed after it was written fails its checksum and is dropped (and counted); the
+    weights operation names the model relative to the sweep folder, so a moved folder still
+    sends it."""
+    from orchestrator.store.spool import Spool
+
+    spool = Spool(tmp_path)
+    spool.append({"op": "metrics", "trial": "t", "metrics": [["loss", 0.5, 1, 2]]})
+    spool.append({"op": "tags", "trial": "t", "tags": {"a": "b"}})
+    assert all(json.loads(line)["crc"] for line in spool.path.read_text().splitlines())
+    spool.path.write_text(spool.path.read_text().replace("0.5", "0.7"))
+    again = Spool(tmp_path)
+    assert [op["op"] for op in again.ops] == ["tags"] and again.torn == 1
+    assert "1 line was cut short or failed the checksum" in again.torn_note()

@@ -439,6 +439,20 @@ def log_sweep_outcome(tracker: SweepTracker, sweep_dir: SweepDir) -> None:
     tracker.log_sweep_files([sweep_dir.spec_copy, sweep_dir.results])
 
 
+def reconcile_tracking(tracker: SweepTracker, hub: DriverHub) -> None:
+    """After every run, the MLflow runs are made to agree with the table (finished trials without
+    a run, RUNNING runs of finished trials, final metrics or models a torn spool lost): see
+    SweepTracker.reconcile. Each repair is named among the run's warnings."""
+    layout = SweepDir(hub.sweep_dir)
+    if not layout.results.exists():
+        return
+    by_trial: dict[str, list[dict[str, Any]]] = {}
+    for row in parquet.read_results(hub.sweep_dir).to_pylist():
+        by_trial.setdefault(row["trial_id"], []).append(row)
+    models = {t: layout.model_file(t) for t in layout.kept_models()}
+    hub.warnings.extend(tracker.reconcile(by_trial, models))
+
+
 def _abandon(opening) -> None:
     """A run refused before its first trial leaves no RUNNING parent run behind (KILLED: the same
     command resumes it)."""
@@ -556,6 +570,7 @@ def _finish(outcome: SweepOutcome, hub: DriverHub, tracker: SweepTracker, stops:
     for status in statuses.values():
         outcome.counts[status] = outcome.counts.get(status, 0) + 1
     outcome.models = SweepDir(hub.sweep_dir).kept_models()
+    hub.guarded("MLflow reconcile", reconcile_tracking, tracker, hub)
     hub.guarded("sweep summary", log_sweep_outcome, tracker, SweepDir(hub.sweep_dir))
     outcome.stopped = str(hub.disk_full) if hub.disk_full else stops.reason
     ended = "KILLED" if outcome.unfinished or outcome.stopped else (

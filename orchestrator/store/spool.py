@@ -20,6 +20,12 @@ all of it is sent, so a crash re-sends the run (idempotent) rather than skipping
 
 Operations are plain dicts ``{"seq", "op", "trial", ...}``; ``trial`` is a trial id, or
 ``PARENT`` for the sweep's parent run. New kinds are added with ``@operation("kind")``.
+
+A spool that cannot lose silently (issue 33): each line carries the CRC-32 of its operation
+(``crc``), and paths in operations are relative to the sweep folder (a folder moved with writes
+pending still sends them). A line that is cut short or fails its checksum is dropped and reported
+(``Spool.torn``); what it held is rebuilt after the run from the rows and models on disk
+(``SweepTracker.reconcile``).
 """
 from __future__ import annotations
 
@@ -30,6 +36,7 @@ import shutil
 import threading
 import time
 import uuid
+import zlib
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
@@ -79,6 +86,8 @@ class Spool:
         self.ops = self._read_ops()
         self.next_seq = max([self.acked] + [op["seq"] for op in self.ops]) + 1
         self.steps: dict[str, dict[str, int]] = self._read_steps()
+        self.root = self.dir.parent
+        """The sweep folder: relative paths in operations are relative to it."""
         self.fence: Callable[[], None] = lambda: None
         """Raises LockLost once another driver holds the sweep (sweep/lock.py): checked before
         every append, ack and compaction, and by the sender before every send."""
@@ -102,20 +111,31 @@ class Spool:
             pass
 
     def _read_ops(self) -> list[dict[str, Any]]:
-        """Every whole operation line (a line torn by a crash mid-append is dropped)."""
+        """Every whole operation line whose checksum holds; ``torn`` counts the lines dropped (cut
+        short by a crash, a full disk or a truncation, or changed since they were written)."""
         out = []
+        self.torn = 0
         try:
             with open(self.path, "rb") as f:
                 for line in f:
-                    try:
-                        op = json.loads(line)
-                    except ValueError:
+                    if not line.strip():
                         continue
-                    if isinstance(op, dict) and isinstance(op.get("seq"), int):
+                    op = _parse(line)
+                    if op is None:
+                        self.torn += 1
+                    else:
                         out.append(op)
         except FileNotFoundError:
             pass
         return out
+
+    def torn_note(self) -> Optional[str]:
+        """One line for the user when lines were dropped, else None."""
+        if not self.torn:
+            return None
+        lines = f"{self.torn} line was" if self.torn == 1 else f"{self.torn} lines were"
+        return (f"{self.path}: {lines} cut short or failed the checksum, and dropped; the trials' MLflow runs "
+                "are rebuilt from the rows and models on disk at the end of this run.")
 
     def _read_steps(self) -> dict[str, dict[str, int]]:
         """Highest step logged per (trial, metric): saved at the last compaction, plus the spool."""
@@ -141,7 +161,8 @@ class Spool:
         self.fence()
         with self._lock:
             op = {"seq": self.next_seq, **op}
-            line = json.dumps(op, separators=(",", ":"), allow_nan=False) + "\n"
+            body = json.dumps(op, separators=(",", ":"), allow_nan=False)
+            line = f'{body[:-1]},"crc":{zlib.crc32(body.encode())}}}\n'
             self.dir.mkdir(parents=True, exist_ok=True)  # removed by hand mid-run: start it again
             with open(self.path, "a") as f:
                 f.write(line)
@@ -186,6 +207,23 @@ class Spool:
             self.path.unlink(missing_ok=True)
             shutil.rmtree(self.dir / FILES_DIR, ignore_errors=True)
             self.ops = []
+
+
+def _parse(line: bytes) -> Optional[dict[str, Any]]:
+    """An operation line, or None when it is not whole JSON or fails its checksum (lines written
+    before checksums carry none and are taken as they are)."""
+    try:
+        op = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(op, dict) or not isinstance(op.get("seq"), int):
+        return None
+    crc = op.pop("crc", None)
+    if crc is not None:
+        body = json.dumps(op, separators=(",", ":"), allow_nan=False)
+        if zlib.crc32(body.encode()) != crc:
+            return None
+    return op
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -239,6 +239,12 @@ class SweepTracker:
         if points:
             self._submit({"op": "metrics", "trial": run, "metrics": points})
 
+    def _log_metrics(self, run: str, metrics: dict[str, Any], step: int, again: bool) -> None:
+        if again:
+            self._series(run, [[k, float(v), _ms(), int(step)] for k, v in metrics.items() if _finite(v)])
+        else:
+            self.log_metrics(run, metrics, step)
+
     def log_params(self, run: str, params: dict[str, Any]) -> None:
         """Params of a run (flattened; values an earlier run already set are kept)."""
         self._submit({"op": "params", "trial": run, "params": flatten_config(params)})
@@ -252,8 +258,10 @@ class SweepTracker:
                       "name": Path(local_path).name, "artifact_path": artifact_path})
 
     def log_final(self, run: str, rows: list[dict[str, Any]], curves: dict[str, list[float]],
-                  config: dict[str, Any], step: int) -> None:
-        """Per-split metrics (``acc/ood_64`` ...), the resolved config JSON and a convergence plot."""
+                  config: Optional[dict[str, Any]], step: int, again: bool = False) -> None:
+        """Per-split metrics (``acc/ood_64`` ...), the resolved config JSON (unless None) and a
+        convergence plot. ``again``: log the metrics even at steps already logged (a rebuild of
+        what MLflow lost)."""
         rows = by_protocol(rows)
         metrics: dict[str, Any] = {}
         for row in rows:
@@ -262,14 +270,15 @@ class SweepTracker:
         first = rows[0] if rows else {}
         for key in TRIAL_SUMMARY_COLUMNS:
             metrics[key] = first.get(key)
-        self.log_metrics(run, metrics, step)
+        self._log_metrics(run, metrics, step, again)
         self.log_size_series(run, rows)
         self.log_budget_curves(run, rows)
         tags = {"status": first.get("status", "failed")}
         if first.get("error"):
             tags["error"] = str(first["error"])[:5000]
         self.set_tags(run, tags)
-        self._submit({"op": "json_artifact", "trial": run, "name": "config.json", "content": config})
+        if config is not None:
+            self._submit({"op": "json_artifact", "trial": run, "name": "config.json", "content": config})
         if any(curves.values()):
             self._submit({"op": "convergence", "trial": run, "curves": curves,
                           "title": f"{first.get('task', '')} {first.get('variant', '')}"})
@@ -377,14 +386,19 @@ class SweepTracker:
         """The run's description (the Overview's 'Description' field)."""
         self.set_tags(run, {NOTE_TAG: text})
 
-    def log_weights(self, run: str, path: Path, step: int, name: str, config: dict[str, Any]) -> None:
+    def log_weights(self, run: str, path: Path, step: int, name: str, config: dict[str, Any],
+                    again: bool = False) -> None:
         """The trial's saved model as a child-run artifact, its size as ``model/weights_bytes``, and
         an MLflow LoggedModel ``name`` (the run's Models field and the experiment's Models tab) that
         carries the config and points at the weights artifact rather than storing them twice.
         ``path`` stays where it is (models/<trial_id>.pt): the sender uploads it from there."""
         path = Path(path).resolve()
-        self.log_metrics(run, {WEIGHTS_BYTES: path.stat().st_size}, step)
-        self._submit({"op": "weights", "trial": run, "path": str(path), "step": int(step), "name": name,
+        self._log_metrics(run, {WEIGHTS_BYTES: path.stat().st_size}, step, again)
+        try:  # relative to the sweep folder: a folder moved with this write pending still sends it
+            shown = str(path.relative_to(self.spool.root.resolve()))
+        except ValueError:
+            shown = str(path)
+        self._submit({"op": "weights", "trial": run, "path": shown, "step": int(step), "name": name,
                       "config": config})
 
     def log_sweep_files(self, paths: list[Path], artifact_dir: Optional[str] = None) -> None:
@@ -413,8 +427,46 @@ class SweepTracker:
 
     @property
     def warnings(self) -> list[str]:
-        """Writes MLflow refused for good (bad values), one line each."""
-        return list(self.sender.warnings)
+        """Writes MLflow refused for good (bad values), and a torn spool, one line each."""
+        torn = self.spool.torn_note()
+        return ([torn] if torn else []) + list(self.sender.warnings)
+
+    def reconcile(self, rows: dict[str, list[dict[str, Any]]], models: dict[str, Path],
+                  wait_s: float = 30.0) -> list[str]:
+        """Make the runs MLflow holds agree with the table, after a run (issue 33): a finished
+        trial without a run gets one (tags, final metrics and status from its rows), a RUNNING run
+        of a finished trial is ended, a run without its final metrics gets them, a kept model not
+        logged is logged. ``rows``: trial_id -> its rows; ``models``: trial_id -> models/<id>.pt.
+        Skipped (returns why) while the store does not take the spooled writes. Returns one line
+        per trial repaired."""
+        if not self.flush(wait_s):
+            return []
+        runs = {r.data.tags.get("trial_id"): r for r in self.child_runs()}
+        notes = []
+        for trial_id, trial_rows in sorted(rows.items()):
+            first = trial_rows[0]
+            run = runs.get(trial_id)
+            did = []
+            if run is None:
+                tags = {k: str(first.get(k)) for k in ("task", "variant", "seed")}
+                name = f"{first.get('task')}/{first.get('variant')}/s{first.get('seed')}/{trial_id}"
+                self._submit({"op": "run", "trial": trial_id, "name": name, "tags": tags, "params": {}})
+                did.append("created its run")
+            if run is None or "status" not in run.data.tags:
+                self.log_final(trial_id, trial_rows, {}, None, int(first.get("train_steps") or 0), again=True)
+                did.append("logged its final metrics")
+            if run is None or run.info.status == "RUNNING":
+                self.end_trial(trial_id, first["status"])
+                if run is not None:
+                    did.append("ended its RUNNING run")
+            model = models.get(trial_id)
+            if model is not None and model.exists() and (run is None or WEIGHTS_BYTES not in run.data.metrics):
+                self.log_weights(trial_id, model, int(first.get("train_steps") or 0),
+                                 f"{first.get('task')}-{trial_id}", {}, again=True)
+                did.append("logged its model")
+            if did:
+                notes.append(f"MLflow: trial {trial_id}: " + ", ".join(did) + " (rebuilt from the rows on disk)")
+        return notes
 
     def run_id(self, run: str) -> Optional[str]:
         """The MLflow run id behind a handle (after ``flush``), or None if it was never created."""
@@ -493,7 +545,7 @@ def _apply_datasets(sender: Sender, op: dict[str, Any]) -> None:
 @operation("weights")
 def _apply_weights(sender: Sender, op: dict[str, Any]) -> None:
     """Upload the weights, then one LoggedModel per (run, name): found again on a replay."""
-    client, run_id, path = sender.client, sender.run_id(op), Path(op["path"])
+    client, run_id, path = sender.client, sender.run_id(op), sender.spool.root / op["path"]
     client.log_artifact(run_id, str(path), WEIGHTS_ARTIFACT_DIR)
     weights_uri = f"runs:/{run_id}/{WEIGHTS_ARTIFACT_DIR}/{path.name}"
     exp_id = client.get_run(run_id).info.experiment_id
