@@ -1,5 +1,18 @@
-# The two commands of the README. Both create .venv on first use (scripts/setup.sh).
-.PHONY: quickstart test setup bench
+# The two commands of the README (quickstart, test), plus test-fast while you work. Each creates
+# .venv on first use (scripts/setup.sh).
+#
+# Test tiers (tests/conftest.py, docs/testing.md):
+#   make test-fast  every in-process test, about 2 min on 2 cores: `pytest -m "not slow"`
+#   make test       everything, as CI runs it (.ci/run), on two pytest-xdist workers
+# A test is `slow` when it starts Ray, runs fpr-sweep (or any Python) in a subprocess, starts a real
+# server (MLflow, sshd) or calls torch.compile; tests/conftest.py marks them (SLOW_MODULES,
+# SLOW_TESTS, the ray_session fixture). A new test file is fast unless marked; in test-fast a test
+# that starts a Python subprocess, Ray or torch.compile fails with a message saying how to mark it.
+.PHONY: quickstart test test-fast setup bench
+
+PYTEST = .venv/bin/python -m pytest -q
+WORKERS ?= 2
+
 setup:
 	@bash scripts/setup.sh
 
@@ -7,7 +20,10 @@ quickstart: setup
 	.venv/bin/fpr-sweep run sweeps/quickstart.yaml
 
 test: setup
-	.venv/bin/python -m pytest -q tests
+	$(PYTEST) -n $(WORKERS) --dist loadgroup tests
+
+test-fast: setup
+	$(PYTEST) -m "not slow" tests
 
 bench: setup
 	.venv/bin/pip install --quiet ".[bench]"
