@@ -82,11 +82,20 @@ def changed_default(pinned: Callable[[dict[str, Any]], Any]) -> dict[str, Any]:
     return {"added_after_ids": True, "pinned": pinned}
 
 
+def damped_skip_regime(spectral: Optional[float], spectral_mode: str) -> bool:
+    """The spectral regime asks the loop step itself for a gain of at most 1 (``spectral_mode:
+    step``, sigma <= 1), which a plain entry's identity skip (gain 1, more with an additive conv)
+    cannot reach."""
+    return spectral is not None and spectral <= 1.0 and spectral_mode == "step"
+
+
 def _entry_pinned(model: dict[str, Any]) -> str:
     """What ``model.loop_entry`` pinned trials ran: the a2 shrink for no and internal recall with
-    residual scaling (the default 'auto' is now a plain entry there), 'auto' elsewhere."""
+    residual scaling, where the default 'auto' is now a plain entry (except in a regime of gain
+    <= 1, where 'auto' still shrinks); 'auto' elsewhere."""
     shrunk = model.get("recall") in ("none", "internal") and model.get("residual_scale", "learned") != "none"
-    return "shrink" if shrunk else "auto"
+    damped = damped_skip_regime(model.get("spectral"), model.get("spectral_mode", "step"))
+    return "shrink" if shrunk and not damped else "auto"
 
 
 @dataclass(frozen=True)
@@ -128,7 +137,6 @@ class ModelConfig:
     outer_only form (a1 = b1 = 1 in the sublayers, z <- a2*z + (1 - a2)*x at loop entry). Where
     nothing is injected the sublayers are plain residuals and loop_entry says whether a2 shrinks
     the state at entry."""
-
     a1_init: float = 0.75
     """Initial a1 = sigmoid(logit) per channel (FPRM's best init)."""
     a2_init: float = 0.25
@@ -186,7 +194,9 @@ class ModelConfig:
     outer_only = FPRM's ``outer_only=True`` (models/transformer.py): z <- a2*z + (1 - a2)*x with
     plain residual sublayers (a1 = b1 = 1), which injects x, so standard scaled recall only.
     auto = plain for none and internal recall, FPRM's coupled form (see residual_scale) for scaled
-    standard recall, shrink for concat recall (its form before this option existed)."""
+    standard recall, shrink for concat recall (its form before this option existed); and shrink
+    for none and internal recall where the step's gain must be at most 1 (spectral <= 1,
+    spectral_mode step), which a plain entry cannot reach: its identity skip alone has gain 1."""
     conv_form: ConvForm = field(default="add", metadata=ADDED_AFTER_IDS)
     """How the step conv (``conv``) acts on the state: add = z <- z + dwconv(z), weights N(0,
     init_std) (this project's form: the conv starts near the identity); replace = z <- dwconv(z)
@@ -197,8 +207,8 @@ class ModelConfig:
     construction, then training moves it (measured after training as rho at z*); every_step = the
     common map scale c is re-normalised after every optimizer step so the step's measured gain
     stays at sigma (spectral normalisation, Miyato et al. 2018, applied to the whole step rather
-    than to each map; one warm-started power-iteration measurement and one multiplicative
-    correction per step). Needs spectral set and spectral_mode step."""
+    than to each map; a few warm-started power iterations and one multiplicative correction per
+    step, ``LoopedModel.after_optimizer_step``). Needs spectral set and spectral_mode step."""
 
     def validate(self, where: str = "model") -> None:
         for name, lit in [("recall", Recall), ("recall_form", RecallForm), ("outer_norm", Norm),
@@ -208,6 +218,12 @@ class ModelConfig:
                           ("conv_form", ConvForm), ("spectral_hold", SpectralHold)]:
             _check_choice(where, name, getattr(self, name), _literal_choices(lit))
         self._validate_entry(where)
+        if (self.recall != "standard" and self.entry_form() == "plain"
+                and damped_skip_regime(self.spectral, self.spectral_mode)):
+            raise ConfigError(f"{where}.spectral: got {self.spectral} (a step gain of at most 1) with a plain loop "
+                              f"entry and recall {self.recall!r}: the identity skip alone has gain 1 (more with an "
+                              "additive conv), so the step cannot be brought there; set model.loop_entry: shrink "
+                              "(a2 damps the skip), or spectral > 1")
         if self.spectral_hold == "every_step" and (self.spectral is None or self.spectral_mode != "step"):
             raise ConfigError(f"{where}.spectral_hold: 'every_step' holds the step gain at model.spectral, so it "
                               f"needs spectral set and spectral_mode 'step' (got spectral={self.spectral}, "
@@ -251,7 +267,8 @@ class ModelConfig:
             return self.loop_entry
         if self.recall == "standard":
             return "coupled" if self.recall_form == "scaled" else "shrink"
-        return "plain"
+        scaled = self.residual_scale != "none"
+        return "shrink" if scaled and damped_skip_regime(self.spectral, self.spectral_mode) else "plain"
 
     @classmethod
     def from_dict(cls, data: dict | None, where: str = "model") -> "ModelConfig":

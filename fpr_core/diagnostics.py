@@ -11,7 +11,9 @@
   prediction, under a perturbation of eps*||x|| (eps in ``JUMP_EPSILONS``). Plus the spread of z*
   over distinct inputs and path independence (z* reached from a random start).
 - Geometry: the spectral radius of J = dF/dz at the solver's z*, by power iteration on
-  Jacobian-vector products (``torch.func.jvp``).
+  Jacobian-vector products (``torch.func.jvp``); on the probe subset of every split, and on every
+  verified fixed point of the in-distribution split (``fixed_point_radius``: the regime the trained
+  model is in, whatever its spectral label).
 
 Every probe uses the solver that evaluation uses (its tol, halting and cap), so "fixed point" means
 one thing throughout; instances the solver did not verify (capped, cycled) are left out of the
@@ -258,6 +260,29 @@ def _probe_loop(model, inputs: torch.Tensor, cap: int, power_iters: int, seed: i
     out["fixed_point_spread"] = _mean_pairwise_distance(z_star) / x_spread if x_spread > 0 else float("nan")
     out["spectral_radius"] = _median(spectral_radius(ref.f, z_star, power_iters, generator))
     return out
+
+
+def fixed_point_radius(model, inputs: torch.Tensor, *, cap: int, power_iters: int, seed: int = 0,
+                       batch_size: int = 64) -> float:
+    """Median rho(dF/dz) over *every* verified fixed point of ``inputs`` (B, *shape), not a probe subset.
+
+    The regime a trained model is in (issue 26): the spectral label sigma is only an initial
+    condition, so each ok trial's 'id' row carries this measured value in ``spectral_radius``
+    whatever ``eval.diagnostics`` says (``fpr_core.experiment.evaluate_splits``). Solved with the
+    model's solver and ``cap`` in batches of ``batch_size``; instances the solver did not verify
+    (capped, cycled) are left out; nan when none is verified."""
+    radii = []
+    generator = torch.Generator().manual_seed(seed)
+    shape = tuple(inputs.shape[1:])
+    with eval_mode(model), torch.no_grad():
+        for start in range(0, inputs.shape[0], batch_size):
+            lm = model.loop_map(inputs[start:start + batch_size])
+            z_star, trace = solve(lm.f_subset, lm.z0, model.solver_cfg, cap, train=False)
+            ok = trace.converged
+            if bool(ok.any()):
+                ref = model.loop_map_from_embedding(lm.x[ok], shape)
+                radii.append(spectral_radius(ref.f, z_star[ok], power_iters, generator))
+    return _median(torch.cat(radii)) if radii else float("nan")
 
 
 def stability_diagnostics(model, inputs: torch.Tensor, *, cap: int, power_iters: int,

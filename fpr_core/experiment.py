@@ -175,6 +175,8 @@ def evaluate_splits(model: torch.nn.Module, task: Task, splits: dict[str, TaskDa
             data = splits[name]
             cap = scaled_eval_cap(solver, data.size, train_size, task.cap_law)
             ev = evaluate_split(model, task, data, cap=cap, cfg=cfg.eval, device=device, seed=cfg.seed)
+            if name == "id":  # the trained regime: rho at every verified fixed point, not only the probes'
+                ev.metrics["spectral_radius"] = id_spectral_radius(model, data, cap, cfg, device)
             out.append(SplitResult(name, int(data.size), ev.metrics, ev.instance_iters,
                                    ev.instance_difficulty, ev.instance_correct, ev.residual_curve,
                                    ev.instance_converged, ev.instance_cycled, ev.budget_iters, ev.budget_acc,
@@ -192,6 +194,16 @@ def halting_solver(model: torch.nn.Module, solver):
         yield model
     finally:
         model.solver_cfg = before
+
+
+def id_spectral_radius(model: torch.nn.Module, data: TaskData, cap: int, cfg: ExperimentConfig, device) -> float:
+    """Median rho(dF/dz) over every verified fixed point of the in-distribution split
+    (``diagnostics.fixed_point_radius``, with eval.power_iters and the trial seed)."""
+    from fpr_core.diagnostics import fixed_point_radius
+
+    inputs = torch.as_tensor(data.inputs, device=device)
+    return fixed_point_radius(model, inputs, cap=cap, power_iters=cfg.eval.power_iters, seed=cfg.seed,
+                              batch_size=cfg.eval.batch_size)
 
 
 def task_of(cfg: ExperimentConfig) -> tuple[Task, int]:

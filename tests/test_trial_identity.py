@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from fpr_core.config import _entry_pinned, identity_sections
+from fpr_core.config import ModelConfig, _entry_pinned, identity_sections
 from orchestrator.sweep.expand import expand, trial_hash
 from orchestrator.sweep.spec import load_spec
 
@@ -27,10 +27,11 @@ def test_committed_study_trial_ids_reproduce():
     # the spec copy the committed run read (sweeps/ may since have moved on to new trials)
     cells = expand(load_spec(ROOT / "results" / STUDY / "spec.yaml"))
     assert {pinned_entry_id(c) for c in cells} == set(committed.column(0).to_pylist())
-    # the trials whose behaviour the new default changed (a2 shrink -> plain entry) got new ids; the rest kept theirs
-    changed = {c.cell_id != pinned_entry_id(c) for c in cells if c.sections["model"]["recall"] == "standard"}
-    assert changed == {False}
-    assert all(c.cell_id != pinned_entry_id(c) for c in cells if c.sections["model"]["recall"] != "standard")
+    # exactly the trials whose behaviour the new default changed (a2 shrink -> plain entry) got new ids
+    for c in cells:
+        ran_plain = ModelConfig.from_dict(c.sections["model"]).entry_form() == "plain"
+        assert (c.cell_id != pinned_entry_id(c)) == ran_plain, c.variant
+    assert sum(c.cell_id != pinned_entry_id(c) for c in cells) == 24  # none/internal at spectral 2 or null
 
 
 def test_new_field_counts_only_away_from_its_default():

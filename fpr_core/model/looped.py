@@ -35,7 +35,7 @@ from fpr_core.model.block import Block
 from fpr_core.model.norms import RMSNorm, make_norm
 from fpr_core.model.positions import BoardCoordinates, DepthwiseConv, rope_tables
 from fpr_core.model.recall import ResidualCoefficients, make_recall
-from fpr_core.model.spectral import (CALIBRATION_BATCH, GAIN_ITERS, WARM_ITERS, calibrate_scale,
+from fpr_core.model.spectral import (CALIBRATION_BATCH, GAIN_ITERS, HOLD_ITERS, WARM_ITERS, calibrate_scale,
                                      jacobian_norm, normalise_maps, unit_rms_states)
 from fpr_core.solver import RESIDUALS, LoopTrace
 
@@ -231,11 +231,12 @@ class LoopedModel(nn.Module):
     def after_optimizer_step(self) -> None:
         """Called by the trainer after every optimizer step: with ``model.spectral_hold: every_step``,
         re-normalise the common map scale c so the step's gain is sigma again (spectral
-        normalisation, Miyato et al. 2018, of the whole step). One power-iteration measurement,
-        warm-started from the last step's singular vectors, on the calibration's reference batch,
-        then c <- c*(sigma/gain)^(1/2): the gain grows about like c^2 (two maps per branch), and
-        this correction contracts the error for any exponent in (0, 4). The warm start is not part
-        of a checkpoint, so the first correction after a resume starts cold (GAIN_ITERS)."""
+        normalisation, Miyato et al. 2018, of the whole step). HOLD_ITERS power iterations,
+        warm-started from the last step's singular vectors, measure the gain on the calibration's
+        reference batch (``reference_gain``), then c <- c*(sigma/gain)^(1/2): the gain grows about
+        like c^2 (two maps per branch), and this correction contracts the error for any exponent in
+        (0, 4). The warm start is not part of a checkpoint, so the first correction after a resume
+        starts cold (GAIN_ITERS)."""
         c = self.model_cfg
         if c.spectral_hold != "every_step" or not self._spectral_scales:
             return
@@ -244,11 +245,23 @@ class LoopedModel(nn.Module):
         with torch.no_grad():
             lm, z = self._reference_batch(torch.Generator().manual_seed(0))
             cold = self._hold_vectors is None
-            gain, self._hold_vectors = self.step_gain(lm, z, self._hold_vectors, GAIN_ITERS if cold else WARM_ITERS)
+            gain, self._hold_vectors = self.step_gain(lm, z, self._hold_vectors, GAIN_ITERS if cold else HOLD_ITERS)
             factor = (c.spectral / max(float(gain.median()), 1e-12)) ** 0.5
             for scale in self._spectral_scales:
                 scale.scale.mul_(factor)
         self.train(was_training)
+
+    def reference_gain(self, iters: int = GAIN_ITERS) -> float:
+        """The step's gain ||dF_pre/dz||_2 (median over samples) on the calibration's reference batch,
+        from a cold power iteration of ``iters`` steps: the quantity ``spectral_mode: step`` sets to
+        sigma at initialisation and ``spectral_hold: every_step`` holds there."""
+        was_training = self.training
+        self.eval()
+        with torch.no_grad():
+            lm, z = self._reference_batch(torch.Generator().manual_seed(0))
+            gain, _ = self.step_gain(lm, z, None, iters)
+        self.train(was_training)
+        return float(gain.median())
 
     def _reference_batch(self, generator: torch.Generator) -> tuple["LoopMap", torch.Tensor]:
         """Random tokens at the training size and unit-RMS states: where the step gain is calibrated."""

@@ -32,6 +32,10 @@ GAIN_ITERS = 30
 """Power iterations on J^T J for a gain measured from a random start."""
 WARM_ITERS = 10
 """Power iterations when warm-started from the previous scale's singular vectors."""
+HOLD_ITERS = 2
+"""Power iterations per optimizer step of ``spectral_hold: every_step``, warm-started from the last
+step's vectors: the iteration is spread over training as torch's spectral_norm spreads its own
+(one step per forward; Miyato et al. 2018)."""
 CALIBRATION_BATCH = 8
 """Reference samples the step gain is calibrated on."""
 CALIBRATION_RTOL = 1e-2
