@@ -672,6 +672,10 @@ def ui(sweep: str = SWEEP_ARG, results_dir: Optional[str] = RESULTS_OPT,
         console.print(f"{sweep_dir.name} logs to the tracking server {store.uri}: open it in a browser.",
                       highlight=False)
         return
+    try:
+        mlflow_ui.check_port(host, port)  # a busy port exits 2 at once, not after the server's start
+    except mlflow_ui.UiError as e:
+        _fail(str(e))
     console.print(f"MLflow UI for {sweep_dir.name}: http://{host}:{port}  (store {store.uri}; Ctrl-C stops it)",
                   highlight=False)
     raise typer.Exit(mlflow_ui.serve(store, port, host))

@@ -430,3 +430,58 @@ def test_spool_lines_are_checksummed_and_model_paths_relative(tmp_path):
     again = Spool(tmp_path)
     assert [op["op"] for op in again.ops] == ["tags"] and again.torn == 1
     assert "1 line was cut short or failed the checksum" in again.torn_note()
+
+
+# ---------------------------------------------------------------- shared stores
+
+OPEN_STORE = """
+import sys, time
+from pathlib import Path
+from orchestrator.store.tracking import SweepTracker
+uri, sweep_dir, go = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+while not go.exists():
+    time.sleep(0.005)
+t = SweepTracker(uri, sweep_dir.name, sweep_dir, {"k": "v"}, sweep_id=sweep_dir.name)
+t.log_sweep_params({"x": 1})
+print("problem:", t.end_sweep("FINISHED"), flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_two_sweeps_starting_at_once_on_a_fresh_shared_sqlite_store(tmp_path):
+    """Issue 33, row "two sweeps started at once on a fresh shared SQLite store": creating and
+    migrating the store is serialised by a file lock; both sweeps open it, and it works after."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'shared' / 'mlflow.db'}"
+    go = tmp_path / "go"
+    procs = [subprocess.Popen([sys.executable, "-c", OPEN_STORE, uri, str(tmp_path / f"sweep{i}"), str(go)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+             for i in range(2)]
+    time.sleep(3)  # both imported mlflow and wait at the start line
+    go.touch()
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert all("problem: None" in o for o in outs), outs
+    client = MlflowClient(uri)
+    assert sorted(e.name for e in client.search_experiments() if e.name.startswith("sweep")) == ["sweep0", "sweep1"]
+
+
+# ---------------------------------------------------------------- clear ends
+
+@pytest.mark.slow
+def test_ui_on_a_busy_port_exits_2_at_once(finished_sweep, tmp_path):
+    """Issue 33, row "`ui` on a port already in use": exit 2 with the reason, no URL, no server."""
+    import socket
+
+    _spec, sweep_dir = copy_sweep(finished_sweep, tmp_path)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        started = time.time()
+        done = run_cli("ui", str(sweep_dir), "--port", str(port), env=plugin_env(), timeout=60)
+        took = time.time() - started
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert f"port {port} on 127.0.0.1 is already in use" in done.stderr and "http://" not in done.stdout
+    assert took < 10, took

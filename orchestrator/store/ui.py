@@ -8,9 +8,11 @@ within seconds.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -92,6 +94,22 @@ def resolve_store(sweep_dir: Path) -> Store:
                          if was_default and recorded is not None and recorded != store else "")
                       + ". Copy the sweep folder with its mlflow.db, or run the sweep first.")
     return Store(f"sqlite:///{store}")
+
+
+def check_port(host: str, port: int) -> None:
+    """Refuse a port something already listens on (UiError), before the server starts: `mlflow
+    server` on a busy port printed nothing useful, its error went to its log, and `ui` exited 0
+    after 17 s (issue 33). Bound as uvicorn binds it (SO_REUSEADDR), so a port in TIME_WAIT passes."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise UiError(f"port {port} on {host} is already in use (another `fpr-sweep ui` or server?); "
+                              "pick another with --port.") from None
+            raise UiError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
 
 
 def server_command(store: Store, port: int, host: str) -> list[str]:
