@@ -20,7 +20,7 @@ quickstart: setup
 	.venv/bin/fpr-sweep run sweeps/quickstart.yaml
 
 test: setup
-	$(PYTEST) -n $(WORKERS) --dist loadgroup tests
+	$(PYTEST) -n $(WORKERS) tests
 
 test-fast: setup
 	$(PYTEST) -m "not slow" tests

@@ -14,9 +14,10 @@ marked slow (a file may also mark itself with `pytestmark = pytest.mark.slow`, o
 subprocess, Ray or torch.compile anyway fails with a message naming this file, and every test that
 took more than FAST_TEST_S is listed at the end, so a misfiled test is found at once.
 
-`make test` runs on two pytest-xdist workers (`-n 2 --dist loadgroup`): tests that share the
-session's Ray, and tests that start multi-node clusters, are grouped onto one worker each
-(XDIST_GROUPS).
+`make test` runs on two pytest-xdist workers (`-n 2`), slow tests first. Each worker that gets a
+`ray_session` test starts its own session Ray. (Grouping tests per worker with `--dist loadgroup`
+does nothing with pytest 9.2 and pytest-xdist 3.8: xdist sets a node attribute pytest no longer
+reads.)
 """
 from __future__ import annotations
 
@@ -71,11 +72,6 @@ SLOW_TESTS = {
 }
 """Single slow tests in otherwise fast modules (file::function, parameters left out)."""
 
-XDIST_GROUPS = {"test_multinode": "clusters", "test_launcher": "clusters", "test_cluster_resources": "clusters"}
-"""Modules whose tests one pytest-xdist worker runs one after the other: each starts a Ray cluster
-of several nodes (network namespaces, an autoscaler), too heavy to overlap one another on 2 cores.
-Every test that uses `ray_session` runs on one worker too, so one Ray starts per run."""
-
 FAST_TEST_S = 5.0
 """A fast-tier test slower than this is listed at the end of the run as a candidate for `slow`."""
 
@@ -113,10 +109,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if (path.stem in SLOW_MODULES or name in SLOW_TESTS
                 or SLOW_FIXTURES & set(getattr(item, "fixturenames", ()))):
             item.add_marker(pytest.mark.slow)
-        if "ray_session" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group("ray_session"))
-        elif path.stem in XDIST_GROUPS:
-            item.add_marker(pytest.mark.xdist_group(XDIST_GROUPS[path.stem]))
     # Slow tests first (in their files' order), so the longest start early and the many short
     # in-process tests fill both workers at the end instead of one worker finishing a cluster alone.
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
