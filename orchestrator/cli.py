@@ -327,6 +327,27 @@ def _print_plan(plan: SweepPlan, results_dir: Optional[str], all_path: Optional[
     finished = f"; {len(done)} finished trials in the sweep folder" if done else ""
     console.print(f"{grid_text} x {seeds_text} x {samples} samples = {plan.trial_count} trials{finished}",
                   highlight=False)
+    _print_destinations(spec, results_dir, smoke)
+
+
+def _print_destinations(spec, results_dir: Optional[str], smoke: bool) -> None:
+    """Where a run of this spec writes rows, models and tracking (issue 33): a spec that writes
+    outside the working tree, or to a remote tracker, says so before anything runs."""
+    from orchestrator.store import store_address
+
+    root = Path(os.path.abspath(SweepDir.under(results_dir or spec.results_dir, spec.name, smoke).root))
+    uri = spec.tracking_uri or store_address.default_tracking_uri(root)
+    try:
+        root.relative_to(Path.cwd())
+        where = ""
+    except ValueError:
+        where = "  (outside the working tree)"
+    remote = not uri.startswith(("sqlite:", "file:", "/"))
+    models = f"{root / 'models'}" if spec.keep_models != "none" else "none kept (keep_models: none)"
+    console.print(f"rows:     {root / 'trials'}, {root / 'results.parquet'}{where}\n"
+                  f"models:   {models}\n"
+                  f"tracking: {uri}" + ("  (a remote tracker: params, metrics and models leave this machine)"
+                                        if remote else ""), highlight=False, soft_wrap=True)
 
 
 def _done_statuses(sweep_dir: Path) -> dict[str, str]:
@@ -397,6 +418,7 @@ def validate(spec_path: Path = SPEC_ARG) -> None:
     plan = _load(spec_path)
     console.print(f"{spec_path}: ok ({plan.trial_count} trials, spec hash {plan.spec.spec_hash()})",
                   highlight=False)
+    _print_destinations(plan.spec, None, False)
 
 
 @app.command()

@@ -485,3 +485,19 @@ def test_ui_on_a_busy_port_exits_2_at_once(finished_sweep, tmp_path):
     assert done.returncode == 2, done.stdout + done.stderr
     assert f"port {port} on 127.0.0.1 is already in use" in done.stderr and "http://" not in done.stdout
     assert took < 10, took
+
+
+def test_validate_and_dry_run_name_every_destination(tmp_path):
+    """Issue 33, row "`results_dir: /etc` with a remote `tracking_uri`": `validate` and `run
+    --dry-run` print where rows, models and tracking go, and say when that is outside the working
+    tree or a remote tracker (nothing is contacted or created)."""
+    uri = "http://tracker.example.invalid:5000"
+    path = write_spec(tmp_path, name="dest", results_dir="/etc", tracking_uri=uri,
+                      tasks=[{"name": "prefix_sums", "train_size": 8, "ood_sizes": [16]}])
+    for args in (("validate", str(path)), ("run", str(path), "--dry-run")):
+        done = run_cli(*args, env=plugin_env(), timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "rows:     /etc/dest/trials, /etc/dest/results.parquet  (outside the working tree)" in done.stdout
+        assert "models:   /etc/dest/models" in done.stdout
+        assert f"tracking: {uri}  (a remote tracker" in done.stdout
+    assert not Path("/etc/dest").exists()
