@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterator, Optional
 from mlflow.entities import Dataset, DatasetInput, InputTag, LoggedModelOutput, Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
+from orchestrator.store.mlflow_model import link_run_to_models, save_pyfunc
 from orchestrator.store.space import DiskFull, is_disk_full
 from orchestrator.store.store_address import TrackingError
 from orchestrator.store.spool import PARENT, Sender, Spool, _first_line, operation
@@ -584,18 +585,19 @@ def _apply_weights(sender: Sender, op: dict[str, Any]) -> None:
         model = client.create_logged_model(
             exp_id, name=op["name"], source_run_id=run_id, model_type="fpr_core.LoopedModel",
             params={k: v[:6000] for k, v in flatten_config(op["config"]).items()},
-            tags={"weights": weights_uri, "load_with": "fpr_core.saved_model.load_model(path)"})
-    with tempfile.TemporaryDirectory() as tmp:
-        Path(tmp, "config.json").write_text(json.dumps(op["config"], indent=2, sort_keys=True, default=str))
-        Path(tmp, "WEIGHTS.txt").write_text(f"{weights_uri}\nload: fpr_core.saved_model.load_model(path)\n")
-        client.log_model_artifacts(model.model_id, tmp)
+            tags={"weights": weights_uri, "load_with": "mlflow.pyfunc.load_model('models:/<model_id>')"})
+    with tempfile.TemporaryDirectory() as tmp:  # an MLmodel from code + the weights: docs/mlflow-models.md
+        client.log_model_artifacts(model.model_id, str(save_pyfunc(path, Path(tmp) / "model", op["config"])))
     client.finalize_logged_model(model.model_id, "READY")
     client.log_outputs(run_id, [LoggedModelOutput(model.model_id, int(op["step"]))])
+    link_run_to_models(client, run_id)
 
 
 @operation("end")
 def _apply_end(sender: Sender, op: dict[str, Any]) -> None:
     sender.client.set_terminated(sender.run_id(op), op["status"])
+    if op["trial"] != PARENT:  # the final metrics are in by now: the run's LoggedModel carries them
+        link_run_to_models(sender.client, sender.run_id(op))
 
 
 def convergence_plot(curves: dict[str, list[float]], path: Path, title: str = "") -> None:
