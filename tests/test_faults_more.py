@@ -501,3 +501,36 @@ def test_validate_and_dry_run_name_every_destination(tmp_path):
         assert "models:   /etc/dest/models" in done.stdout
         assert f"tracking: {uri}  (a remote tracker" in done.stdout
     assert not Path("/etc/dest").exists()
+
+
+@pytest.mark.slow
+def test_a_killed_ui_takes_its_server_with_it(finished_sweep, tmp_path):
+    """Issue 33, row "`ui` SIGKILLed": the MLflow server's group goes with it and the port is free."""
+    import socket
+    import urllib.request
+
+    _spec, sweep_dir = copy_sweep(finished_sweep, tmp_path)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ui = subprocess.Popen(cli("ui", str(sweep_dir), "--port", str(port)), stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL, cwd=REPO, env=plugin_env(), start_new_session=True)
+
+    def serving() -> bool:
+        try:
+            return urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).status == 200
+        except OSError:
+            return False
+
+    try:
+        wait_for(serving, 120, "the MLflow server", ui, poll_s=0.5)
+        ui.kill()  # SIGKILL: no handler runs in `ui`
+        ui.wait(timeout=10)
+        wait_for(lambda: not serving(), 20, "the server to stop", poll_s=0.2)
+        time.sleep(1)
+        with socket.socket() as s:  # nothing listens on the port (as uvicorn binds: TIME_WAIT is fine)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("127.0.0.1", port))
+            s.listen()
+    finally:
+        kill_group(ui)

@@ -4,7 +4,9 @@ The store is looked up relative to the sweep folder, never at the absolute path 
 sweep ran, so a copied or moved results folder shows its own data (and a missing store is an
 error: MLflow would silently create an empty one). The server runs in a process group of its own
 with its job workers off; SIGTERM or Ctrl-C stops the whole group, so the port is free again
-within seconds.
+within seconds. A `ui` killed outright (SIGKILL, an OOM kill) takes the server with it: the group
+is led by a small supervisor (``SUPERVISOR``) that has the parent-death signal set and stops its
+group when `ui` goes (the signal itself reaches only a direct child, not uvicorn's workers).
 """
 from __future__ import annotations
 
@@ -112,6 +114,30 @@ def check_port(host: str, port: int) -> None:
             raise UiError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
 
 
+SUPERVISOR = r"""
+import ctypes, os, signal, subprocess, sys, time
+PR_SET_PDEATHSIG = 1
+
+def stop(*_):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    os.killpg(0, signal.SIGTERM)
+    deadline = time.time() + float(sys.argv[2])
+    while child is not None and child.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    os.killpg(0, signal.SIGKILL)
+
+child = None
+signal.signal(signal.SIGTERM, stop)
+ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+if os.getppid() != int(sys.argv[1]):  # `ui` died before the signal was set
+    stop()
+child = subprocess.Popen(sys.argv[3:])
+sys.exit(child.wait())
+"""
+"""Leads the server's process group: SIGTERM (from `ui`, or as the parent-death signal when `ui`
+is killed) stops the whole group, SIGKILL after the grace."""
+
+
 def server_command(store: Store, port: int, host: str) -> list[str]:
     """`mlflow server` for ``store``; one web worker is plenty for browsing a sweep."""
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store.uri,
@@ -125,7 +151,9 @@ def serve(store: Store, port: int, host: str) -> int:
     """Run the MLflow server in the foreground until it exits, SIGTERM or Ctrl-C; returns 0 when
     stopped by a signal, else the server's exit code."""
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no huey job workers
-    server = subprocess.Popen(server_command(store, port, host), env=env, start_new_session=True)
+    supervised = [sys.executable, "-c", SUPERVISOR, str(os.getpid()), str(STOP_GRACE_S),
+                  *server_command(store, port, host)]
+    server = subprocess.Popen(supervised, env=env, start_new_session=True)
     stop_at: list[float] = []
 
     def stop(_signum, _frame) -> None:  # only signals here: Popen.wait holds a lock in the main flow
