@@ -698,8 +698,10 @@ def ui(sweep: str = SWEEP_ARG, results_dir: Optional[str] = RESULTS_OPT,
         mlflow_ui.check_port(host, port)  # a busy port exits 2 at once, not after the server's start
     except mlflow_ui.UiError as e:
         _fail(str(e))
-    console.print(f"MLflow UI for {sweep_dir.name}: http://{host}:{port}  (store {store.uri}; Ctrl-C stops it)",
-                  highlight=False)
+    from orchestrator.store.ui_mode import sweep_experiment_id, training_url
+
+    url = training_url(f"http://{host}:{port}", sweep_experiment_id(store.uri))  # opens in model-training mode
+    console.print(f"MLflow UI for {sweep_dir.name}: {url}  (store {store.uri}; Ctrl-C stops it)", highlight=False)
     raise typer.Exit(mlflow_ui.serve(store, port, host))
 
 
