@@ -21,9 +21,9 @@ from typing import Any
 
 from pydantic import ConfigDict, Field, create_model
 
-from orchestrator.sweep.metrics import scheduler_metrics
+from orchestrator.sweep.metrics import FINAL_LOSS, FINAL_SPLIT_COLUMNS, SPLIT_METRIC_NAMES, scheduler_metrics
 from orchestrator.sweep.sections import SECTIONS, SHORTHAND_SECTION, field_names
-from orchestrator.sweep.spec import SweepSpec
+from orchestrator.sweep.spec import SLUG, SweepSpec
 
 
 def field_docstrings(cls: type) -> dict[str, str]:
@@ -118,4 +118,27 @@ def spec_json_schema() -> dict[str, Any]:
         task[key] = {"$ref": f"#/$defs/{ref}", "description": task[key].get("description", "")}
     defs["SearchSpec"]["properties"]["space"]["propertyNames"] = {"enum": sorted(values)}
     defs["SchedulerSpec"]["properties"]["metric"]["enum"] = scheduler_metrics()
+    _cross_field_rules(schema)
     return schema
+
+
+def _also(node: dict[str, Any], rule: str) -> None:
+    node["description"] = f"{node.get('description', '').rstrip('.')}. {rule}".lstrip(". ")
+
+
+def _cross_field_rules(schema: dict[str, Any]) -> None:
+    """The rules between fields: as patterns where JSON schema can say them, else named in the
+    descriptions (`fpr-sweep validate` checks them all, and reports every one it finds)."""
+    defs, props = schema["$defs"], schema["properties"]
+    props["name"]["pattern"] = f"^{SLUG.pattern}$"
+    names = "|".join(SPLIT_METRIC_NAMES[c] for c in FINAL_SPLIT_COLUMNS)
+    metric = defs["SearchSpec"]["properties"]["metric"]
+    metric["pattern"] = f"^(({names})/(id|ood_[1-9][0-9]*)|{FINAL_LOSS})$"
+    _also(metric, "The split must be one every task evaluates (id, or ood_<size> in every task's ood_sizes)")
+    _also(defs["SearchSpec"]["properties"]["space"], "A field may be a grid axis or a search dimension, not both")
+    _also(defs["TaskEntry"]["properties"]["axes"], "Keys must be axes of the sweep (top-level axes); this "
+                                                   "task's values replace the sweep's")
+    _also(defs["TaskEntry"]["properties"]["overrides"], "A field set here may not also be a grid axis or a search "
+                                                        "dimension")
+    _also(defs["ModelConfig"]["properties"]["dim"], "Must be divisible by model.heads (in base, axes, overrides "
+                                                    "and every combination of them)")

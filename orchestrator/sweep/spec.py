@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from fpr_core.config import ConfigError
 from orchestrator.sweep.metrics import DEFAULT_SCHEDULER_METRIC, DEFAULT_SEARCH_METRIC
@@ -123,26 +123,43 @@ BaseSections = create_model(
     **{name: _section_field(name, cls) for name, cls in SECTIONS.items()})
 
 
-class LogUniform(_Strict):
-    """Log-uniform float in [low, high] (e.g. learning rates)."""
+class _Range(_Strict):
+    """A [low, high] range: an inverted one (low > high) is refused, not sampled from."""
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if self.low > self.high:
+            raise ValueError(f"inverted range: low {self.low} > high {self.high}; expected low <= high")
+        return self
+
+
+class LogUniform(_Range):
+    """Log-uniform float in [low, high] (e.g. learning rates). Needs 0 < low <= high."""
     type: Literal["loguniform"]
-    low: Number = Field(gt=0)
-    high: Number = Field(gt=0)
+    low: Number = Field(gt=0, description="Smallest value, > 0 and <= high.")
+    high: Number = Field(gt=0, description="Largest value, >= low.")
 
 
-class Uniform(_Strict):
-    """Uniform float in [low, high]."""
+class Uniform(_Range):
+    """Uniform float in [low, high]. Needs low <= high."""
     type: Literal["uniform"]
-    low: Number
-    high: Number
+    low: Number = Field(description="Smallest value, <= high.")
+    high: Number = Field(description="Largest value, >= low.")
 
 
-class IntRange(_Strict):
-    """Integer in [low, high] (inclusive), optionally log-scaled."""
+class IntRange(_Range):
+    """Integer in [low, high] (inclusive), optionally log-scaled. Needs low <= high, and low >= 1
+    when log is true."""
     type: Literal["int"]
-    low: int
-    high: int
+    low: int = Field(description="Smallest value, <= high (>= 1 when log is true).")
+    high: int = Field(description="Largest value, >= low.")
     log: bool = False
+
+    @model_validator(mode="after")
+    def _log_positive(self):
+        if self.log and self.low < 1:
+            raise ValueError(f"log-scaled int range needs low >= 1 (got low {self.low})")
+        return self
 
 
 class Categorical(_Strict):
@@ -350,37 +367,66 @@ def _fail(path: Path, where: str, message: str) -> SpecError:
     return SpecError(f"{path}: {where}: {message}")
 
 
+class _Problems:
+    """Every mistake of a spec, collected so that one ``validate`` reports them all."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.lines = path, []
+
+    def check(self, fn: Any, *args: Any) -> bool:
+        """Run one check; a SpecError becomes a line. True when it passed."""
+        try:
+            fn(*args)
+            return True
+        except SpecError as e:
+            self.lines.append(str(e).removeprefix(f"{self.path}: "))
+            return False
+
+    def raise_any(self) -> None:
+        if len(self.lines) == 1:
+            raise SpecError(f"{self.path}: {self.lines[0]}")
+        if self.lines:
+            raise SpecError(f"{self.path}: invalid sweep spec ({len(self.lines)} problems):\n  "
+                            + "\n  ".join(self.lines))
+
+
 def check_fpr_core(spec: SweepSpec, path: Path) -> None:
     """Validate every fpr_core value the spec mentions, one by one, by building fpr_core's own
-    objects (combinations of values are checked when the spec is expanded, in expand.py)."""
+    objects (combinations of values are checked when the spec is expanded, in expand.py). Every
+    mistake is reported, in one SpecError."""
+    problems = _Problems(path)
+    base: Optional[dict] = None
     try:
         base = base_sections(spec.base)
         build_sections(base)
     except (ConfigError, TypeError, ValueError) as e:
-        raise _fail(path, "base", str(e)) from None
-    _check_tasks(spec, path, base)
+        problems.lines.append(f"base: {e}")
+        base = None  # values are checked against a base that builds; with a broken one they wait
+    _check_tasks(spec, path, base, problems)
     claimed: dict[str, str] = {}
     for key, values in spec.axes.items():
         where = f"axes[{key!r}]"
-        _check_key(path, where, key)
         claimed[key] = where
-        for i, value in enumerate(values):
-            _check_value(path, f"{where}[{i}]", base, key, value)
+        if problems.check(_check_key, path, where, key):
+            for i, value in enumerate(values):
+                problems.check(_check_value, path, f"{where}[{i}]", base, key, value)
     if spec.search is not None:
         for key, dist in spec.search.space.items():
             where = f"search.space[{key!r}]"
-            _check_key(path, where, key)
+            if not problems.check(_check_key, path, where, key):
+                continue
             if key in claimed:
-                raise _fail(path, where, f"{key} is also set by {claimed[key]}; a field may be a grid axis "
-                                         "or a search dimension, not both")
+                problems.lines.append(f"{where}: {key} is also set by {claimed[key]}; a field may be a grid "
+                                      "axis or a search dimension, not both")
             claimed[key] = where
             for label, value in _dist_probes(dist):
-                _check_value(path, f"{where}.{label}", base, key, value)
+                problems.check(_check_value, path, f"{where}.{label}", base, key, value)
     for i, task in enumerate(spec.tasks):
         for key in task.overrides:
             if key in claimed:
-                raise _fail(path, f"tasks[{i}].overrides[{key!r}]",
-                            f"{key} is also set by {claimed[key]}; set it in one place only")
+                problems.lines.append(f"tasks[{i}].overrides[{key!r}]: {key} is also set by {claimed[key]}; "
+                                      "set it in one place only")
+    problems.raise_any()
 
 
 def _check_key(path: Path, where: str, key: str) -> None:
@@ -390,7 +436,9 @@ def _check_key(path: Path, where: str, key: str) -> None:
         raise _fail(path, where, str(e)) from None
 
 
-def _check_value(path: Path, where: str, base: dict, key: str, value: Any) -> None:
+def _check_value(path: Path, where: str, base: Optional[dict], key: str, value: Any) -> None:
+    if base is None:  # the base itself is broken (reported): nothing to check the value against
+        return
     try:
         build_sections(apply_overrides(base, {key: value}))
     except (ConfigError, TypeError, ValueError) as e:
@@ -430,28 +478,32 @@ def check_learnable_inputs(spec: SweepSpec, grid: Any, path: Path) -> None:
                                     f"arm {arm!r} (recall none) is refused: {why}")
 
 
-def _check_tasks(spec: SweepSpec, path: Path, base: dict) -> None:
+def _check_tasks(spec: SweepSpec, path: Path, base: Optional[dict], problems: "_Problems") -> None:
     from fpr_core.tasks import TASK_NAMES, get_task
 
     for i, entry in enumerate(spec.tasks):
         where = f"tasks[{i}]"
         if entry.name not in TASK_NAMES:
-            raise _fail(path, f"{where}.name", f"unknown task {entry.name!r}; expected one of {list(TASK_NAMES)}")
-        try:
-            get_task(entry.name, **entry.params)
-        except (TypeError, ValueError) as e:
-            raise _fail(path, f"{where}.params", f"{short_repr(entry.params)} rejected by task {entry.name}: {e}") from None
+            problems.lines.append(f"{where}.name: unknown task {entry.name!r}; expected one of {list(TASK_NAMES)}")
+        else:
+            try:
+                get_task(entry.name, **entry.params)
+            except (TypeError, ValueError) as e:
+                problems.lines.append(f"{where}.params: {short_repr(entry.params)} rejected by task "
+                                      f"{entry.name}: {e}")
         for key, value in entry.overrides.items():
-            _check_key(path, f"{where}.overrides[{key!r}]", key)
-            _check_value(path, f"{where}.overrides[{key!r}]", base, key, value)
+            if problems.check(_check_key, path, f"{where}.overrides[{key!r}]", key):
+                problems.check(_check_value, path, f"{where}.overrides[{key!r}]", base, key, value)
         for key, values in entry.axes.items():
             if key not in spec.axes:
-                raise _fail(path, f"{where}.axes[{key!r}]", f"{key} is not a grid axis of the sweep; "
-                                                            f"expected one of {list(spec.axes)}")
+                problems.lines.append(f"{where}.axes[{key!r}]: {key} is not a grid axis of the sweep; "
+                                      f"expected one of {list(spec.axes)}")
+                continue
             for j, value in enumerate(values):
-                _check_value(path, f"{where}.axes[{key!r}][{j}]", base, key, value)
+                problems.check(_check_value, path, f"{where}.axes[{key!r}][{j}]", base, key, value)
     for i, entry in enumerate(spec.tasks):
         for j, prior in enumerate(spec.tasks[:i]):
             if prior == entry:
-                raise _fail(path, f"tasks[{i}]", f"repeats tasks[{j}] ({entry.name}); expected distinct task entries")
+                problems.lines.append(f"tasks[{i}]: repeats tasks[{j}] ({entry.name}); expected distinct task entries")
+                break
 
