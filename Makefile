@@ -2,7 +2,7 @@
 # .venv on first use (scripts/setup.sh).
 #
 # Test tiers (tests/conftest.py, docs/testing.md):
-#   make test-fast  every in-process test, about 2 min on 2 cores: `pytest -m "not slow"`
+#   make test-fast  every in-process test, on two pytest-xdist workers: `pytest -n 2 -m "not slow"`
 #   make test       everything, as CI runs it (.ci/run), on two pytest-xdist workers
 # A test is `slow` when it starts Ray, runs fpr-sweep (or any Python) in a subprocess, starts a real
 # server (MLflow, sshd) or calls torch.compile; tests/conftest.py marks them (SLOW_MODULES,
@@ -23,7 +23,7 @@ test: setup
 	$(PYTEST) -n $(WORKERS) tests
 
 test-fast: setup
-	$(PYTEST) -m "not slow" tests
+	$(PYTEST) -n $(WORKERS) -m "not slow" tests
 
 bench: setup
 	.venv/bin/pip install --quiet ".[bench]"

@@ -67,6 +67,8 @@ SLOW_TESTS = {
     "test_faults.py::test_unreachable_tracking_server_stops_before_any_trial",   # the CLI in a subprocess
     "test_faults.py::test_two_sweeps_writing_one_results_dir_never_expose_partial_files",  # spawned writers
     "test_lock.py::test_a_live_holder_blocks_and_a_killed_one_is_replaced",      # a Python subprocess
+    "test_lock.py::test_a_driver_whose_lease_expired_is_fenced_off_before_its_next_write",  # the same
+    "test_safe_defaults.py::test_exposing_the_mlflow_ui_warns_first",            # the CLI in a subprocess
     "test_spec.py::test_alias_bomb_is_refused_fast_with_a_bounded_message",      # the CLI in a subprocess
     "test_tasks_common.py::test_numba_kernels_are_cached_in_the_user_cache_dir_not_the_source_tree",
 }
