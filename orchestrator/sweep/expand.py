@@ -25,7 +25,7 @@ from fpr_core.config import ConfigError, TaskSpec, identity_sections, to_dict
 from orchestrator.sweep.metrics import CELL_KEY, SEARCH_KEY
 from orchestrator.sweep.sections import (SECTIONS, apply_overrides, base_sections, build_section, check_dotted,
                                          resolved_sections)
-from orchestrator.sweep.spec import SpecError, SweepSpec, TaskEntry, stable_hash
+from orchestrator.sweep.spec import SpecError, SweepSpec, TaskEntry, dist_probes, stable_hash
 
 SMOKE_BUDGET: dict[str, Any] = {"train.steps": 30, "train.n_train": 256, "train.warmup": 5,
                                 "train.log_every": 10, "train.checkpoint_every": 15,
@@ -350,3 +350,28 @@ def expand(spec: SweepSpec, smoke: bool = False, path: Optional[Path] = None) ->
 def trial_count(spec: SweepSpec, cells: list[Cell]) -> int:
     """Trials the sweep runs: cells x search samples."""
     return len(cells) * (spec.search.num_samples if spec.search else 1)
+
+
+def check_learnable_inputs(spec: SweepSpec, grid: SweepGrid, path: Path) -> None:
+    """Refuse every arm whose input embedding would get no gradient under its estimator
+    (``fpr_core.gradients.input_gradient_refusal``: e.g. no recall with truncated gradients).
+
+    ``grid`` is the expanded SweepGrid: each task's model and grad parts are checked pairwise (every
+    pair occurs in some cell of the product), and with each value a search may sample for them."""
+    from fpr_core.gradients import input_gradient_refusal
+
+    probes: list[dict[str, Any]] = [{}]
+    for key, dist in (spec.search.space.items() if spec.search else ()):
+        if key.split(".", 1)[0] in ("model", "grad"):
+            probes += [{key: value} for _, value in dist_probes(dist)]
+    for t in grid.tasks:
+        for model_part in t.parts["model"].values():
+            for grad_part in t.parts["grad"].values():
+                for probe in probes:
+                    sections = apply_overrides({"model": model_part.values, "grad": grad_part.values}, probe)
+                    why = input_gradient_refusal(build_section("model", sections["model"]),
+                                                 build_section("grad", sections["grad"]))
+                    if why is not None:
+                        arm = variant_label({**model_part.label, **grad_part.label, **probe})
+                        raise SpecError(f"{path}: tasks[{t.index}] ({t.task}): "
+                                        f"arm {arm!r} (recall none) is refused: {why}")

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from orchestrator.sweep.expand import Cell, SweepGrid
+from orchestrator.sweep.expand import Cell, SweepGrid, check_learnable_inputs
 from orchestrator.sweep.layout import sweep_name
 from orchestrator.sweep.metrics import scheduler_metrics, search_metrics
-from orchestrator.sweep.spec import SpecError, SweepSpec, check_learnable_inputs, load_spec
+from orchestrator.sweep.spec import SpecError, SweepSpec, load_spec
 
 
 @dataclass(frozen=True)

@@ -419,7 +419,7 @@ def check_fpr_core(spec: SweepSpec, path: Path) -> None:
                 problems.lines.append(f"{where}: {key} is also set by {claimed[key]}; a field may be a grid "
                                       "axis or a search dimension, not both")
             claimed[key] = where
-            for label, value in _dist_probes(dist):
+            for label, value in dist_probes(dist):
                 problems.check(_check_value, path, f"{where}.{label}", base, key, value)
     for i, task in enumerate(spec.tasks):
         for key in task.overrides:
@@ -445,37 +445,10 @@ def _check_value(path: Path, where: str, base: Optional[dict], key: str, value: 
         raise _fail(path, where, f"bad value {short_repr(value)} for {key}: {e}") from None
 
 
-def _dist_probes(dist: Any) -> list[tuple[str, Any]]:
+def dist_probes(dist: Any) -> list[tuple[str, Any]]:
     if isinstance(dist, Categorical):
         return [(f"values[{i}]", v) for i, v in enumerate(dist.values)]
     return [("low", dist.low), ("high", dist.high)]
-
-
-def check_learnable_inputs(spec: SweepSpec, grid: Any, path: Path) -> None:
-    """Refuse every arm whose input embedding would get no gradient under its estimator
-    (``fpr_core.gradients.input_gradient_refusal``: e.g. no recall with truncated gradients).
-
-    ``grid`` is the expanded SweepGrid: each task's model and grad parts are checked pairwise (every
-    pair occurs in some cell of the product), and with each value a search may sample for them."""
-    from fpr_core.gradients import input_gradient_refusal
-    from orchestrator.sweep.expand import variant_label
-    from orchestrator.sweep.sections import build_section
-
-    probes: list[dict[str, Any]] = [{}]
-    for key, dist in (spec.search.space.items() if spec.search else ()):
-        if key.split(".", 1)[0] in ("model", "grad"):
-            probes += [{key: value} for _, value in _dist_probes(dist)]
-    for t in grid.tasks:
-        for model_part in t.parts["model"].values():
-            for grad_part in t.parts["grad"].values():
-                for probe in probes:
-                    sections = apply_overrides({"model": model_part.values, "grad": grad_part.values}, probe)
-                    why = input_gradient_refusal(build_section("model", sections["model"]),
-                                                 build_section("grad", sections["grad"]))
-                    if why is not None:
-                        arm = variant_label({**model_part.label, **grad_part.label, **probe})
-                        raise _fail(path, f"tasks[{t.index}] ({t.task})",
-                                    f"arm {arm!r} (recall none) is refused: {why}")
 
 
 def _check_tasks(spec: SweepSpec, path: Path, base: Optional[dict], problems: "_Problems") -> None:
