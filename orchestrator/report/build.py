@@ -15,6 +15,7 @@ trials are not ok, which ok trials lack an eval split the other trials of their 
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -27,7 +28,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from orchestrator.report import bootstrap, claims
+from orchestrator.report import bootstrap, claims, regimes
 from orchestrator.report.claims import SUPPORTED, CONTRADICTED, Verdict
 from orchestrator.report.frame import (CAPPED, CONVERGED, CYCLED, STALLED, instance_outcomes, is_ood,
                                       load_results, ordered_variants, outcome_shares, prepare, split_sort_key)
@@ -346,9 +347,19 @@ def analysis_sections(analysis: claims.Analysis) -> list[str]:
     return out + [""]
 
 
+def regime_section(tables: dict[str, list[list[str]]]) -> list[str]:
+    """'Regimes by measured rho' (orchestrator.report.regimes): one table per task."""
+    out = ["## Regimes by measured rho", "", regimes.INTRO, ""]
+    if not tables:
+        return out + ["No trial has a measured rho.", ""]
+    for task, body in tables.items():
+        out += [f"### {task}", "", md_table(regimes.HEADER, body), ""]
+    return out
+
+
 def render_markdown(frame: pd.DataFrame, statuses: pd.DataFrame, missing: list[str], table: pd.DataFrame,
                     figures: dict[str, list[Path]], analysis: claims.Analysis, min_id_acc: float,
-                    notes: list[str] | None = None) -> str:
+                    notes: list[str] | None = None, regime_bodies: dict | None = None) -> str:
     info = provenance(frame)
     counts = statuses["status"].value_counts()
     verdicts = analysis.verdicts
@@ -370,6 +381,7 @@ def render_markdown(frame: pd.DataFrame, statuses: pd.DataFrame, missing: list[s
             + thresholds_text() + ".", ""]
     out += ["## Claims as the papers state them, and the evidence", ""] + claim_sections(verdicts)
     out += analysis_sections(analysis)
+    out += regime_section(regime_bodies or {})
     out += ["## Trials by status", "",
             md_table(["status", "trials"], [[s, str(int(counts.get(s, 0)))] for s in STATUSES]
                      + [[s, str(int(n))] for s, n in counts.items() if s not in STATUSES]
@@ -470,7 +482,13 @@ def build_report(sweep_dir: Path, *, console: Console | None = None, min_id_acc:
     own = own[own["halting"] == claims.TRAINED] if (own["halting"] == claims.TRAINED).any() else own
     figures = {task: plot_task(own, task, sweep_dir) for task in sorted(own["task_label"].unique())}
     analysis = claims.analyse(frame, gate=gate)
-    _write_atomic(report_path, render_markdown(frame, statuses, missing, table, figures, analysis, gate, notes))
+    regime_bodies, regime_estimates = regimes.regime_tables(frame)
+    if regime_estimates:
+        analysis = dataclasses.replace(analysis, estimates=pd.concat(
+            [analysis.estimates, pd.DataFrame.from_records(regime_estimates, columns=list(ESTIMATE_COLUMNS))],
+            ignore_index=True))
+    _write_atomic(report_path, render_markdown(frame, statuses, missing, table, figures, analysis, gate, notes,
+                                               regime_bodies))
     write_estimates(SweepDir(sweep_dir).root / ESTIMATES_FILE, table, analysis)
     print_summary(console, frame, statuses, missing, table, analysis.verdicts)
     console.print(f"report: {report_path}")
