@@ -21,9 +21,9 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-STYLE = {"ok": "green", "failed": "red", "diverged": "yellow", "stopped": "yellow",
+STYLE = {"ok": "green", "failed": "red", "diverged": "yellow", "stopped": "yellow", "timed_out": "red",
          "running": "cyan", "pending": "dim", "retrying": "magenta"}
-FINAL = ("ok", "failed", "diverged", "stopped")
+FINAL = ("ok", "failed", "diverged", "stopped", "timed_out")
 MAX_ROWS = 20
 """Running trials shown in the live table at most (fewer when the terminal is short)."""
 LABEL_WIDTH = 16

@@ -27,6 +27,7 @@ import ray
 from ray import tune
 from ray._private import ray_constants
 from rich.console import Console
+from rich.markup import escape
 
 from orchestrator.console import SweepProgress, quiet_ray_messages
 from orchestrator.run import preflight
@@ -92,8 +93,8 @@ class SweepOutcome:
 
     @property
     def exit_code(self) -> int:
-        """0 when every trial finished without failing and MLflow has everything, else 1."""
-        return 1 if (self.counts.get("failed", 0) or self.unfinished or self.tracking_problem
+        """0 when every trial finished without failing or timing out and MLflow has everything, else 1."""
+        return 1 if (self.counts.get("failed", 0) or self.counts.get("timed_out", 0) or self.unfinished or self.tracking_problem
                      or self.stopped) else 0
 
 
@@ -582,7 +583,7 @@ def _finish(outcome: SweepOutcome, hub: DriverHub, tracker: SweepTracker, stops:
         outcome.stopped = str(e)
         return outcome
     for w in hub.warnings + tracker.warnings:
-        console.print(f"[yellow]{w}[/]", highlight=False)
+        console.print(f"[yellow]{escape(w)}[/]", highlight=False)  # tracebacks hold [brackets]
     if not outcome.unfinished and not outcome.stopped:
         _remove_set_aside(storage)
     return outcome

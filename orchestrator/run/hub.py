@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from ray import tune
 from rich.console import Console
+from rich.markup import escape
 
 from orchestrator.console import SweepProgress
 from orchestrator.store import parquet
@@ -234,7 +235,7 @@ class DriverHub:
                 return
             msg = f"driver: {what} failed: {type(e).__name__}: {e}"
             self.warnings.append(msg + "\n" + traceback.format_exc())
-            self.console.print(f"[yellow]{msg}[/]", highlight=False)
+            self.console.print(f"[yellow]{escape(msg)}[/]", highlight=False)  # the error may hold [brackets]
 
 
     def stop_for_disk(self, error: BaseException) -> None:

@@ -12,6 +12,8 @@ Reports, all through ``tune.report`` (the trial may run on another node than the
     metrics (``acc/<split>``, for Optuna), with a final checkpoint holding the rows, so a restored
     trial that had already finished re-reports its rows instead of training again.
 A diverged trial ends normally with ``diverged`` rows; an exception propagates so Tune retries it.
+An attempt still training after the spec's ``max_trial_minutes`` (config key TIME_LIMIT_KEY) ends
+normally with ``timed_out`` rows (checked every training step; an evaluation that hangs is not cut).
 """
 from __future__ import annotations
 
@@ -21,12 +23,12 @@ import json
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from ray import tune
 
 from orchestrator.store.provenance import hostname, package_versions
-from orchestrator.store.rows import SweepMeta, experiment_rows, residual_curves
+from orchestrator.store.rows import SweepMeta, experiment_rows, placeholder_rows, residual_curves
 from orchestrator.sweep.expand import trial_of_config
 from orchestrator.sweep.metrics import (CURVES_KEY, DATASETS_KEY, FINAL_LOSS, FINAL_SPLIT_COLUMNS, META_KEY, ROWS_KEY,
                                         STATUS_KEY, STEP, split_metric, train_report)
@@ -43,6 +45,32 @@ STATE_FILE = "train_state.pt"
 ROWS_FILE = "rows.json"
 MODEL_FILE = "model.pt"
 """The trial's saved model (fpr_core.saved_model) inside its final checkpoint."""
+TIME_LIMIT_KEY = "max_trial_s"
+"""Config key of the spec's max_trial_minutes, in seconds (absent or None: no limit)."""
+TIMED_OUT = "timed_out"
+
+
+class TrialTimedOut(Exception):
+    """Raised inside the training loop once a trial has run past its time limit."""
+
+
+class Deadline:
+    """``should_stop`` for fpr_core's trainer (checked every step) and a check on every log and
+    checkpoint offer: raises TrialTimedOut once ``limit_s`` has passed since this attempt started."""
+
+    def __init__(self, limit_s: Optional[float], clock=time.monotonic) -> None:
+        self.limit_s, self.clock = limit_s, clock
+        self.started = clock()
+        self.step = 0
+
+    def elapsed(self) -> float:
+        return self.clock() - self.started
+
+    def __call__(self) -> bool:
+        if self.limit_s is not None and self.elapsed() > self.limit_s:
+            raise TrialTimedOut(f"ran longer than max_trial_minutes ({self.limit_s / 60:g} min): ended after "
+                                f"{self.elapsed():.1f} s, at training step {self.step}")
+        return False
 
 def worker_info() -> dict[str, str]:
     import ray
@@ -124,12 +152,18 @@ def fpr_trainable(config: dict[str, Any]) -> None:
             if state_file.exists():
                 resume_state = load_checkpoint(state_file)
 
+    deadline = Deadline(config.get(TIME_LIMIT_KEY))
+
     def on_log(step: int, metrics: dict[str, float]) -> None:
+        deadline.step = step
+        deadline()
         tune.report({STEP: step, **train_report(metrics)})
 
     checkpoint_due = CheckpointGate()
 
     def on_checkpoint(step: int, state: dict[str, Any]) -> None:
+        deadline.step = step
+        deadline()
         if not checkpoint_due():
             return
         with tempfile.TemporaryDirectory() as tmp:
@@ -137,8 +171,14 @@ def fpr_trainable(config: dict[str, Any]) -> None:
             tune.report({STEP: step}, checkpoint=tune.Checkpoint.from_directory(tmp))
 
     cfg = ExperimentConfig.from_dict(trial.experiment_config())
-    result = run_experiment(cfg, on_log=on_log, on_checkpoint=on_checkpoint,
-                            resume_state=resume_state, device="auto")
+    try:
+        result = run_experiment(cfg, on_log=on_log, on_checkpoint=on_checkpoint,
+                                resume_state=resume_state, should_stop=deadline, device="auto")
+    except TrialTimedOut as e:  # ends normally (no retry: it would time out again) with timed_out rows
+        rows = placeholder_rows(trial, meta, TIMED_OUT, str(e),
+                                {"train_seconds": deadline.elapsed(), "train_steps": deadline.step, **worker_info()})
+        _report_final(final_result(rows, {}))
+        return
     rows = experiment_rows(trial, meta, result, worker_info())
     final = final_result(rows, residual_curves(result))
     final[DATASETS_KEY] = _datasets(result, trial.cell.task, trial.cell.task_params)

@@ -9,6 +9,7 @@ from typing import Any, Iterator, Optional
 from ray import tune
 from ray.tune.search import Searcher
 
+from orchestrator.run.trainable import TIME_LIMIT_KEY
 from orchestrator.store.rows import SweepMeta
 from orchestrator.sweep.expand import Cell, SweepGrid
 from orchestrator.sweep.metrics import CELL_KEY, META_KEY, SEARCH_KEY, STEP
@@ -18,9 +19,10 @@ from orchestrator.sweep.spec import SweepSpec
 def param_space(spec: SweepSpec, cell: Optional[Cell], meta: SweepMeta) -> dict[str, Any]:
     """Grid sweeps: the sweep's provenance only (GridFeed adds each cell). Search sweeps: the one
     cell and the search domains."""
+    limit = {TIME_LIMIT_KEY: spec.max_trial_minutes * 60} if spec.max_trial_minutes else {}
     if cell is None:
-        return {META_KEY: meta.as_dict()}
-    return {CELL_KEY: cell.payload(), META_KEY: meta.as_dict(),
+        return {META_KEY: meta.as_dict(), **limit}
+    return {CELL_KEY: cell.payload(), META_KEY: meta.as_dict(), **limit,
             SEARCH_KEY: {k: search_domain(d) for k, d in spec.search.space.items()}}
 
 

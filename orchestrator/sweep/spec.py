@@ -223,6 +223,10 @@ class SweepSpec(_Strict):
     resources: Resources = Field(default_factory=Resources)
     max_failures: int = Field(1, ge=0, description="Retries of a trial that raises, before it counts as failed.")
     max_concurrent: Optional[int] = Field(None, gt=0, description="Max trials running at once (default: as resources allow).")
+    max_trial_minutes: Optional[float] = Field(
+        None, gt=0, allow_inf_nan=False,
+        description="A trial (one attempt) still training after this many minutes is ended as `timed_out`, "
+                    "with its rows and its MLflow run ended; the sweep goes on (default: no limit).")
     max_trials: Optional[int] = Field(None, gt=0, description="Largest number of trials this spec may run; "
                                       "`run` refuses more. Sweeps above 10,000 trials need it (or --yes).")
     tracking_uri: Optional[str] = Field(None, description="MLflow URI (default: sqlite under the sweep's results).")

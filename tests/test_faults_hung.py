@@ -1,0 +1,67 @@
+"""Issue 33, items 8 and 9: hung trials, a lost Ray, and trials too big to fit. Each test runs the
+real component (real Ray, a real SQLite MLflow store, real files and signals; docs/faults.md).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import write_spec
+from test_faults_more import mlflow_children, plugin_env, run_cli
+
+
+# ---------------------------------------------------------------- max_trial_minutes
+
+def test_max_trial_minutes_is_validated_and_off_by_default(tmp_path):
+    from orchestrator.sweep.spec import SpecError, load_spec
+
+    base = {"name": "limit", "tasks": [{"name": "prefix_sums", "train_size": 8, "ood_sizes": [16]}]}
+    assert load_spec(write_spec(tmp_path, **base)).max_trial_minutes is None
+    assert load_spec(write_spec(tmp_path, **base, max_trial_minutes=0.5)).max_trial_minutes == 0.5
+    for bad in (0, -1, "soon"):
+        with pytest.raises(SpecError, match="max_trial_minutes"):
+            load_spec(write_spec(tmp_path, **base, max_trial_minutes=bad))
+
+
+def test_the_deadline_raises_only_past_its_limit():
+    from orchestrator.run.trainable import Deadline, TrialTimedOut
+
+    now = [0.0]
+    off, on = Deadline(None, clock=lambda: now[0]), Deadline(3.0, clock=lambda: now[0])
+    now[0] = 2.9
+    assert on() is False and off() is False
+    now[0] = 3.1
+    assert off() is False
+    with pytest.raises(TrialTimedOut, match="max_trial_minutes"):
+        on()
+
+
+@pytest.mark.slow
+def test_a_trial_past_max_trial_minutes_ends_timed_out_with_its_rows(tmp_path):
+    """Issue 33, 'a trial that never ends': one trial of 10^6 steps beside a 10-step one (the same task at another OOD size), with
+    max_trial_minutes 0.2 (12 s). The long one ends timed_out (rows written, MLflow run ended), the
+    short one finishes ok, and the run exits 1 (a trial has no results) without waiting."""
+    path = write_spec(tmp_path, name="hung", max_failures=0, max_concurrent=2, max_trial_minutes=0.2, tasks=[
+        {"name": "prefix_sums", "train_size": 8, "ood_sizes": [16], "overrides": {"train.steps": 1_000_000}},
+        {"name": "prefix_sums", "train_size": 8, "ood_sizes": [24]}])
+    started = time.time()
+    done = run_cli("run", str(path), env=plugin_env(), timeout=300)
+    took = time.time() - started
+    out = done.stdout + done.stderr
+    assert done.returncode == 1, out
+    sweep_dir = tmp_path / "results" / "hung"
+    table = pd.read_parquet(sweep_dir / "results.parquet")
+    by_trial = table.groupby("trial_id").status.agg(lambda s: ",".join(sorted(set(s)))).sort_values()
+    assert sorted(by_trial) == ["ok", "timed_out"], out
+    timed = table[table.status == "timed_out"]
+    assert timed.error.str.contains("max_trial_minutes").all()
+    assert (timed.train_seconds >= 12).all() and (timed.train_seconds < 60).all(), timed.train_seconds
+    _client, children = mlflow_children(sweep_dir, "hung")
+    runs = {r.data.tags["trial_id"]: r for r in children}
+    assert len(runs) == 2
+    assert {r.info.status for r in runs.values()} == {"FINISHED"}
+    assert {r.data.tags.get("status") for r in runs.values()} == {"timed_out", "ok"}
+    print(f"timed-out run took {took:.1f} s in all")
