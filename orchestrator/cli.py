@@ -12,6 +12,7 @@ import itertools
 import json
 import logging
 import os
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -157,7 +158,8 @@ def run(spec_path: Path = SPEC_ARG,
             return t
 
         try:
-            outcome = run_sweep(plan, opts, tracker_factory, console, fence=lock.check)
+            outcome = run_sweep(plan, opts, tracker_factory, console, fence=lock.check, release=lock.release,
+                                resume_command=shlex.join(["fpr-sweep", *sys.argv[1:]]))
         except (SweepError, store_address.TrackingError) as e:  # refused before its first trial
             refused = e
     finally:

@@ -3,6 +3,7 @@ real component (real Ray, a real SQLite MLflow store, real files and signals; do
 """
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -65,3 +66,58 @@ def test_a_trial_past_max_trial_minutes_ends_timed_out_with_its_rows(tmp_path):
     assert {r.info.status for r in runs.values()} == {"FINISHED"}
     assert {r.data.tags.get("status") for r in runs.values()} == {"timed_out", "ok"}
     print(f"timed-out run took {took:.1f} s in all")
+
+
+# ---------------------------------------------------------------- a lost raylet
+
+@pytest.mark.slow
+def test_a_killed_raylet_ends_the_driver_with_a_resume_hint_and_no_orphans(tmp_path):
+    """Issue 33, 'raylet killed': the driver waited > 100 s while 2 orphaned workers kept training.
+    Now it notices within seconds, kills the rest of its Ray (the workers too) and exits 1 with the
+    command that resumes."""
+    import psutil
+
+    from test_faults_more import cli, kill_group, wait_for
+    import subprocess
+
+    path = write_spec(tmp_path, name="lostray", max_failures=0, max_concurrent=2, seeds=[0, 1], tasks=[
+        {"name": "prefix_sums", "train_size": 8, "ood_sizes": [16], "overrides": {"train.steps": 1_000_000}}])
+    log = tmp_path / "driver.log"
+    with open(log, "w") as out:
+        driver = subprocess.Popen(cli("run", str(path)), stdout=out, stderr=subprocess.STDOUT, env=plugin_env(),
+                                  cwd=Path(__file__).resolve().parent.parent, start_new_session=True)
+        try:
+            def training_workers():
+                try:
+                    kids = psutil.Process(driver.pid).children(recursive=True)
+                    raylet = next(p for p in kids if p.name() == "raylet")
+                    workers = [w for w in raylet.children(recursive=True) if "ImplicitFunc" in " ".join(w.cmdline())]
+                    return (raylet, workers) if len(workers) == 2 else None
+                except (psutil.Error, StopIteration):
+                    return None
+
+            raylet, workers = wait_for(training_workers, 150, "two training workers", driver, log, poll_s=0.5)
+            session = os.getsid(raylet.pid)
+            killed_at = time.time()
+            raylet.kill()
+            rc = driver.wait(timeout=60)
+            took = time.time() - killed_at
+        finally:
+            kill_group(driver)
+    text = log.read_text()
+    assert rc == 1, text
+    assert took < 45, (took, text)
+    assert "raylet died" in text and "resume with: fpr-sweep run" in text, text
+    time.sleep(1)
+    alive = [w.pid for w in workers if w.is_running() and w.status() != psutil.STATUS_ZOMBIE]
+    assert alive == [], text
+    left = []
+    for p in psutil.process_iter(["pid"]):
+        try:
+            if os.getsid(p.info["pid"]) == session and p.status() != psutil.STATUS_ZOMBIE:
+                left.append(p.info["pid"])
+        except (OSError, psutil.Error):
+            pass
+    assert left == [], text
+    assert not (tmp_path / "results" / "lostray" / "driver.lock").exists()
+    print(f"driver exited {took:.1f} s after the raylet was killed")

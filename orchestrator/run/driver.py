@@ -173,6 +173,100 @@ def exit_fenced(message: str) -> None:
     os._exit(1)
 
 
+RAY_WATCH_S = 1.0
+"""How often the driver checks that its local Ray's raylet and GCS are still running."""
+
+
+def _local_ray_processes() -> dict[str, list[Any]]:
+    """The processes of the local Ray this driver started, by type ({} when it joined a cluster)."""
+    node = getattr(ray._private.worker, "_global_node", None)
+    if node is None or not getattr(node, "head", False):
+        return {}
+    return {kind: [i.process for i in infos] for kind, infos in getattr(node, "all_processes", {}).items()}
+
+
+def lost_ray_process() -> Optional[str]:
+    """'raylet' or 'GCS' when that process of the local Ray has exited, else None."""
+    procs = _local_ray_processes()
+    for kind, name in ((ray_constants.PROCESS_TYPE_RAYLET, "raylet"), (ray_constants.PROCESS_TYPE_GCS_SERVER, "GCS")):
+        if any(p.poll() is not None for p in procs.get(kind, [])):
+            return name
+    return None
+
+
+def kill_local_ray() -> int:
+    """Kill every process of the local Ray this driver started: its own processes, and everything in
+    the sessions they lead (each starts in a session of its own, see ray_processes_in_own_session;
+    the workers are the raylet's children and share its session, and a lost raylet leaves them
+    orphaned, still training). Returns how many processes were killed."""
+    import psutil
+
+    procs = [p for infos in _local_ray_processes().values() for p in infos]
+    sessions = {p.pid for p in procs}
+    killed = 0
+    for p in procs:
+        if p.poll() is None:
+            try:
+                p.kill()
+                killed += 1
+            except OSError:
+                pass
+    me = os.getpid()
+    for proc in psutil.process_iter(["pid"]):
+        pid = proc.info["pid"]
+        if pid == me or pid in sessions:
+            continue
+        try:
+            if os.getsid(pid) in sessions:
+                os.kill(pid, 9)
+                killed += 1
+        except OSError:  # gone meanwhile, or not ours to see
+            pass
+    return killed
+
+
+class RayWatch:
+    """A thread that notices within seconds that the local Ray's raylet or GCS died (killed, OOM):
+    Tune would otherwise wait on it for minutes while the raylet's orphaned workers keep training.
+    ``on_lost(what)`` runs on the thread; it is expected not to return (it exits the process)."""
+
+    def __init__(self, on_lost: Callable[[str], None], every_s: float = RAY_WATCH_S) -> None:
+        import threading
+
+        self.on_lost, self.every_s = on_lost, every_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="fpr-ray-watch", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            what = lost_ray_process()
+            if what is not None:
+                self.on_lost(what)
+                return
+
+    def __enter__(self) -> "RayWatch":
+        if _local_ray_processes():  # a joined cluster's processes are not this driver's to watch
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+
+
+def exit_ray_lost(what: str, command: str, cleanup: Callable[[], None]) -> None:
+    """The local Ray lost its ``what``: stop the rest of it (its workers included), run ``cleanup``
+    (release the lock, remove live.json) and exit 1 at once with the command that resumes."""
+    killed = kill_local_ray()
+    try:
+        cleanup()
+    except Exception:  # exiting anyway: the lock's holder is dead, so the next run may take it
+        pass
+    sys.stderr.write(f"error: the local Ray's {what} died (killed, or out of memory); stopped the rest of Ray "
+                     f"({killed} processes). Finished trials keep their rows; resume with: {command}\n")
+    sys.stderr.flush()
+    os._exit(1)
+
+
 @contextmanager
 def ray_processes_in_own_session() -> Iterator[None]:
     """Start a local Ray's processes (GCS, raylet, monitor, ...; workers are the raylet's children)
@@ -464,9 +558,11 @@ def _abandon(opening) -> None:
 
 
 def run_sweep(plan: SweepPlan, opts: RunOptions, tracker_factory, console: Console,
-              fence: Optional[Callable[[], None]] = None) -> SweepOutcome:
+              fence: Optional[Callable[[], None]] = None, release: Optional[Callable[[], None]] = None,
+              resume_command: str = "the same fpr-sweep run command") -> SweepOutcome:
     """Run (or resume) the planned sweep; ``tracker_factory(sweep_dir, meta)`` opens its SweepTracker.
-    ``fence``: the sweep lock's check (raises LockLost once another driver took the sweep over)."""
+    ``fence``: the sweep lock's check (raises LockLost once another driver took the sweep over).
+    ``release``: releases the sweep's lock, when a lost local Ray ends the driver at once (RayWatch)."""
     from orchestrator.store.provenance import git_commit
 
     quiet_tune()
@@ -504,8 +600,16 @@ def run_sweep(plan: SweepPlan, opts: RunOptions, tracker_factory, console: Conso
         hub = DriverHub(sweep_dir, meta, tracker, progress, console, done_before=skip, stops=stops, fence=fence)
         hubs.activate(hub)
         progress.start()
+
+        def cleanup() -> None:
+            progress.stop()
+            hub.live.close()
+            if release is not None:
+                release()
+
         try:
-            outcome.unfinished = _run_studies(plan, studies, storage, meta, opts, skip, hub, console)
+            with RayWatch(lambda what: exit_ray_lost(what, resume_command, cleanup)):
+                outcome.unfinished = _run_studies(plan, studies, storage, meta, opts, skip, hub, console)
         finally:
             progress.stop()
             if hub.lock_lost is None:  # live.json is the new holder's now
