@@ -20,6 +20,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from orchestrator.sweep.layout import DEFAULT_RESULTS_DIR, SweepDir
@@ -415,12 +416,51 @@ def _cell(row: Optional[dict]) -> str:
 
 
 @app.command()
-def validate(spec_path: Path = SPEC_ARG) -> None:
-    """Check a spec (shape, every fpr_core value, every trial config) without running anything."""
+def validate(spec_path: Path = SPEC_ARG,
+             yes: bool = typer.Option(False, "--yes", help="Pass a spec whose trials are estimated not to fit "
+                                                           "in this machine's memory.")) -> None:
+    """Check a spec (shape, every fpr_core value, every trial config, each trial's memory) without
+    running anything."""
     plan = _load(spec_path)
+    _check_memory(plan, yes)
     console.print(f"{spec_path}: ok ({plan.trial_count} trials, spec hash {plan.spec.spec_hash()})",
                   highlight=False)
     _print_destinations(plan.spec, None, False)
+
+
+MEMORY_CHECKED_TRIALS = 10_000
+"""validate estimates the memory of at most this many trials (the grid's first ones)."""
+
+
+def _check_memory(plan: SweepPlan, yes: bool) -> None:
+    """Refuse (exit 2) a spec whose largest trial is estimated not to fit in this machine's memory
+    (run/memory.py), printing the estimate; ``--yes`` passes it with a warning."""
+    from fpr_core.config import ExperimentConfig
+    from orchestrator.run import memory
+    from orchestrator.sweep.expand import resolve
+
+    worst = None
+    for cell in itertools.islice(plan.cells(), MEMORY_CHECKED_TRIALS):
+        trial = resolve(cell)
+        est = memory.estimate(ExperimentConfig.from_dict(trial.experiment_config()))
+        if worst is None or est.total > worst[1].total:
+            worst = (trial, est)
+    if worst is None:
+        return
+    have, source = memory.local_memory()
+    if plan.spec.resources.gpu > 0 and have < memory.LARGEST_GPU:  # its trials run on GPU nodes, not here
+        have, source = memory.LARGEST_GPU, "the largest GPU's memory"
+    trial, est = worst
+    if est.total <= memory.FIT_FRACTION * have:
+        return
+    c = trial.cell
+    message = (f"trial {trial.trial_id} ({c.task} {c.variant} seed {c.seed}) needs an estimated {est.describe()}, "
+               f"more than {memory.FIT_FRACTION:.0%} of {source} ({memory.gib(have)}); shrink model.dim, the batch "
+               "sizes, solver.train_cap or the largest ood size, or pass --yes to validate it anyway.")
+    if yes:
+        err_console.print(f"[yellow]warning: {escape(message)}[/]", highlight=False)
+        return
+    _fail(message)
 
 
 @app.command()

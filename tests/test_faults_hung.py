@@ -121,3 +121,47 @@ def test_a_killed_raylet_ends_the_driver_with_a_resume_hint_and_no_orphans(tmp_p
     assert left == [], text
     assert not (tmp_path / "results" / "lostray" / "driver.lock").exists()
     print(f"driver exited {took:.1f} s after the raylet was killed")
+
+
+# ---------------------------------------------------------------- memory guard
+
+@pytest.mark.parametrize("change", [{"model": {"dim": 1_000_000, "heads": 2}},
+                                    {"model": {"dim": 256, "heads": 4}, "ood_sizes": [1_000_000]}],
+                         ids=["dim-1e6", "eval-size-1e6"])
+def test_validate_refuses_a_trial_that_cannot_fit_in_memory(tmp_path, change):
+    """Issue 33, 'a spec with dim 10^6 ... eval size 10^6': validate said ok, and the trial was
+    OOM-killed. Now validate prints the estimate and exits 2; --yes passes it with a warning."""
+    from typer.testing import CliRunner
+
+    from conftest import TINY_BASE
+    from orchestrator.cli import app
+
+    task = {"name": "prefix_sums", "train_size": 8, "ood_sizes": change.get("ood_sizes", [16])}
+    base = {**TINY_BASE, "model": change["model"], "eval": {**TINY_BASE["eval"], "n_eval": 256}}
+    path = write_spec(tmp_path, name="huge", base=base, tasks=[task])
+    runner = CliRunner()
+    refused = runner.invoke(app, ["validate", str(path)])
+    assert refused.exit_code == 2, refused.output
+    text = " ".join(refused.output.split())
+    assert "needs an estimated" in text and "GiB" in text and "--yes" in text, text
+    passed = runner.invoke(app, ["validate", str(path), "--yes"])
+    assert passed.exit_code == 0, passed.output
+    assert "warning" in passed.output and "ok (1 trials" in passed.output
+    print(text)
+
+
+def test_validate_passes_a_tiny_spec_and_the_estimate_counts_adamw_state(tmp_path):
+    from typer.testing import CliRunner
+
+    from fpr_core.config import ExperimentConfig
+    from orchestrator.cli import app
+    from orchestrator.run import memory
+    from orchestrator.sweep.expand import resolve
+    from orchestrator.sweep.plan import plan_sweep
+
+    path = write_spec(tmp_path, name="tiny", tasks=[{"name": "prefix_sums", "train_size": 8, "ood_sizes": [16]}])
+    assert CliRunner().invoke(app, ["validate", str(path)]).exit_code == 0
+    cfg = ExperimentConfig.from_dict(resolve(next(iter(plan_sweep(path, False).cells()))).experiment_config())
+    est = memory.estimate(cfg)
+    assert est.weights_bytes == est.params * 4 * 4  # weights, gradients, AdamW's two moments (no EMA)
+    assert est.total < 2**30
