@@ -8,6 +8,7 @@ import os
 import pickle
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -83,3 +84,19 @@ def test_planted_payload_runs_on_neither_status_nor_run(tmp_path):
     assert "is not restored" in done.stdout and "no signature of yours" in done.stdout
     assert len(pd.read_parquet(sweep_dir / "results.parquet")) == 2
     assert not list((sweep_dir / "tune").glob("*.unreadable-*"))  # set aside, removed once the run completed
+
+
+@pytest.mark.slow  # Python subprocesses
+def test_processes_racing_to_create_the_key_all_read_the_same_whole_key(tmp_path):
+    key = tmp_path / "cfg" / "state.key"
+    code = ("import sys, time; from orchestrator.run import trust; t = float(sys.argv[1]);"
+            "time.sleep(max(0.0, t - time.time())); print(trust._key().hex())")
+    start = time.time() + 3.0
+    env = {**os.environ, "FPR_SWEEP_STATE_KEY": str(key)}
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(start)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(8)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err for _, err in outs]
+    keys = {out.strip() for out, _ in outs}
+    assert len(keys) == 1 and len(bytes.fromhex(keys.pop())) == 32
+    assert sorted(q.name for q in key.parent.iterdir()) == ["state.key"]  # no private temp file left

@@ -33,14 +33,27 @@ def key_path() -> Path:
 
 
 def _key() -> bytes:
+    """This user's signing key, created on first use. The key is written whole under a private name
+    and hard-linked into place, so a process that races this one reads a complete key, never an
+    empty file, and both end with the same key (the first link wins)."""
     path = key_path()
     try:
         return path.read_bytes()
     except FileNotFoundError:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(secrets.token_bytes(32))
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(secrets.token_bytes(32))
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                pass  # another process created it first: use theirs
+        finally:
+            tmp.unlink(missing_ok=True)
         return path.read_bytes()
 
 
