@@ -129,12 +129,23 @@ def run(spec_path: Path = SPEC_ARG,
 
     new_dir = _first_missing(sweep_dir)
     refused = None
-    sweep_dir.mkdir(parents=True, exist_ok=True)
+    from orchestrator.store.space import DiskFull, failed_path, is_disk_full
+
+    def refuse_disk_full(e: BaseException) -> None:  # before any trial: leave no folder behind
+        if new_dir is not None:
+            shutil.rmtree(new_dir, ignore_errors=True)
+        _fail(str(e if isinstance(e, DiskFull) else DiskFull(failed_path(e, sweep_dir), 0)))
+
     lock = SweepLock(sweep_dir, force=force, on_lost=lambda _holder: exit_fenced(lock.lost_message()))
     try:
+        sweep_dir.mkdir(parents=True, exist_ok=True)
         lock.acquire()
     except LockHeld as e:
         _fail(str(e))
+    except OSError as e:
+        if not is_disk_full(e):
+            raise
+        refuse_disk_full(e)
     try:
         if lock.took_over is not None:
             err_console.print(f"[yellow]took over the lock of {lock.took_over.describe()}[/]", highlight=False)
@@ -143,7 +154,13 @@ def run(spec_path: Path = SPEC_ARG,
             _check_pooling(spec, sweep_dir, extend, extended_from)
         except record.SpecChanged as e:
             _fail(str(e))
-        info = record.write_record(sweep_dir, spec, plan.path.read_text(), plan.path, uri, smoke, extended_from)
+        try:
+            info = record.write_record(sweep_dir, spec, plan.path.read_text(), plan.path, uri, smoke, extended_from)
+        except OSError as e:
+            if not is_disk_full(e):
+                raise
+            lock.release()
+            refuse_disk_full(e)
 
         def tracker_factory(directory: Path, meta):  # runs in a thread while Ray starts: mlflow loads there
             from orchestrator.store import tracking

@@ -165,3 +165,45 @@ def test_validate_passes_a_tiny_spec_and_the_estimate_counts_adamw_state(tmp_pat
     est = memory.estimate(cfg)
     assert est.weights_bytes == est.params * 4 * 4  # weights, gradients, AdamW's two moments (no EMA)
     assert est.total < 2**30
+
+
+# ---------------------------------------------------------------- disk full at start
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A real 1 MB tmpfs, filled (skipped where tmpfs cannot be mounted)."""
+    import subprocess
+
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        with open(mount / "filler", "wb") as f:
+            try:
+                while True:
+                    f.write(b"\0" * 65536)
+            except OSError:
+                pass
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["results", "ray-temp"])
+def test_a_run_starting_on_a_full_disk_says_disk_full_and_leaves_no_folder(tmp_path, full_disk, where):
+    """Issue 33, 'disk full at start' (a traceback) and 'Ray's temp dir on a full file system' (a
+    103-line traceback that never said so, and a folder left): exit 2 with 'disk full', nothing left."""
+    results = full_disk / "results" if where == "results" else tmp_path / "results"
+    path = write_spec(tmp_path, name="full", results_dir=str(results),
+                      tasks=[{"name": "prefix_sums", "train_size": 8, "ood_sizes": [16]}])
+    env = plugin_env(**({"RAY_TMPDIR": str(full_disk)} if where == "ray-temp" else {}))
+    done = run_cli("run", str(path), env=env, timeout=120)
+    out = done.stdout + done.stderr
+    assert done.returncode == 2, out
+    assert "disk full" in out and "Traceback" not in out, out
+    assert not results.exists(), sorted(p.name for p in results.rglob("*"))
+    assert sorted(p.name for p in full_disk.iterdir()) == ["filler"]
+    print(out.strip().splitlines()[-1])

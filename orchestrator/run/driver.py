@@ -147,6 +147,7 @@ def ensure_ray(address: Optional[str], console: Console) -> Optional[float]:
                              "check the address, and for a token-authenticated cluster set RAY_AUTH_MODE=token "
                              "with its token in ~/.ray/auth_token or $RAY_AUTH_TOKEN.") from None
     else:
+        check_ray_temp_dir()
         with ray_processes_in_own_session():
             ray.init(address="local", num_cpus=os.cpu_count(), **common)
     seconds = time.perf_counter() - started
@@ -154,6 +155,27 @@ def ensure_ray(address: Optional[str], console: Console) -> Optional[float]:
                   f"({ray.cluster_resources().get('CPU', 0):g} CPUs, {ray.cluster_resources().get('GPU', 0):g} GPUs)",
                   highlight=False)
     return seconds
+
+
+RAY_TEMP_MIN_BYTES = 100 << 20
+"""A local Ray writes its session (sockets, logs, the object store's spill files) under its temp
+dir: with less free than this it fails to start with a long traceback that never says why."""
+
+
+def check_ray_temp_dir() -> None:
+    """Refuse to start a local Ray on a full temp dir (SweepError saying 'disk full')."""
+    from orchestrator.store.space import free_bytes
+
+    try:
+        from ray._common.utils import get_default_ray_temp_dir  # Ray 2.60: RAY_TMPDIR, TMPDIR or /tmp, + /ray
+        temp = Path(get_default_ray_temp_dir())
+    except ImportError:
+        temp = Path(os.environ.get("RAY_TMPDIR") or os.environ.get("TMPDIR") or "/tmp") / "ray"
+    free = free_bytes(temp)
+    if free < RAY_TEMP_MIN_BYTES:
+        raise SweepError(f"disk full: Ray's temp dir {temp} has {free / (1 << 20):.1f} MB free; a local Ray needs at "
+                         f"least {RAY_TEMP_MIN_BYTES >> 20} MB there. Free space on that file system, or point "
+                         "RAY_TMPDIR at another one, then run the same command again.")
 
 
 def exit_fenced(message: str) -> None:
@@ -591,7 +613,12 @@ def run_sweep(plan: SweepPlan, opts: RunOptions, tracker_factory, console: Conso
         except SweepError:
             _abandon(opening)
             raise
-        tracker = opening.result()
+        try:
+            tracker = opening.result()
+        except Exception as e:  # e.g. a new MLflow store on a full disk: refused before any trial
+            if not is_disk_full(e):
+                raise
+            raise SweepError(str(DiskFull(sweep_dir, 0))) from None
     if first is not None:
         drop_disk_full_logs()
     storage = SweepDir(sweep_dir).tune_storage(opts.storage)
