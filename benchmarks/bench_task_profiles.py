@@ -1,4 +1,4 @@
-"""Train and evaluate a task family's CPU profile on several seeds; report what the README tables show.
+"""Train and evaluate a task family's CPU profile on several seeds; report what the tables in docs/study.md show.
 
 Reads a task entry of a sweep spec (default sweeps/cpu_profiles.yaml), builds each seed's trial
 config exactly as the orchestrator would (spec expansion: base, task overrides, grid cell), and runs

@@ -8,7 +8,7 @@ the orchestrator expands them) trained for a short budget on one thread, then sc
 baseline to 1. Chance is what a constant predictor scores under the task's own output rule: logits
 that favour the split's most frequent target class everywhere, read by ``task.decode`` (the majority
 share for argmax tasks; chess decodes exactly one from- and one to-square, about 0.94). The full
-budgets and the exact accuracies they reach are in the README.
+budgets and the exact accuracies they reach are in docs/study.md.
 """
 import dataclasses
 from pathlib import Path
