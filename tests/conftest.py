@@ -7,7 +7,7 @@ The tiers (docs/testing.md):
 
 A test is `slow` when it leaves the process or waits on real services: it starts Ray, runs
 `fpr-sweep` (or any Python) in a subprocess, starts a real server (MLflow, sshd) or calls
-`torch.compile`. The marking lives here rather than in each file: every test that uses a fixture
+`torch.compile`; or when it trains or solves in-process for many seconds (LONG_IN_PROCESS). The marking lives here rather than in each file: every test that uses a fixture
 in SLOW_FIXTURES, every test of a module in SLOW_MODULES and every test named in SLOW_TESTS is
 marked slow (a file may also mark itself with `pytestmark = pytest.mark.slow`, or a test with
 `@pytest.mark.slow`). A new file is fast by default. In the fast tier a test that starts a Python
@@ -74,6 +74,43 @@ SLOW_TESTS = {
 }
 """Single slow tests in otherwise fast modules (file::function, parameters left out)."""
 
+LONG_IN_PROCESS = {
+    "test_board_coordinates.py::test_experiment_trains_sudoku_with_board_coordinates",
+    "test_corrupt_files.py::test_garbage_results_table_is_rebuilt_and_report_works_from_trial_files",
+    "test_diagnostics.py::test_implicit_derivative_is_exactly_zero_without_recall",
+    "test_diagnostics.py::test_probe_restores_training_mode",
+    "test_experiment.py::test_run_experiment_end_to_end",
+    "test_faithful.py::test_per_map_spectral_compounds_below_sigma",
+    "test_faithful.py::test_spectral_sets_the_gain_of_the_step_at_init",
+    "test_faithful.py::test_spectral_step_trains_on_sequences_and_grids_and_runs_larger",
+    "test_faithful.py::test_unreachable_spectral_target_names_the_range",
+    "test_gradients.py::test_implicit_and_phantom_match_bptt_at_the_fixed_point",
+    "test_gradients.py::test_implicit_gradient_matches_finite_differences",
+    "test_mlflow_model.py::test_tracker_logs_a_pyfunc_model_with_metrics_and_datasets",
+    "test_report.py::test_claim_3_uses_only_splits_with_verified_fixed_points_in_both_arms",
+    "test_report.py::test_competence_gate_is_settable",
+    "test_report.py::test_every_claim_supported_by_data_that_supports_it",
+    "test_report.py::test_iterations_falling_with_difficulty_contradicts_claim_5",
+    "test_report.py::test_report_files_and_partial_sweep",
+    "test_report.py::test_standard_beating_internal_on_sudoku_contradicts_claim_4",
+    "test_report.py::test_swapping_recall_and_no_recall_accuracy_contradicts_claim_1",
+    "test_report.py::test_undertrained_recall_arms_give_undertrained_not_a_verdict",
+    "test_report.py::test_unstable_recall_norm_contradicts_claim_2_and_input_dependent_none_claim_3",
+    "test_saved_model.py::test_final_and_ema_weights_both_kept",
+    "test_saved_model.py::test_saved_model_reproduces_recorded_metrics",
+    "test_solver.py::test_contractive_model_reaches_a_fixed_point",
+    "test_solver.py::test_each_sample_matches_running_it_alone",
+    "test_solver.py::test_undamped_solve_is_plain_iteration_bit_for_bit_until_eta_decays",
+    "test_spectral_constraint.py::test_every_step_hold_keeps_the_step_gain_within_ten_percent_after_200_steps",
+    "test_train.py::test_checkpoint_resume_is_exact",
+    "test_train.py::test_loss_decreases_and_logs",
+    "test_train.py::test_same_seed_same_loss_history",
+    "test_training_pieces.py::test_training_piece_runs",
+}
+"""In-process tests that train, solve or bootstrap for many seconds (each over FAST_TEST_S in a
+`make test-fast` run on 2 shared cores): slow, so the fast tier stays near 2 minutes. They still
+run in `make test` and CI."""
+
 FAST_TEST_S = 5.0
 """A fast-tier test slower than this is listed at the end of the run as a candidate for `slow`."""
 
@@ -108,7 +145,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         path = Path(str(item.fspath))
         name = f"{path.name}::{getattr(item, 'originalname', item.name)}"
-        if (path.stem in SLOW_MODULES or name in SLOW_TESTS
+        if (path.stem in SLOW_MODULES or name in SLOW_TESTS or name in LONG_IN_PROCESS
                 or SLOW_FIXTURES & set(getattr(item, "fixturenames", ()))):
             item.add_marker(pytest.mark.slow)
     # Slow tests first (in their files' order), so the longest start early and the many short
