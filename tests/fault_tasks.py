@@ -31,7 +31,29 @@ def attempts(counter: str | Path) -> int:
     return len(path.read_text().splitlines()) if path.exists() else 0
 
 
-class FlakyParity(PrefixSums):
+class CountsAttempts:
+    """Mixin for a task a test counts the attempts of: each attempt builds a fresh task object, which
+    appends one line to the file ``params['counter']`` on its first ``attempt()`` call. Call
+    ``count_attempts()`` from ``__init__``; the instance-unique ``version`` keeps the disk cache from
+    skipping ``generate`` on a retry. (Not a Task itself, so the plugin loader registers only the
+    tasks that use it.)"""
+
+    params: dict
+
+    def count_attempts(self) -> None:
+        self.version = uuid.uuid4().hex  # never served from the disk cache: every attempt generates
+        self._counted = False
+
+    def attempt(self) -> int:
+        """This attempt's number (1 for the first), counting it on the first call."""
+        if not self._counted:
+            self._counted = True
+            with open(self.params["counter"], "a") as f:
+                f.write(f"{os.getpid()}\n")
+        return attempts(self.params["counter"])
+
+
+class FlakyParity(CountsAttempts, PrefixSums):
     """Prefix sums that fail on purpose: params ``counter`` (file path) and ``fail_attempts``."""
 
     name = "flaky_parity"
@@ -39,15 +61,10 @@ class FlakyParity(PrefixSums):
     def __init__(self, counter: str, fail_attempts: int = 0) -> None:
         super().__init__()
         self.params = {"counter": counter, "fail_attempts": fail_attempts}
-        self.version = uuid.uuid4().hex  # never served from the disk cache: every attempt generates
-        self._counted = False
+        self.count_attempts()
 
     def generate(self, n: int, size: int, seed: int) -> TaskData:
-        if not self._counted:
-            self._counted = True
-            with open(self.params["counter"], "a") as f:
-                f.write(f"{os.getpid()}\n")
-        attempt = attempts(self.params["counter"])
+        attempt = self.attempt()
         fail = self.params["fail_attempts"]
         if fail < 0 or attempt <= fail:
             raise InjectedFault(f"injected fault on attempt {attempt}")

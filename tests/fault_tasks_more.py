@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import os
 import time
-import uuid
 
 from fpr_core.tasks.base import TaskData
 from fpr_core.tasks.prefix_sums import PrefixSums
 
-from fault_tasks import InjectedFault, attempts
+from fault_tasks import CountsAttempts, InjectedFault
 
 
-class RetryFails(PrefixSums):
+class RetryFails(CountsAttempts, PrefixSums):
     """Params ``counter`` (one line per attempt) and ``hold`` (stall while it exists)."""
 
     name = "retry_fails"
@@ -26,15 +25,10 @@ class RetryFails(PrefixSums):
     def __init__(self, counter: str, hold: str) -> None:
         super().__init__()
         self.params = {"counter": counter, "hold": hold}
-        self.version = uuid.uuid4().hex  # never served from the disk cache
-        self._counted = False
+        self.count_attempts()
 
     def generate(self, n: int, size: int, seed: int) -> TaskData:
-        if not self._counted:
-            self._counted = True
-            with open(self.params["counter"], "a") as f:
-                f.write(f"{os.getpid()}\n")
-        attempt = attempts(self.params["counter"])
+        attempt = self.attempt()
         if attempt >= 2:
             raise InjectedFault(f"injected fault on retry attempt {attempt}")
         return super().generate(n, size, seed)

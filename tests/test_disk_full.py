@@ -8,13 +8,13 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from conftest import TINY_BASE, write_spec
+from tmpfs import fill, mounted_tmpfs
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
@@ -25,27 +25,9 @@ ENV = {**os.environ, "RAY_ADDRESS": "", "FPR_TASK_PLUGINS": "fault_tasks", "FPR_
 
 @pytest.fixture
 def small_disk(tmp_path):
-    """A 64 MB tmpfs (root only: mounting needs CAP_SYS_ADMIN)."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
-def _fill(directory: Path) -> Path:
-    """Write until the file system is full; returns the filler file."""
-    filler = directory / f"filler-{uuid.uuid4().hex[:6]}"
-    with open(filler, "wb") as f:
-        try:
-            while True:
-                f.write(b"\0" * (1 << 20))
-                f.flush()
-        except OSError:
-            pass
-    return filler
+    """A 64 MB tmpfs."""
+    with mounted_tmpfs(tmp_path / "disk", "64m") as mount:
+        yield mount
 
 
 @pytest.mark.xfail(strict=False, reason=(
@@ -70,7 +52,7 @@ def test_disk_full_stops_with_one_message_and_the_next_run_resumes(tmp_path, sma
             assert driver.poll() is None and time.time() < deadline, log_path.read_text()[-2000:]
             time.sleep(0.2)
         time.sleep(3)  # the held trial is training
-        filler = _fill(small_disk)
+        filler = fill(small_disk)
         hold.unlink()
         assert driver.wait(timeout=300) == 1
     finally:

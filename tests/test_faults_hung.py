@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from conftest import write_spec
+from tmpfs import fill, mounted_tmpfs
 from test_faults_more import mlflow_children, plugin_env, run_cli
 
 
@@ -172,23 +173,9 @@ def test_validate_passes_a_tiny_spec_and_the_estimate_counts_adamw_state(tmp_pat
 @pytest.fixture
 def full_disk(tmp_path):
     """A real 1 MB tmpfs, filled (skipped where tmpfs cannot be mounted)."""
-    import subprocess
-
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    try:
-        with open(mount / "filler", "wb") as f:
-            try:
-                while True:
-                    f.write(b"\0" * 65536)
-            except OSError:
-                pass
+    with mounted_tmpfs(tmp_path / "disk", "1m") as mount:
+        fill(mount)
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
 
 
 @pytest.mark.slow

@@ -16,6 +16,7 @@ import pytest
 
 from orchestrator.sweep.layout import SweepDir
 from orchestrator.sweep.lock import LockHeld, SweepLock, read_holder
+from tmpfs import fill, mounted_tmpfs
 
 REPO = Path(__file__).resolve().parent.parent
 HOLD = ("import sys, time; from orchestrator.sweep.lock import SweepLock; "
@@ -96,17 +97,8 @@ def test_a_driver_starting_on_a_full_disk_leaves_no_lock(tmp_path):
     """Issue 33 row "disk full at start": the lock is created whole (a temp file, then a hard link),
     so a driver that starts on a full file system raises ENOSPC and leaves no 0-byte driver.lock
     blocking every later run. A real 1 MB tmpfs, filled."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    try:
-        with open(mount / "filler", "wb") as f:
-            with pytest.raises(OSError):
-                while True:
-                    f.write(b"\0" * 65536)
-                    f.flush()
+    with mounted_tmpfs(tmp_path / "disk", "1m") as mount:
+        fill(mount)
         with pytest.raises(OSError) as full:
             SweepLock(mount).acquire()
         assert full.value.errno == errno.ENOSPC
@@ -114,5 +106,3 @@ def test_a_driver_starting_on_a_full_disk_leaves_no_lock(tmp_path):
         (mount / "filler").unlink()
         with SweepLock(mount) as lock:  # room again: the next run starts without --force
             assert read_holder(mount).token == lock.holder.token
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
