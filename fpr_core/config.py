@@ -405,6 +405,16 @@ class TrainConfig:
     """EMA decay of weights used for evaluation (e.g. 0.999); None = off."""
     loss: LossName = "ce"
     """ce, or stablemax cross-entropy (FPRM/TRM)."""
+    label_smoothing: float = field(default=0.0, metadata=ADDED_AFTER_IDS)
+    """Label smoothing of the ce loss (0 = off). DART (Kuo et al.) reports mazes 9 -> 31 at
+    98.2 +/- 0.6 over seeds with 0.3, against 73.9 +/- 26.0 with plain cross-entropy."""
+    select_every: int = field(default=0, metadata=ADDED_AFTER_IDS)
+    """Keep the best weights (0 = off, keep the last): every this many steps, score the eval weights
+    by exact accuracy on ``n_select`` held-out training-size instances (taken from the end of the
+    training set, never trained on) and evaluate the best-scoring ones. Deep Thinking keeps the
+    best model by a held-out split (deep-thinking train_model.py, ``best_so_far``)."""
+    n_select: int = field(default=256, metadata=ADDED_AFTER_IDS)
+    """Held-out instances scored when ``select_every`` > 0 (removed from the ``n_train`` trained on)."""
     n_train: int = 4096
     """Training instances generated for the task."""
     log_every: int = 25
@@ -429,6 +439,16 @@ class TrainConfig:
                 raise ConfigError(f"{where}.{name}: got {getattr(self, name)}, expected an integer >= 1")
         if self.lr <= 0:
             raise ConfigError(f"{where}.lr: got {self.lr}, expected > 0")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"{where}.label_smoothing: got {self.label_smoothing}, expected 0 <= value < 1")
+        if self.label_smoothing and self.loss != "ce":
+            raise ConfigError(f"{where}.label_smoothing: only the 'ce' loss takes it, got loss {self.loss!r}")
+        if self.select_every < 0 or self.n_select < 1:
+            raise ConfigError(f"{where}.select_every / n_select: got {self.select_every} / {self.n_select}, "
+                              f"expected select_every >= 0 (0 = off) and n_select >= 1")
+        if self.select_every and self.n_select >= self.n_train:
+            raise ConfigError(f"{where}.n_select: got {self.n_select}, expected fewer than n_train "
+                              f"({self.n_train}): the held-out instances come out of the training set")
         if not isinstance(self.compile, bool):
             raise ConfigError(f"{where}.compile: got {self.compile!r}, expected true or false")
 

@@ -156,6 +156,23 @@ def _run_batches(model: nn.Module, task: Task, data: TaskData, cap: int, batch_s
             np.concatenate(per_budget, axis=1))
 
 
+def held_out_exact(model: nn.Module, task: Task, data: TaskData, *, cap: int, batch_size: int, device) -> float:
+    """Exact accuracy of ``model`` on ``data`` at ``cap`` (a plain solve, no diagnostics): the score
+    of ``train.select_every``. The global RNG (random z0) is forked, so scoring never changes what
+    training draws next."""
+    hits = 0
+    with torch.random.fork_rng(devices=[device] if torch.device(device).type == "cuda" else []), \
+            torch.no_grad(), eval_mode(model):
+        for start in range(0, len(data), batch_size):
+            stop = min(start + batch_size, len(data))
+            inputs = torch.as_tensor(data.inputs[start:stop], device=device)
+            targets = torch.as_tensor(data.targets[start:stop], device=device)
+            mask = torch.as_tensor(data.mask[start:stop], device=device)
+            pred = task.decode(model(inputs, cap=cap).logits.float())
+            hits += int(((pred == targets) | ~mask).flatten(1).all(1).sum())
+    return hits / max(1, len(data))
+
+
 def probe_subset(n: int, diag_n: int, seed: int) -> np.ndarray:
     """Sorted indices of a seeded random subset of min(diag_n, n) of the split's n instances."""
     return np.sort(np.random.default_rng(seed).choice(n, size=min(diag_n, n), replace=False))

@@ -23,7 +23,7 @@ import torch
 
 from fpr_core.config import TRAINED, ConfigError, ExperimentConfig, ModelConfig, TaskSpec
 from fpr_core.device import select_device
-from fpr_core.evaluate import evaluate_split, scaled_eval_cap
+from fpr_core.evaluate import evaluate_split, held_out_exact, scaled_eval_cap
 from fpr_core.tasks.base import Task, TaskData
 from fpr_core.train import CheckpointFn, LogFn, TrainResult, train
 
@@ -152,14 +152,30 @@ def run_experiment(cfg: ExperimentConfig, *, cache_dir: str | os.PathLike | None
     if cfg.train.compile:
         model.compile_training_steps()
     train_cfg = dataclasses.replace(cfg.train, seed=seed)
-    result = train(model, task, splits["train"], train_cfg, on_log=on_log, on_checkpoint=on_checkpoint,
-                   resume_state=resume_state, should_stop=should_stop)
+    train_data, select = held_out_selection(task, splits["train"], cfg, dev)
+    result = train(model, task, train_data, train_cfg, on_log=on_log, on_checkpoint=on_checkpoint,
+                   resume_state=resume_state, should_stop=should_stop, select=select)
     evaluated: list[SplitResult] = []
     if result.status == "ok":
         for halting in cfg.eval.halting:  # 'trained' (the trial's own rows), then any other protocol
             evaluated += evaluate_splits(result.eval_model, task, splits, cfg, train_size, dev, halting=halting)
     return ExperimentResult(result, evaluated, model_cfg, train_size, task.difficulty_key, str(dev),
                             model=model, train_tokens=train_tokens, datasets=dataset_infos(splits))
+
+
+def held_out_selection(task: Task, data: TaskData, cfg: ExperimentConfig, device):
+    """(instances to train on, the select function of ``train.select_every`` or None). The last
+    ``train.n_select`` training instances are held out and scored at the eval cap of the training
+    size; the id split is never used for selection."""
+    if not cfg.train.select_every:
+        return data, None
+    keep = len(data) - cfg.train.n_select
+    fit, held = data.subset(np.arange(keep)), data.subset(np.arange(keep, len(data)))
+
+    def select(model: torch.nn.Module) -> float:
+        return held_out_exact(model, task, held, cap=cfg.solver.eval_cap, batch_size=cfg.eval.batch_size,
+                              device=device)
+    return fit, select
 
 
 def evaluate_splits(model: torch.nn.Module, task: Task, splits: dict[str, TaskData], cfg: ExperimentConfig,

@@ -6,6 +6,7 @@ the mean over masked positions of the whole batch (positions outside the mask ne
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import torch
@@ -20,11 +21,13 @@ def _masked_mean(per_position: torch.Tensor, mask: torch.Tensor) -> torch.Tensor
     return (per_position * mask).sum() / mask.sum().clamp_min(1.0)
 
 
-def masked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Softmax cross-entropy averaged over masked positions (computed in float32)."""
+def masked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
+                         label_smoothing: float = 0.0) -> torch.Tensor:
+    """Softmax cross-entropy averaged over masked positions (computed in float32); with
+    ``label_smoothing`` e the target puts 1 - e on the label and e spread evenly over all classes."""
     n_classes = logits.shape[-1]
     per_position = F.cross_entropy(logits.float().reshape(-1, n_classes), targets.reshape(-1),
-                                   reduction="none")  # (B * prod(shape),)
+                                   reduction="none", label_smoothing=label_smoothing)  # (B * prod(shape),)
     return _masked_mean(per_position.view(targets.shape), mask)
 
 
@@ -56,9 +59,14 @@ LOSSES: dict[str, LossFn] = {
 }
 
 
-def get_loss(name: str) -> LossFn:
-    """The loss registered under ``name`` (see LOSSES)."""
+def get_loss(name: str, label_smoothing: float = 0.0) -> LossFn:
+    """The loss registered under ``name`` (see LOSSES), with ``label_smoothing`` (ce only)."""
     try:
-        return LOSSES[name]
+        loss_fn = LOSSES[name]
     except KeyError:
         raise ValueError(f"train.loss: got {name!r}, expected one of {sorted(LOSSES)}") from None
+    if not label_smoothing:
+        return loss_fn
+    if loss_fn is not masked_cross_entropy:
+        raise ValueError(f"train.label_smoothing: only the 'ce' loss takes it, got loss {name!r}")
+    return functools.partial(masked_cross_entropy, label_smoothing=label_smoothing)

@@ -145,7 +145,12 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)
     """Training loss of every completed step, in order."""
     eval_model: Optional[nn.Module] = field(default=None, repr=False)
-    """The weights to evaluate: the EMA copy when ``TrainConfig.ema`` is set, else the model."""
+    """The weights to evaluate: the EMA copy when ``TrainConfig.ema`` is set, else the model; with
+    ``select_every`` the best-scoring of those weights (see ``selected_step``)."""
+    selected_step: Optional[int] = None
+    """The step whose weights ``eval_model`` holds when ``select_every`` > 0 (None when off)."""
+    selected_score: Optional[float] = None
+    """Their held-out exact accuracy."""
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -221,6 +226,17 @@ class _Loop:
     step: int = 0
     seconds: float = 0.0
     losses: list[float] = field(default_factory=list)
+    best: Optional[dict[str, Any]] = None
+    """With ``select_every``: {"step", "score", "weights"} of the best-scoring eval weights so far."""
+
+    def eval_module(self) -> nn.Module:
+        return self.ema.module if self.ema else self.model
+
+    def offer_selection(self, score: float) -> None:
+        """Keep the eval weights of this step if they score above every earlier step (ties keep the later)."""
+        if self.best is None or score >= self.best["score"]:
+            self.best = {"step": self.step, "score": float(score),
+                         "weights": _clone_cpu(self.eval_module().state_dict())}
 
     def state(self) -> dict[str, Any]:
         cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
@@ -228,7 +244,7 @@ class _Loop:
             "format": CHECKPOINT_FORMAT, "step": self.step, "seconds": self.seconds,
             "losses": list(self.losses), "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "ema": self.ema.module.state_dict() if self.ema else None,
+            "ema": self.ema.module.state_dict() if self.ema else None, "best": self.best,
             "rng": {"torch": torch.get_rng_state(), "cuda": cuda, "batches": self.batches.get_state()},
         })
 
@@ -247,6 +263,7 @@ class _Loop:
         self.batches.set_state(state["rng"]["batches"])
         self.step, self.seconds = int(state["step"]), float(state["seconds"])
         self.losses = [float(v) for v in state["losses"]]
+        self.best = state.get("best")
 
 
 def _batch_metrics(task: Task, out, targets: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
@@ -263,17 +280,22 @@ def _batch_metrics(task: Task, out, targets: torch.Tensor, mask: torch.Tensor) -
 def train(model: nn.Module, task: Task, data: TaskData, cfg: TrainConfig, *,
           on_log: Optional[LogFn] = None, on_checkpoint: Optional[CheckpointFn] = None,
           resume_state: Optional[dict[str, Any]] = None,
-          should_stop: Optional[Callable[[], bool]] = None) -> TrainResult:
+          should_stop: Optional[Callable[[], bool]] = None,
+          select: Optional[Callable[[nn.Module], float]] = None) -> TrainResult:
     """Train ``model`` (already on its device) on ``data`` for ``cfg.steps`` optimizer steps.
 
     Batches are drawn with replacement by a ``torch.Generator`` seeded with ``cfg.seed``, and the
     global torch RNG (random initial states, progressive-loss draws) is seeded too, so on CPU the
     same seed gives the same loss curve. A non-finite loss or gradient norm stops training with
-    status ``diverged`` before the weights are touched.
+    status ``diverged`` before the weights are touched. With ``cfg.select_every`` > 0,
+    ``select(eval_weights) -> score`` is called every that many steps (and at the last step) and the
+    best-scoring weights are the ones returned for evaluation.
     """
     device = next(model.parameters()).device
     inputs, targets, mask = (torch.as_tensor(a, device=device) for a in (data.inputs, data.targets, data.mask))
-    loss_fn = get_loss(cfg.loss)
+    loss_fn = get_loss(cfg.loss, cfg.label_smoothing)
+    if cfg.select_every and select is None:
+        raise ValueError("train.select_every > 0 needs a select(model) -> score function")
     torch.manual_seed(cfg.seed)
     loop = _Loop(model, build_optimizer(model, cfg), EMA(model, cfg.ema) if cfg.ema is not None else None,
                  torch.Generator().manual_seed(cfg.seed))
@@ -284,8 +306,12 @@ def train(model: nn.Module, task: Task, data: TaskData, cfg: TrainConfig, *,
 
     def finish(final_loss: float) -> TrainResult:
         loop.seconds += time.perf_counter() - started
-        eval_model = loop.ema.module if loop.ema else model
-        return TrainResult(status, loop.step, loop.seconds, final_loss, message, list(loop.losses), eval_model)
+        eval_model, best = loop.eval_module(), loop.best
+        if best is not None:
+            eval_model = copy.deepcopy(eval_model).eval().requires_grad_(False)
+            eval_model.load_state_dict(best["weights"])
+        return TrainResult(status, loop.step, loop.seconds, final_loss, message, list(loop.losses), eval_model,
+                           best["step"] if best else None, best["score"] if best else None)
 
     while loop.step < cfg.steps:
         if should_stop is not None and should_stop():
@@ -318,9 +344,15 @@ def train(model: nn.Module, task: Task, data: TaskData, cfg: TrainConfig, *,
             loop.ema.update(model)
         loop.step += 1
         loop.losses.append(loss_value)
+        selection = None
+        if cfg.select_every and (loop.step % cfg.select_every == 0 or loop.step == cfg.steps):
+            selection = float(select(loop.eval_module()))
+            loop.offer_selection(selection)
         if on_log is not None and (loop.step % cfg.log_every == 0 or loop.step == cfg.steps):
             metrics = {"loss": loss_value, "lr": lr, "grad_norm": grad_norm}
             metrics.update(_batch_metrics(task, out, batch_targets, batch_mask))
+            if selection is not None:
+                metrics["select_exact_acc"] = selection
             on_log(loop.step, metrics)
         if on_checkpoint is not None and loop.step % cfg.checkpoint_every == 0:
             loop.seconds += time.perf_counter() - started
