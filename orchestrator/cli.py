@@ -24,7 +24,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from orchestrator.sweep.layout import DEFAULT_RESULTS_DIR, SweepDir
-from orchestrator.sweep.plan import SweepPlan, plan_sweep
+from orchestrator.sweep.plan import SweepPlan, plan_sweep, reused_tuning_seeds
 from orchestrator.sweep.spec import SpecError, load_spec
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
@@ -46,11 +46,16 @@ def _fail(message: str) -> None:
 
 
 def _load(spec_path: Path, smoke: bool = False) -> SweepPlan:
+    """The validated plan (exit 2 on a bad spec); warns when a study reuses its recipes' tuning seeds."""
     try:
-        return plan_sweep(spec_path, smoke)
+        plan = plan_sweep(spec_path, smoke)
+        reused = reused_tuning_seeds(plan)
     except SpecError as e:
         _fail(str(e))
         raise  # unreachable: _fail exits
+    if reused:
+        err_console.print(f"[yellow]warning:[/] {escape(reused)}", highlight=False, soft_wrap=True)
+    return plan
 
 
 SPEC_ARG = typer.Argument(..., help="Sweep spec (YAML); see `fpr-sweep schema` and the README.",
@@ -344,7 +349,12 @@ def _print_plan(plan: SweepPlan, results_dir: Optional[str], all_path: Optional[
     grid_text = (f"{per_task[0]} grid cells x {len(spec.tasks)} tasks" if len(set(per_task)) == 1
                  else f"({' + '.join(map(str, per_task))}) grid cells over {len(spec.tasks)} tasks")
     seeds_text = f"{seeds.pop()} seeds" if len(seeds) == 1 else "seeds per task"
-    finished = f"; {len(done)} finished trials in the sweep folder" if done else ""
+    finished = ""
+    if done:  # a folder's trials may be another spec's (an edited spec): say how many are this one's
+        mine = sum(1 for c in grid.cells() if c.cell_id in done)
+        other = len(done) - mine
+        finished = f"; {mine} of them finished" + (f" ({other} finished trials in the sweep folder are not this "
+                                                   "spec's)" if other else "")
     console.print(f"{grid_text} x {seeds_text} x {samples} samples = {plan.trial_count} trials{finished}",
                   highlight=False)
     _print_destinations(spec, results_dir, smoke)

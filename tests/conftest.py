@@ -71,6 +71,7 @@ SLOW_TESTS = {
     "test_safe_defaults.py::test_exposing_the_mlflow_ui_warns_first",            # the CLI in a subprocess
     "test_spec.py::test_alias_bomb_is_refused_fast_with_a_bounded_message",      # the CLI in a subprocess
     "test_tasks_common.py::test_numba_kernels_are_cached_in_the_user_cache_dir_not_the_source_tree",
+    "test_done_state.py::test_run_and_report_on_a_table_only_folder_train_nothing_and_read_every_trial",  # MLflow, report
 }
 """Single slow tests in otherwise fast modules (file::function, parameters left out)."""
 

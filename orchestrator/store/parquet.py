@@ -145,6 +145,7 @@ def write_trial_rows(sweep_dir: Path, trial_id: str, rows: list[dict[str, Any]])
     if not rows:
         raise ValueError(f"trial {trial_id}: no rows to write")
     path = trial_path(sweep_dir, trial_id)
+    adopt_table(sweep_dir)
     table = rows_table(rows)
     meta = {**(table.schema.metadata or {}), TRIAL_KEY: trial_id.encode(),
             SPEC_KEY: str(rows[0].get("spec_hash") or "").encode(), WRITE_KEY: uuid.uuid4().hex.encode()}
@@ -425,9 +426,10 @@ def _candidate_fragments(sweep_dir: Path) -> list[Path]:
 
 
 def fragment_files(sweep_dir: Path) -> list[Path]:
-    """The sweep's own readable fragments (unreadable ones quarantined, foreign ones ignored)."""
+    """The sweep's own readable fragments (unreadable ones quarantined, foreign ones ignored); in a
+    folder that holds results.parquet alone, that table (see ``_table_only``)."""
     out = []
-    for path in _candidate_fragments(sweep_dir):
+    for path in _candidate_fragments(sweep_dir) or _table_only(sweep_dir):
         schema = _file_schema(path)
         if schema is None:
             continue
@@ -436,6 +438,41 @@ def fragment_files(sweep_dir: Path) -> list[Path]:
         else:
             warn(f"{path} was not written by this sweep (no fpr-sweep schema metadata); ignoring it.")
     return out
+
+
+def _table_only(sweep_dir: Path) -> list[Path]:
+    """[results.parquet] when it is the only record of the sweep's trials (no trial file, no
+    fragment, nothing set aside as corrupt: a folder copied or committed without trials/), else [].
+    Its rows are then the finished trials, for every reader alike (status, --dry-run, run, report,
+    eval); ``adopt_table`` makes it a real fragment before anything else is written there."""
+    layout = SweepDir(Path(sweep_dir))
+    if not layout.results.exists() or any(_has_parquet(d) for d in (layout.trials, layout.fragments, layout.corrupt)):
+        return []
+    return [layout.results]
+
+
+def _has_parquet(folder: Path) -> bool:
+    """Any results file (or one set aside) in ``folder``; stops at the first (it runs before every
+    trial write, in folders of up to COMPACT_EVERY files)."""
+    try:
+        return any(e.name.endswith(".parquet") or ".parquet." in e.name for e in os.scandir(folder)
+                   if not e.name.startswith("."))
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+
+
+def adopt_table(sweep_dir: Path) -> Optional[Path]:
+    """Copy a results.parquet that is the folder's only record of its trials into fragments/,
+    before the first trial file is written beside it: the table is rebuilt from trial files and
+    fragments, so without this its trials would be dropped (and trained again)."""
+    if not _table_only(sweep_dir):
+        return None
+    table = read_file(results_path(sweep_dir))
+    if table is None or table.num_rows == 0:
+        return None
+    path = fragments_dir(sweep_dir) / f"part-{0:020d}-adopted.parquet"
+    _atomic_write(_in_order(_conform(table)), path, row_group_size=FRAGMENT_ROW_GROUP)
+    return path
 
 
 def _in_order(table: pa.Table) -> pa.Table:
