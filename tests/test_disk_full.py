@@ -30,10 +30,6 @@ def small_disk(tmp_path):
         yield mount
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "known regression since this round's fencing/hub changes: a disk that fills mid-sweep fails the held "
-    "trial, Tune retries it, and the driver ends with click's 'Aborted!' instead of one 'disk full' line "
-    "(seen in CI on a fresh clone; the next run still resumes)"))
 def test_disk_full_stops_with_one_message_and_the_next_run_resumes(tmp_path, small_disk):
     hold = tmp_path / "hold"
     hold.touch()

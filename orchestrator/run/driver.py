@@ -664,8 +664,8 @@ def _run_studies(plan: SweepPlan, studies: Iterator[Study], storage: str, meta: 
                 tuner.fit()
         except KeyboardInterrupt:  # a second Ctrl-C, or one outside Tune's own handler
             hub.stops.reason = hub.stops.reason or "interrupted"
-        except Exception as e:  # Tune writing its own state on a full disk
-            if not is_disk_full(e):
+        except Exception as e:  # Tune writing its own state on a full disk, or reading back what it cut short
+            if not (is_disk_full(e) or hub.disk_full):  # e.g. EOFError from a 0-byte pickled trial error
                 raise
             hub.stop_for_disk(e)
         try:

@@ -299,7 +299,7 @@ class Sender:
                         return all(self._deliver(part) for part in op["parts"])
                     self.warnings.append(f"MLflow refused {op['op']} for {op['trial']}: {_first_line(e)}")
                     break
-                self.last_error = _first_line(e)
+                self.last_error = why_unsent(e)
                 self.down_since = self.down_since or time.time()
                 with self._wake:
                     if self._stop:
@@ -332,6 +332,14 @@ class Sender:
             self._stop = True
             self._wake.notify_all()
         self._thread.join(timeout=30)
+
+
+def why_unsent(e: BaseException) -> str:
+    """Why a write did not reach the store, as the user is told it: a full disk is called that
+    (not an errno), anything else by its first line."""
+    from orchestrator.store.space import is_disk_full
+
+    return "its disk is full" if is_disk_full(e) else _first_line(e)
 
 
 def _first_line(e: BaseException) -> str:
