@@ -403,7 +403,7 @@ def _print_outcome(outcome, uri: str) -> None:
         console.print(f"models:  {len(sizes)} kept in {SweepDir(outcome.sweep_dir).models} ({human_bytes(sum(sizes))}; "
                       f"{human_bytes(sizes[0])}" + (f" to {human_bytes(sizes[-1])}" if sizes[-1] != sizes[0] else "")
                       + " per trial)", highlight=False)
-    console.print(f"MLflow:  {uri}   (fpr-sweep ui {outcome.sweep_dir.name})", highlight=False)
+    console.print(f"MLflow:  {uri}   (fpr-sweep ui {shlex.quote(_shown(outcome.sweep_dir))})", highlight=False)
     if outcome.tracking_problem:
         err_console.print(f"[bold red]MLflow incomplete:[/] {outcome.tracking_problem}", highlight=False,
                           soft_wrap=True)
@@ -517,26 +517,12 @@ def status(sweep: str = SWEEP_ARG, results_dir: Optional[str] = RESULTS_OPT,
     """Per-trial state of a sweep: done (ok/diverged/stopped), failed, running or pending.
 
     Reads Parquet and JSON only (never Tune's pickled state), so it is safe on any results folder."""
-    from orchestrator.store import parquet as results
-    from orchestrator.sweep.live import planned_trials, read_live
+    from orchestrator.sweep.live import planned_trials, trial_states
 
     sweep_dir = _sweep_dir(sweep, results_dir)
-    with results.read_only():  # an unreadable file is named, never moved
-        finished = {s["trial_id"]: s for s in results.trial_summaries(sweep_dir)}
-    live = read_live(sweep_dir)
-    planned, unplanned = planned_trials(sweep_dir)
-    lines = []
-    for tid in set(finished) | set(live) | set(planned):
-        if tid in finished:
-            s = finished[tid]
-            state, row = s["status"], (s["task"], s["variant"], str(s["seed"]))
-        else:
-            entry = live.get(tid) or planned[tid]
-            state = live.get(tid, {}).get("status", "pending")
-            row = (entry["task"], entry["variant"], str(entry["seed"]))
-        error = (finished.get(tid, {}).get("error") or "")[:80]
-        lines.append((STATE_ORDER.get(state, 9), tid, row, state, error))
-    lines.sort()
+    states, unplanned = trial_states(sweep_dir, *planned_trials(sweep_dir))
+    lines = sorted((STATE_ORDER.get(s["status"], 9), tid, (s["task"], s["variant"], str(s["seed"])), s["status"],
+                    (s.get("error") or "")[:80]) for tid, s in states.items())
     counts: dict[str, int] = {}
     for line in lines:
         counts[line[3]] = counts.get(line[3], 0) + 1
@@ -658,6 +644,8 @@ def eval_(sweep: str = SWEEP_ARG,
     if not jobs:
         console.print("nothing to evaluate", highlight=False)
         raise typer.Exit(EXIT_OK)
+    console.print(f"{len(jobs)} evaluation tasks to run; opening the sweep's MLflow store and starting Ray",
+                  highlight=False)
     with _holding(sweep_dir) as lock:  # eval rewrites rows and sends to the sweep's spool: one writer
         outcome = _run_eval(sweep_dir, jobs, address, n_eval, fence=lock.check)
     what = ", ".join(x for x in (f"at {sizes}" if sizes else "", f"under {halting}" if halting else "") if x)

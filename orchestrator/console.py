@@ -14,7 +14,7 @@ import logging
 import sys
 import time
 from dataclasses import dataclass
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -46,25 +46,33 @@ class TrialLine:
 
 
 class VariantCodes:
-    """Short codes (v1, v2, ...) for variant labels too long for an 80-column table."""
+    """Short codes (v1, v2, ...) for variant labels too long for an 80-column table, numbered in the
+    spec's order (``order``), so a resumed run shows the same code for the same variant; a label
+    outside ``order`` gets the next free code when first seen. Legend lines are printed lazily."""
 
-    def __init__(self) -> None:
+    def __init__(self, order: Iterable[str] = ()) -> None:
         self.codes: dict[str, str] = {}
+        self._shown: set[str] = set()
+        for variant in dict.fromkeys(order):
+            if len(variant) > LABEL_WIDTH:
+                self.codes[variant] = f"v{len(self.codes) + 1}"
 
     def code(self, variant: str) -> tuple[str, bool]:
-        """(what to show, whether this label was new and needs its legend line)."""
+        """(what to show, whether this label is shown for the first time and needs its legend line)."""
         if len(variant) <= LABEL_WIDTH:
             return variant, False
-        if variant in self.codes:
-            return self.codes[variant], False
-        self.codes[variant] = f"v{len(self.codes) + 1}"
-        return self.codes[variant], True
+        if variant not in self.codes:
+            self.codes[variant] = f"v{len(self.codes) + 1}"
+        first = variant not in self._shown
+        self._shown.add(variant)
+        return self.codes[variant], first
 
     def legend(self, variant: str) -> str:
         return f"{self.codes[variant]} = {variant}"
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+    """'1:02:03' or '2:03'."""
     seconds = int(round(seconds))
     h, rest = divmod(seconds, 3600)
     m, s = divmod(rest, 60)
@@ -75,14 +83,17 @@ class SweepProgress:
     """Event lines + a live region of running trials; call ``start``/``stop`` around the Tune run."""
 
     def __init__(self, console: Console, total: int, already_done: int = 0, title: str = "",
-                 variants: Iterable[str] = ()) -> None:
+                 variants: Iterable[str] = (), trial_seconds: Optional[float] = None) -> None:
+        """``variants``: every variant label in the spec's order (fixes their short codes);
+        ``trial_seconds``: the mean wall time of the trials finished before this run (a resume), for
+        an ETA before the first trial of this run ends."""
         self.console = console
         self.total = total
         self.already_done = already_done
         self.title = title
         self.lines: dict[str, TrialLine] = {}
-        self.codes = VariantCodes()
-        self._variants = list(dict.fromkeys(variants))
+        self.codes = VariantCodes(variants)
+        self.trial_seconds = trial_seconds
         self._finished_now = 0
         self._begun = time.time()
         self._first_start: Optional[float] = None
@@ -97,8 +108,6 @@ class SweepProgress:
 
     def start(self) -> None:
         self._begun = time.time()
-        for variant in self._variants:
-            self._show_variant(variant)
         if self.interactive:
             self.live = Live(get_renderable=self._render, console=self.console, refresh_per_second=2,
                              transient=True, redirect_stdout=True, redirect_stderr=True,
@@ -173,7 +182,7 @@ class SweepProgress:
         label, _ = self.codes.code(line.variant)
         extra = ""
         if what in FINAL:
-            took = f"  {_duration(line.updated - line.started)}" if line.started else ""
+            took = f"  {duration(line.updated - line.started)}" if line.started else ""
             extra = f"  {line.metric}{took}" if line.metric else took
         self.console.print(f"[{self.done}/{self.total}] [{STYLE.get(line.status, '')}]{what:<8}[/] "
                            f"{line.task} {label} s{line.seed} [dim]{line.trial_id}[/]{extra}",
@@ -196,13 +205,19 @@ class SweepProgress:
         return out
 
     def eta_seconds(self, now: Optional[float] = None) -> Optional[float]:
-        """Remaining trials x the mean time between trial ends in this run (None before the first
-        end): steady concurrency makes that the rate at which the rest will finish."""
-        if not self._finished_now or self._first_start is None:
-            return None
+        """Remaining trials x the mean time between trial ends in this run: steady concurrency makes
+        that the rate at which the rest will finish. Before the first end of this run (a resume),
+        the earlier trials' mean wall time / the trials running now; else None."""
         now = now or time.time()
-        rate = self._finished_now / max(now - self._first_start, 1e-6)
-        return (self.total - self.done) / rate
+        if self._finished_now:
+            rate = self._finished_now / max(now - (self._first_start or self._begun), 1e-6)
+            return (self.total - self.done) / rate
+        running = self.counts()["running"]
+        if self.trial_seconds is None or not running:
+            return None
+        elapsed = min((now - l.started for l in self.lines.values() if l.status == "running" and l.started),
+                      default=0.0)
+        return max(0.0, self.trial_seconds - elapsed) + (self.total - self.done - running) * self.trial_seconds / running
 
     def summary(self) -> str:
         c = self.counts()
@@ -210,9 +225,9 @@ class SweepProgress:
         parts = [f"{self.done}/{self.total} done", f"{c['running']} running", f"{c['pending']} pending"]
         if c["failed"]:
             parts.append(f"[red]{c['failed']} failed[/]")
-        parts.append(f"{_duration(time.time() - self._begun)} elapsed")
+        parts.append(f"{duration(time.time() - self._begun)} elapsed")
         if self.done < self.total:
-            parts.append("ETA " + (f"~{_duration(eta)}" if eta is not None else "--"))
+            parts.append("ETA " + (f"~{duration(eta)}" if eta is not None else "--"))
         return (f"[bold]{self.title}[/] " if self.title else "") + " · ".join(parts)
 
     # ------------------------------------------------------------ live region
@@ -231,7 +246,7 @@ class SweepProgress:
         for line in running[:room]:
             status = "" if line.status == "running" else " [magenta](retry)[/]"
             table.add_row(line.trial_id, line.task, self.codes.code(line.variant)[0] + status, str(line.seed),
-                          "" if line.step is None else str(line.step), _duration(now - line.started),
+                          "" if line.step is None else str(line.step), duration(now - line.started),
                           line.metric)
         parts = [Text.from_markup(self.summary(), overflow="fold")]
         if running:
@@ -241,10 +256,44 @@ class SweepProgress:
         return Group(*parts)
 
 
+class Heartbeat:
+    """Progress while a command waits on long tasks (`fpr-sweep eval`): on a terminal a spinner
+    line with ``describe()`` redrawn in place (lines printed meanwhile go above it); in a pipe the
+    same text once every ``every_s`` seconds without news. Call ``tick`` often, ``news`` when a
+    line about a task was printed."""
+
+    def __init__(self, console: Console, describe: Callable[[], str], every_s: float = 60.0) -> None:
+        self.console, self.describe, self.every_s = console, describe, every_s
+        self._status = None
+        self._last = time.time()
+
+    def __enter__(self) -> "Heartbeat":
+        if self.console.is_terminal:
+            self._status = self.console.status(self.describe())
+            self._status.start()
+        self._last = time.time()
+        return self
+
+    def tick(self) -> None:
+        if self._status is not None:
+            self._status.update(self.describe())
+        elif time.time() - self._last >= self.every_s:
+            self.console.print(self.describe(), highlight=False)
+            self._last = time.time()
+
+    def news(self) -> None:
+        self._last = time.time()
+        self.tick()
+
+    def __exit__(self, *exc: object) -> None:
+        if self._status is not None:
+            self._status.stop()
+
+
 # ---------------------------------------------------------------- Ray's messages
 
 class _Drop(logging.Filter):
-    """Drops records whose message contains any of ``needles``."""
+    """Drops records whose message contains any of ``needles`` (Tune's stop notice: says ours)."""
 
     def __init__(self, *needles: str) -> None:
         super().__init__()
@@ -252,12 +301,19 @@ class _Drop(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
+        if "Stop signal received" in message:
+            print(STOPPING, file=sys.stderr, flush=True)  # rich's proxy while the live region is up
         return not any(n in message for n in self.needles)
 
 
+STOPPING = ("stopping: the running trials end and Tune saves its state (their rows so far are kept); "
+            "the summary follows")
+"""Said once when Ctrl-C or SIGTERM reaches Tune, instead of Tune's own line (its "Press CTRL+C to
+skip" would skip the final state save that the same command resumes from)."""
+
 WRONG_ADVICE = {
     # Tune's advice for its own API; `fpr-sweep run` resumes with the same command (we say so).
-    "ray.tune.tune": ("Resume experiment with:", "Trials did not complete"),
+    "ray.tune.tune": ("Resume experiment with:", "Trials did not complete", "Stop signal received"),
     # Reading the experiment state of trials that never reported: nothing is missing for us.
     "ray.tune.analysis.experiment_analysis": ("Failed to fetch metrics",),
     # "consider reporting results less frequently": on a busy machine the driver's MLflow writes
@@ -269,8 +325,24 @@ WRONG_ADVICE = {
 """Logger name -> messages that give advice which is wrong (or noise) for users of this CLI."""
 
 
+MLFLOW_NOISE = (
+    # Logging a trial's model from code (store/pyfunc_model.py): its predict takes a task batch
+    # dict, which MLflow's type-hint validation and input examples do not describe.
+    r"Add type hints to the `predict` method",
+    r"An input example was not provided",
+)
+"""MLflow warnings a sweep's user can do nothing about (regular expressions, as warnings.filterwarnings takes)."""
+
+
 def quiet_ray_messages() -> None:
-    """Install the filters for WRONG_ADVICE (idempotent)."""
+    """Install the filters for WRONG_ADVICE and MLFLOW_NOISE, and turn off MLflow's download
+    progress bars (one per logged model, in the middle of the trial lines); idempotent."""
+    import os
+    import warnings
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    for pattern in MLFLOW_NOISE:
+        warnings.filterwarnings("ignore", message=f".*{pattern}", category=UserWarning)
     for name, needles in WRONG_ADVICE.items():
         logger = logging.getLogger(name)
         if not any(isinstance(f, _Drop) for f in logger.filters):

@@ -622,7 +622,8 @@ def run_sweep(plan: SweepPlan, opts: RunOptions, tracker_factory, console: Conso
     if first is not None:
         drop_disk_full_logs()
     storage = SweepDir(sweep_dir).tune_storage(opts.storage)
-    progress = SweepProgress(console, total, already, title=name)
+    progress = SweepProgress(console, total, already, title=name, variants=variants_in_order(plan),
+                             trial_seconds=mean_trial_seconds(sweep_dir) if skip else None)
     with StopRequests() as stops:
         hub = DriverHub(sweep_dir, meta, tracker, progress, console, done_before=skip, stops=stops, fence=fence)
         hubs.activate(hub)
@@ -642,7 +643,53 @@ def run_sweep(plan: SweepPlan, opts: RunOptions, tracker_factory, console: Conso
             if hub.lock_lost is None:  # live.json is the new holder's now
                 hub.live.close()
             hubs.activate(None)
-    return _finish(outcome, hub, tracker, stops, storage, console)
+    return _finish(outcome, hub, tracker, stops, storage, console, plan)
+
+
+VARIANTS_NAMED = 10_000
+"""Variant labels numbered up front (their short codes in the progress lines), in the spec's order."""
+
+
+def variants_in_order(plan: SweepPlan) -> list[str]:
+    """The grid's variant labels in the spec's order (task, then grid cell), the first VARIANTS_NAMED."""
+    from orchestrator.sweep.expand import variant_label
+
+    labels: dict[str, None] = {}
+    for task in plan.grid.tasks:
+        for combo in itertools.product(*task.values):
+            labels[variant_label(dict(zip(task.keys, combo)))] = None
+            if len(labels) >= VARIANTS_NAMED:
+                return list(labels)
+    return list(labels)
+
+
+def mean_trial_seconds(sweep_dir: Path) -> Optional[float]:
+    """Mean training + evaluation seconds of the trials finished so far (None without any)."""
+    try:
+        table = parquet.read_current(sweep_dir).select(["trial_id", "train_seconds", "eval_seconds"])
+    except FileNotFoundError:
+        return None
+    per_trial = table.group_by("trial_id").aggregate([("train_seconds", "max"), ("eval_seconds", "sum")]).to_pylist()
+    seconds = [(r["train_seconds_max"] or 0.0) + (r["eval_seconds_sum"] or 0.0) for r in per_trial]
+    seconds = [x for x in seconds if x > 0]
+    return sum(seconds) / len(seconds) if seconds else None
+
+
+def closing_counts(plan: SweepPlan, sweep_dir: Path) -> tuple[dict[str, int], int]:
+    """(trials per final status, trials not finished): what `fpr-sweep status` counts for this
+    folder after the run (sweep/live.py ``trial_states``), so the summary and status agree."""
+    from orchestrator.sweep.live import trial_states
+
+    if plan.spec.search is None:
+        planned = {c.cell_id: {"task": c.task, "variant": c.variant, "seed": c.seed} for c in plan.cells()}
+        states, unplanned = trial_states(sweep_dir, planned)
+    else:
+        states, unplanned = trial_states(sweep_dir, {}, plan.trial_count)
+    counts: dict[str, int] = {}
+    for s in states.values():
+        counts[s["status"]] = counts.get(s["status"], 0) + 1
+    unfinished = unplanned + sum(counts.pop(s, 0) for s in ("pending", "running", "retrying"))
+    return counts, unfinished
 
 
 def _run_studies(plan: SweepPlan, studies: Iterator[Study], storage: str, meta: SweepMeta, opts: RunOptions,
@@ -683,7 +730,7 @@ def _unfinished_in(plan: SweepPlan, study: Study, hub: DriverHub) -> int:
 
 
 def _finish(outcome: SweepOutcome, hub: DriverHub, tracker: SweepTracker, stops: StopRequests, storage: str,
-            console: Console) -> SweepOutcome:
+            console: Console, plan: SweepPlan) -> SweepOutcome:
     """Collect the table, count, close MLflow (KILLED when stopped), say why a run stopped. A
     driver that lost its lock writes nothing more: no table, no summary, no run ends."""
     try:
@@ -698,9 +745,7 @@ def _finish(outcome: SweepOutcome, hub: DriverHub, tracker: SweepTracker, stops:
         tracker.abandon()
         outcome.stopped = hub.lock_lost
         return outcome
-    statuses = parquet.finished_statuses(hub.sweep_dir)
-    for status in statuses.values():
-        outcome.counts[status] = outcome.counts.get(status, 0) + 1
+    outcome.counts, outcome.unfinished = closing_counts(plan, hub.sweep_dir)
     outcome.models = SweepDir(hub.sweep_dir).kept_models()
     hub.guarded("MLflow reconcile", reconcile_tracking, tracker, hub)
     hub.guarded("sweep summary", log_sweep_outcome, tracker, SweepDir(hub.sweep_dir))

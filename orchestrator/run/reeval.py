@@ -26,6 +26,7 @@ import ray
 from rich.console import Console
 
 from fpr_core.config import BUILTIN_HALTING, TRAINED, ConfigError, HaltingProtocol, check_protocol_name
+from orchestrator.console import Heartbeat, duration
 from orchestrator.store import parquet as results
 from orchestrator.store.rows import evaluated_rows, row_key
 from orchestrator.sweep.layout import SweepDir
@@ -224,25 +225,46 @@ def run_eval(sweep_dir: Path, jobs: list[EvalJob], tracker: Any, resources: dict
     started = time.perf_counter()
     pending = {task.remote(SweepDir(sweep_dir).model_file(j.trial_id).read_bytes(), j.splits, j.halting,
                            j.protocol, n_eval): j for j in jobs}
-    while pending:
-        done, _ = ray.wait(list(pending), num_returns=1)
-        job = pending.pop(done[0])
-        finished = total - len(pending)
+
+    def describe() -> str:  # what the heartbeat shows between results (a job may take minutes)
         elapsed = time.perf_counter() - started
-        try:
-            answer = ray.get(done[0])
-        except Exception as e:  # a failed evaluation leaves the trial as it was
-            outcome.failed[f"{job.trial_id}@{job.halting}"] = f"{type(e).__name__}: {str(e).strip().splitlines()[-1]}"
-            console.print(f"[{finished}/{total} {elapsed:.0f}s] [red]failed[/] {job.label}: "
-                          f"{outcome.failed[f'{job.trial_id}@{job.halting}']}", highlight=False)
-            continue
-        record(sweep_dir, job, answer, tracker)
-        outcome.evaluated.setdefault(job.trial_id, []).extend(f"{s}@{job.halting}" for s in job.splits)
-        accs = ", ".join(f"{s['split']}={s['exact_acc']:.3f} (reach {s['reachability']:.2f}, capped "
-                         f"{s['capped_share']:.2f})" for s in answer["splits"])
-        console.print(f"[{finished}/{total} {elapsed:.0f}s] evaluated {job.label}: {accs}", highlight=False)
+        done = total - len(pending)
+        eta = f", ETA ~{duration(elapsed / done * len(pending))}" if done else ""
+        return f"evaluating: {done}/{total} tasks done, {len(pending)} to go, {duration(elapsed)} elapsed{eta}"
+
+    with Heartbeat(console, describe, HEARTBEAT_S) as heartbeat:
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+            if not done:
+                heartbeat.tick()
+                continue
+            job = pending.pop(done[0])
+            _report_job(sweep_dir, job, done[0], tracker, outcome, f"[{total - len(pending)}/{total} "
+                        f"{time.perf_counter() - started:.0f}s]", console)
+            heartbeat.news()
     outcome.seconds = time.perf_counter() - started
     return outcome
+
+
+HEARTBEAT_S = 30.0
+"""In a pipe, `eval` prints a progress line after this long without a finished task."""
+
+
+def _report_job(sweep_dir: Path, job: EvalJob, ref: Any, tracker: Any, outcome: EvalOutcome, prefix: str,
+                console: Console) -> None:
+    """Record one finished task's rows and metrics and print its line (a failure leaves the trial as it was)."""
+    try:
+        answer = ray.get(ref)
+    except Exception as e:
+        outcome.failed[f"{job.trial_id}@{job.halting}"] = f"{type(e).__name__}: {str(e).strip().splitlines()[-1]}"
+        console.print(f"{prefix} [red]failed[/] {job.label}: {outcome.failed[f'{job.trial_id}@{job.halting}']}",
+                      highlight=False)
+        return
+    record(sweep_dir, job, answer, tracker)
+    outcome.evaluated.setdefault(job.trial_id, []).extend(f"{s}@{job.halting}" for s in job.splits)
+    accs = ", ".join(f"{s['split']}={s['exact_acc']:.3f} (reach {s['reachability']:.2f}, capped "
+                     f"{s['capped_share']:.2f})" for s in answer["splits"])
+    console.print(f"{prefix} evaluated {job.label}: {accs}", highlight=False)
 
 
 def record(sweep_dir: Path, job: EvalJob, answer: dict[str, Any], tracker: Any) -> None:

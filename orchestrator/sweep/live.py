@@ -47,6 +47,27 @@ def planned_trials(sweep_dir: Path) -> tuple[dict[str, dict[str, Any]], int]:
     return {c.cell_id: {"task": c.task, "variant": c.variant, "seed": c.seed} for c in plan.cells()}, 0
 
 
+def trial_states(sweep_dir: Path, planned: dict[str, dict[str, Any]], unplanned: int = 0
+                 ) -> tuple[dict[str, dict[str, Any]], int]:
+    """Every trial of a sweep in one state: finished ones (ok, diverged, stopped, failed...) from
+    their rows (``store.parquet.trial_summaries``, the one record of finished trials), running or
+    retrying ones from live.json, the rest of ``planned`` pending. Returns trial_id -> {status,
+    task, variant, seed, error}, and how many more are pending without an id yet (``unplanned``
+    search samples, less those already finished or running beyond the planned ids). What `status`
+    lists and what a run's closing summary counts, so the two always agree."""
+    from orchestrator.store import parquet
+
+    with parquet.read_only():  # an unreadable file is named, never moved
+        states = {s["trial_id"]: dict(s) for s in parquet.trial_summaries(sweep_dir)}
+    for tid, entry in read_live(sweep_dir).items():
+        if tid not in states:
+            states[tid] = {**entry, "status": entry.get("status", "running"), "error": None}
+    extra = len([t for t in states if t not in planned])
+    for tid, entry in planned.items():
+        states.setdefault(tid, {**entry, "status": "pending", "error": None})
+    return states, max(0, unplanned - extra)
+
+
 class LiveFile:
     """The driver side: records trials as they start, retry and end."""
 
