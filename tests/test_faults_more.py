@@ -71,14 +71,44 @@ def tune_state_has_running_trial(sweep_dir: Path) -> bool:
     return False
 
 
+def saved_status(state: Path, task: str) -> str | None:
+    """The status Tune's saved experiment state gives the trial of ``task`` (None: not whole, or no such trial)."""
+    try:
+        trials = [json.loads(t[0]) for t in json.loads(state.read_text())["trial_data"]]
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return None
+    return next((t.get("status") for t in trials if t.get("config", {}).get("cell", {}).get("task") == task), None)
+
+
+def kill_while_restorable(driver: subprocess.Popen, sweep_dir: Path, running_task: str, timeout: float) -> None:
+    """SIGKILL the driver's group at a moment when Tune's newest saved state is whole, shows the
+    trial of ``running_task`` RUNNING, and is signed: what `fpr-sweep run` restores. A kill at a
+    random moment can land after Tune's last write and before the driver's signer re-signed it (one
+    pass every trust.SIGN_EVERY_S); the resume then sets the state aside and starts the trial from
+    scratch, so the restored-as-running retry under test never happens. So (as tests/test_resume.py
+    does): freeze the group (SIGSTOP: nothing writes), and if the state is whole with the trial
+    running, sign it as the driver's next signer pass would (same key, same function) and kill the
+    group frozen; else let it run a moment and look again."""
+    from orchestrator.run import trust
+    from orchestrator.run.driver import restorable
+
+    deadline = time.time() + timeout
+    while time.time() < deadline and driver.poll() is None:
+        os.killpg(driver.pid, signal.SIGSTOP)
+        states = sorted((sweep_dir / "tune").glob("*/experiment_state-*.json"), key=lambda p: p.stat().st_mtime)
+        if states and saved_status(states[-1], running_task) == "RUNNING":
+            trust.sign(states[-1].parent)
+            assert restorable(str(states[-1].parent)) is None
+            os.killpg(driver.pid, signal.SIGKILL)
+            return
+        os.killpg(driver.pid, signal.SIGCONT)
+        time.sleep(0.01)
+    raise AssertionError(f"Tune's saved state never showed {running_task} running while the driver ran")
+
+
 # ---------------------------------------------------------------- finished rows are final
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason=(
-    "timing-dependent: the driver is SIGKILLed right after a rows file, and when Tune's saved state changed "
-    "after its last signature the resume sets the state aside instead of restoring the trial as running, so "
-    "the failing retry this test needs never happens (seen in CI on a fresh clone under -n 2). The kill must "
-    "wait for a signed, whole state as tests/test_resume.py now does."))
 def test_a_failed_retry_never_replaces_a_finished_trials_ok_rows(tmp_path):
     """Issue 33, row 2: kill -9 right after a trial's rows file (Tune's saved state still has the
     trial running), resume, and the retrained attempt fails: the ok rows stay."""
@@ -95,6 +125,7 @@ def test_a_failed_retry_never_replaces_a_finished_trials_ok_rows(tmp_path):
     sweep_dir = tmp_path / "results" / "final"
     log = tmp_path / "first.log"
     env = plugin_env()
+    import orchestrator.run.driver  # noqa: F401  (imports Ray: seconds the kill below must not wait)
     with open(log, "w") as out:
         driver = subprocess.Popen(cli("run", str(path)), stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO,
                                   start_new_session=True)
@@ -103,10 +134,11 @@ def test_a_failed_retry_never_replaces_a_finished_trials_ok_rows(tmp_path):
             wait_for(lambda: tune_state_has_running_trial(sweep_dir), 120, "Tune's state with a running trial",
                      driver, log)
             hold.unlink()
-            # ... and the driver dies right after the trial's rows file, before Tune saves again.
+            # ... and the driver dies right after the trial's rows file, its saved state (signed,
+            # whole) still showing the trial running.
             wait_for(lambda: list((sweep_dir / "trials").glob("*.parquet")), 120, "the rows file", driver, log,
                      poll_s=0.002)
-            os.killpg(driver.pid, signal.SIGKILL)
+            kill_while_restorable(driver, sweep_dir, "retry_fails", timeout=60)
         finally:
             kill_group(driver)
     (rows_file,) = (sweep_dir / "trials").glob("*.parquet")
@@ -116,6 +148,7 @@ def test_a_failed_retry_never_replaces_a_finished_trials_ok_rows(tmp_path):
 
     second = run_cli("run", str(path), env=env)
     out = second.stdout + second.stderr
+    assert "resuming Tune experiment" in out and "not restored" not in out, out
     assert attempts(counter) == 2, out  # Tune restored the trial as running and trained it again: it failed
     after = pd.read_parquet(rows_file)
     assert set(after.status) == {"ok"}, out
