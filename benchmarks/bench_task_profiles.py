@@ -89,6 +89,7 @@ def run_one(cfg: ExperimentConfig, extra_sizes: list[int], extra_n: int) -> dict
         splits += [split_summary(s) for s in extra]
     return {"task": cfg.task.name, "params": cfg.task.params, "seed": cfg.seed,
             "status": result.train.status, "steps": result.train.steps,
+            "selected_step": result.train.selected_step, "selected_score": result.train.selected_score,
             "train_cpu_min": round(train_cpu.get("cpu", float("nan")) / 60, 2),
             "train_wall_min": round(result.train.seconds / 60, 2),
             "total_cpu_min": round((time.process_time() - started_cpu) / 60, 2),
@@ -123,6 +124,9 @@ def main() -> None:
             for s in row["splits"]:
                 print("  " + " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                                       for k, v in s.items()), flush=True)
+            if row["selected_step"] is not None:
+                print(f"  kept the weights of step {row['selected_step']} "
+                      f"(held-out exact {row['selected_score']:.3f})", flush=True)
             print(f"  train {row['train_cpu_min']} CPU-min ({row['train_wall_min']} wall-min), "
                   f"total {row['total_cpu_min']} CPU-min, status {row['status']}", flush=True)
             if args.out:

@@ -22,6 +22,7 @@ Positions = Literal["none", "rope1d", "rope2d", "absolute"]
 Conv = Literal["none", "1d", "2d"]
 Mlp = Literal["swiglu", "gelu"]
 Mixer = Literal["attention", "local_attention", "conv"]
+AttentionMask = Literal["none", "board"]
 SpectralMode = Literal["step", "per_map"]
 InternalNorm = Literal["per_sublayer", "per_step"]
 InitialState = Literal["auto", "zeros", "x", "random"]
@@ -29,7 +30,7 @@ ResidualRule = Literal["per_token", "global"]
 ProgressiveForm = Literal["dt", "halting"]
 SolverName = Literal["damped", "anderson"]
 GradMode = Literal["bptt", "truncated", "phantom", "implicit", "progressive"]
-LossName = Literal["ce", "stablemax"]
+LossName = Literal["ce", "stablemax", "squares"]
 LoopEntry = Literal["auto", "plain", "shrink", "outer_only"]
 ConvForm = Literal["add", "replace"]
 SpectralHold = Literal["init", "every_step"]
@@ -202,6 +203,12 @@ class ModelConfig:
     init_std) (this project's form: the conv starts near the identity); replace = z <- dwconv(z)
     with PyTorch's default conv init, FPRM's form (models/transformer.py: hidden_states =
     self.conv(hidden_states), conv_bias false in its configs)."""
+    attention_mask: AttentionMask = field(default="none", metadata=ADDED_AFTER_IDS)
+    """Which tokens the attention mixer lets each token see: none = all (global attention); board =
+    the relations the task declares on its fixed board (``Task.board_mask``: sudoku peers, the
+    squares a chess piece can reach: ranks, files, diagonals, knight jumps), a local rule of the
+    task's geometry as a conv is of a grid's. Needs mixer attention, no causal, and a task with a
+    fixed board (sudoku, chess)."""
     spectral_hold: SpectralHold = field(default="init", metadata=ADDED_AFTER_IDS)
     """How long ``spectral_mode: step`` holds the step gain at sigma: init = calibrated once at
     construction, then training moves it (measured after training as rho at z*); every_step = the
@@ -215,9 +222,14 @@ class ModelConfig:
                           ("residual_scale", ResidualScale), ("positions", Positions),
                           ("conv", Conv), ("mlp", Mlp), ("mixer", Mixer), ("spectral_mode", SpectralMode),
                           ("internal_norm", InternalNorm), ("z0", InitialState), ("loop_entry", LoopEntry),
-                          ("conv_form", ConvForm), ("spectral_hold", SpectralHold)]:
+                          ("conv_form", ConvForm), ("spectral_hold", SpectralHold),
+                          ("attention_mask", AttentionMask)]:
             _check_choice(where, name, getattr(self, name), _literal_choices(lit))
         self._validate_entry(where)
+        if self.attention_mask == "board" and (self.mixer != "attention" or self.causal):
+            raise ConfigError(f"{where}.attention_mask: 'board' masks the global attention mixer; got "
+                              f"mixer {self.mixer!r}{' with causal' if self.causal else ''}, expected mixer "
+                              f"attention without causal")
         if (self.recall != "standard" and self.entry_form() == "plain"
                 and damped_skip_regime(self.spectral, self.spectral_mode)):
             raise ConfigError(f"{where}.spectral: got {self.spectral} (a step gain of at most 1) with a plain loop "
@@ -404,7 +416,10 @@ class TrainConfig:
     ema: Optional[float] = None
     """EMA decay of weights used for evaluation (e.g. 0.999); None = off."""
     loss: LossName = "ce"
-    """ce, or stablemax cross-entropy (FPRM/TRM)."""
+    """ce, stablemax cross-entropy (FPRM/TRM), or squares: for each class above 0 a softmax over
+    the board's positions picks the square that holds it (chess: the from- and to-square), which
+    is what the chess decoder reads (argmax per class over squares), where per-square ce is
+    dominated by the 62 'none' squares of every board."""
     label_smoothing: float = field(default=0.0, metadata=ADDED_AFTER_IDS)
     """Label smoothing of the ce loss (0 = off). DART (Kuo et al.) reports mazes 9 -> 31 at
     98.2 +/- 0.6 over seeds with 0.3, against 73.9 +/- 26.0 with plain cross-entropy."""

@@ -120,6 +120,18 @@ def board_coordinates(task, positions: str) -> Optional[torch.Tensor]:
     return torch.as_tensor(coords, dtype=torch.long)
 
 
+def task_board_mask(task, attention_mask: str) -> Optional[torch.Tensor]:
+    """The task's (T, T) board mask when ``attention_mask`` (model.attention_mask) is 'board', else
+    None; ConfigError if the task declares none (no fixed board)."""
+    if attention_mask != "board":
+        return None
+    allowed = task.board_mask()
+    if allowed is None:
+        raise ConfigError(f"model.attention_mask: 'board' needs the task's board relations, and task "
+                          f"{task.name!r} declares none (no fixed board); use none")
+    return torch.as_tensor(allowed, dtype=torch.bool)
+
+
 def _eval_order(name: str, size: int) -> tuple[int, int]:
     return (0 if name == "id" else 1, size)
 
@@ -148,7 +160,8 @@ def run_experiment(cfg: ExperimentConfig, *, cache_dir: str | os.PathLike | None
     torch.manual_seed(seed)
     train_tokens = math.prod(splits["train"].inputs.shape[1:])
     model = LoopedModel(model_cfg, cfg.solver, cfg.grad, grid=task.grid, train_tokens=train_tokens,
-                        coordinates=board_coordinates(task, cfg.model.positions)).to(dev)
+                        coordinates=board_coordinates(task, cfg.model.positions),
+                        board_mask=task_board_mask(task, cfg.model.attention_mask)).to(dev)
     if cfg.train.compile:
         model.compile_training_steps()
     train_cfg = dataclasses.replace(cfg.train, seed=seed)

@@ -53,9 +53,30 @@ def stablemax_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, mask: t
     return _masked_mean(-picked, mask).to(torch.float32)
 
 
+def square_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """For each class c > 0: cross-entropy of a softmax over the masked positions of class c's
+    logit, against the position(s) whose target is c; averaged over the instances that hold c and
+    over classes. Tasks whose answer is "which square" per class (chess: from, to) train what their
+    decoder reads; class 0 (none) gets no term of its own."""
+    b, n_classes = logits.shape[0], logits.shape[-1]
+    flat = logits.float().reshape(b, -1, n_classes)  # (B, T, C)
+    target, allowed = targets.reshape(b, -1), mask.reshape(b, -1)
+    terms = []
+    for c in range(1, n_classes):
+        holds = (target == c) & allowed  # (B, T)
+        present = holds.any(1)
+        if not present.any():
+            continue
+        logp = flat[..., c].masked_fill(~allowed, float("-inf")).log_softmax(-1)
+        picked = torch.where(holds, logp, torch.zeros_like(logp)).sum(1) / holds.sum(1).clamp_min(1)
+        terms.append(-picked[present].mean())
+    return torch.stack(terms).mean() if terms else logits.sum() * 0.0
+
+
 LOSSES: dict[str, LossFn] = {
     "ce": masked_cross_entropy,
     "stablemax": stablemax_cross_entropy,
+    "squares": square_cross_entropy,
 }
 
 

@@ -24,7 +24,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from orchestrator.sweep.layout import DEFAULT_RESULTS_DIR, SweepDir
-from orchestrator.sweep.plan import SweepPlan, plan_sweep
+from orchestrator.sweep.plan import SweepPlan, plan_sweep, reused_tuning_seeds
 from orchestrator.sweep.spec import SpecError, load_spec
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
@@ -46,11 +46,16 @@ def _fail(message: str) -> None:
 
 
 def _load(spec_path: Path, smoke: bool = False) -> SweepPlan:
+    """The validated plan (exit 2 on a bad spec); warns when a study reuses its recipes' tuning seeds."""
     try:
-        return plan_sweep(spec_path, smoke)
+        plan = plan_sweep(spec_path, smoke)
+        reused = reused_tuning_seeds(plan)
     except SpecError as e:
         _fail(str(e))
         raise  # unreachable: _fail exits
+    if reused:
+        err_console.print(f"[yellow]warning:[/] {escape(reused)}", highlight=False, soft_wrap=True)
+    return plan
 
 
 SPEC_ARG = typer.Argument(..., help="Sweep spec (YAML); see `fpr-sweep schema` and the README.",

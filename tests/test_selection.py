@@ -122,4 +122,4 @@ def test_label_smoothing_spreads_the_target():
 ])
 def test_bad_recipe_levers_are_refused_with_the_field(train, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
-        ExperimentConfig.from_dict({"task": {"name": "prefix_sums"}, "train": train}).validate()
+        ExperimentConfig.from_dict({"task": {"name": "prefix_sums"}, "train": train})

@@ -151,9 +151,11 @@ class LoopedModel(nn.Module):
     """Embedding -> fixed-point loop of F(z; x) -> per-token readout; variants chosen by config."""
 
     def __init__(self, model_cfg: ModelConfig, solver_cfg: SolverConfig, grad_cfg: GradConfig, *,
-                 grid: bool, train_tokens: int, coordinates: Optional[torch.Tensor] = None) -> None:
+                 grid: bool, train_tokens: int, coordinates: Optional[torch.Tensor] = None,
+                 board_mask: Optional[torch.Tensor] = None) -> None:
         """coordinates: (T, K) board coordinate ids per token (Task.coordinates), required by and
-        only used with model.positions='absolute'."""
+        only used with model.positions='absolute'. board_mask: (T, T) bool (Task.board_mask),
+        required by and only used with model.attention_mask='board'."""
         super().__init__()
         model_cfg.validate()
         solver_cfg.validate()
@@ -180,6 +182,13 @@ class LoopedModel(nn.Module):
         post_norm = make_norm(c.outer_norm if per_sublayer else "none", c.dim)
         self.blocks = nn.ModuleList(Block(c, pre_norm, post_norm, grid, self.coeffs.scales_sublayers)
                                     for _ in range(c.n_layers))
+        if (c.attention_mask == "board") != (board_mask is not None):
+            raise ValueError("model.attention_mask=board needs the task's board mask (and only it uses one); "
+                             f"got attention_mask={c.attention_mask!r} with board_mask "
+                             f"{'given' if board_mask is not None else 'missing'}")
+        if board_mask is not None:
+            for block in self.blocks:
+                block.attn.restrict_to(board_mask)
         self.outer_norm = make_norm("none" if per_sublayer else c.outer_norm, c.dim)  # the blocks norm
         self.final_norm = RMSNorm(c.dim)
         self.head = nn.Linear(c.dim, c.n_classes)

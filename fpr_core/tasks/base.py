@@ -92,6 +92,12 @@ class Task(ABC):
         varies, where absolute positions would not transfer to larger instances."""
         return None
 
+    def board_mask(self) -> np.ndarray | None:
+        """(T, T) bool: which tokens each token may attend to under model.attention_mask='board'
+        (the task's own relations: sudoku peers, the squares a chess piece can reach); None (the
+        default) for tasks without a fixed board."""
+        return None
+
     def decode(self, logits: torch.Tensor) -> torch.Tensor:
         """Logits (N, *shape, n_classes) -> predicted classes (N, *shape). Default: argmax."""
         return logits.argmax(-1)

@@ -283,6 +283,17 @@ class Chess(Task):
         """(64, 1) square id of every grid cell (row-major; the board is always 8×8)."""
         return np.arange(64, dtype=np.int64)[:, None]
 
+    def board_mask(self) -> np.ndarray:
+        """(64, 64) bool: square a sees square b when a piece on a could reach b on an empty board:
+        the same rank, file or diagonal (queen lines, covering rooks, bishops, pawns and kings) or a
+        knight jump, and itself. The chess analogue of sudoku's peers; every attack of a mate-in-1
+        runs along one of these relations."""
+        rank, file = np.divmod(np.arange(64), 8)
+        dr, df = np.abs(rank[:, None] - rank[None, :]), np.abs(file[:, None] - file[None, :])
+        line = (dr == 0) | (df == 0) | (dr == df)
+        knight = ((dr == 1) & (df == 2)) | ((dr == 2) & (df == 1))
+        return line | knight
+
     def generate(self, n: int, size: int, seed: int) -> TaskData:
         """n distinct mate-in-`depth` puzzles with `size` pieces besides the kings, deterministic
         in (seed, depth, size)."""

@@ -385,6 +385,12 @@ class Sudoku(Task):
         """(n*n, 3) row, column and box of every cell (the board never changes size)."""
         return board_coordinates(self.box)
 
+    def board_mask(self) -> np.ndarray:
+        """(n*n, n*n) bool: each cell sees its peers (same row, column or box) and itself, the cells
+        whose digits constrain it."""
+        coords = self.coordinates()  # (T, 3): row, column, box
+        return (coords[:, None, :] == coords[None, :, :]).any(-1)
+
     def generate(self, n: int, size: int, seed: int) -> TaskData:
         """n puzzles with `size` blanks each; the Generator is seeded by (seed, size) so splits at
         different sizes never share a grid."""

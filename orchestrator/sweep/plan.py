@@ -56,6 +56,21 @@ def plan_sweep(path: str | Path, smoke: bool = False) -> SweepPlan:
     return SweepPlan(spec, path, smoke, grid)
 
 
+def reused_tuning_seeds(plan: SweepPlan) -> str | None:
+    """A warning when ``plan`` is a study (``confirms``) whose seeds include a seed its recipes were
+    tuned on: numbers from those seeds are not confirmatory. None when the seeds are disjoint."""
+    if plan.spec.confirms is None:
+        return None
+    profile_path = (plan.path.parent / plan.spec.confirms).resolve()
+    profile = load_spec(profile_path)
+    seeds = set(plan.spec.seeds) | {s for t in plan.spec.tasks for s in (t.seeds or [])}
+    reused = sorted(seeds & set(profile.tuning_seeds))
+    if not reused:
+        return None
+    return (f"{plan.path}: seeds {reused} are tuning_seeds of {plan.spec.confirms} (confirms): its recipes "
+            f"were tuned on them, so this study's numbers on those seeds are not confirmatory; use other seeds")
+
+
 def check_metrics(spec: SweepSpec, task_splits: list[list[str]], path: Path) -> None:
     """Metric names are checked here because Tune's own check is off (intermediate reports carry
     training metrics only, the final one the per-split metrics)."""

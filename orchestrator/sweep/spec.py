@@ -239,6 +239,13 @@ class SweepSpec(_Strict):
                            "run every 10 s (MLflow system metrics; needs psutil).")
     results_dir: str = Field("results", description="Where results/<name>/ goes (relative to the working directory).")
     report: ReportSpec = Field(default_factory=ReportSpec, description="How the report judges the sweep's claims.")
+    tuning_seeds: list[int] = Field(
+        default_factory=list, description="Seeds this spec's recipes were tuned on (a profile spec such as "
+                                          "sweeps/cpu_profiles.yaml names them); a study confirming the recipes "
+                                          "must use other seeds.")
+    confirms: Optional[str] = Field(
+        None, description="Marks this spec as a confirmatory study of the recipes in another spec (a path relative "
+                          "to this file): validate and run warn when a trial seed is one of that spec's tuning_seeds.")
     require_clean: bool = Field(
         False, description="Refuse to start (exit 2) unless the code is a clean git commit, so every row's "
                             "git_commit names code that exists (studies whose results are committed set it).")
