@@ -347,9 +347,9 @@ def test_eval_halting_through_the_cli(spec_dir, ray_session):
     trained_16 = after.set_index("split").exact_acc["ood_16"]
     assert metrics["acc/ood_16"] == trained_16
     assert metrics["acc/ood_16/long"] == df[(df.halting == "long") & (df.split == "ood_16")].exact_acc.iloc[0]
-    assert "acc/ood_16/paper" in metrics and "ttc/exact_acc/ood_16/long" in metrics
+    assert "acc/ood_16/paper" in metrics and "by_loop_budget/exact_acc/ood_16/long" in metrics
     assert [s for s, _ in sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id,
-                                                                                       "ood/exact_acc"))] == [8, 8, 16, 16]
+                                                                                       "by_size/exact_acc"))] == [8, 8, 16, 16]
 
 
 def _plain(value):

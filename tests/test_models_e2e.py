@@ -96,11 +96,11 @@ def test_models_kept_series_fields_and_eval_on_new_sizes(spec_dir, ray_session):
         run_id, tid = child.info.run_id, child.data.tags["trial_id"]
         mine = df[df.trial_id == tid].set_index("split")
         # one point per evaluated size at step = size, the flat keys still there
-        assert _history(client, run_id, "ood/exact_acc") == [(8, mine.exact_acc["id"]), (16, mine.exact_acc["ood_16"])]
-        assert [s for s, _ in _history(client, run_id, "ood/iters_mean")] == [8, 16]
+        assert _history(client, run_id, "by_size/exact_acc") == [(8, mine.exact_acc["id"]), (16, mine.exact_acc["ood_16"])]
+        assert [s for s, _ in _history(client, run_id, "by_size/iters_mean")] == [8, 16]
         assert child.data.metrics["acc/ood_16"] == mine.exact_acc["ood_16"]
         for split in ("id", "ood_16"):  # the test-time compute curve, step = loop budget
-            assert _history(client, run_id, f"ttc/exact_acc/{split}") == list(zip(
+            assert _history(client, run_id, f"by_loop_budget/exact_acc/{split}") == list(zip(
                 (int(b) for b in mine.budget_iters[split]), mine.budget_acc[split]))
         assert child.data.tags["mlflow.note.content"].startswith("prefix_sums trained at size 8, evaluated at 8 (id)")
         datasets = {d.dataset.name: json.loads(d.dataset.profile) for d in child.inputs.dataset_inputs}
@@ -139,7 +139,7 @@ def test_models_kept_series_fields_and_eval_on_new_sizes(spec_dir, ray_session):
     for child in children:
         run_id = child.info.run_id
         acc12 = new.set_index("trial_id").exact_acc[child.data.tags["trial_id"]]
-        assert [s for s, _ in _history(client, run_id, "ood/exact_acc")] == [8, 12, 16]
+        assert [s for s, _ in _history(client, run_id, "by_size/exact_acc")] == [8, 12, 16]
         assert client.get_run(run_id).data.metrics["acc/ood_12"] == acc12
         assert _history(client, run_id, "train/loss") == train_loss[run_id]  # no training step
         assert client.get_run(run_id).info.status == "FINISHED"
@@ -149,7 +149,7 @@ def test_models_kept_series_fields_and_eval_on_new_sizes(spec_dir, ray_session):
     second = runner.invoke(app, ["eval", str(sweep_dir), "--sizes", "12"])
     assert second.exit_code == 0 and "nothing to evaluate" in second.output
     assert len(pd.read_parquet(sweep_dir / "results.parquet")) == len(df2)
-    assert [s for s, _ in _history(client, children[0].info.run_id, "ood/exact_acc")] == [8, 12, 16]
+    assert [s for s, _ in _history(client, children[0].info.run_id, "by_size/exact_acc")] == [8, 12, 16]
     print(f"eval of 2 trials at one new size: {eval_seconds:.1f} s")
 
     tid = children[0].data.tags["trial_id"]
@@ -162,8 +162,8 @@ def test_models_kept_series_fields_and_eval_on_new_sizes(spec_dir, ray_session):
     assert again.finished_at.iloc[0] > before.finished_at.iloc[0]
     assert again.exact_acc.iloc[0] == before.exact_acc.iloc[0]  # deterministic re-evaluation
     forced_run = children[0].info.run_id
-    assert [s for s, _ in _history(client, forced_run, "acc/ood_12")] == [TRAIN_STEPS, TRAIN_STEPS]  # a newer point
-    assert [s for s, _ in _history(client, forced_run, "ood/exact_acc")] == [8, 12, 12, 16]
+    assert [s for s, _ in _history(client, forced_run, "acc/ood_12")] == [0, 0]  # a newer point, at the single-value step
+    assert [s for s, _ in _history(client, forced_run, "by_size/exact_acc")] == [8, 12, 12, 16]
 
     fewer = runner.invoke(app, ["eval", str(sweep_dir), "--sizes", "20", "--trials", tid, "--n-eval", "5"])
     assert fewer.exit_code == 0 and "evaluated 1 trials" in fewer.output, fewer.output
@@ -176,7 +176,7 @@ def test_models_kept_series_fields_and_eval_on_new_sizes(spec_dir, ray_session):
     names = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert "report.md" in names and [a.path for a in client.list_artifacts(parent.info.run_id, "plots")]
 
-    rest = _rest_history(uri, children[1].info.run_id, "ood/exact_acc")
+    rest = _rest_history(uri, children[1].info.run_id, "by_size/exact_acc")
     assert [s for s, _ in rest] == [8, 12, 16]
 
 

@@ -91,10 +91,10 @@ def test_size_series_one_point_per_size(store):
     assert tr.close() is None
     run_id = tr.run_id(handle)
     client = MlflowClient(uri)
-    history = client.get_metric_history(run_id, "ood/exact_acc")
+    history = client.get_metric_history(run_id, "by_size/exact_acc")
     assert sorted((m.step, m.value) for m in history) == [(16, 0.75), (32, 0.5), (64, 0.25)]
-    assert [m.step for m in client.get_metric_history(run_id, "ood/reachability")] == [16, 32]
-    assert client.get_metric_history(run_id, "acc/ood_64")[0].step == 450  # flat keys stay for Optuna/ASHA
+    assert [m.step for m in client.get_metric_history(run_id, "by_size/reachability")] == [16, 32]
+    assert client.get_metric_history(run_id, "acc/ood_64")[0].step == 0  # single values at step 0: bar charts
 
 
 def test_test_time_compute_curve_per_split(store):
@@ -107,8 +107,8 @@ def test_test_time_compute_curve_per_split(store):
     assert tr.close() is None
     run_id = tr.run_id(handle)
     client = MlflowClient(uri)
-    assert _points(client, run_id, "ttc/exact_acc/id") == [(1, 0.0), (4, 0.5), (16, 0.75)]
-    assert _points(client, run_id, "ttc/exact_acc/ood_64") == [(1, 0.0), (8, 0.1)]
+    assert _points(client, run_id, "by_loop_budget/exact_acc/id") == [(1, 0.0), (4, 0.5), (16, 0.75)]
+    assert _points(client, run_id, "by_loop_budget/exact_acc/ood_64") == [(1, 0.0), (8, 0.1)]
 
 
 def _points(client, run_id, key):

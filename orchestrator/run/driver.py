@@ -621,8 +621,10 @@ def run_sweep(plan: SweepPlan, opts: RunOptions, tracker_factory, console: Conso
             raise SweepError(str(DiskFull(sweep_dir, 0))) from None
     if first is not None:
         drop_disk_full_logs()
+    variants = variants_in_order(plan)
+    tracker.set_run_colours(variants, list(dict.fromkeys(s for t in plan.grid.tasks for s in t.seeds)))
     storage = SweepDir(sweep_dir).tune_storage(opts.storage)
-    progress = SweepProgress(console, total, already, title=name, variants=variants_in_order(plan),
+    progress = SweepProgress(console, total, already, title=name, variants=variants,
                              trial_seconds=mean_trial_seconds(sweep_dir) if skip else None)
     with StopRequests() as stops:
         hub = DriverHub(sweep_dir, meta, tracker, progress, console, done_before=skip, stops=stops, fence=fence)

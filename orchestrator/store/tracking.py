@@ -46,10 +46,31 @@ NOTE_TAG = "mlflow.note.content"
 """Run and experiment description, as the MLflow UI shows and edits it."""
 EXPERIMENT_KIND_TAG, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
 """The experiment type the MLflow 3 UI opens in (model training rather than GenAI)."""
+RUN_COLOR_TAG = "mlflow.runColor"
+"""A run's colour in the MLflow UI's charts and runs table: the UI reads it from this tag (and its
+colour picker writes it there); without it the UI picks colours from the run id, often alike."""
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+           "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d", "#31a354")
+"""Variant hues in the spec's order (matplotlib's tab10, then darker ones); seeds shade them."""
+SEED_SHADES = (0.0, 0.45, -0.35, 0.7, -0.6)
+"""Per seed (in the spec's order): how far a variant's hue is mixed towards white (+) or black (-)."""
+SINGLE_VALUE_STEP = 0
+"""Step of a trial's single-valued metrics (per-split results, train_seconds, model size). The MLflow
+UI charts a metric whose latest step is 0 as one bar per run, and one with a later step as a line,
+where a value logged once is a lone dot (its auto-generated charts, mlflow 3.x)."""
 BATCH = 100
 logging.getLogger("mlflow").setLevel(logging.WARNING)  # no INFO lines about creating tables
 logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 """Its SQL errors come with whole tracebacks; the sender retries or reports each failure itself."""
+
+
+def run_colour(variant_index: int, seed_index: int) -> str:
+    """'#rrggbb': the variant's hue, shaded by the seed (runs of one variant read as one family)."""
+    base = PALETTE[variant_index % len(PALETTE)]
+    mix = SEED_SHADES[seed_index % len(SEED_SHADES)]
+    target = 255 if mix > 0 else 0
+    channels = [int(base[i:i + 2], 16) for i in (1, 3, 5)]
+    return "#" + "".join(f"{round(c + (target - c) * abs(mix)):02x}" for c in channels)
 
 
 def flatten_config(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -93,7 +114,7 @@ def is_transient(e: BaseException) -> bool:
 def by_protocol(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Rows as MLflow keys them: a row of the trials' own halting ('trained', or none recorded) as
     it is (``acc/ood_22``); a row of another protocol under ``<split>/<protocol>`` (``acc/ood_22/long``,
-    ``ttc/exact_acc/ood_22/long``) and out of the size series (one point per size, the trained one)."""
+    ``by_loop_budget/exact_acc/ood_22/long``) and out of the size series (one point per size, the trained one)."""
     return [r if (r.get("halting") or "trained") == "trained"
             else dict(r, split=f"{r['split']}/{r['halting']}", size=None) for r in rows]
 
@@ -156,6 +177,8 @@ class SweepTracker:
             self.spool.fence = fence
         self._open: set[str] = set()
         self._runs: dict[str, str] = {PARENT: self.parent_id}
+        self._variant_index: dict[str, int] = {}
+        self._seed_index: dict[str, int] = {}
         self.sender = Sender(self.spool, self.client, self._resolve, is_transient)
 
     # ---------------------------------------------------------------- start-up (synchronous)
@@ -251,13 +274,26 @@ class SweepTracker:
         self._submit({"op": "params", "trial": PARENT, "params": flatten_config(params)})
 
     def trial_run(self, trial_id: str, name: str, tags: dict[str, str], config: dict[str, Any]) -> str:
-        """The child run of a trial (found by its trial_id tag, or created with params once);
-        returns its run handle."""
+        """The child run of a trial (found by its trial_id tag, or created with params and its
+        colour once); returns its run handle."""
         if trial_id not in self._open:
             self._open.add(trial_id)
-            self._submit({"op": "run", "trial": trial_id, "name": name, "tags": dict(tags),
+            self._submit({"op": "run", "trial": trial_id, "name": name, "tags": self._coloured(tags),
                           "params": flatten_config(config)})
         return trial_id
+
+    def set_run_colours(self, variants: list[str], seeds: list[Any]) -> None:
+        """Colour new trial runs by variant (a hue each, in the spec's order) and seed (a shade), so
+        the runs of one comparison are told apart in MLflow's charts."""
+        self._variant_index = {v: i for i, v in enumerate(variants)}
+        self._seed_index = {str(s): i for i, s in enumerate(seeds)}
+
+    def _coloured(self, tags: dict[str, str]) -> dict[str, str]:
+        """``tags`` plus RUN_COLOR_TAG from its variant and seed (labels not named up front get the
+        next free index)."""
+        variant = self._variant_index.setdefault(str(tags.get("variant")), len(self._variant_index))
+        seed = self._seed_index.setdefault(str(tags.get("seed")), len(self._seed_index))
+        return {**tags, RUN_COLOR_TAG: run_colour(variant, seed)}
 
     def log_metrics(self, run: str, metrics: dict[str, Any], step: int) -> None:
         """Finite numeric metrics at ``step``; a (run, key, step) already logged is never logged again."""
@@ -287,9 +323,10 @@ class SweepTracker:
 
     def log_final(self, run: str, rows: list[dict[str, Any]], curves: dict[str, list[float]],
                   config: Optional[dict[str, Any]], step: int, again: bool = False) -> None:
-        """Per-split metrics (``acc/ood_64`` ...), the resolved config JSON (unless None) and a
-        convergence plot. ``again``: log the metrics even at steps already logged (a rebuild of
-        what MLflow lost)."""
+        """Per-split metrics (``acc/ood_64`` ..., at SINGLE_VALUE_STEP whatever ``step``, the
+        trial's last training step, says), the series against size and loop budget, the resolved
+        config JSON (unless None) and a convergence plot. ``again``: log the metrics even where
+        already logged (a rebuild of what MLflow lost)."""
         rows = by_protocol(rows)
         metrics: dict[str, Any] = {}
         for row in rows:
@@ -298,7 +335,7 @@ class SweepTracker:
         first = rows[0] if rows else {}
         for key in TRIAL_SUMMARY_COLUMNS:
             metrics[key] = first.get(key)
-        self._log_metrics(run, metrics, step, again)
+        self._log_metrics(run, metrics, SINGLE_VALUE_STEP, again)  # bars across runs, not lone dots
         self.log_size_series(run, rows)
         self.log_budget_curves(run, rows)
         tags = {"status": first.get("status", "failed")}
@@ -387,7 +424,7 @@ class SweepTracker:
                            for column, name in SIZE_SERIES.items() if _finite(row.get(column))])
 
     def log_budget_curves(self, run: str, rows: list[dict[str, Any]]) -> None:
-        """Each ok row's test-time compute curve as ``ttc/exact_acc/<split>`` at step = budget."""
+        """Each ok row's test-time compute curve as ``by_loop_budget/exact_acc/<split>`` at step = budget."""
         ts = _ms()
         self._series(run, [[budget_metric(row["split"]), float(acc), ts, int(budget)]
                            for row in rows if row.get("status") == "ok"
@@ -395,12 +432,13 @@ class SweepTracker:
                            if _finite(acc)])
 
     def log_split_metrics(self, run: str, rows: list[dict[str, Any]], step: int) -> None:
-        """Flat per-split metrics (``acc/ood_64`` ... at ``step``) and the size series of rows
-        evaluated after training (``fpr-sweep eval``). Not deduplicated by step: a re-evaluation
-        (``--force``) adds a newer point at the same step, which MLflow then shows as the value."""
+        """Flat per-split metrics (``acc/ood_64`` ... at SINGLE_VALUE_STEP; ``step`` is the trial's
+        training step) and the size series of rows evaluated after training (``fpr-sweep eval``).
+        Not deduplicated by step: a re-evaluation (``--force``) adds a newer point at the same
+        step, which MLflow then shows as the value."""
         rows = by_protocol(rows)
         ts = _ms()
-        self._series(run, [[split_metric(column, row["split"]), float(row[column]), ts, int(step)]
+        self._series(run, [[split_metric(column, row["split"]), float(row[column]), ts, SINGLE_VALUE_STEP]
                            for row in rows for column in SPLIT_METRIC_NAMES if _finite(row.get(column))])
         self.log_size_series(run, rows)
         self.log_budget_curves(run, rows)
@@ -421,7 +459,7 @@ class SweepTracker:
         carries the config and points at the weights artifact rather than storing them twice.
         ``path`` stays where it is (models/<trial_id>.pt): the sender uploads it from there."""
         path = Path(path).resolve()
-        self._log_metrics(run, {WEIGHTS_BYTES: path.stat().st_size}, step, again)
+        self._log_metrics(run, {WEIGHTS_BYTES: path.stat().st_size}, SINGLE_VALUE_STEP, again)
         try:  # relative to the sweep folder: a folder moved with this write pending still sends it
             shown = str(path.relative_to(self.spool.root.resolve()))
         except ValueError:
@@ -438,9 +476,10 @@ class SweepTracker:
 
     def log_sweep_summary(self, metrics: dict[str, float], tags: dict[str, str]) -> None:
         """Summary metrics (trials per status, best OOD accuracy per task) and tags on the parent, at
-        step = trials finished so far (a resume that finished more logs a new point, never the same
-        step twice)."""
-        self.log_metrics(PARENT, metrics, int(metrics.get(sweep_count_metric("total"), 0)))
+        SINGLE_VALUE_STEP (a resume logs a newer point there, which MLflow shows as the value). The
+        parent carries none of the trials' metric keys: it has no data in their charts."""
+        ts = _ms()
+        self._series(PARENT, [[k, float(v), ts, SINGLE_VALUE_STEP] for k, v in metrics.items() if _finite(v)])
         if tags:
             self.set_tags(PARENT, tags)
 
@@ -478,7 +517,8 @@ class SweepTracker:
             if run is None:
                 tags = {k: str(first.get(k)) for k in ("task", "variant", "seed")}
                 name = f"{first.get('task')}/{first.get('variant')}/s{first.get('seed')}/{trial_id}"
-                self._submit({"op": "run", "trial": trial_id, "name": name, "tags": tags, "params": {}})
+                self._submit({"op": "run", "trial": trial_id, "name": name, "tags": self._coloured(tags),
+                              "params": {}})
                 did.append("created its run")
             if run is None or "status" not in run.data.tags:
                 self.log_final(trial_id, trial_rows, {}, None, int(first.get("train_steps") or 0), again=True)

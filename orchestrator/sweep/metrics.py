@@ -42,13 +42,16 @@ SPLIT_METRIC_NAMES = {"exact_acc": "acc", "token_acc": "token_acc", "iters_mean"
                       "basin_jump_1e-3": "basin_jump_1e-3", "basin_jump_1e-2": "basin_jump_1e-2",
                       "probe_verified": "probe_verified"}
 """Row column -> metric prefix; logged to MLflow as ``<prefix>/<split>`` (e.g. ``acc/ood_64``)."""
-SIZE_SERIES = {"exact_acc": "ood/exact_acc", "token_acc": "ood/token_acc", "iters_mean": "ood/iters_mean",
-               "iters_p95": "ood/iters_p95", "reachability": "ood/reachability"}
+SIZE_SERIES = {"exact_acc": "by_size/exact_acc", "token_acc": "by_size/token_acc", "iters_mean": "by_size/iters_mean",
+               "iters_p95": "by_size/iters_p95", "reachability": "by_size/reachability"}
 """Row column -> MLflow series logged with step = the split's size ('id' at the training size), so
-MLflow's chart view draws each metric against size and overlays runs."""
-BUDGET_SERIES = "ttc/exact_acc"
-"""Test-time compute curve: ``ttc/exact_acc/<split>`` with step = loop budget (rows' ``budget_iters``,
-``budget_acc``): exact accuracy read out after each budget of loop steps, one series per split."""
+MLflow's chart view draws each metric against size and overlays runs. MLflow labels every x axis
+'Step' and offers no way to rename it, so the prefix (the charts' section title) says what the
+step is."""
+BUDGET_SERIES = "by_loop_budget/exact_acc"
+"""Test-time compute curve: ``by_loop_budget/exact_acc/<split>`` with step = loop budget (rows'
+``budget_iters``, ``budget_acc``): exact accuracy read out after each budget of loop steps, one series
+per split."""
 WEIGHTS_BYTES = "model/weights_bytes"
 """Size on disk of a trial's kept model (logged once it is kept)."""
 FINAL_SPLIT_COLUMNS = ("exact_acc", "iters_mean")
@@ -108,7 +111,7 @@ def best_variant_tag(task: str) -> str:
 
 
 def budget_metric(split: str) -> str:
-    """``'ood_64'`` -> ``ttc/exact_acc/ood_64``."""
+    """``'ood_64'`` -> ``by_loop_budget/exact_acc/ood_64``."""
     return f"{BUDGET_SERIES}/{split}"
 
 
