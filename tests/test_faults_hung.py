@@ -69,6 +69,87 @@ def test_a_trial_past_max_trial_minutes_ends_timed_out_with_its_rows(tmp_path):
     print(f"timed-out run took {took:.1f} s in all")
 
 
+def test_the_cut_off_ends_a_thread_stuck_in_python_code_and_never_lands_after_its_block(monkeypatch):
+    """What ends a hung evaluation: the CutOff raises TrialTimedOut in the thread of its block once
+    the deadline has passed, even in a loop that checks no deadline; a block that ends in time is
+    never interrupted afterwards."""
+    import threading
+
+    from orchestrator.run import trainable
+
+    monkeypatch.setattr(trainable, "CUT_OFF_GRACE_S", 0.0)
+    outcome: dict[str, object] = {}
+
+    def hung() -> None:
+        started = time.monotonic()
+        try:
+            with trainable.CutOff(trainable.Deadline(0.3)) as cut:
+                while time.monotonic() - started < 30:  # "never" ends: no deadline checked here
+                    time.sleep(0.01)
+        except trainable.TrialTimedOut:
+            outcome["cut_after_s"] = time.monotonic() - started
+            outcome["fired"] = cut.fired
+
+    thread = threading.Thread(target=hung)
+    thread.start()
+    thread.join(timeout=20)
+    assert not thread.is_alive() and outcome["fired"] is True
+    assert 0.3 <= outcome["cut_after_s"] < 5, outcome
+
+    with trainable.CutOff(trainable.Deadline(0.3)) as quick:  # ends in time: nothing lands later
+        pass
+    time.sleep(0.6)
+    assert quick.fired is False
+    with trainable.CutOff(trainable.Deadline(None)) as off:  # no limit: no timer at all
+        time.sleep(0.1)
+    assert off.fired is False and off._timer is None
+
+
+@pytest.mark.slow
+def test_a_hung_evaluation_ends_timed_out_and_a_resume_does_not_train_it_again(tmp_path):
+    """Issue 33, 'a trial that never ends', in evaluation: training ends, then evaluating the OOD
+    split never does (hangs_in_eval). max_trial_minutes covers the whole trial: it ends timed_out
+    with its rows, the trial beside it finishes ok. timed_out is final: a resume, even with Tune's
+    saved state gone (where unfinished trials start again from scratch), does not train it again."""
+    import shutil
+
+    from fault_tasks import attempts
+
+    counter = tmp_path / "hang.attempts"
+    path = write_spec(tmp_path, name="evalhang", max_failures=1, max_concurrent=2, max_trial_minutes=0.25, tasks=[
+        {"name": "hangs_in_eval", "params": {"counter": str(counter), "hang_size": 16}, "train_size": 8,
+         "ood_sizes": [16]},
+        {"name": "prefix_sums", "train_size": 8, "ood_sizes": [24]}])
+    started = time.time()
+    first = run_cli("run", str(path), env=plugin_env(), timeout=300)
+    took = time.time() - started
+    out = first.stdout + first.stderr
+    assert first.returncode == 1, out
+    sweep_dir = tmp_path / "results" / "evalhang"
+    table = pd.read_parquet(sweep_dir / "results.parquet")
+    assert sorted(table.groupby("task").status.agg(lambda s: ",".join(sorted(set(s))))) == ["ok", "timed_out"], out
+    timed = table[table.status == "timed_out"]
+    assert set(timed.task) == {"hangs_in_eval"} and len(timed) == 2  # its rows: one per split
+    assert timed.error.str.contains("max_trial_minutes").all() and timed.error.str.contains("cut off").all(), \
+        timed.error.tolist()
+    assert (timed.train_seconds >= 15).all() and (timed.train_seconds < 60).all(), timed.train_seconds
+    assert attempts(counter) == 1, out  # ended normally: no retry that would hang again
+    _client, children = mlflow_children(sweep_dir, "evalhang")
+    assert {r.data.tags.get("status"): r.info.status for r in children} == {"timed_out": "FINISHED", "ok": "FINISHED"}
+    assert "timed_out" in first.stdout, out
+    before = pd.read_parquet(sweep_dir / "results.parquet").sort_values(["trial_id", "split"])
+
+    shutil.rmtree(sweep_dir / "tune")  # no Tune state to restore: unfinished trials would start afresh
+    second = run_cli("run", str(path), env=plugin_env(), timeout=300)
+    out2 = second.stdout + second.stderr
+    assert attempts(counter) == 1, out2
+    after = pd.read_parquet(sweep_dir / "results.parquet").sort_values(["trial_id", "split"])
+    assert after.status.tolist() == before.status.tolist()
+    assert after.finished_at.tolist() == before.finished_at.tolist()  # the same rows, not rewritten
+    assert second.returncode == 1 and "Traceback" not in out2, out2  # still a trial without results
+    print(f"first run {took:.1f} s; hung trial: {timed.error.iloc[0]}")
+
+
 # ---------------------------------------------------------------- a lost raylet
 
 @pytest.mark.slow

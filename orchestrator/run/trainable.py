@@ -12,15 +12,18 @@ Reports, all through ``tune.report`` (the trial may run on another node than the
     metrics (``acc/<split>``, for Optuna), with a final checkpoint holding the rows, so a restored
     trial that had already finished re-reports its rows instead of training again.
 A diverged trial ends normally with ``diverged`` rows; an exception propagates so Tune retries it.
-An attempt still training after the spec's ``max_trial_minutes`` (config key TIME_LIMIT_KEY) ends
-normally with ``timed_out`` rows (checked every training step; an evaluation that hangs is not cut).
+An attempt still running after the spec's ``max_trial_minutes`` (config key TIME_LIMIT_KEY) ends
+normally with ``timed_out`` rows: training checks the limit every step, and a ``CutOff`` ends
+anything else past it (an evaluation or a data generation that hangs).
 """
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import functools
 import json
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -50,8 +53,10 @@ TIME_LIMIT_KEY = "max_trial_s"
 TIMED_OUT = "timed_out"
 
 
-class TrialTimedOut(Exception):
-    """Raised inside the training loop once a trial has run past its time limit."""
+class TrialTimedOut(BaseException):
+    """Raised in the trial's thread once it has run past its time limit. A BaseException, like
+    KeyboardInterrupt: a broad ``except Exception`` in a task's or the evaluator's code must not
+    swallow it."""
 
 
 class Deadline:
@@ -68,9 +73,59 @@ class Deadline:
 
     def __call__(self) -> bool:
         if self.limit_s is not None and self.elapsed() > self.limit_s:
-            raise TrialTimedOut(f"ran longer than max_trial_minutes ({self.limit_s / 60:g} min): ended after "
-                                f"{self.elapsed():.1f} s, at training step {self.step}")
+            raise TrialTimedOut(self.message(f"at training step {self.step}"))
         return False
+
+    def message(self, where: str) -> str:
+        return (f"ran longer than max_trial_minutes ({(self.limit_s or 0) / 60:g} min): ended after "
+                f"{self.elapsed():.1f} s, {where}")
+
+
+CUT_OFF_GRACE_S = 2.0
+"""A CutOff fires this long after the limit, so a trial still training ends at its own per-step
+check first (its message names the step)."""
+
+
+class CutOff:
+    """``with CutOff(deadline):`` ends whatever the block's thread is doing once the deadline has
+    passed (by CUT_OFF_GRACE_S): an evaluation or a data generation that hangs checks no deadline.
+    A timer raises TrialTimedOut in that thread through CPython's PyThreadState_SetAsyncExc, the
+    one way to interrupt another Python thread (Ray runs a function trainable in a thread, where
+    signals cannot reach). It lands at the thread's next Python instruction: a call stuck inside C
+    code is ended when it returns, not before."""
+
+    def __init__(self, deadline: Deadline) -> None:
+        self.deadline = deadline
+        self.fired = False
+        self._lock = threading.Lock()
+        self._inside = False
+        self._timer: Optional[threading.Timer] = None
+
+    def _raise_in(self, exc: Optional[type]) -> None:
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self._thread), ctypes.py_object(exc) if exc else None)
+
+    def _fire(self) -> None:
+        with self._lock:
+            if self._inside:
+                self.fired = True
+                self._raise_in(TrialTimedOut)
+
+    def __enter__(self) -> "CutOff":
+        if self.deadline.limit_s is not None:
+            self._thread, self._inside = threading.get_ident(), True
+            wait = max(0.0, self.deadline.limit_s - self.deadline.elapsed()) + CUT_OFF_GRACE_S
+            self._timer = threading.Timer(wait, self._fire)
+            self._timer.daemon = True
+            self._timer.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        with self._lock:
+            self._inside = False
+            if self._timer is not None:
+                self._timer.cancel()
+            if self.fired:  # raised already, or still pending: never let it land after the block
+                self._raise_in(None)
 
 def worker_info() -> dict[str, str]:
     import ray
@@ -172,10 +227,12 @@ def fpr_trainable(config: dict[str, Any]) -> None:
 
     cfg = ExperimentConfig.from_dict(trial.experiment_config())
     try:
-        result = run_experiment(cfg, on_log=on_log, on_checkpoint=on_checkpoint,
-                                resume_state=resume_state, should_stop=deadline, device="auto")
+        with CutOff(deadline):
+            result = run_experiment(cfg, on_log=on_log, on_checkpoint=on_checkpoint,
+                                    resume_state=resume_state, should_stop=deadline, device="auto")
     except TrialTimedOut as e:  # ends normally (no retry: it would time out again) with timed_out rows
-        rows = placeholder_rows(trial, meta, TIMED_OUT, str(e),
+        why = str(e) or deadline.message(f"cut off after training step {deadline.step} (evaluating, or generating data)")
+        rows = placeholder_rows(trial, meta, TIMED_OUT, why,
                                 {"train_seconds": deadline.elapsed(), "train_steps": deadline.step, **worker_info()})
         _report_final(final_result(rows, {}))
         return

@@ -17,9 +17,12 @@ subset, and the test-time compute curve (schema-1 tables load with these columns
 3: the halting protocol of each row (``halting``; older rows read as 'trained'), the share of
 instances that ended at the cap and the cap-bound flag (docs/halting.md)."""
 
-STATUSES = ("ok", "failed", "diverged", "stopped")
-FINAL_STATUSES = ("ok", "diverged", "stopped")
-"""A trial whose rows file holds one of these is done; 'failed' trials run again on resume."""
+STATUSES = ("ok", "failed", "diverged", "stopped", "timed_out")
+FINAL_STATUSES = ("ok", "diverged", "stopped", "timed_out")
+"""A trial whose rows file holds one of these is done; 'failed' trials run again on resume. A
+'timed_out' trial (it ran past the spec's max_trial_minutes) is done too: a resume under the same
+limit would only time it out again. To give it more time, run the spec with a higher limit into a
+new results folder (docs/faults.md)."""
 
 _BASE_FIELDS = [
     pa.field("sweep", pa.string(), nullable=False),
