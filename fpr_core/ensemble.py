@@ -21,8 +21,8 @@ own code (``LoopedModel._step``, the solver, the gradient modes) is the one that
 holding weights of any other kind is refused, never run wrongly.
 
 Halting: the solver shrinks its active set as samples converge, which would mix members' rows.
-``MemberLoopMap.f_subset`` computes F on all K*B rows (the halted ones hold their last state) and
-returns the active ones: masks instead of shrinking, the same per-sample values.
+``MemberLoopMap.f_subset`` pads each member's active rows to the largest member's count (masks
+where shrinking would break the batching), so every sample keeps its per-sample halting.
 
 Each member keeps its own init (built alone from its seed), its own batch order (its own
 generator), its own loss (the total is a sum, so member k's gradient is dL_k/dtheta_k), its own
@@ -108,54 +108,86 @@ class MemberConv2d(_MemberDepthwise, nn.Conv2d):
     _conv = staticmethod(F.conv2d)
 
 
-class MemberCoefficients(ResidualCoefficients):
-    """ResidualCoefficients with logits (K, d): returns per-row coefficients (K*B, 1, d), which
-    broadcast against the (K*B, T, d) state exactly as (d,) does for one member."""
-
-    member_rows: int = 0
-    """B, set by ``MemberLoopedModel`` for every loop map it builds."""
-
-    def forward(self):
-        return tuple(c.repeat_interleave(self.member_rows, 0).unsqueeze(1) if c.dim() == 2 else c
-                     for c in super().forward())
-
-
 MEMBER_FORMS: dict[type, type] = {nn.Linear: MemberLinear, nn.Embedding: MemberEmbedding,
                                   nn.Conv1d: MemberConv1d, nn.Conv2d: MemberConv2d,
-                                  ResidualCoefficients: MemberCoefficients}
-"""The modules with weights a member-batched model knows, and their member-batched forms."""
+                                  ResidualCoefficients: ResidualCoefficients}
+"""The modules with weights a member-batched model knows, and their member-batched forms
+(ResidualCoefficients is elementwise in its logits: stacked (K, d) logits give (K, d) coefficients,
+which ``MemberLoopedModel`` repeats over each member's rows)."""
 
 
 @dataclass
 class MemberLoopMap(LoopMap):
-    """A LoopMap over K*B member-major rows whose ``f_subset`` runs F on all rows (masks, not
-    shrinking: a shrunk active set no longer splits into K equal member blocks)."""
+    """A LoopMap over K*B member-major rows.
 
-    _last: Optional[torch.Tensor] = field(default=None, repr=False)
-    """(K*B, T, d) detached: every row's state at its last step (halted rows keep theirs)."""
+    The solver's active set shrinks as samples halt, and a shrunk set no longer splits into K
+    equal member blocks. ``f_subset`` pads each member's active rows to the largest member's count
+    (zero states in the padding, their outputs dropped), so compute still follows difficulty and
+    every sample gets exactly the F of its own member."""
+
+    members: int = 1
+    model: Optional["MemberLoopedModel"] = field(default=None, repr=False)
+    _padding: Optional[tuple] = field(default=None, repr=False)
+    """(idx, slots (A,), x rows of the padded layout) for the active set ``idx``."""
+
+    def run(self, z: torch.Tensor, x_rows: torch.Tensor) -> torch.Tensor:
+        """F on member-major rows: the model's coefficients follow the rows per member."""
+        self.model.rows_per_member = z.shape[0] // self.members
+        return self.step(z, x_rows)
+
+    def f(self, z: torch.Tensor) -> torch.Tensor:
+        return self.run(z, self.x)
 
     def f_subset(self, z: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:  # (A, T, d) -> (A, T, d)
         if idx.numel() == self.x.shape[0]:
-            self._last = z.detach()
-            return self.step(z, self.x)
-        last = self._last if self._last is not None else self.z0.detach()
-        rows = last.index_copy(0, idx, z)  # the graph runs through the active rows only
-        self._last = rows.detach()
-        return self.step(rows, self.x).index_select(0, idx)
+            return self.run(z, self.x)
+        if self._padding is None or self._padding[0] is not idx:
+            self._padding = (idx, *self._pad(idx))
+        _, slots, x_rows = self._padding
+        padded = z.new_zeros(x_rows.shape[0], *z.shape[1:]).index_copy(0, slots, z)
+        return self.run(padded, x_rows).index_select(0, slots)
+
+    def _pad(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """slots (A,): each active row's place in the padded (K*W, ...) layout, W = the largest
+        member's active count; and the x rows of that layout (padding reads its member's first row)."""
+        k, b = self.members, self.x.shape[0] // self.members
+        member = torch.div(idx, b, rounding_mode="floor")                 # (A,)
+        counts = torch.bincount(member, minlength=k)                      # (K,)
+        width = int(counts.max())
+        first = counts.cumsum(0) - counts                                 # (K,)
+        slots = member * width + torch.arange(idx.numel(), device=idx.device) - first[member]
+        rows = torch.div(torch.arange(k * width, device=idx.device), width, rounding_mode="floor") * b
+        return slots, self.x.index_select(0, rows.index_copy(0, slots, idx))
 
 
 class MemberLoopedModel(LoopedModel):
     """A LoopedModel whose weights are stacked over ``members`` and whose batch is K*B rows."""
 
     members: int = 1
+    rows_per_member: int = 1
+    """Rows of each member in the batch F runs on next (set by ``MemberLoopMap.run``)."""
 
     def loop_map_from_embedding(self, x: torch.Tensor, shape: tuple[int, ...]) -> LoopMap:
         if x.shape[0] % self.members:
             raise ValueError(f"member-batched model: got {x.shape[0]} rows, expected a multiple of {self.members}")
-        self.coeffs.member_rows = x.shape[0] // self.members
         lm = super().loop_map_from_embedding(x, shape)
         fields = {f.name: getattr(lm, f.name) for f in dataclasses.fields(LoopMap) if f.init and f.name != "_rows"}
-        return MemberLoopMap(**fields)
+        return MemberLoopMap(**fields, members=self.members, model=self)
+
+    def _coefficients_once(self) -> Callable[[], tuple]:
+        """LoopedModel's coefficients once per loop map and grad mode, each (K, d) repeated over the
+        rows of its member: (K*rows, 1, d), which broadcasts against (K*rows, T, d) as (d,) does alone."""
+        cache: dict[tuple[bool, int], tuple] = {}
+
+        def coeffs() -> tuple:
+            grad, rows = torch.is_grad_enabled(), self.rows_per_member
+            if (grad, rows) not in cache:
+                if (grad, 0) not in cache:
+                    cache[grad, 0] = self.coeffs()
+                cache[grad, rows] = tuple(c.repeat_interleave(rows, 0).unsqueeze(1) if c.dim() == 2 else c
+                                          for c in cache[grad, 0])
+            return cache[grad, rows]
+        return coeffs
 
 
 # --------------------------------------------------------------------------- what can be stacked

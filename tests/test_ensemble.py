@@ -142,3 +142,19 @@ def test_configurations_that_cannot_stack_are_refused_by_name():
         run_member_experiments(configs(PREFIX, [0, 1], model={"spectral": 0.5}, grad="implicit"))
     with pytest.raises(ConfigError, match="differ only in their seed"):
         run_member_experiments(configs(PREFIX, [0], train={"lr": 1e-3}) + configs(PREFIX, [1]))
+
+
+def test_f_on_an_uneven_active_set_is_each_members_own_f():
+    cfgs = configs(PREFIX, [0, 1, 2])
+    _, setup = lone_setup(cfgs)
+    models = [model.train() for _, model, _ in setup]
+    tokens = [torch.as_tensor(data.inputs[:4]) for data, _, _ in setup]  # B = 4 rows per member
+    ens = stack_models(models)
+    lm = ens.loop_map(torch.cat(tokens))
+    idx = torch.tensor([0, 2, 5, 9, 10, 11])  # members 0, 1, 2 have 2, 1, 3 rows still active
+    z = torch.randn(len(idx), *lm.x.shape[1:], generator=torch.Generator().manual_seed(0))
+    got = lm.f_subset(z, idx)
+    for row, r in enumerate(idx.tolist()):
+        k, i = divmod(r, 4)
+        want = models[k].loop_map(tokens[k]).f_subset(z[row:row + 1], torch.tensor([i]))
+        torch.testing.assert_close(got[row:row + 1], want, rtol=1e-5, atol=1e-6, msg=f"row {r} (member {k})")
