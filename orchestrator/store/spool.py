@@ -55,6 +55,9 @@ short). Two trials reporting every 0.27 s (bench_orchestration's 1000-step trial
 ``log_batch`` calls, 2.6 s of the driver's CPU, on a core the trials share."""
 BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 8.0)
 """Waits between retries of a transient failure (the last one repeats)."""
+SLOW_ANSWER_S = 2.0
+"""An answer slower than this, or none within the client's timeout, marks the store as slow
+rather than unreachable in what the user is told at the end of a run."""
 
 Apply = Callable[["Sender", dict[str, Any]], None]
 OPERATIONS: dict[str, Apply] = {}
@@ -248,6 +251,11 @@ class Sender:
         self.down_since: Optional[float] = None
         self.last_error = ""
         self.sent = 0
+        self.timeouts = 0
+        """Writes the store did not answer within the client's timeout (each is retried)."""
+        self.slowest_s = 0.0
+        """The longest a write the store accepted took."""
+        self.timed_out_last = False
         self.fenced = False
         """True once the sender stopped because another driver took the sweep over."""
         self._wake = threading.Condition()
@@ -291,14 +299,18 @@ class Sender:
         costs only its own report."""
         attempt = 0
         while True:
+            started = time.monotonic()
             try:
                 OPERATIONS[op["op"]](self, op)
+                self.slowest_s = max(self.slowest_s, time.monotonic() - started)
             except Exception as e:  # the client raises many types: classify, never crash the thread
                 if not self.is_transient(e):
                     if len(op.get("parts", ())) > 1:
                         return all(self._deliver(part) for part in op["parts"])
                     self.warnings.append(f"MLflow refused {op['op']} for {op['trial']}: {_first_line(e)}")
                     break
+                self.timed_out_last = is_timeout(e)
+                self.timeouts += self.timed_out_last
                 self.last_error = why_unsent(e)
                 self.down_since = self.down_since or time.time()
                 with self._wake:
@@ -311,7 +323,31 @@ class Sender:
                 continue
             break
         self.down_since = None
+        self.timed_out_last = False
         return True
+
+    def is_slow(self) -> bool:
+        """The store answers, too slowly: its last failure was a timeout, or it is not failing and
+        answered slower than SLOW_ANSWER_S (a refused connection is unreachable, not slow)."""
+        if self.down_since is not None:
+            return self.timed_out_last
+        return self.timeouts > 0 or self.slowest_s > SLOW_ANSWER_S
+
+    def unsent_note(self, uri: str, pending: int) -> str:
+        """What the user is told when writes are left in the spool at the end of a run (one line)."""
+        kept = (f"The results table does not depend on it and is complete. {pending} MLflow writes (metrics, "
+                f"tags, artifacts, run ends) are kept in {self.spool.path} and are sent, each exactly once, by the "
+                "next `fpr-sweep run` of this spec")
+        if self.is_slow():
+            how = (f"{self.timeouts} requests got no answer within {os.environ.get('MLFLOW_HTTP_REQUEST_TIMEOUT', '?')} s "
+                   "(MLFLOW_HTTP_REQUEST_TIMEOUT) and were retried" if self.timeouts
+                   else f"writes took up to {self.slowest_s:.1f} s")
+            return (f"The MLflow tracking server {uri} is slow: {how}, and it had not taken every write when this "
+                    f"run ended. {kept}.")
+        since = (time.strftime("%H:%M:%S", time.localtime(self.down_since)) if self.down_since
+                 else "the end of the run")
+        return (f"The MLflow tracking store {uri} has not accepted writes since {since} "
+                f"({self.last_error or 'no answer'}). {kept} once the store is reachable again.")
 
     def drain(self, timeout: float) -> bool:
         """Wait until every spooled operation is sent (True) or ``timeout`` seconds pass (False)."""
@@ -335,11 +371,25 @@ class Sender:
 
 
 def why_unsent(e: BaseException) -> str:
-    """Why a write did not reach the store, as the user is told it: a full disk is called that
-    (not an errno), anything else by its first line."""
+    """Why a write did not reach the store, as the user is told it: a full disk or a timeout is
+    called that (not an errno or a stack of wrapped HTTP errors), anything else by its first line."""
     from orchestrator.store.space import is_disk_full
 
-    return "its disk is full" if is_disk_full(e) else _first_line(e)
+    if is_disk_full(e):
+        return "its disk is full"
+    return "no answer in time" if is_timeout(e) else _first_line(e)
+
+
+def is_timeout(e: BaseException) -> bool:
+    """A request the store did not answer within the client's timeout (requests' Timeout, which
+    MLflow's client wraps in an MlflowException)."""
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, TimeoutError) or "Timeout" in type(e).__name__ or "timeout exception" in str(e):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def _first_line(e: BaseException) -> str:

@@ -396,14 +396,7 @@ class SweepTracker:
             except OSError:  # a full disk: the spool stays, fully acked; the next run compacts it
                 pass
             return None
-        pending = len(self.spool.pending())
-        since = (time.strftime("%H:%M:%S", time.localtime(self.sender.down_since))
-                 if self.sender.down_since else "the end of the run")
-        return (f"The MLflow tracking store {self.uri} has not accepted writes since {since} "
-                f"({self.sender.last_error or 'no answer'}). The results table does not depend on it and "
-                f"is complete. {pending} MLflow writes (metrics, tags, artifacts, run ends) are kept in "
-                f"{self.spool.path} and are sent, each exactly once, by the next `fpr-sweep run` of this "
-                "spec once the store is reachable again.")
+        return self.sender.unsent_note(self.uri, len(self.spool.pending()))
 
     def find_trial_run(self, trial_id: str) -> Optional[str]:
         """The handle of a trial's existing run (its state left as it is), or None if it has none."""
