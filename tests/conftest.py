@@ -14,10 +14,15 @@ marked slow (a file may also mark itself with `pytestmark = pytest.mark.slow`, o
 subprocess, Ray or torch.compile anyway fails with a message naming this file, and every test that
 took more than FAST_TEST_S is listed at the end, so a misfiled test is found at once.
 
-`make test` runs on two pytest-xdist workers (`-n 2`), slow tests first. Each worker that gets a
-`ray_session` test starts its own session Ray. (Grouping tests per worker with `--dist loadgroup`
-does nothing with pytest 9.2 and pytest-xdist 3.8: xdist sets a node attribute pytest no longer
-reads.)
+`make test` runs on pytest-xdist workers with OneQueueScheduling: tests are sorted longest first
+(EXPECTED_S, then the other slow tests, then the fast ones) and a worker that finishes takes the next
+from one shared queue, so the run ends on short in-process tests on every worker instead of one
+worker finishing a queue of long tests alone (xdist's default hands each worker a quarter of its
+share at once, in order: one worker got most of the slow tier). The tests of a module in
+SHARED_FIXTURE_MODULES go to one worker together, so their module-scoped fixture (a cluster, a
+finished sweep) is built once. Each worker that gets a `ray_session` test starts its own session
+Ray. (`--dist loadgroup` would group tests, but it does nothing with pytest 9.2 and pytest-xdist
+3.8: xdist sets a node attribute pytest no longer reads.)
 """
 from __future__ import annotations
 
@@ -77,6 +82,10 @@ SLOW_TESTS = {
 """Single slow tests in otherwise fast modules (file::function, parameters left out)."""
 
 LONG_IN_PROCESS = {
+    "test_board_mask.py::test_a_board_masked_model_trains_and_evaluates",
+    "test_selection.py::test_run_experiment_with_selection_evaluates_the_selected_weights",
+    "test_selection.py::test_the_best_weights_survive_a_resume",
+    "test_selection.py::test_selection_returns_the_best_scoring_weights_not_the_last",
     "test_board_coordinates.py::test_experiment_trains_sudoku_with_board_coordinates",
     "test_corrupt_files.py::test_garbage_results_table_is_rebuilt_and_report_works_from_trial_files",
     "test_diagnostics.py::test_implicit_derivative_is_exactly_zero_without_recall",
@@ -112,6 +121,45 @@ LONG_IN_PROCESS = {
 """In-process tests that train, solve or bootstrap for many seconds (each over FAST_TEST_S in a
 `make test-fast` run on 2 shared cores): slow, so the fast tier stays near 2 minutes. They still
 run in `make test` and CI."""
+
+EXPECTED_S = {
+    "test_shipped_smoke.py::test_every_shipped_spec_runs_with_smoke[ood_generalization_cpu]": 400,
+    "test_launcher.py::test_ray_up_job_submit_rsync_down_ray_down": 340,
+    "test_shipped_smoke.py::test_every_shipped_spec_runs_with_smoke[quickstart]": 300,
+    "test_shipped_smoke.py::test_every_benchmark_runs_with_smoke[bench_scale]": 250,
+    "test_shipped_smoke.py::test_every_shipped_spec_runs_with_smoke[cpu_profiles]": 160,
+    "test_models_e2e.py::test_models_kept_series_fields_and_eval_on_new_sizes": 150,
+    "test_outage.py::test_server_killed_mid_sweep_loses_nothing_and_folders_never_share_runs": 150,
+    "test_tasks_learn.py::test_profile_beats_chance[sudoku]": 105,
+    "test_e2e_sweep.py::test_grid_sweep_writes_rows_runs_and_failures": 90,
+    "test_shipped_smoke.py::test_every_benchmark_runs_with_smoke[bench_reeval]": 90,
+    "test_resume.py::test_killed_sweep_resumes_without_loss_or_duplicates": 90,
+    "test_faults_more.py::test_a_driver_woken_after_losing_its_lock_stops_before_its_next_write": 90,
+    "test_faults_more.py::test_a_failed_retry_never_replaces_a_finished_trials_ok_rows": 85,
+    "test_halting.py::test_eval_halting_through_the_cli": 80,
+    "test_shipped_smoke.py::test_every_benchmark_runs_with_smoke[bench_memory]": 65,
+    "test_shipped_smoke.py::test_every_benchmark_runs_with_smoke[bench_adaptive_compute]": 60,
+    "test_spectral_constraint.py::test_every_step_hold_keeps_the_step_gain_within_ten_percent_after_200_steps": 60,
+    "test_tasks_learn.py::test_profile_beats_chance[prefix_sums]": 55,
+    "test_shipped_smoke.py::test_every_benchmark_runs_with_smoke[bench_eval_diagnostics]": 55,
+    "test_compile.py": 50,
+    "test_tasks_learn.py::test_profile_beats_chance[state_tracking]": 48,
+    "test_shipped_smoke.py::test_every_benchmark_runs_with_smoke[bench_orchestration]": 48,
+    "test_faults.py::test_raising_trials_retry_then_fail_and_diverged_trials_are_not_retried": 48,
+}
+"""About the seconds the longest tests take in a `make test` run on 2 cores (keys: file, file::test
+or file::test[params]; from the per-test times of full runs, which `make test` prints at its end).
+Only their order matters: `make test` starts them first, longest first, so that no long test starts
+last. A slow test not listed counts as SLOW_DEFAULT_S, a fast one as 0; ties keep their files' order."""
+
+SLOW_DEFAULT_S = 20.0
+
+SHARED_FIXTURE_MODULES = {
+    "test_faults_more",  # finished_sweep: a sweep run by the CLI, read by most of its tests
+    "test_multinode",    # cluster: a two-node `ray start` cluster
+}
+"""Modules whose tests run on one worker, one after the other: their module-scoped fixture is
+expensive, and split across workers it is built (and torn down) once per worker and per switch."""
 
 FAST_TEST_S = 5.0
 """A fast-tier test slower than this is listed at the end of the run as a candidate for `slow`."""
@@ -150,9 +198,37 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if (path.stem in SLOW_MODULES or name in SLOW_TESTS or name in LONG_IN_PROCESS
                 or SLOW_FIXTURES & set(getattr(item, "fixturenames", ()))):
             item.add_marker(pytest.mark.slow)
-    # Slow tests first (in their files' order), so the longest start early and the many short
-    # in-process tests fill both workers at the end instead of one worker finishing a cluster alone.
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    # Longest first, so the many short in-process tests fill every worker at the end instead of one
+    # worker finishing a long test alone.
+    items.sort(key=lambda item: -_expected_seconds(item))
+
+
+def _expected_seconds(item: pytest.Item) -> float:
+    """EXPECTED_S of the test (by id, then function, then file); else SLOW_DEFAULT_S or 0."""
+    path = Path(str(item.fspath)).name
+    for key in (f"{path}::{item.name}", f"{path}::{getattr(item, 'originalname', item.name)}", path):
+        if key in EXPECTED_S:
+            return EXPECTED_S[key]
+    return SLOW_DEFAULT_S if item.get_closest_marker("slow") else 0.0
+
+
+@pytest.hookimpl(tryfirst=True, optionalhook=True)  # optional: pytest-xdist may be absent
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """One shared queue of tests, in collection order (the module docstring says why)."""
+    if config.getvalue("dist") != "load":
+        return None  # another --dist asked for: xdist's own scheduler
+    from xdist.scheduler import LoadScopeScheduling
+
+    class OneQueueScheduling(LoadScopeScheduling):
+        """Work units of one test (of one module in SHARED_FIXTURE_MODULES), handed out in
+        collection order, one more whenever a worker has at most one queued."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return path if Path(path).stem in SHARED_FIXTURE_MODULES else nodeid
+
+    config.option.loadscopereorder = False  # keep the longest-first order
+    return OneQueueScheduling(config, log)
 
 
 def _fast_tier(config: pytest.Config) -> bool:
