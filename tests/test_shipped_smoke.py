@@ -17,6 +17,8 @@ from orchestrator.store.schema import FINAL_STATUSES
 from orchestrator.sweep.layout import SweepDir
 from orchestrator.sweep.plan import plan_sweep
 
+from conftest import write_spec
+
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parent.parent
@@ -113,9 +115,21 @@ def test_every_benchmark_has_checked_figures():
     assert sorted(PRINTED) == sorted(p.stem for p in BENCHES)
 
 
+def smoke_args(bench: str, tmp_path: Path) -> list[str]:
+    """Arguments after --smoke. bench_reeval trains a sweep before it re-evaluates it: by default
+    the quickstart's --smoke sweep, which test_every_shipped_spec_runs_with_smoke[quickstart] already
+    runs (minutes of maze trials); here a two-trial prefix-sums sweep, enough for every step of the
+    benchmark (train, keep models, evaluate a new size, evaluate it again)."""
+    if bench != "bench_reeval":
+        return []
+    spec = write_spec(tmp_path, name="reeval", tasks=[{"name": "prefix_sums", "train_size": 8, "ood_sizes": [16]}],
+                      axes={"model.recall": ["none", "standard"]})
+    return ["--spec", str(spec)]
+
+
 @pytest.mark.parametrize("bench", BENCHES, ids=[p.stem for p in BENCHES])
-def test_every_benchmark_runs_with_smoke(bench):
-    done = run([str(bench), "--smoke"], timeout=900)
+def test_every_benchmark_runs_with_smoke(bench, tmp_path):
+    done = run([str(bench), "--smoke", *smoke_args(bench.stem, tmp_path)], timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     check_printed(bench.stem, done.stdout)
     if bench.stem == "bench_orchestration":
