@@ -587,7 +587,7 @@ def _log_report(sweep_dir: Path) -> None:
             err_console.print(f"[yellow]warning:[/] report not logged to MLflow: {e}", highlight=False)
             return
         tracker.log_sweep_files([SweepDir(sweep_dir).report])
-        tracker.log_sweep_files(sorted(sweep_dir.glob("*.png")), "plots")
+        tracker.log_sweep_files(sorted(sweep_dir.glob("*.png")) + sorted(sweep_dir.glob("*.pdf")), "plots")
         problem = tracker.close()
         if problem:
             err_console.print(f"[yellow]warning:[/] {problem}", highlight=False, soft_wrap=True)

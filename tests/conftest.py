@@ -57,6 +57,7 @@ SLOW_MODULES = {
     "test_e2e_sweep",        # Ray
     "test_faults_more",      # the CLI in a subprocess
     "test_charts",           # a new MLflow SQLite store (its migrations: ~10 s)
+    "test_figures",          # the committed study's figures drawn (~30 s)
     "test_launcher",         # sshd, Ray's cluster launcher in network namespaces
     "test_models_e2e",       # Ray, an MLflow server
     "test_multinode",        # `ray start` clusters
