@@ -14,9 +14,7 @@ the server is back, or by the next run.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
 import json
 import logging
 import math
@@ -25,13 +23,14 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Optional
 
 from mlflow.entities import Dataset, DatasetInput, InputTag, LoggedModelOutput, Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from orchestrator.store.mlflow_model import link_run_to_models, save_pyfunc
 from orchestrator.store.space import DiskFull, is_disk_full
+from orchestrator.store.sqlite_store import relocate_artifacts, store_creation_lock
 from orchestrator.store.store_address import TrackingError
 from orchestrator.store.spool import PARENT, Sender, Spool, _first_line, operation
 from orchestrator.store.run_info import DatasetRecord
@@ -119,30 +118,6 @@ def by_protocol(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             else dict(r, split=f"{r['split']}/{r['halting']}", size=None) for r in rows]
 
 
-@contextlib.contextmanager
-def store_creation_lock(uri: str) -> Iterator[None]:
-    """Serialise creating and migrating a SQLite store across processes (issue 33): two sweeps
-    started at once on one fresh shared store both ran MLflow's migrations, both crashed, and
-    the store stayed broken. An exclusive ``flock`` on ``<store>.lock`` beside the database file,
-    held around the first call (which creates the tables or upgrades them); other stores as they are."""
-    if not uri.startswith("sqlite:///"):
-        yield
-        return
-    db = Path(uri[len("sqlite:///"):].split("?", 1)[0])
-    try:
-        db.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(db.with_name(db.name + ".lock"), "a")
-    except OSError:  # a read-only folder: nothing can be created there anyway
-        yield
-        return
-    with handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 class SweepTracker:
     """MLflow runs of one sweep: the parent run and one child run per trial.
 
@@ -164,6 +139,7 @@ class SweepTracker:
         self.tags = dict(tags)
         self.sweep_id = sweep_id
         self.artifacts = SweepDir(Path(sweep_dir).resolve()).mlflow_artifacts
+        self.relocated = relocate_artifacts(uri, sweep_dir)  # a copied or moved folder: its own artifacts
         with store_creation_lock(uri):  # the client's store creates (or migrates) the database
             self.client = MlflowClient(tracking_uri=uri)
             self.experiment_id = self._experiment(sweep)

@@ -15,6 +15,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from orchestrator.store.sqlite_store import relocate_artifacts
 from orchestrator.sweep.layout import SweepDir
 
 SERVER_STORE = Path("mlflow") / "mlflow.db"
@@ -95,7 +97,13 @@ def resolve_store(sweep_dir: Path) -> Store:
                       + (f" (sweep.json names {uri}, a store of its own folder, looked up here)"
                          if was_default and recorded is not None and recorded != store else "")
                       + ". Copy the sweep folder with its mlflow.db, or run the sweep first.")
-    return Store(f"sqlite:///{store}")
+    uri = f"sqlite:///{store}"
+    try:  # a copied or moved folder serves its own artifacts, not the original's
+        relocate_artifacts(uri, sweep_dir)
+    except sqlite3.Error as e:  # e.g. a read-only copy: serve it, saying what it shows
+        sys.stderr.write(f"warning: {store}: cannot point its artifact locations at {layout.mlflow_artifacts} "
+                         f"({e}); the UI shows the artifacts of the folder the store was written in.\n")
+    return Store(uri)
 
 
 def check_port(host: str, port: int) -> None:
