@@ -158,3 +158,42 @@ def test_f_on_an_uneven_active_set_is_each_members_own_f():
         k, i = divmod(r, 4)
         want = models[k].loop_map(tokens[k]).f_subset(z[row:row + 1], torch.tensor([i]))
         torch.testing.assert_close(got[row:row + 1], want, rtol=1e-5, atol=1e-6, msg=f"row {r} (member {k})")
+
+
+def test_the_grid_feed_groups_seeds_of_one_arm_and_resumes_from_its_saved_position(tmp_path):
+    import pickle
+
+    from ray.tune.search import Searcher
+
+    from orchestrator.run.members import MEMBERS_KEY, member_trials
+    from orchestrator.run.tune_space import GridFeed
+    from orchestrator.sweep.expand import expand
+    from orchestrator.sweep.spec import load_spec
+
+    from conftest import write_spec
+
+    path = write_spec(tmp_path, name="groups", tasks=[{"name": "prefix_sums", "train_size": 8}],
+                      axes={"model.recall": ["none", "standard"], "model.spectral": [None, 0.5]},
+                      seeds=[0, 1, 2], seeds_per_trial=2)
+    spec = load_spec(path)
+    cells = expand(spec)
+    by_arm = {}
+    for c in cells:
+        by_arm.setdefault(c.variant, []).append(c.cell_id)
+    feed = GridFeed(spec, False, frozenset({by_arm["recall=none,spectral=null"][0]}))  # seed 0 of one arm is done
+
+    def ids(config):
+        return [t.trial_id for t in member_trials(config)]
+    first = [ids(feed.suggest(f"t{i}")) for i in range(3)]
+    assert first[0] == by_arm["recall=none,spectral=null"][1:]              # seeds 1, 2 (seed 0 done)
+    assert first[1:] == [[i] for i in by_arm["recall=none,spectral=0.5"][:2]]  # spectral cannot stack: one each
+    feed.save(str(tmp_path / "feed.json"))
+    again = pickle.loads(pickle.dumps(feed))  # Tune pickles the searcher into tuner.pkl
+    again.restore(str(tmp_path / "feed.json"))
+    rest = []
+    while (config := again.suggest("x")) != Searcher.FINISHED:
+        rest.append(ids(config))
+        assert (MEMBERS_KEY in config) == (len(rest[-1]) > 1)
+    assert rest == [by_arm["recall=none,spectral=0.5"][2:], by_arm["recall=standard,spectral=null"][:2],
+                    by_arm["recall=standard,spectral=null"][2:], by_arm["recall=standard,spectral=0.5"][:1],
+                    by_arm["recall=standard,spectral=0.5"][1:2], by_arm["recall=standard,spectral=0.5"][2:]]

@@ -35,6 +35,7 @@ from orchestrator.run import hub as hubs
 from orchestrator.run import tune_space
 from orchestrator.run import trust
 from orchestrator.run.hub import DriverHub, ForwardingCallback
+from orchestrator.run.members import member_views
 from orchestrator.run.signals import StopRequests
 from orchestrator.run.trainable import CHECKPOINTS_KEPT, fpr_trainable
 from orchestrator.store import parquet
@@ -529,7 +530,7 @@ def reconcile(hub: DriverHub, exp_path: str) -> int:
     from ray.tune import ExperimentAnalysis
 
     unfinished = 0
-    for tt in ExperimentAnalysis(exp_path).trials:
+    for tt in (view for tune_trial in ExperimentAnalysis(exp_path).trials for view in member_views(tune_trial)):
         if tt.status == "TERMINATED":
             hub.guarded("reconcile", hub.completed, tt)
             if hub.meta.keep_models != "none":

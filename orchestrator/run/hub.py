@@ -23,6 +23,7 @@ from orchestrator.store.rows import SweepMeta, placeholder_rows
 from orchestrator.store.run_info import dataset_records, trial_description
 from orchestrator.store.schema import FINAL_STATUSES
 from orchestrator.store.space import DiskFull, failed_path, is_disk_full
+from orchestrator.run.members import member_views, view_checkpoint, view_result
 from orchestrator.run.signals import StopRequests
 from orchestrator.run.trainable import MODEL_FILE
 from orchestrator.sweep.expand import Trial, trial_of_config
@@ -264,28 +265,35 @@ def activate(hub: Optional[DriverHub]) -> None:
 
 
 class ForwardingCallback(tune.Callback):
-    """Driver-side Tune callback: forwards trial events to the active DriverHub."""
+    """Driver-side Tune callback: forwards trial events to the active DriverHub, once per trial the
+    Tune trial runs (a group of ``seeds_per_trial`` seeds is one Tune trial: run/members.py)."""
 
     def on_trial_start(self, iteration, trials, trial, **info):
         if _ACTIVE is not None:
-            _ACTIVE.guarded("trial start", _ACTIVE.started, trial)
+            for view in member_views(trial):
+                _ACTIVE.guarded("trial start", _ACTIVE.started, view)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if _ACTIVE is not None:
-            _ACTIVE.guarded("trial result", _ACTIVE.result, trial, result)
+            for view in member_views(trial):
+                _ACTIVE.guarded("trial result", _ACTIVE.result, view, view_result(view, result))
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         if _ACTIVE is not None:
-            _ACTIVE.guarded("trial retry", _ACTIVE.recovering, trial)
+            for view in member_views(trial):
+                _ACTIVE.guarded("trial retry", _ACTIVE.recovering, view)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         if _ACTIVE is not None:
-            _ACTIVE.guarded("trial completion", _ACTIVE.completed, trial)
+            for view in member_views(trial):
+                _ACTIVE.guarded("trial completion", _ACTIVE.completed, view)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         if _ACTIVE is not None:
-            _ACTIVE.guarded("trial error", _ACTIVE.errored, trial)
+            for view in member_views(trial):
+                _ACTIVE.guarded("trial error", _ACTIVE.errored, view)
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
         if _ACTIVE is not None and _ACTIVE.meta.keep_models != "none":
-            _ACTIVE.guarded("keeping the model", _ACTIVE.keep_model, trial, checkpoint)
+            for view in member_views(trial):
+                _ACTIVE.guarded("keeping the model", _ACTIVE.keep_model, view, view_checkpoint(view, checkpoint))

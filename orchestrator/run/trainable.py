@@ -30,6 +30,8 @@ from typing import Any, Optional
 
 from ray import tune
 
+from orchestrator.run import members
+from orchestrator.run.members import MEMBER_RESULTS_KEY, MEMBERS_KEY
 from orchestrator.store.provenance import hostname, package_versions
 from orchestrator.store.rows import SweepMeta, experiment_rows, placeholder_rows, residual_curves
 from orchestrator.sweep.expand import trial_of_config
@@ -184,7 +186,10 @@ class CheckpointGate:
 
 
 def fpr_trainable(config: dict[str, Any]) -> None:
-    """Train and evaluate one trial (see module doc)."""
+    """Train and evaluate one trial, or a group of seeds (``seeds_per_trial``; see module doc)."""
+    if MEMBERS_KEY in config:
+        _group_trainable(config)
+        return
     from fpr_core.config import ExperimentConfig
     from fpr_core.experiment import run_experiment
     from fpr_core.train import load_checkpoint, save_checkpoint
@@ -247,3 +252,91 @@ def fpr_trainable(config: dict[str, Any]) -> None:
                       "train_steps": result.train.steps}
         save_model = functools.partial(save_experiment_model, result=result, config=cfg.to_dict(), meta=provenance)
     _report_final(final, save_model)
+
+
+def _restored_group(trials) -> tuple[Optional[dict[str, Any]], Optional[list[dict[str, Any]]]]:
+    """From a group's Tune checkpoint: (its final report, when it had finished) or (None, the
+    members' training states, when every member has one), else (None, None)."""
+    from fpr_core.train import load_checkpoint
+
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return None, None
+    with checkpoint.as_directory() as d:
+        rows_file = Path(d, ROWS_FILE)
+        if rows_file.exists():
+            kept = json.loads(rows_file.read_text())[MEMBER_RESULTS_KEY]
+            finals = {}
+            for trial_id, saved in kept.items():
+                finals[trial_id] = final_result(json.loads(saved[ROWS_KEY]), json.loads(saved[CURVES_KEY]))
+                if DATASETS_KEY in saved:
+                    finals[trial_id][DATASETS_KEY] = saved[DATASETS_KEY]
+            return members.group_final(finals), None
+        files = [Path(d, members.STATE_FILE.format(trial_id=t.trial_id)) for t in trials]
+        if all(f.exists() for f in files):
+            return None, [load_checkpoint(f) for f in files]
+    return None, None
+
+
+def _group_trainable(config: dict[str, Any]) -> None:
+    """K seeds of one configuration trained as one batched model (orchestrator/run/members.py):
+    per-member rows, curves, datasets and models; the mean of the members for the searcher."""
+    from fpr_core.config import ExperimentConfig
+    from fpr_core.members import run_member_experiments
+    from fpr_core.train import save_checkpoint
+
+    trials = members.member_trials(config)
+    meta = SweepMeta(**config[META_KEY])
+    again, resume_states = _restored_group(trials)
+    if again is not None:  # finished before the driver went down: report again, don't retrain
+        tune.report(again)
+        return
+    deadline = Deadline(config.get(TIME_LIMIT_KEY))
+
+    def on_log(step: int, per_member: list) -> None:
+        deadline.step = step
+        deadline()
+        tune.report(members.training_report(step, trials, per_member))
+
+    checkpoint_due = CheckpointGate()
+
+    def on_checkpoint(step: int, states: list) -> None:
+        deadline.step = step
+        deadline()
+        if not checkpoint_due() or any(s is None for s in states):  # a diverged member: no resumable group state
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            for t, state in zip(trials, states):
+                save_checkpoint(Path(tmp, members.STATE_FILE.format(trial_id=t.trial_id)), state)
+            tune.report({STEP: step}, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+    cfgs = [ExperimentConfig.from_dict(t.experiment_config()) for t in trials]
+    try:
+        with CutOff(deadline):
+            results = run_member_experiments(cfgs, on_log=on_log, on_checkpoint=on_checkpoint,
+                                             resume_states=resume_states, should_stop=deadline, device="auto")
+    except TrialTimedOut as e:
+        why = str(e) or deadline.message(f"cut off after training step {deadline.step} (evaluating, or generating data)")
+        extra = {"train_seconds": deadline.elapsed(), "train_steps": deadline.step, **worker_info()}
+        finals = {t.trial_id: final_result(placeholder_rows(t, meta, TIMED_OUT, why, extra), {}) for t in trials}
+        _report_group(finals, {})
+        return
+    worker = worker_info()
+    finals, save_models = {}, {}
+    for t, cfg, result in zip(trials, cfgs, results):
+        finals[t.trial_id] = final_result(experiment_rows(t, meta, result, worker), residual_curves(result))
+        finals[t.trial_id][DATASETS_KEY] = _datasets(result, t.cell.task, t.cell.task_params)
+        if meta.keep_models == "final" and result.train.status == "ok":
+            from fpr_core.saved_model import save_experiment_model
+
+            provenance = {"trial_id": t.trial_id, "sweep": meta.sweep, "git_commit": meta.git_commit,
+                          "train_steps": result.train.steps}
+            save_models[t.trial_id] = functools.partial(save_experiment_model, result=result, config=cfg.to_dict(),
+                                                        meta=provenance)
+    _report_group(finals, save_models)
+
+
+def _report_group(finals: dict[str, dict[str, Any]], save_models: dict[str, Any]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        members.final_checkpoint_dir(tmp, finals, save_models, ROWS_FILE, MODEL_FILE)
+        tune.report(members.group_final(finals), checkpoint=tune.Checkpoint.from_directory(tmp))

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 from ray import tune
 from ray.tune.search import Searcher
 
+from orchestrator.run.members import CellGroups, group_config
 from orchestrator.run.trainable import TIME_LIMIT_KEY
 from orchestrator.store.rows import SweepMeta
 from orchestrator.sweep.expand import Cell, SweepGrid
@@ -42,19 +43,20 @@ class GridFeed(Searcher):
         self.spec, self.smoke, self.skip = spec, smoke, skip
         self.position = 0
         """Cells of the grid walked so far (queued or skipped)."""
-        self._cells: Optional[Iterator[Cell]] = None
+        self._groups: Optional[CellGroups] = None
+        self._start = 0
 
     def set_search_properties(self, metric: Optional[str], mode: Optional[str], config: dict, **spec) -> bool:
         return True
 
     def suggest(self, trial_id: str) -> Optional[dict]:
-        if self._cells is None:
-            self._cells = SweepGrid(self.spec, self.smoke).cells(self.position)
-        for cell in self._cells:
-            self.position += 1
-            if cell.cell_id not in self.skip:
-                return {CELL_KEY: cell.payload()}
-        return Searcher.FINISHED
+        """The next unfinished cell, or with ``seeds_per_trial`` > 1 a group of seeds of one arm."""
+        if self._groups is None:
+            cells = SweepGrid(self.spec, self.smoke).cells(self.position)
+            self._groups, self._start = CellGroups(cells, self.spec.seeds_per_trial, self.skip), self.position
+        group = self._groups.next_group()
+        self.position = self._start + self._groups.walked
+        return Searcher.FINISHED if group is None else group_config(group)
 
     def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:
         pass  # a grid learns nothing from results
@@ -64,10 +66,10 @@ class GridFeed(Searcher):
 
     def restore(self, checkpoint_path: str) -> None:
         self.position = int(json.loads(Path(checkpoint_path).read_text())["position"])
-        self._cells = None
+        self._groups = None
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_cells": None}  # Tune pickles the searcher; a generator cannot be
+        return {**self.__dict__, "_groups": None}  # Tune pickles the searcher; a generator cannot be
 
 
 def search_domain(dist: Any) -> Any:

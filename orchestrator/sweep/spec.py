@@ -221,6 +221,12 @@ class SweepSpec(_Strict):
     scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     resources: Resources = Field(default_factory=Resources)
+    seeds_per_trial: int = Field(
+        1, ge=1, le=64,
+        description="Seeds of one arm trained together as one batched model in one trial (K members with their "
+                    "weights stacked; docs/speed.md, 'Seeds per trial'). Each seed keeps its own trial id, rows, "
+                    "MLflow run and kept model; an arm that cannot be stacked (e.g. model.spectral) runs one seed "
+                    "per trial. Grid sweeps only.")
     max_failures: int = Field(1, ge=0, description="Retries of a trial that raises, before it counts as failed.")
     max_concurrent: Optional[int] = Field(None, gt=0, description="Max trials running at once (default: as resources allow).")
     max_trial_minutes: Optional[float] = Field(
@@ -270,6 +276,13 @@ class SweepSpec(_Strict):
     @classmethod
     def _unique_seeds(cls, v: list[int]) -> list[int]:
         return distinct_seeds(v)
+
+    @model_validator(mode="after")
+    def _members_need_a_grid(self) -> "SweepSpec":
+        if self.seeds_per_trial > 1 and self.search is not None:
+            raise ValueError(f"seeds_per_trial: got {self.seeds_per_trial} with a search section; expected 1 "
+                             "(a search tunes each seed as its own study)")
+        return self
 
     def science(self) -> dict[str, Any]:
         """The part of the spec that decides which trials exist (hashed into spec_hash)."""
