@@ -73,6 +73,9 @@ PRINTED: dict[str, list[tuple[str, str, float, float]]] = {
     "bench_adaptive_compute": [
         ("per-sample / batch-level halting time", rf"ratio per-sample / batch-level = {N}", 0.01, 10),
         ("per-sample halting / oracle time", rf"ratio per-sample / oracle\s+= {N}", 0.01, 10)],
+    "bench_ensemble": [  # rows "K  seeds/h  x K=1  seeds/h (wall)  x K=1  MiB/member  x K=1"
+        ("seeds/h (CPU) against K=1", rf"(?m)^\s*[1248]\s+[\d.]+\s+{N}\s", 0.01, 100),
+        ("memory per member against K=1", rf"(?m)^\s*[1248]\s+(?:[\d.]+\s+){{5}}{N}$", 0.5, 5)],
     "bench_eval_diagnostics": [
         ("eval with / without diagnostics", rf"(?m)^\s*\d+\s+\d+\s+[\d.]+\s+[\d.]+\s+{N}$", 0.2, 1000)],
     "bench_memory": [
