@@ -200,6 +200,8 @@ def member_refusals(cfg: ExperimentConfig) -> list[str]:
         why.append("model.spectral (spectral normalisation's power iteration is per weight matrix)")
     if m.positions == "absolute":
         why.append("model.positions 'absolute' (board coordinate tables are not member-batched)")
+    if m.attention_mask == "board":
+        why.append("model.attention_mask 'board' (the member-batched attention has no board mask)")
     if m.z0 == "random":
         why.append("model.z0 'random' (one random draw per member would need a generator per member)")
     if g.mode in ("progressive", "implicit"):
