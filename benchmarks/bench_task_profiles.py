@@ -30,9 +30,10 @@ sys.path.insert(0, str(ROOT))
 from fpr_core.config import ExperimentConfig  # noqa: E402
 from fpr_core.experiment import evaluate_sizes, run_experiment  # noqa: E402
 from orchestrator.sweep.expand import expand, resolve  # noqa: E402
+from orchestrator.store.provenance import git_commit  # noqa: E402
 from orchestrator.sweep.spec import load_spec  # noqa: E402
 
-SMOKE = {"train.steps": 3, "train.n_train": 64, "eval.n_eval": 8, "eval.diagnostics": False,
+SMOKE = {"train.steps": 3, "train.n_train": 64, "train.n_select": 16, "eval.n_eval": 8, "eval.diagnostics": False,
          "solver.eval_cap": 4, "solver.train_cap": 4}
 
 
@@ -96,6 +97,40 @@ def run_one(cfg: ExperimentConfig, extra_sizes: list[int], extra_n: int) -> dict
             "final_train": train_cpu.get("last"), "splits": splits}
 
 
+PUBLISHED = {
+    "mazes": "Deep Thinking, trained 9×9 (our 11), 59×59: 97.30 ± 0.68 (recall + progressive loss, best "
+             "checkpoint by a held-out split, models < 99% train accuracy dropped); DART 9→31: 98.2 ± 0.6",
+    "prefix_sums": "Deep Thinking 32 → 512 bits (16×): 97.12 ± 1.88",
+    "state_tracking": "FPRM S5, trained at 32, at 128 (4×): 0.993 / 0.945 / 0.886, mean 0.941 (public config)",
+    "sudoku": "no 6×6 figure; FPRM Sudoku-Extreme 9×9: 94.2%",
+    "chess": "Deep Thinking: Lichess puzzles by rating (from/to of the first move); no mate-in-1 figure",
+}
+"""The published figure set beside each family (../shared/REFERENCES.md names the sources)."""
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """One table per family: a row per seed with exact accuracy on every split (its cap and capped
+    share in the OOD cells), the training and total CPU minutes, the selected step; the published
+    figure under it."""
+    out = []
+    for task in dict.fromkeys(r["task"] for r in rows):
+        mine = [r for r in rows if r["task"] == task]
+        splits = list(dict.fromkeys(s["split"] for r in mine for s in r["splits"]))
+        out.append(f"\n**{task}** {mine[0]['params'] or ''} — published: {PUBLISHED.get(task, '–')}\n")
+        out.append("| seed | " + " | ".join(splits) + " | train CPU-min | total CPU-min | kept step |")
+        out.append("|---" * (len(splits) + 4) + "|")
+        for r in mine:
+            by_split = {s["split"]: s for s in r["splits"]}
+            cells = [f"{by_split[n]['exact']:.3f} (n {by_split[n]['n']}, reach {by_split[n]['reach']:.2f})"
+                     if n in by_split else "–" for n in splits]
+            out.append(f"| {r['seed']} | " + " | ".join(cells) + f" | {r['train_cpu_min']} | {r['total_cpu_min']} | "
+                       f"{r.get('selected_step') or '–'} |")
+        means = [np.mean([next(s["exact"] for s in r["splits"] if s["split"] == n) for r in mine
+                          if any(s["split"] == n for s in r["splits"])]) for n in splits]
+        out.append("| mean | " + " | ".join(f"{m:.3f}" for m in means) + " | | | |")
+    return "\n".join(out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--spec", type=Path, default=ROOT / "sweeps" / "cpu_profiles.yaml")
@@ -109,18 +144,25 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="append one JSON line per trial")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--table", type=Path, default=None, metavar="JSONL",
+                        help="print the markdown table of the rows in JSONL (from --out) and exit")
     args = parser.parse_args()
+    if args.table:
+        print(markdown_table([json.loads(line) for line in args.table.read_text().splitlines() if line.strip()]))
+        return
     torch.set_num_threads(args.threads)
     sets = {k: _parse_value(v) for k, v in (s.split("=", 1) for s in args.set)}
     if args.smoke:
         sets.update(SMOKE)
     spec = load_spec(args.spec)
     tasks = args.task or [t.name for t in spec.tasks]
+    rows = []
     for task in tasks:
         for cfg in trial_configs(args.spec, task, args.seeds, sets):
             print(f"== {task} {cfg.task.params} seed {cfg.seed}", flush=True)
             row = run_one(cfg, args.extra_sizes, args.extra_n)
             row["overrides"] = {k: v for k, v in sets.items()}
+            row["git_commit"] = git_commit()  # '...+dirty' when the tree had changes
             for s in row["splits"]:
                 print("  " + " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                                       for k, v in s.items()), flush=True)
@@ -129,9 +171,11 @@ def main() -> None:
                       f"(held-out exact {row['selected_score']:.3f})", flush=True)
             print(f"  train {row['train_cpu_min']} CPU-min ({row['train_wall_min']} wall-min), "
                   f"total {row['total_cpu_min']} CPU-min, status {row['status']}", flush=True)
+            rows.append(row)
             if args.out:
                 with args.out.open("a") as f:
                     f.write(json.dumps(row) + "\n")
+    print(markdown_table(rows))
 
 
 if __name__ == "__main__":

@@ -427,7 +427,8 @@ class TrainConfig:
     """Keep the best weights (0 = off, keep the last): every this many steps, score the eval weights
     by exact accuracy on ``n_select`` held-out training-size instances (taken from the end of the
     training set, never trained on) and evaluate the best-scoring ones. Deep Thinking keeps the
-    best model by a held-out split (deep-thinking train_model.py, ``best_so_far``)."""
+    best model by a held-out split (deep-thinking train_model.py: ``highest_val_acc_so_far``,
+    ``model_best.pth``)."""
     n_select: int = field(default=256, metadata=ADDED_AFTER_IDS)
     """Held-out instances scored when ``select_every`` > 0 (removed from the ``n_train`` trained on)."""
     n_train: int = 4096

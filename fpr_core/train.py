@@ -233,8 +233,9 @@ class _Loop:
         return self.ema.module if self.ema else self.model
 
     def offer_selection(self, score: float) -> None:
-        """Keep the eval weights of this step if they score above every earlier step (ties keep the later)."""
-        if self.best is None or score >= self.best["score"]:
+        """Keep the eval weights of this step if they score above every earlier step (ties keep the
+        earlier, as Deep Thinking saves model_best only on a strictly higher val accuracy)."""
+        if self.best is None or score > self.best["score"]:
             self.best = {"step": self.step, "score": float(score),
                          "weights": _clone_cpu(self.eval_module().state_dict())}
 

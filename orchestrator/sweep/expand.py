@@ -29,6 +29,7 @@ from orchestrator.sweep.spec import SpecError, SweepSpec, TaskEntry, dist_probes
 
 SMOKE_BUDGET: dict[str, Any] = {"train.steps": 30, "train.n_train": 256, "train.warmup": 5,
                                 "train.log_every": 10, "train.checkpoint_every": 15,
+                                "train.select_every": 15, "train.n_select": 32,
                                 "eval.n_eval": 32, "eval.diag_n": 8}
 """Upper bounds applied by ``--smoke`` (each value is min(spec value, bound))."""
 SMOKE_OOD_SIZES = 2
