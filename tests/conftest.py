@@ -147,6 +147,11 @@ EXPECTED_S = {
     "test_tasks_learn.py::test_profile_beats_chance[state_tracking]": 48,
     "test_shipped_smoke.py::test_every_benchmark_runs_with_smoke[bench_orchestration]": 48,
     "test_faults.py::test_raising_trials_retry_then_fail_and_diverged_trials_are_not_retried": 48,
+    "test_moved_sweep.py::test_a_folder_moved_with_writes_pending_sends_them_to_its_own_store_at_the_new_path": 160,
+    "test_moved_sweep.py::test_a_copied_sweep_serves_reads_and_writes_only_its_own_artifacts": 140,
+    "test_slow_tracking.py::test_a_slow_tracking_server_is_called_slow_and_its_writes_wait_in_the_spool": 120,
+    "test_disk_full.py::test_disk_full_stops_with_one_message_and_the_next_run_resumes": 120,
+    "test_faults_hung.py::test_a_hung_evaluation_ends_timed_out_and_a_resume_does_not_train_it_again": 70,
 }
 """About the seconds the longest tests take in a `make test` run on 2 cores (keys: file, file::test
 or file::test[params]; from the per-test times of full runs, which `make test` prints at its end).

@@ -159,6 +159,28 @@ def test_a_failed_retry_never_replaces_a_finished_trials_ok_rows(tmp_path):
     assert second.returncode == 0, out
 
 
+def test_tune_state_signed_in_another_folder_is_not_restored(tmp_path):
+    """A sweep folder moved or copied since Tune saved its state: Ray 2.60 restores it, but a restored
+    trial still checks its storage marker under the old folder and fails once that is gone. The
+    state is set aside instead (its unfinished trials start again; finished ones keep their rows)."""
+    import shutil
+
+    from orchestrator.run import trust
+    from orchestrator.run.driver import restorable
+
+    old = tmp_path / "old" / "grid-x"
+    old.mkdir(parents=True)
+    (old / "experiment_state-1.json").write_text('{"trial_data": []}')
+    trust.sign(old)
+    assert trust.saved_elsewhere(old) is None and restorable(str(old)) is None
+    new = tmp_path / "new" / "grid-x"
+    shutil.copytree(old, new)
+    assert trust.saved_elsewhere(new) == str(old.resolve())
+    assert "moved or copied" in restorable(str(new)) and str(old.resolve()) in restorable(str(new))
+    trust.sign(new)  # the next driver there signs it as its own
+    assert trust.saved_elsewhere(new) is None
+
+
 # ---------------------------------------------------------------- fencing
 
 def live_running(sweep_dir: Path) -> int:

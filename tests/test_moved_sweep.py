@@ -110,3 +110,78 @@ def test_a_copied_sweep_serves_reads_and_writes_only_its_own_artifacts(tmp_path)
         assert json.loads(Path(local).read_text())
     assert not old_root.exists(), sorted(str(p) for p in old_root.rglob("*"))  # nothing written at the old path
     print(f"served from the copy: {served}")
+
+
+def unsent_ops(sweep_dir: Path) -> list[dict]:
+    """The spool's whole lines past its ack, read without touching the live files."""
+    spool = sweep_dir / "tracking"
+    try:
+        acked = int((spool / "acked").read_text().strip() or 0)
+    except (OSError, ValueError):
+        acked = 0
+    try:
+        lines = (spool / "spool.jsonl").read_text().splitlines(keepends=True)
+    except OSError:
+        return []
+    ops = []
+    for line in lines:
+        try:
+            op = json.loads(line) if line.endswith("\n") else None
+        except ValueError:
+            op = None
+        if isinstance(op, dict) and op.get("seq", 0) > acked:
+            ops.append(op)
+    return ops
+
+
+def test_a_folder_moved_with_writes_pending_sends_them_to_its_own_store_at_the_new_path(tmp_path):
+    """Issue 33, 'sweep folder moved while MLflow writes are pending': the driver is killed while
+    its spool holds unsent writes, the folder is moved, and the same sweep is run at its new path:
+    every trial's run ends FINISHED with its model, all artifacts in the moved folder."""
+    from test_faults_more import kill_group, wait_for
+
+    path = write_spec(tmp_path, name="moving", max_concurrent=1, tasks=[
+        {"name": "prefix_sums", "train_size": 8, "ood_sizes": [16]}], axes={"model.recall": ["none", "standard"]})
+    env = plugin_env()
+    old_root = tmp_path / "results"
+    sweep_dir = old_root / "moving"
+    log = tmp_path / "first.log"
+    with open(log, "w") as out:
+        driver = subprocess.Popen(cli("run", str(path)), stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO,
+                                  start_new_session=True)
+        try:  # killed once a trial has its rows and the spool holds writes not yet sent
+            wait_for(lambda: list((sweep_dir / "trials").glob("*.parquet")) and unsent_ops(sweep_dir), 300,
+                     "a finished trial with unsent MLflow writes", driver, log, poll_s=0.01)
+            os.killpg(driver.pid, signal.SIGKILL)
+        finally:
+            kill_group(driver)
+    pending = len(unsent_ops(sweep_dir))
+    assert pending > 0
+    new_root = tmp_path / "moved" / "results"
+    new_root.mkdir(parents=True)
+    shutil.move(str(sweep_dir), str(new_root / "moving"))
+    shutil.rmtree(old_root)
+    moved = new_root / "moving"
+
+    again = run_cli("run", str(path), "--results-dir", str(new_root), env=env)
+    out = again.stdout + again.stderr
+    assert again.returncode == 0, out
+    assert unsent_ops(moved) == []
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{moved / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("moving")
+    assert exp.artifact_location == (moved / "mlartifacts").as_uri()
+    runs = client.search_runs([exp.experiment_id], max_results=100)
+    trials = {r.data.tags["trial_id"]: r for r in runs if "trial_id" in r.data.tags}
+    assert sorted(trials) == sorted(pd.read_parquet(moved / "results.parquet").trial_id.unique())
+    assert {r.info.status for r in runs} == {"FINISHED"}, out
+    for trial_id, run in trials.items():
+        assert run.info.artifact_uri.startswith((moved / "mlartifacts").as_uri() + "/")
+        weights = [a.path for a in client.list_artifacts(run.info.run_id, "weights")]
+        assert any(p.endswith(".pt") for p in weights), (trial_id, weights)
+    models = client.search_logged_models(experiment_ids=[exp.experiment_id])
+    assert len(models) == len(trials) and all(m.artifact_location.startswith((moved / "mlartifacts").as_uri())
+                                              for m in models), [m.artifact_location for m in models]
+    assert not old_root.exists(), sorted(str(p) for p in old_root.rglob("*"))
+    print(f"{pending} writes were pending at the kill; after the move: {len(trials)} runs FINISHED with models")

@@ -495,6 +495,10 @@ def restorable(path: str) -> Optional[str]:
         return None
     if not experiment_state_readable(path):
         return "its experiment state is truncated or missing (a write was cut short)"
+    elsewhere = trust.saved_elsewhere(Path(path))
+    if elsewhere:
+        return (f"it was saved in {elsewhere}, before the sweep folder was moved or copied here (Tune's restored "
+                "trials would go on writing there)")
     return trust.untrusted_reason(Path(path))
 
 
@@ -749,6 +753,7 @@ def _finish(outcome: SweepOutcome, hub: DriverHub, tracker: SweepTracker, stops:
         outcome.stopped = hub.lock_lost
         return outcome
     outcome.counts, outcome.unfinished = closing_counts(plan, hub.sweep_dir)
+    hub.guarded("keeping missed models", hub.recover_models, storage)
     outcome.models = SweepDir(hub.sweep_dir).kept_models()
     hub.guarded("MLflow reconcile", reconcile_tracking, tracker, hub)
     hub.guarded("sweep summary", log_sweep_outcome, tracker, SweepDir(hub.sweep_dir))

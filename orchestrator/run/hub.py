@@ -208,6 +208,30 @@ class DriverHub:
         self.tracker.log_weights(t.trial_id, dest, int((tune_trial.last_result or {}).get(STEP, 0)),
                                  f"{c.task}-{t.trial_id}", t.experiment_config())
 
+    def recover_models(self, storage: str) -> None:
+        """Keep the model of every ok trial that has none, from its final Tune checkpoint: a driver
+        killed between a trial's rows file and its checkpoint's callback, then resumed without
+        Tune's saved state (set aside: untrusted, cut short, or the folder moved), never got the
+        callback again. Looked for under the local Tune storage, set-aside folders included; the
+        MLflow reconcile after the run then logs it."""
+        if self.meta.keep_models == "none" or "://" in storage:
+            return
+        layout = SweepDir(self.sweep_dir)
+        for trial_id, status in sorted(parquet.finished_statuses(self.sweep_dir).items()):
+            dest = layout.model_file(trial_id)
+            if status != "ok" or dest.exists():
+                continue
+            found = sorted(Path(storage).glob(f"*/*-{trial_id}/checkpoint_*/{MODEL_FILE}"),
+                           key=lambda p: p.stat().st_mtime)
+            if not found:
+                continue
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dest.with_name(f".{dest.name}.tmp")
+            shutil.copyfile(found[-1], tmp)
+            os.replace(tmp, dest)
+            self.warnings.append(f"trial {trial_id}: its model was kept from Tune's checkpoint {found[-1].parent} "
+                                 "(the driver that finished it stopped before keeping it)")
+
     def _compact_later(self, trial_id: str, status: str) -> None:
         """Every COMPACT_EVERY final trials, move their files into one fragment (collect and status
         then read a few large files instead of one per trial)."""

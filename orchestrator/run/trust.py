@@ -90,7 +90,7 @@ def sign(study_dir: Path, since: float = 0.0) -> None:
         except FileNotFoundError:  # replaced while signing: the next pass signs the new one
             continue
     tmp = study_dir / f".{TRUST_FILE}.{os.getpid()}"
-    tmp.write_text(json.dumps({"owner": os.getuid(), "files": current}))
+    tmp.write_text(json.dumps({"owner": os.getuid(), "dir": str(study_dir.resolve()), "files": current}))
     os.replace(tmp, study_dir / TRUST_FILE)
 
 
@@ -133,6 +133,15 @@ def untrusted_reason(study_dir: Path) -> Optional[str]:
         if expected is None or not hmac.compare_digest(expected, _digest(key, path)):
             return f"{path} changed after this user's driver last signed it"
     return None
+
+
+def saved_elsewhere(study_dir: Path) -> Optional[str]:
+    """The folder the experiment's state was last signed in, when that is not ``study_dir`` (the
+    sweep folder was moved or copied since), else None. Tune restores such a state, but a trial it
+    restores still writes its checkpoints under the old folder (Ray 2.60 checks its storage marker
+    there, and the trial fails once the old folder is gone)."""
+    recorded = _read(study_dir).get("dir")
+    return recorded if isinstance(recorded, str) and recorded != str(Path(study_dir).resolve()) else None
 
 
 class Signer:
