@@ -11,6 +11,7 @@ live console while it runs, for the same reason. Long variant labels are shown a
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -341,8 +342,17 @@ def quiet_ray_messages() -> None:
     import warnings
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    for pattern in MLFLOW_NOISE:
-        warnings.filterwarnings("ignore", message=f".*{pattern}", category=UserWarning)
+    if not getattr(warnings.showwarning, "drops_mlflow_noise", False):
+        # At display, not as a filter: MLflow logs models under its own
+        # ``simplefilter("once", UserWarning)`` (utils/annotations.py), which outranks any filter.
+        shown = warnings.showwarning
+
+        def showwarning(message, category, filename, lineno, file=None, line=None):
+            if not any(re.search(pattern, str(message)) for pattern in MLFLOW_NOISE):
+                shown(message, category, filename, lineno, file, line)
+
+        showwarning.drops_mlflow_noise = True  # type: ignore[attr-defined]
+        warnings.showwarning = showwarning
     for name, needles in WRONG_ADVICE.items():
         logger = logging.getLogger(name)
         if not any(isinstance(f, _Drop) for f in logger.filters):

@@ -205,3 +205,23 @@ def test_an_interrupted_run_reads_true_and_resumes_with_the_same_codes(tmp_path)
     finally:
         ui.send_signal(signal.SIGTERM)
         ui.wait(timeout=60)
+
+
+def test_mlflow_model_logging_notices_are_dropped_even_under_mlflows_own_filter():
+    """MLflow logs a model under ``simplefilter("once", UserWarning)``, which outranks any filter:
+    its notices are dropped at display; any other warning is still shown."""
+    import warnings
+
+    from mlflow.utils.annotations import filter_user_warnings_once
+    from mlflow.utils.warnings_utils import color_warning
+
+    @filter_user_warnings_once
+    def log_a_model():
+        color_warning("Add type hints to the `predict` method to enable data validation", stacklevel=1,
+                      color="yellow")
+        warnings.warn("a warning the user must see", UserWarning)
+
+    with warnings.catch_warnings(record=True) as caught:
+        quiet_ray_messages()
+        log_a_model()
+    assert [str(w.message) for w in caught] == ["a warning the user must see"]
