@@ -4,7 +4,7 @@ Reads a task entry of a sweep spec (default sweeps/cpu_profiles.yaml), builds ea
 config exactly as the orchestrator would (spec expansion: base, task overrides, grid cell), and runs
 it in this process on one CPU thread (torch.set_num_threads(1)), so "CPU-minutes per trial" is the
 process CPU time of one core. Prints, per seed and split: exact accuracy, the eval cap, reachability,
-median iterations; for tasks with a rating (sudoku) exact accuracy at rating 0 and > 0. Appends one
+median iterations; for sudoku and chess exact accuracy per value of the difficulty key. Appends one
 JSON line per seed to --out.
 
     python benchmarks/bench_task_profiles.py --task mazes --seeds 0 1 2 --extra-sizes 59 --extra-n 32
@@ -59,15 +59,13 @@ def split_summary(split) -> dict:
     return out
 
 
-def stratified(split, key_values: np.ndarray | None) -> dict:
-    """Exact accuracy at difficulty 0 and > 0 (sudoku: solver rating 0 = naked singles only)."""
-    if key_values is None:
-        return {}
+def by_difficulty(split, min_n: int = 8) -> dict:
+    """Exact accuracy per value of the task's difficulty key (sudoku: propagation depth; mazes:
+    dead-end depth), for values held by at least ``min_n`` instances: {value: [exact, n]}."""
     diff, ok = split.instance_difficulty, split.instance_correct
-    zero = diff == 0
-    return {"exact_rating0": float(ok[zero].mean()) if zero.any() else None,
-            "exact_rating_pos": float(ok[~zero].mean()) if (~zero).any() else None,
-            "n_rating_pos": int((~zero).sum())}
+    values, counts = np.unique(diff, return_counts=True)
+    return {"exact_by_difficulty": {int(v): [round(float(ok[diff == v].mean()), 3), int(c)]
+                                    for v, c in zip(values, counts) if c >= min_n}}
 
 
 def run_one(cfg: ExperimentConfig, extra_sizes: list[int], extra_n: int) -> dict:
@@ -81,9 +79,8 @@ def run_one(cfg: ExperimentConfig, extra_sizes: list[int], extra_n: int) -> dict
         print(f"  step {step}: " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items()), flush=True)
 
     result = run_experiment(cfg, device="cpu", on_log=on_log)
-    rating = cfg.task.name == "sudoku"
-    splits = [{**split_summary(s), **stratified(s, s.instance_difficulty if rating else None)}
-              for s in result.splits]
+    keyed = cfg.task.name in ("sudoku", "chess")
+    splits = [{**split_summary(s), **(by_difficulty(s) if keyed else {})} for s in result.splits]
     if extra_sizes and result.train.status == "ok":
         small = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, n_eval=extra_n))
         extra, _ = evaluate_sizes(result.train.eval_model, small, tuple(extra_sizes), device="cpu")
