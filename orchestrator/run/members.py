@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 import json
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -56,8 +55,7 @@ def _stackable(sections_json: str) -> bool:
 
 def stackable(cell: Cell) -> bool:
     """Whether the cell's configuration can train as a member of a batched model."""
-    config = {name: values for name, values in cell.sections.items()}
-    return _stackable(json.dumps(config, sort_keys=True, default=str))
+    return _stackable(json.dumps(cell.sections, sort_keys=True, default=str))
 
 
 def group_config(cells: list[Cell]) -> dict[str, Any]:
@@ -211,7 +209,3 @@ def final_checkpoint_dir(tmp: str, finals: dict[str, dict[str, Any]], save_model
     for trial_id, save in save_models.items():
         Path(tmp, trial_id).mkdir()
         save(Path(tmp, trial_id, model_file))
-
-
-def temporary_dir():
-    return tempfile.TemporaryDirectory()
