@@ -128,6 +128,7 @@ def test_a_diverged_member_stops_alone():
     assert torch.isfinite(member_state_dict(ens, 0)["head.weight"]).all()
 
 
+@pytest.mark.slow  # trains and evaluates two members end to end (~10 s)
 def test_members_are_evaluated_as_lone_models_with_their_own_data():
     cfgs = configs(PREFIX, [0, 1], train={"steps": 4})
     results = run_member_experiments(cfgs, cache_dir=False, device="cpu")
