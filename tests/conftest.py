@@ -125,7 +125,7 @@ run in `make test` and CI."""
 
 EXPECTED_S = {
     "test_shipped_smoke.py::test_every_shipped_spec_runs_with_smoke[ood_generalization_cpu]": 400,
-    "test_launcher.py::test_ray_up_job_submit_rsync_down_ray_down": 250,
+    "test_launcher.py::test_ray_up_job_submit_rsync_down_ray_down": 340,
     "test_shipped_smoke.py::test_every_shipped_spec_runs_with_smoke[quickstart]": 300,
     "test_shipped_smoke.py::test_every_benchmark_runs_with_smoke[bench_scale]": 250,
     "test_shipped_smoke.py::test_every_shipped_spec_runs_with_smoke[cpu_profiles]": 160,

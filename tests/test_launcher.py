@@ -1,6 +1,6 @@
 """The cloud recipe, for real: Ray's cluster launcher (`ray up`, `local` provider) brings up a head
 and a worker host with the head/worker start commands of cluster/aws-gpu.yaml, a second `ray up`
-keeps one MLflow server, a four-trial --smoke sweep goes in through Ray Jobs (`ray dashboard`
+keeps one MLflow server, the quickstart smoke sweep goes in through Ray Jobs (`ray dashboard`
 tunnel + `ray job submit --working-dir`), its rows and MLflow runs land under the head's
 ~/results, `ray rsync-down` brings them home, and `ray down` stops the cluster.
 
@@ -27,8 +27,6 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import write_spec
-
 pytestmark = [pytest.mark.slow, pytest.mark.launcher]
 
 REPO = Path(__file__).resolve().parent.parent
@@ -37,10 +35,6 @@ NET = "10.213.47"
 """A private /24 that exists only inside this test's namespaces (no route leads out of them)."""
 TOOLS = {"sshd": "/usr/sbin/sshd", "ip": "/usr/sbin/ip", "rsync": "/usr/bin/rsync", "unshare": "/usr/bin/unshare"}
 STEP_TIMEOUT = 420
-SWEEP = "launch"
-"""The submitted sweep: four tiny prefix-sums trials (the quickstart's four maze trials would add
-minutes of training, and test_shipped_smoke runs the quickstart itself)."""
-TRIALS = 4
 
 
 def _ensure_tools() -> None:
@@ -303,22 +297,22 @@ def test_ray_up_job_submit_rsync_down_ray_down(hosts, sentinel, tmp_path):
     assert "succeeded" in job.stdout, job.stdout[-3000:]
 
     results = hosts.home("head") / "results"
-    rows = pd.read_parquet(results / f"{SWEEP}-smoke" / "results.parquet")
-    assert rows.trial_id.nunique() == TRIALS and set(rows.status) == {"ok"}
-    assert len(rows) == TRIALS * 3 and not rows.duplicated(["trial_id", "split"]).any()  # id + 2 OOD sizes
+    rows = pd.read_parquet(results / "quickstart-smoke" / "results.parquet")
+    assert rows.trial_id.nunique() == 8 and set(rows.status) == {"ok"}
+    assert len(rows) == 8 * 3 and not rows.duplicated(["trial_id", "split"]).any()  # id + 2 OOD sizes
     assert rows.node_id.nunique() == 2, rows[["trial_id", "node_id"]].drop_duplicates()  # both hosts trained
     head_commit = _sh("git", "-C", str(REPO), "rev-parse", "HEAD").stdout.strip()
     dirty = bool(_sh("git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no").stdout.strip())
     assert set(rows.git_commit) == {head_commit + ("+dirty" if dirty else "")}  # from the uploaded .git
-    runs = _mlflow_runs(results / "mlflow" / "mlflow.db", f"{SWEEP}-smoke")
-    assert sorted(runs.values()) == ["FINISHED"] * (TRIALS + 1)  # the sweep's parent run + one per trial
-    assert len(_run_configs(results / "mlflow" / "artifacts")) == TRIALS  # stored by the server, under ~/results
+    runs = _mlflow_runs(results / "mlflow" / "mlflow.db", "quickstart-smoke")
+    assert sorted(runs.values()) == ["FINISHED"] * 9  # the sweep's parent run + one per trial
+    assert len(_run_configs(results / "mlflow" / "artifacts")) == 8  # stored by the server, under ~/results
 
     synced = tmp_path / "synced"
     hosts.client(ray, "rsync-down", str(config), "~/results/", f"{synced}/", timeout=STEP_TIMEOUT)
-    assert (synced / f"{SWEEP}-smoke" / "results.parquet").exists()
+    assert (synced / "quickstart-smoke" / "results.parquet").exists()
     assert (synced / "mlflow" / "mlflow.db").exists()
-    assert len(_run_configs(synced / "mlflow" / "artifacts")) == TRIALS
+    assert len(_run_configs(synced / "mlflow" / "artifacts")) == 8
 
     hosts.client(ray, "down", "-y", str(config), timeout=STEP_TIMEOUT)
     assert not [a for a in hosts.processes("head").values() if Path(a[0]).name in ("raylet", "gcs_server")]
@@ -361,19 +355,11 @@ def _submit(hosts: Hosts, ray: str, tmp_path: Path) -> subprocess.CompletedProce
     # .git goes up with the code (Ray leaves it out by default), so the run can name its commit.
     job = hosts.client("env", "RAY_OVERRIDE_RUNTIME_ENV_DEFAULT_EXCLUDES=.venv,venv,__pycache__",
                        ray, "job", "submit", "--address", "http://127.0.0.1:8265", "--working-dir", str(REPO),
-                       "--", "fpr-sweep", "run", str(_sweep_spec(hosts)), "--smoke", "--address", "auto",
+                       "--", "fpr-sweep", "run", "sweeps/quickstart.yaml", "--smoke", "--address", "auto",
                        "--results-dir", "~/results", "--tracking-uri", "http://127.0.0.1:5000",
                        "--storage-path", str(hosts.base / "shared"), check=False, timeout=STEP_TIMEOUT + 180)
     (tmp_path / "job.log").write_text(job.stdout + job.stderr)
     return job
-
-
-def _sweep_spec(hosts: Hosts) -> Path:
-    """SWEEP's spec, in the test's folder, which every host sees at the same path."""
-    spec_dir = hosts.base / "spec"
-    spec_dir.mkdir(exist_ok=True)
-    return write_spec(spec_dir, name=SWEEP, tasks=[{"name": "prefix_sums", "train_size": 8, "ood_sizes": [16, 32]}],
-                      axes={"model.recall": ["none", "standard"], "model.outer_norm": ["none", "rms"]})
 
 
 def _run_configs(artifacts: Path) -> list[Path]:
