@@ -54,3 +54,22 @@ def test_seeds_trained_together_keep_their_trial_ids_rows_runs_and_models(spec_d
     pd.testing.assert_frame_equal(df2[df2.trial_id == lost].drop(columns="finished_at").reset_index(drop=True),
                                   df[df.trial_id == lost].drop(columns="finished_at").reset_index(drop=True))
 
+
+
+def test_a_group_that_raises_fails_each_of_its_seeds(spec_dir, ray_session):
+    # train_size 3 has only 8 distinct bit strings: the 'id' split cannot be filled and the trial raises
+    path = write_spec(spec_dir, name="members-fail", tasks=[{"name": "prefix_sums", "train_size": 3, "ood_sizes": []}],
+                      seeds=[0, 1], seeds_per_trial=2, max_failures=0)
+    ids = {c.cell_id for c in expand(load_spec(path))}
+    result = runner.invoke(app, ["run", str(path)])
+    assert result.exit_code == 1, result.output
+    sweep_dir = spec_dir / "results" / "members-fail"
+    assert len(list((sweep_dir / "tune").glob("grid-*/prefix_sums-*"))) == 1  # one Tune trial for both seeds
+    df = pd.read_parquet(sweep_dir / "results.parquet")
+    assert set(df.trial_id) == ids and (df.status == "failed").all()
+    assert df.error.str.contains("instance space is too small").all()
+    client = MlflowClient(f"sqlite:///{sweep_dir / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("members-fail")
+    children = [r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" in r.data.tags]
+    assert sorted(c.data.tags["trial_id"] for c in children) == sorted(ids)
+    assert all(c.info.status == "FAILED" for c in children)
