@@ -6,7 +6,8 @@ profiles, measured side by side in one process, every K of a profile interleaved
 change in machine load hits each alike:
 
 - quickstart: sweeps/quickstart.yaml, prefix sums at 16 bits, the standard-recall + rms cell (dim 32);
-- maze: sweeps/cpu_profiles.yaml's mazes profile (9x9, conv mixer, dim 32, truncated:8, EMA).
+- maze: sweeps/cpu_profiles.yaml's mazes profile (9x9, conv mixer, dim 32, truncated:8, EMA; its
+  keep-best selection off, see PROFILES).
 
 Each trial runs on one thread (torch.set_num_threads(1)), as a `resources: {cpu: 1}` trial does, and
 time is the process CPU time (robust on a shared machine; wall time is printed beside it). What is
@@ -50,16 +51,19 @@ from orchestrator.sweep.spec import load_spec  # noqa: E402
 
 PROFILES = {
     "quickstart": (ROOT / "sweeps" / "quickstart.yaml", "prefix_sums",
-                   {"model.recall": "standard", "model.outer_norm": "rms"}),
-    "maze": (ROOT / "sweeps" / "cpu_profiles.yaml", "mazes", {}),
+                   {"model.recall": "standard", "model.outer_norm": "rms"}, {}),
+    "maze": (ROOT / "sweeps" / "cpu_profiles.yaml", "mazes", {}, {"train.select_every": 0}),
 }
-"""name -> (spec, task entry, the grid cell's values)."""
+"""name -> (spec, task entry, the grid cell's values, overrides). The maze profile keeps its best
+weights by held-out scoring (train.select_every), which members do not stack (they run one seed
+per trial); it is turned off here, where only training steps are timed."""
 SMOKE = {"train.n_train": 64, "eval.n_eval": 8, "solver.train_cap": 4}
 
 
 def profile_config(name: str, sets: dict) -> ExperimentConfig:
     """The profile's trial config exactly as the orchestrator expands it, with ``sets`` applied."""
-    spec_path, task, cell_values = PROFILES[name]
+    spec_path, task, cell_values, overrides = PROFILES[name]
+    sets = {**overrides, **sets}
     spec = load_spec(spec_path)
     for cell in expand(spec, path=spec_path):
         sections = cell.sections
