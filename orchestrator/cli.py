@@ -522,7 +522,7 @@ def status(sweep: str = SWEEP_ARG, results_dir: Optional[str] = RESULTS_OPT,
     """Per-trial state of a sweep: done (ok/diverged/stopped), failed, running or pending.
 
     Reads Parquet and JSON only (never Tune's pickled state), so it is safe on any results folder."""
-    from orchestrator.sweep.live import planned_trials, trial_states
+    from orchestrator.run.live import planned_trials, trial_states
 
     sweep_dir = _sweep_dir(sweep, results_dir)
     states, unplanned = trial_states(sweep_dir, *planned_trials(sweep_dir))

@@ -306,7 +306,7 @@ def test_read_only_commands_move_and_rewrite_nothing(finished_sweep, tmp_path):
     assert unreadable.exists() and not (sweep_dir / "trials" / ".corrupt").exists()
     unreadable.chmod(0o644)
     dry = run_cli("run", str(spec), "--dry-run", env=env, timeout=120)
-    assert dry.returncode == 0 and "2 finished trials" in dry.stdout, dry.stdout + dry.stderr
+    assert dry.returncode == 0 and "2 of them finished" in dry.stdout, dry.stdout + dry.stderr
     assert file_states(sweep_dir) == before
     report = run_cli("report", str(sweep_dir), env=env, timeout=300)
     assert report.returncode == 0, report.stdout + report.stderr

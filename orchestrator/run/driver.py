@@ -684,8 +684,8 @@ def mean_trial_seconds(sweep_dir: Path) -> Optional[float]:
 
 def closing_counts(plan: SweepPlan, sweep_dir: Path) -> tuple[dict[str, int], int]:
     """(trials per final status, trials not finished): what `fpr-sweep status` counts for this
-    folder after the run (sweep/live.py ``trial_states``), so the summary and status agree."""
-    from orchestrator.sweep.live import trial_states
+    folder after the run (run/live.py ``trial_states``), so the summary and status agree."""
+    from orchestrator.run.live import trial_states
 
     if plan.spec.search is None:
         planned = {c.cell_id: {"task": c.task, "variant": c.variant, "seed": c.seed} for c in plan.cells()}

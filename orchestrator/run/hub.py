@@ -27,7 +27,7 @@ from orchestrator.run.members import member_views, view_checkpoint, view_result
 from orchestrator.run.signals import StopRequests
 from orchestrator.run.trainable import MODEL_FILE
 from orchestrator.sweep.expand import Trial, trial_of_config
-from orchestrator.sweep.live import LiveFile
+from orchestrator.run.live import LiveFile
 from orchestrator.sweep.lock import LockLost
 from orchestrator.sweep.layout import SweepDir
 from orchestrator.sweep.metrics import (CURVES_KEY, DATASETS_KEY, FINAL_SPLIT_COLUMNS, PROGRESS_METRICS, ROWS_KEY,

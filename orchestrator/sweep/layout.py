@@ -4,7 +4,7 @@
       sweep.json               the sweep's id, spec hash, history of runs, tracking URI (sweep/record.py)
       spec.yaml                the spec the trials were planned from (replaced only by --extend)
       driver.lock              the running driver: pid, host, lease (sweep/lock.py)
-      live.json                the running driver's trials (sweep/live.py; read by `status`)
+      live.json                the running driver's trials (run/live.py; read by `status`)
       tracking/                MLflow writes not sent yet (store/spool.py)
       trials/<trial_id>.parquet  one file per finished trial (its existence marks the trial done)
       trials/.corrupt/         unreadable trial files set aside (store/parquet.py)
