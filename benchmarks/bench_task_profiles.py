@@ -153,13 +153,14 @@ def main() -> None:
         sets.update(SMOKE)
     spec = load_spec(args.spec)
     tasks = args.task or [t.name for t in spec.tasks]
+    commit = git_commit()  # at the start: the code this process runs ('...+dirty' when the tree had changes)
     rows = []
     for task in tasks:
         for cfg in trial_configs(args.spec, task, args.seeds, sets):
             print(f"== {task} {cfg.task.params} seed {cfg.seed}", flush=True)
             row = run_one(cfg, args.extra_sizes, args.extra_n)
             row["overrides"] = {k: v for k, v in sets.items()}
-            row["git_commit"] = git_commit()  # '...+dirty' when the tree had changes
+            row["git_commit"] = commit
             for s in row["splits"]:
                 print("  " + " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                                       for k, v in s.items()), flush=True)
