@@ -38,3 +38,8 @@ def test_a_missing_profile_is_refused_with_its_path(tmp_path):
     result = runner.invoke(app, ["validate", str(study)])
     assert result.exit_code == 2 and "nowhere.yaml" in result.output
 
+
+
+def test_the_shipped_study_confirms_the_profiles_on_other_seeds():
+    plan = plan_sweep("sweeps/ood_generalization_cpu.yaml")
+    assert plan.spec.confirms == "cpu_profiles.yaml" and reused_tuning_seeds(plan) is None
