@@ -132,6 +132,14 @@ def task_board_mask(task, attention_mask: str) -> Optional[torch.Tensor]:
     return torch.as_tensor(allowed, dtype=torch.bool)
 
 
+def task_model_inputs(task, model_cfg: ModelConfig) -> dict[str, Optional[torch.Tensor]]:
+    """What a LoopedModel of ``model_cfg`` takes from ``task`` besides its config: the board
+    coordinates (model.positions 'absolute') and the board mask (model.attention_mask 'board'),
+    each None when unused; ConfigError when the task declares what the config needs."""
+    return {"coordinates": board_coordinates(task, model_cfg.positions),
+            "board_mask": task_board_mask(task, model_cfg.attention_mask)}
+
+
 def _eval_order(name: str, size: int) -> tuple[int, int]:
     return (0 if name == "id" else 1, size)
 
@@ -160,8 +168,7 @@ def run_experiment(cfg: ExperimentConfig, *, cache_dir: str | os.PathLike | None
     torch.manual_seed(seed)
     train_tokens = math.prod(splits["train"].inputs.shape[1:])
     model = LoopedModel(model_cfg, cfg.solver, cfg.grad, grid=task.grid, train_tokens=train_tokens,
-                        coordinates=board_coordinates(task, cfg.model.positions),
-                        board_mask=task_board_mask(task, cfg.model.attention_mask)).to(dev)
+                        **task_model_inputs(task, cfg.model)).to(dev)
     if cfg.train.compile:
         model.compile_training_steps()
     train_cfg = dataclasses.replace(cfg.train, seed=seed)

@@ -19,7 +19,7 @@ from fpr_core.config import ExperimentConfig
 from fpr_core.device import select_device
 from fpr_core.ensemble import (MembersCheckpointFn, MembersLogFn, check_members, stack_models, train_members,
                                unstack_member)
-from fpr_core.experiment import (ExperimentResult, board_coordinates, dataset_infos, evaluate_splits, run_experiment,
+from fpr_core.experiment import (ExperimentResult, dataset_infos, evaluate_splits, run_experiment, task_model_inputs,
                                  task_of, training_seed)
 
 
@@ -38,7 +38,7 @@ def build_member_model(cfg: ExperimentConfig, task, splits, device):
     torch.manual_seed(training_seed(cfg))
     train_tokens = math.prod(splits["train"].inputs.shape[1:])
     model = LoopedModel(model_cfg, cfg.solver, cfg.grad, grid=task.grid, train_tokens=train_tokens,
-                        coordinates=board_coordinates(task, cfg.model.positions)).to(device)
+                        **task_model_inputs(task, cfg.model)).to(device)
     return model, model_cfg, train_tokens
 
 

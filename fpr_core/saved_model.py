@@ -61,7 +61,7 @@ class SavedModel:
 
     def build(self, which: WeightsChoice = "eval", device: str | torch.device = "cpu") -> nn.Module:
         """A LoopedModel with the chosen weights loaded, in eval mode, on ``device``."""
-        from fpr_core.experiment import board_coordinates, task_board_mask, task_of
+        from fpr_core.experiment import task_model_inputs, task_of
         from fpr_core.model import LoopedModel
 
         if which not in WEIGHTS_CHOICES:
@@ -70,10 +70,8 @@ class SavedModel:
             raise ValueError("which='ema': this model was trained without EMA (train.ema: null)")
         cfg = self.experiment_config()
         model_cfg = ModelConfig.from_dict(fill_pinned("model", self.model_config))
-        task = task_of(cfg)[0]
         model = LoopedModel(model_cfg, cfg.solver, cfg.grad, grid=self.grid, train_tokens=self.train_tokens,
-                            coordinates=board_coordinates(task, model_cfg.positions),
-                            board_mask=task_board_mask(task, model_cfg.attention_mask))
+                            **task_model_inputs(task_of(cfg)[0], model_cfg))
         state = self.weights if which == "final" or self.ema is None else self.ema
         model.load_state_dict(state)
         return model.to(device).eval()

@@ -83,3 +83,14 @@ def test_squares_loss_is_a_softmax_over_squares_per_class():
     from_term = -torch.log_softmax(torch.tensor([0.0, 2.0, 0.0, 0.0]), -1)[1]
     to_term = -torch.log_softmax(torch.zeros(4), -1)[2]
     assert torch.allclose(loss, (from_term + to_term) / 2, atol=1e-6)
+
+
+def test_validate_refuses_a_board_mask_on_a_task_without_a_board(tmp_path):
+    from conftest import write_spec
+    from orchestrator.sweep.plan import plan_sweep
+    from orchestrator.sweep.spec import SpecError
+
+    spec = write_spec(tmp_path, name="bm", tasks=[{"name": "prefix_sums", "train_size": 8, "ood_sizes": [16]}],
+                      axes={"model.attention_mask": ["none", "board"]})
+    with pytest.raises(SpecError, match=r"model\.attention_mask: 'board' needs the task's board relations"):
+        plan_sweep(spec)

@@ -234,13 +234,15 @@ class TaskGrid:
             label = {self.keys[i]: self.values[i][j] for i, j in zip(axes, combo)}
             raw = apply_overrides(task_base, label)[section]
             try:
-                values = dataclasses.asdict(build_section(section, raw))
+                built = build_section(section, raw)
                 if self._smoke:
-                    values = dataclasses.asdict(build_section(section, {**values, **_smoke_bounds(section, values)}))
-                if section == "model":  # positions 'absolute' needs a task with board coordinates
-                    from fpr_core.experiment import board_coordinates
+                    values = dataclasses.asdict(built)
+                    built = build_section(section, {**values, **_smoke_bounds(section, values)})
+                values = dataclasses.asdict(built)
+                if section == "model":  # absolute positions and a board mask need a task with a board
+                    from fpr_core.experiment import task_model_inputs
 
-                    board_coordinates(self._task_obj, values["positions"])
+                    task_model_inputs(self._task_obj, built)
             except (ConfigError, TypeError, ValueError) as e:
                 raise SpecError(f"{self._where}tasks[{self.index}] ({self.task}) with grid cell "
                                 f"{variant_label(label)}: {e}") from None
