@@ -13,7 +13,7 @@ trials Fisher's z with the Fieller-Hartley-Pearson variance 1.06/(n - 3).
 
 Why not the percentile bootstrap any more: over 2, 3, 5 and 10 seeds its nominal 95% interval
 covers the true mean far less often than 95% (AUDIT.md sec. 3; the measured table is in
-``results/ood_generalization_cpu/verdicts_old_vs_new.md``), and a bootstrap p of 0 only says every
+``results/ood_generalization_cpu_previous/verdicts_old_vs_new.md``), and a bootstrap p of 0 only says every
 seed lies on one side. The hierarchical percentile bootstrap stays below (``accuracy``,
 ``paired_accuracy_difference``) for that comparison; the report no longer uses it. It resamples
 seeds, then instances within a seed (Davison & Hinkley 1997, sec. 3.8, "two-stage sampling"):
