@@ -129,8 +129,8 @@ def run(spec_path: Path = SPEC_ARG,
         store_address.check_reachable(uri)
     except store_address.TrackingError as e:
         _fail(str(e))
-    from orchestrator.sweep import record
-    from orchestrator.sweep.lock import LockHeld, SweepLock
+    from orchestrator.run import record
+    from orchestrator.run.lock import LockHeld, SweepLock
 
     new_dir = _first_missing(sweep_dir)
     refused = None
@@ -200,7 +200,7 @@ def _check_pooling(spec, sweep_dir: Path, extend: bool, extended_from: Optional[
     its spec hash): sweep.json may be gone or restored from elsewhere. Hashes the folder's history
     records (earlier --extend runs) count as this sweep's."""
     from orchestrator.store import parquet as results
-    from orchestrator.sweep.record import SpecChanged, read_info
+    from orchestrator.run.record import SpecChanged, read_info
 
     known = {spec.spec_hash(), extended_from} | {h.get("spec_hash") for h in read_info(sweep_dir).get("history", [])}
     with results.read_only():
@@ -566,7 +566,7 @@ def _log_report(sweep_dir: Path) -> None:
     """The report and its plots as artifacts of the sweep's MLflow run (when the store answers)."""
     from orchestrator.store import store_address
 
-    from orchestrator.sweep.lock import LockHeld, SweepLock
+    from orchestrator.run.lock import LockHeld, SweepLock
 
     uri = _tracking_uri(sweep_dir)
     if not store_address.store_exists(uri):  # results copied without their MLflow store
@@ -663,7 +663,7 @@ def eval_(sweep: str = SWEEP_ARG,
 def _holding(sweep_dir: Path):
     """The sweep's lock for a command that writes to a finished sweep (`eval`); exit 2 naming the
     driver when one is running it."""
-    from orchestrator.sweep.lock import LockHeld, SweepLock
+    from orchestrator.run.lock import LockHeld, SweepLock
 
     lock = SweepLock(sweep_dir)
     try:
@@ -707,7 +707,7 @@ def _attach_tracker(uri: str, sweep_dir: Path, fence=None):
     """The sweep's tracker without reopening its runs (``eval``, ``report``): the experiment of this
     folder's sweep id; ``fence``: the check of the sweep lock the command holds."""
     from orchestrator.store import tracking
-    from orchestrator.sweep.record import read_info
+    from orchestrator.run.record import read_info
 
     return tracking.SweepTracker(uri, sweep_dir.name, sweep_dir, {}, sweep_id=read_info(sweep_dir).get("sweep_id"),
                                  reopen=False, fence=fence)

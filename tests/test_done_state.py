@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from orchestrator.cli import app
 from orchestrator.store import parquet as results
 from orchestrator.store.rows import SweepMeta, placeholder_rows
-from orchestrator.sweep import record
+from orchestrator.run import record
 from orchestrator.sweep.expand import expand, resolve
 from orchestrator.sweep.spec import load_spec
 

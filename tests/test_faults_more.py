@@ -204,7 +204,7 @@ def test_a_driver_woken_after_losing_its_lock_stops_before_its_next_write(tmp_pa
     """Issue 33, row 1: a driver SIGSTOPped past its lease, a second driver takes the sweep, then
     SIGCONT. The first exits 1 at once, naming the new holder, without another write; the second
     finishes every trial; no MLflow point is logged twice and each trial has one run."""
-    from orchestrator.sweep.lock import read_holder
+    from orchestrator.run.lock import read_holder
 
     hold = tmp_path / "hold"
     hold.touch()
@@ -393,7 +393,7 @@ def test_sigterm_to_the_process_group_stops_the_driver_cleanly(tmp_path, sender)
     """Issue 33, row "SIGTERM to the process group": what `timeout`, systemd, Slurm and Kubernetes
     send. Ray's own processes are outside the driver's group, so only the driver gets it: within
     10 s it prints its summary, releases its lock, ends the runs (trials KILLED) and exits 1."""
-    from orchestrator.sweep.lock import read_holder
+    from orchestrator.run.lock import read_holder
 
     base = {**TINY_BASE, "train": {**TINY_BASE["train"], "steps": 100_000, "checkpoint_every": 50}}
     path = write_spec(tmp_path, name="grp", max_concurrent=2, base=base, tasks=[

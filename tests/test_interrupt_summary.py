@@ -25,7 +25,7 @@ from orchestrator.cli import app
 from orchestrator.console import STOPPING, Heartbeat, SweepProgress, quiet_ray_messages
 from orchestrator.store import parquet as results
 from orchestrator.store.rows import SweepMeta, placeholder_rows
-from orchestrator.sweep import record
+from orchestrator.run import record
 from orchestrator.sweep.expand import resolve
 from orchestrator.sweep.plan import plan_sweep
 

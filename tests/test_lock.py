@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 
 from orchestrator.sweep.layout import SweepDir
-from orchestrator.sweep.lock import LockHeld, SweepLock, read_holder
+from orchestrator.run.lock import LockHeld, SweepLock, read_holder
 from tmpfs import fill, mounted_tmpfs
 
 REPO = Path(__file__).resolve().parent.parent
-HOLD = ("import sys, time; from orchestrator.sweep.lock import SweepLock; "
+HOLD = ("import sys, time; from orchestrator.run.lock import SweepLock; "
         "lock = SweepLock(sys.argv[1]); lock.acquire(); print('held', flush=True); time.sleep(600)")
 
 
@@ -55,7 +55,7 @@ def test_a_holder_on_another_host_needs_force(tmp_path):
 
 # ---------------------------------------------------------------- fencing (issue 33)
 
-TAKE = ("import sys, time; from orchestrator.sweep.lock import SweepLock; "
+TAKE = ("import sys, time; from orchestrator.run.lock import SweepLock; "
         "lock = SweepLock(sys.argv[1]); lock.acquire(); print(lock.holder.epoch, flush=True); time.sleep(600)")
 
 
@@ -64,7 +64,7 @@ def test_a_driver_whose_lease_expired_is_fenced_off_before_its_next_write(tmp_pa
     second process; on its next write it finds out: the fence raises, on_lost runs once, the spool
     refuses the append (the file is not touched) and the lease thread stops refreshing."""
     from orchestrator.store.spool import Spool
-    from orchestrator.sweep.lock import LockLost
+    from orchestrator.run.lock import LockLost
 
     monkeypatch.setenv("FPR_LOCK_REFRESH_S", "600")  # as if suspended: no refresh
     lost = []

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from orchestrator.sweep import record
+from orchestrator.run import record
 from orchestrator.sweep.spec import load_spec
 
 from conftest import write_spec

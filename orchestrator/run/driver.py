@@ -44,21 +44,13 @@ from orchestrator.store.run_info import sweep_summary
 from orchestrator.store.schema import FINAL_STATUSES
 from orchestrator.store.space import DiskFull, DropDiskFull, is_disk_full
 from orchestrator.sweep.expand import Cell, resolve, trial_of_config
-from orchestrator.sweep.layout import LayoutError, SweepDir
-from orchestrator.sweep.lock import LockLost
+from orchestrator.sweep.errors import GpuUnavailable, LayoutError, LockLost, SweepError
+from orchestrator.sweep.layout import SweepDir
 from orchestrator.sweep.plan import SweepPlan
 from orchestrator.sweep.spec import SweepSpec
 
 if TYPE_CHECKING:  # mlflow loads in the thread that opens the store, not at import
     from orchestrator.store.tracking import SweepTracker
-
-
-class SweepError(RuntimeError):
-    """The sweep cannot start (bad resources, unreachable services); the message is for the user."""
-
-
-class GpuUnavailable(SweepError):
-    """Trials ask for GPUs that this cluster does not have and cannot get."""
 
 
 @dataclass
@@ -180,7 +172,7 @@ def check_ray_temp_dir() -> None:
 
 
 def exit_fenced(message: str) -> None:
-    """This driver lost its sweep to another one (sweep/lock.py): say so, stop the local Ray it
+    """This driver lost its sweep to another one (run/lock.py): say so, stop the local Ray it
     started (its trials with it), and leave at once with exit 1. Nothing else runs: no summary, no
     MLflow run ends, no Tune state save, since every one of them would write over the new holder's."""
     sys.stderr.write(f"error: {message}\n")

@@ -28,7 +28,7 @@ from orchestrator.run.signals import StopRequests
 from orchestrator.run.trainable import MODEL_FILE
 from orchestrator.sweep.expand import Trial, trial_of_config
 from orchestrator.run.live import LiveFile
-from orchestrator.sweep.lock import LockLost
+from orchestrator.sweep.errors import LockLost
 from orchestrator.sweep.layout import SweepDir
 from orchestrator.sweep.metrics import (CURVES_KEY, DATASETS_KEY, FINAL_SPLIT_COLUMNS, PROGRESS_METRICS, ROWS_KEY,
                                         STEP, is_train_metric, split_metric, train_metric)
@@ -71,7 +71,7 @@ class DriverHub:
     def __init__(self, sweep_dir: Path, meta: SweepMeta, tracker: SweepTracker,
                  progress: SweepProgress, console: Console, done_before: frozenset[str] = frozenset(),
                  stops: Optional[StopRequests] = None, fence: Optional[Callable[[], None]] = None) -> None:
-        """``fence``: raises LockLost once another driver took the sweep over (sweep/lock.py);
+        """``fence``: raises LockLost once another driver took the sweep over (run/lock.py);
         checked before every hook, so a fenced-off driver writes no rows, models or spool lines."""
         self.fence = fence or (lambda: None)
         self.lock_lost: Optional[str] = None

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.sweep.layout import SweepDir
-from orchestrator.sweep.lock import is_stale, read_holder
-from orchestrator.sweep.record import read_info
+from orchestrator.run.lock import is_stale, read_holder
+from orchestrator.run.record import read_info
 from orchestrator.sweep.spec import SpecError
 
 

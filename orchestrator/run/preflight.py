@@ -13,14 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
+from orchestrator.sweep.errors import AddressError
+
 PROBE_TIMEOUT_S = 5.0
 HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 HTTP2_SETTINGS = 0x4
 GCS_DEFAULT_PORT = 6379
-
-
-class AddressError(ValueError):
-    """The --address is malformed or nothing Ray-like answers there; the message is for the user."""
 
 
 def check_address(address: Optional[str], timeout: float = PROBE_TIMEOUT_S) -> None:

@@ -29,6 +29,7 @@ from fpr_core.config import BUILTIN_HALTING, TRAINED, ConfigError, HaltingProtoc
 from orchestrator.console import Heartbeat, duration
 from orchestrator.store import parquet as results
 from orchestrator.store.rows import evaluated_rows, row_key
+from orchestrator.sweep.errors import EvalError
 from orchestrator.sweep.layout import SweepDir
 
 CapLaw = Literal["trained", "task", "linear", "quadratic", "fixed"]
@@ -39,10 +40,6 @@ protocol ``<protocol>_cap_<law>``: ``task`` the task's own law, ``linear`` eval_
 train_size (a k-times longer prefix needs about k times more steps), ``quadratic`` eval_cap x
 (size / train_size)^2 (maze dead-end filling; DESIGN.md), ``fixed`` eval_cap at every size (FPRM's
 fixed test-time budget)."""
-
-
-class EvalError(ValueError):
-    """The evaluation cannot start (bad sizes or protocols, no saved models); the message is for the user."""
 
 
 @dataclass

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 from orchestrator.sweep.layout import SweepDir
-from orchestrator.sweep.lock import LockLost
+from orchestrator.sweep.errors import LockLost
 
 SPOOL_FILE = "spool.jsonl"
 ACKED_FILE = "acked"
@@ -92,7 +92,7 @@ class Spool:
         self.root = self.dir.parent
         """The sweep folder: relative paths in operations are relative to it."""
         self.fence: Callable[[], None] = lambda: None
-        """Raises LockLost once another driver holds the sweep (sweep/lock.py): checked before
+        """Raises LockLost once another driver holds the sweep (run/lock.py): checked before
         every append, ack and compaction, and by the sender before every send."""
 
     # ---------------------------------------------------------------- reading back

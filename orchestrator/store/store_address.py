@@ -7,11 +7,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from orchestrator.sweep.errors import TrackingError
 from orchestrator.sweep.layout import SweepDir
-
-
-class TrackingError(RuntimeError):
-    """The tracking store cannot be used; the message is meant for the user."""
 
 
 def default_tracking_uri(sweep_dir: Path) -> str:

@@ -2,7 +2,7 @@
 SQLite store never sees concurrent writers.
 
 One experiment per sweep *identity* (the sweep id stored in the sweep folder, see
-orchestrator/sweep/record.py), artifacts under that sweep's folder, one parent run for the sweep and
+orchestrator/run/record.py), artifacts under that sweep's folder, one parent run for the sweep and
 one nested child run per trial. Runs are found again by tag (``fpr.role = sweep`` for the parent,
 ``trial_id`` for a child), so a resumed sweep continues its runs instead of opening duplicates (Ray's
 stock MLflowLoggerCallback opens a second run per trial after a restore).

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Optional
 
 from orchestrator.store.sqlite_store import relocate_artifacts
+from orchestrator.sweep.errors import UiError
 from orchestrator.sweep.layout import SweepDir
 
 SERVER_STORE = Path("mlflow") / "mlflow.db"
@@ -33,10 +34,6 @@ SERVER_STORE = Path("mlflow") / "mlflow.db"
 STOP_GRACE_S = 3.0
 """uvicorn frees the port within a second of SIGTERM; the `mlflow server` CLI above it lingers ~8 s
 holding nothing, so what is left after this long is killed."""
-
-
-class UiError(RuntimeError):
-    """No store to serve; the message is for the user."""
 
 
 @dataclass

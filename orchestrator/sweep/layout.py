@@ -1,9 +1,9 @@
 """Where a sweep's files live: every path under ``results/<name>/``, in one place.
 
     results/<name>/            one sweep (``<name>-smoke/`` for ``--smoke`` runs)
-      sweep.json               the sweep's id, spec hash, history of runs, tracking URI (sweep/record.py)
+      sweep.json               the sweep's id, spec hash, history of runs, tracking URI (run/record.py)
       spec.yaml                the spec the trials were planned from (replaced only by --extend)
-      driver.lock              the running driver: pid, host, lease (sweep/lock.py)
+      driver.lock              the running driver: pid, host, lease (run/lock.py)
       live.json                the running driver's trials (run/live.py; read by `status`)
       tracking/                MLflow writes not sent yet (store/spool.py)
       trials/<trial_id>.parquet  one file per finished trial (its existence marks the trial done)
@@ -21,12 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from orchestrator.sweep.errors import LayoutError
+
 DEFAULT_RESULTS_DIR = "results"
 SMOKE_SUFFIX = "-smoke"
-
-
-class LayoutError(ValueError):
-    """A sweep directory that would land outside its results dir; the message is for the user."""
 
 
 def sweep_name(name: str, smoke: bool) -> str:

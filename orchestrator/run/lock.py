@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
+from orchestrator.sweep.errors import LockHeld, LockLost
 from orchestrator.sweep.layout import SweepDir
 
 LEASE_REFRESH_S = 15.0
@@ -47,14 +48,6 @@ def lease_refresh_s() -> float:
 
 def lease_expiry_s() -> float:
     return float(os.environ.get(EXPIRY_ENV, LEASE_EXPIRY_S))
-
-
-class LockHeld(RuntimeError):
-    """Another driver holds the sweep; the message names it and what to do."""
-
-
-class LockLost(RuntimeError):
-    """This driver's lock was taken over (it was suspended past its lease): it must not write."""
 
 
 @dataclass

@@ -16,15 +16,12 @@ import uuid
 from pathlib import Path
 from typing import Any, Optional
 
+from orchestrator.sweep.errors import SpecChanged
 from orchestrator.sweep.layout import SweepDir
 from orchestrator.sweep.sections import excerpt
 from orchestrator.sweep.spec import SpecError, SweepSpec, read_yaml
 
 MAX_CHANGES_SHOWN = 8
-
-
-class SpecChanged(RuntimeError):
-    """The spec differs from the one stored in the sweep folder; the message is for the user."""
 
 
 def _now() -> str:
