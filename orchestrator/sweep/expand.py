@@ -30,8 +30,11 @@ from orchestrator.sweep.spec import SpecError, SweepSpec, TaskEntry, dist_probes
 SMOKE_BUDGET: dict[str, Any] = {"train.steps": 30, "train.n_train": 256, "train.warmup": 5,
                                 "train.log_every": 10, "train.checkpoint_every": 15,
                                 "train.select_every": 15, "train.n_select": 32,
-                                "eval.n_eval": 32, "eval.diag_n": 8}
-"""Upper bounds applied by ``--smoke`` (each value is min(spec value, bound))."""
+                                "eval.n_eval": 32, "eval.diag_n": 8,
+                                "solver.train_cap": 8, "solver.eval_cap": 12}
+"""Upper bounds applied by ``--smoke`` (each value is min(spec value, bound)). The caps are bounded
+because a 30-step model never settles: every instance runs to the cap, under every halting protocol
+(``long`` is x16), and at a study's caps that was most of a smoke run's compute."""
 SMOKE_OOD_SIZES = 2
 """``--smoke`` keeps this many OOD sizes per task (the smallest ones)."""
 
