@@ -30,7 +30,7 @@ N_INST = 64
 def synthetic_table(trials: int, seed: int = 0):
     """A pandas frame of ``trials`` x 4 rows in the results schema."""
     rng = np.random.default_rng(seed)
-    variants = list(itertools.product(("none", "standard", "internal"), ("none", "rms"), ("0.5", "1.0", "2.0")))
+    variants = list(itertools.product(("none", "standard", "internal"), ("none", "rms"), (0.5, 1.0, 2.0)))
     rows = {f.name: [] for f in results_schema()}
     for t in range(trials):
         recall, norm, sigma = variants[t % len(variants)]
@@ -48,7 +48,7 @@ def synthetic_table(trials: int, seed: int = 0):
                       "instance_difficulty": (iters + rng.integers(0, 8, N_INST)).astype(float).tolist(),
                       "instance_converged": (iters < 4 * size).tolist(), "instance_cycled": [False] * N_INST,
                       "cfg.model.recall": recall, "cfg.model.outer_norm": norm, "cfg.model.spectral": sigma,
-                      "cfg.train.seed": str(seed_id)}
+                      "cfg.train.seed": seed_id}
             for name in rows:
                 rows[name].append(values.get(name))
     return pa.Table.from_pydict(rows, schema=results_schema()).to_pandas()

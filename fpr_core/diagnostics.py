@@ -47,8 +47,10 @@ instances above it get NaN (left out of the median) rather than an unsolved deri
 LoopFn = Callable[[torch.Tensor], torch.Tensor]
 StepFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
+SPECTRAL_RADIUS = "spectral_radius"
+"""Metric key of rho(dF/dz) at z* (the probes' median; on the 'id' split, ``fixed_point_radius``)."""
 PROBE_KEYS = ("input_derivative", *JUMP_KEYS, "fixed_point_spread", "path_independence",
-              "spectral_radius", "probe_n", "probe_verified")
+              SPECTRAL_RADIUS, "probe_n", "probe_verified")
 DIAGNOSTIC_KEYS = ("reachability", "iters_p50", "iters_p95", "residual_median", "cycled_frac", *PROBE_KEYS)
 _TINY = 1e-30
 
@@ -258,7 +260,7 @@ def _probe_loop(model, inputs: torch.Tensor, cap: int, power_iters: int, seed: i
     out["path_independence"] = _median(_per_sample_norm(z_path - z_star) / gap)
     x_spread = _mean_pairwise_distance(x)
     out["fixed_point_spread"] = _mean_pairwise_distance(z_star) / x_spread if x_spread > 0 else float("nan")
-    out["spectral_radius"] = _median(spectral_radius(ref.f, z_star, power_iters, generator))
+    out[SPECTRAL_RADIUS] = _median(spectral_radius(ref.f, z_star, power_iters, generator))
     return out
 
 

@@ -23,8 +23,10 @@ import torch
 
 from fpr_core.config import TRAINED, ConfigError, ExperimentConfig, ModelConfig, TaskSpec
 from fpr_core.device import select_device
-from fpr_core.evaluate import evaluate_split, held_out_exact, scaled_eval_cap
+from fpr_core.diagnostics import SPECTRAL_RADIUS
+from fpr_core.evaluate import EvalResult, evaluate_split, held_out_exact, scaled_eval_cap
 from fpr_core.tasks.base import Task, TaskData
+from fpr_core.tasks.splits import ID_SPLIT, TRAIN_SPLIT
 from fpr_core.train import CheckpointFn, LogFn, TrainResult, train
 
 SEED_STRIDE = 1_000_003
@@ -32,27 +34,20 @@ SEED_STRIDE = 1_000_003
 
 @dataclass
 class SplitResult:
-    """Evaluation of one split: one row of the results table."""
+    """Evaluation of one split under one halting protocol: one row of the results table."""
 
     split: str
-    """'id' or 'ood_<size>'."""
+    """'id' or 'ood_<size>' (``tasks.splits.split_name``)."""
     size: int
-    metrics: dict[str, float]
-    """evaluate.METRIC_KEYS."""
-    instance_iters: np.ndarray
-    instance_difficulty: np.ndarray
-    instance_correct: np.ndarray
-    residual_curve: np.ndarray
-    instance_converged: np.ndarray
-    """(N,) bool: the solver's residual fell below tol before the cap."""
-    instance_cycled: np.ndarray
-    """(N,) bool: halted on a period-2 cycle."""
-    budget_iters: np.ndarray
-    """(K,) int: loop budgets of the test-time compute curve (log-spaced, the last = the cap)."""
-    budget_acc: np.ndarray
-    """(K,) float: exact accuracy read out after each budget."""
+    result: EvalResult
+    """What ``evaluate_split`` measured: the metrics and the per-instance arrays."""
     halting: str = TRAINED
     """The halting protocol the split was evaluated under (``EvalConfig.halting``; docs/halting.md)."""
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """The split's flat metrics (``evaluate.METRIC_KEYS``)."""
+        return self.result.metrics
 
 
 @dataclass(frozen=True)
@@ -141,7 +136,7 @@ def task_model_inputs(task, model_cfg: ModelConfig) -> dict[str, Optional[torch.
 
 
 def _eval_order(name: str, size: int) -> tuple[int, int]:
-    return (0 if name == "id" else 1, size)
+    return (0 if name == ID_SPLIT else 1, size)
 
 
 def run_experiment(cfg: ExperimentConfig, *, cache_dir: str | os.PathLike | None | bool = None,
@@ -205,18 +200,15 @@ def evaluate_splits(model: torch.nn.Module, task: Task, splits: dict[str, TaskDa
     the built-ins or ``eval.protocols``) applied to ``cfg.solver``; 'trained' is ``cfg.solver`` itself."""
     solver = cfg.eval.defined_protocols()[halting].apply(cfg.solver) if halting != TRAINED else cfg.solver
     out: list[SplitResult] = []
-    names = sorted((n for n in splits if n != "train"), key=lambda n: _eval_order(n, splits[n].size))
+    names = sorted((n for n in splits if n != TRAIN_SPLIT), key=lambda n: _eval_order(n, splits[n].size))
     with halting_solver(model, solver):
         for name in names:
             data = splits[name]
             cap = scaled_eval_cap(solver, data.size, train_size, task.cap_law)
             ev = evaluate_split(model, task, data, cap=cap, cfg=cfg.eval, device=device, seed=cfg.seed)
-            if name == "id":  # the trained regime: rho at every verified fixed point, not only the probes'
-                ev.metrics["spectral_radius"] = id_spectral_radius(model, data, cap, cfg, device)
-            out.append(SplitResult(name, int(data.size), ev.metrics, ev.instance_iters,
-                                   ev.instance_difficulty, ev.instance_correct, ev.residual_curve,
-                                   ev.instance_converged, ev.instance_cycled, ev.budget_iters, ev.budget_acc,
-                                   halting))
+            if name == ID_SPLIT:  # the trained regime: rho at every verified fixed point, not only the probes'
+                ev.metrics[SPECTRAL_RADIUS] = id_spectral_radius(model, data, cap, cfg, device)
+            out.append(SplitResult(name, int(data.size), ev, halting))
     return out
 
 
@@ -265,7 +257,7 @@ def evaluate_sizes(model: torch.nn.Module, cfg: ExperimentConfig, sizes: tuple[i
     splits = make_splits(task, train_size=train_size, ood_sizes=tuple(sizes), n_train=cfg.train.n_train,
                          n_eval=cfg.eval.n_eval, seed=cfg.seed, cache_dir=cache_dir)
     if not include_id:
-        del splits["id"]
+        del splits[ID_SPLIT]
     dev = torch.device(device)
     model = model.to(dev)
     infos = [i for i in dataset_infos(splits) if i.split != "train"]

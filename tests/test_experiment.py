@@ -58,9 +58,10 @@ def test_run_experiment_end_to_end(tmp_path):
     for split in result.splits:
         assert tuple(split.metrics) == METRIC_KEYS and split.metrics["n"] == 12
         assert all(np.isfinite(split.metrics[k]) for k in METRIC_KEYS)
-        assert split.instance_iters.shape == split.instance_difficulty.shape == split.instance_correct.shape == (12,)
-        assert (split.instance_difficulty == split.size).all()
-        assert split.instance_iters.max() <= split.metrics["eval_cap"]
+        ev = split.result
+        assert ev.instance_iters.shape == ev.instance_difficulty.shape == ev.instance_correct.shape == (12,)
+        assert (ev.instance_difficulty == split.size).all()
+        assert ev.instance_iters.max() <= split.metrics["eval_cap"]
 
 
 def test_stopped_training_evaluates_nothing(tmp_path):

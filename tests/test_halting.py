@@ -22,8 +22,8 @@ from torch import nn
 
 from fpr_core.config import (BUILTIN_HALTING, TRAINED, ConfigError, EvalConfig, ExperimentConfig, HaltingProtocol,
                              SolverConfig)
-from fpr_core.evaluate import CAP_BOUND_SHARE, evaluate_split
-from fpr_core.experiment import run_experiment
+from fpr_core.evaluate import CAP_BOUND_SHARE, EvalResult, evaluate_split
+from fpr_core.experiment import SplitResult, run_experiment
 from fpr_core.saved_model import save_experiment_model
 from fpr_core.solver import solve
 from fpr_core.tasks import get_task
@@ -143,32 +143,25 @@ def test_a_map_that_never_converges_is_cap_bound(detect_cycles):
     never = evaluate_split(ToyLoop(True, solver), task, data, cap=16, cfg=cfg, device="cpu")
     assert never.metrics["capped_share"] == 1.0 and never.metrics["reachability"] == 0.0
     assert (never.instance_iters == 16).all() and not never.instance_cycled.any()
-    row = split_fields(SimpleNamespace(split="id", size=8, metrics=never.metrics, **_arrays(never)))
+    row = split_fields(SplitResult("id", 8, never))
     assert row["capped_share"] == 1.0 and row["cap_bound"] is True
 
     settles = evaluate_split(ToyLoop(False, solver), task, data, cap=16, cfg=cfg, device="cpu")
     assert settles.metrics["capped_share"] == 0.0 and settles.metrics["reachability"] == 1.0
-    row = split_fields(SimpleNamespace(split="id", size=8, metrics=settles.metrics, **_arrays(settles)))
+    row = split_fields(SplitResult("id", 8, settles))
     assert row["capped_share"] == 0.0 and row["cap_bound"] is False and row["halting"] == TRAINED
-
-
-def _arrays(ev) -> dict:
-    return {"instance_iters": ev.instance_iters, "instance_difficulty": ev.instance_difficulty,
-            "instance_correct": ev.instance_correct, "instance_converged": ev.instance_converged,
-            "instance_cycled": ev.instance_cycled, "budget_iters": ev.budget_iters, "budget_acc": ev.budget_acc}
 
 
 def test_cap_bound_threshold_is_five_percent():
     assert CAP_BOUND_SHARE == 0.05
     for share, bound in [(0.05, False), (0.0508, True), (0.0, False)]:
         metrics = {"capped_share": share}
-        row = split_fields(SimpleNamespace(split="id", size=8, metrics=metrics, **_empty_arrays()))
+        row = split_fields(SplitResult("id", 8, EvalResult(metrics, **_empty_arrays())))
         assert row["cap_bound"] is bound
 
 
 def _empty_arrays() -> dict:
-    return {k: np.zeros(0) for k in ("instance_iters", "instance_difficulty", "instance_correct",
-                                     "instance_converged", "instance_cycled", "budget_iters", "budget_acc")}
+    return {f.name: np.zeros(0) for f in dataclasses.fields(EvalResult) if f.name != "metrics"}
 
 
 # ---------------------------------------------------------------- 'trained' re-evaluation is exact

@@ -51,9 +51,9 @@ def _correct(rng, n: int, acc: float) -> list[bool]:
 
 
 def make_rows(tasks=("prefix_sums", "sudoku"), recalls=("none", "standard", "internal"),
-              norms=("none", "rms"), spectrals=("0.5", "2.0", None), seeds=(0, 1, 2),
+              norms=("none", "rms"), spectrals=(0.5, 2.0, None), seeds=(0, 1, 2),
               acc=_ood_acc, id_acc=lambda recall, norm: 0.98, n_inst=256) -> list[dict]:
-    """One row per (trial, split) following the schema (version 2), with the stability axes as the
+    """One row per (trial, split) following the schema (typed config columns), with the stability axes as the
     papers claim: recall + outer norm reachable (0.97) and contractive (rho 0.8), no recall's
     implicit derivative 0, and iterations of converged instances following difficulty."""
     rows = []
@@ -65,8 +65,8 @@ def make_rows(tasks=("prefix_sums", "sudoku"), recalls=("none", "standard", "int
         stable = recall != "none" and norm != "none"
         cfg = {c: None for c in config_columns()}
         cfg.update({"cfg.model.recall": recall, "cfg.model.outer_norm": norm, "cfg.model.spectral": spectral,
-                    "cfg.train.seed": str(seed), "cfg.model.dim": "64", "cfg.train.lr": "0.001",
-                    "cfg.solver.train_cap": "16"})
+                    "cfg.train.seed": seed, "cfg.model.dim": 64, "cfg.train.lr": 0.001,
+                    "cfg.solver.train_cap": 16})
         trial_id = f"t{i:03d}"
         for split, size in [("id", train)] + [(f"ood_{s}", s) for s in ood]:
             difficulty = size + rng.integers(0, 8, n_inst)
@@ -177,7 +177,7 @@ def test_unstable_recall_norm_contradicts_claim_2_and_input_dependent_none_claim
     rows = make_rows()
     for row in rows:
         if row["cfg.model.recall"] != "none" and row["cfg.model.outer_norm"] != "none" \
-                and row["cfg.model.spectral"] == "2.0":
+                and row["cfg.model.spectral"] == 2.0:
             row["reachability"], row["spectral_radius"] = 0.4, 1.6
         if row["cfg.model.recall"] == "none":
             row["input_derivative"] = 1.0
@@ -288,7 +288,7 @@ def test_ood_table_over_learned_trials_with_intervals(tmp_path):
 
 
 def test_report_files_and_partial_sweep(tmp_path):
-    rows = make_rows(tasks=("prefix_sums", "sudoku"), spectrals=("0.5",), seeds=(0, 1))
+    rows = make_rows(tasks=("prefix_sums", "sudoku"), spectrals=(0.5,), seeds=(0, 1))
     failed = rows[0]["trial_id"]
     rows = [r for r in rows if r["trial_id"] != failed or r["split"] == "id"]
     rows[0].update(status="failed", error="RuntimeError: loss is nan\ntraceback ...", exact_acc=None)
@@ -401,7 +401,7 @@ def test_schema_1_table_of_the_first_study_still_reports(tmp_path):
 def test_trials_of_two_specs_are_never_pooled_as_seeds(tmp_path):
     """One seed under each of two spec hashes (a spec changed under --extend) is two 1-seed
     variants, not one 2-seed variant."""
-    rows = make_rows(tasks=("prefix_sums",), recalls=("none",), norms=("rms",), spectrals=("0.5",), seeds=(0,))
+    rows = make_rows(tasks=("prefix_sums",), recalls=("none",), norms=("rms",), spectrals=(0.5,), seeds=(0,))
     other = [dict(r, trial_id=r["trial_id"] + "b", spec_hash="def") for r in rows]
     table = ood_table(load_results(write_table(tmp_path, rows + other)))
     assert set(table["n_seeds"]) == {1} and table["variant"].str.contains(r"\[spec (?:abc|def)\]").all()

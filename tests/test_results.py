@@ -167,16 +167,18 @@ def test_a_compacted_trial_rewritten_later_reads_its_new_rows(tmp_path):
 
 def test_unmeasured_integer_metrics_are_null_not_an_error():
     """eval.diagnostics: false leaves probe counts NaN; the row holds null (cpu_profiles --smoke failed here)."""
-    from types import SimpleNamespace
+    import dataclasses
 
+    from fpr_core.evaluate import EvalResult
+    from fpr_core.experiment import SplitResult
     from orchestrator.store.rows import split_fields
-    from orchestrator.sweep.metrics import INT_ROW_COLUMNS
+    from orchestrator.sweep.columns import columns
 
-    arrays = {name: [] for name in ("instance_iters", "instance_difficulty", "instance_correct",
-                                    "instance_converged", "instance_cycled", "budget_iters", "budget_acc")}
-    split = SimpleNamespace(split="id", size=8, metrics={k: float("nan") for k in INT_ROW_COLUMNS}, **arrays)
+    INT_ROW_COLUMNS = [c.name for c in columns("metric") if c.kind == "int"]
+    arrays = {f.name: [] for f in dataclasses.fields(EvalResult) if f.name != "metrics"}
+    split = SplitResult("id", 8, EvalResult({k: float("nan") for k in INT_ROW_COLUMNS}, **arrays))
     fields = split_fields(split)
     assert all(fields[k] is None for k in INT_ROW_COLUMNS)
-    split.metrics = {k: 3.0 for k in INT_ROW_COLUMNS}
+    split.result.metrics = {k: 3.0 for k in INT_ROW_COLUMNS}
     fields = split_fields(split)
     assert all(fields[k] == 3 and isinstance(fields[k], int) for k in INT_ROW_COLUMNS)

@@ -47,7 +47,7 @@ def test_saved_model_reproduces_recorded_metrics(trained):
     for e in evals:
         assert e.metrics["exact_acc"] == recorded[e.split].metrics["exact_acc"]
         assert e.metrics["iters_mean"] == recorded[e.split].metrics["iters_mean"]
-        np.testing.assert_array_equal(e.instance_correct, recorded[e.split].instance_correct)
+        np.testing.assert_array_equal(e.result.instance_correct, recorded[e.split].result.instance_correct)
     assert {i.split: i.digest for i in infos} == {i.split: i.digest for i in result.datasets if i.split != "train"}
 
 

@@ -23,6 +23,33 @@ MAX_ROUNDS = 64
 STALL_ROUNDS = 4
 """Consecutive rounds without a single new instance after which the space counts as exhausted."""
 
+ID_SPLIT = "id"
+"""The in-distribution eval split: unseen instances at the training size."""
+OOD_PREFIX = "ood_"
+TRAIN_SPLIT = "train"
+
+
+def split_name(size: int | None = None) -> str:
+    """The one spelling of an eval split's name: ``'ood_<size>'`` for instances of ``size``, and
+    ``'id'`` (the in-distribution split, at the training size) when ``size`` is None."""
+    return ID_SPLIT if size is None else f"{OOD_PREFIX}{int(size)}"
+
+
+def parse_split(name: str, train_size: int) -> int:
+    """The instance size of the eval split ``name`` (``split_name``'s inverse): ``train_size`` for
+    'id'; ValueError naming the expected forms for anything else."""
+    if name == ID_SPLIT:
+        return int(train_size)
+    digits = name[len(OOD_PREFIX):] if name.startswith(OOD_PREFIX) else ""
+    if not digits.isdigit():
+        raise ValueError(f"split {name!r}: expected {ID_SPLIT!r} or '{OOD_PREFIX}<size>'")
+    return int(digits)
+
+
+def eval_split_names(ood_sizes) -> list[str]:
+    """The eval splits of a trial, in order: 'id', then one 'ood_<size>' per OOD size."""
+    return [split_name()] + [split_name(s) for s in ood_sizes]
+
 
 def derive_seed(seed: int, *parts: object) -> int:
     """A 63-bit seed derived deterministically from `seed` and labels (e.g. split name, round)."""
@@ -95,9 +122,7 @@ def make_splits(task: Task, train_size: int | None = None,
         raise ValueError(f"make_splits: ood_sizes has duplicates: {ood_sizes}")
     train = generate_cached(task, n_train, train_size, derive_seed(seed, "train"), cache_dir)
     seen = set(instance_hashes(train.inputs))
-    splits = {"train": train,
-              "id": _fresh_split(task, "id", train_size, n_eval, seed, seen, cache_dir)}
-    for size in ood_sizes:
-        splits[f"ood_{size}"] = _fresh_split(task, f"ood_{size}", size, n_eval, seed, seen,
-                                             cache_dir)
+    splits = {TRAIN_SPLIT: train}
+    for name, size in zip(eval_split_names(ood_sizes), (train_size, *ood_sizes)):
+        splits[name] = _fresh_split(task, name, size, n_eval, seed, seen, cache_dir)
     return splits

@@ -21,10 +21,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from fpr_core.config import TRAINED
 from fpr_core.evaluate import CAP_BOUND_SHARE
+from fpr_core.tasks.splits import ID_SPLIT, OOD_PREFIX
 from orchestrator.store import parquet
+from orchestrator.sweep.columns import COLUMNS, CONFIG_PREFIX, config_column
 
 CRITICAL_TOL = 0.05
 """|sigma - 1| <= CRITICAL_TOL counts as the critical spectral regime."""
@@ -33,11 +36,12 @@ REGIME_ORDER = ("contractive", "critical", "expansive", "unnormalised")
 RECALL_ORDER = ("none", "standard", "internal")
 NORM_ORDER = ("none", "rms", "layer")
 
-ALWAYS_AXES = ("cfg.model.recall", "cfg.model.outer_norm", "cfg.model.spectral")
+RECALL_AXIS, NORM_AXIS, SPECTRAL_AXIS = (config_column("model", f) for f in ("recall", "outer_norm", "spectral"))
+ALWAYS_AXES = (RECALL_AXIS, NORM_AXIS, SPECTRAL_AXIS)
 """Axes every variant label shows, varying or not: the three the stability claims are about."""
 
-NON_AXES = frozenset({"cfg.train.seed", "cfg.train.device", "cfg.model.vocab_size",
-                      "cfg.model.n_classes", "cfg.eval.halting", "cfg.eval.protocols"})
+NON_AXES = frozenset(config_column(*key.split(".")) for key in (
+    "train.seed", "train.device", "model.vocab_size", "model.n_classes", "eval.halting", "eval.protocols"))
 """cfg columns that never define a variant: the seed (that is the spread), the device, the
 vocabulary/class counts that are set from the task, and which halting protocols were evaluated
 (the ``halting`` column says which protocol a row is)."""
@@ -52,10 +56,20 @@ def load_results(sweep_dir: Path, halting: str | tuple[str, ...] | None = TRAINE
     row per (trial, split), as before protocols existed), a tuple of names, or None for every row
     (then a trial has one row per (split, protocol): group or pick with ``claim_rows``). Rows
     written before ``capped_share`` existed get it from their per-instance flags (``instance_outcomes``)."""
-    df = parquet.read_current(Path(sweep_dir)).to_pandas()
+    df = _to_pandas(parquet.read_current(Path(sweep_dir)))
     if halting is not None:
         df = df[df["halting"].isin((halting,) if isinstance(halting, str) else tuple(halting))]
     return add_capped(df.reset_index(drop=True))
+
+
+def _to_pandas(table: pa.Table) -> pd.DataFrame:
+    """The table as pandas, an integer config column with nulls (a field an older table lacks) as
+    Python ints and None, not floats: a variant label reads ``mixer_window=3``, never ``3.0``."""
+    df = table.to_pandas()
+    for f in table.schema:
+        if f.name.startswith(CONFIG_PREFIX) and pa.types.is_integer(f.type) and table.column(f.name).null_count:
+            df[f.name] = pd.Series(table.column(f.name).to_pylist(), index=df.index, dtype=object)
+    return df
 
 
 def add_capped(df: pd.DataFrame) -> pd.DataFrame:
@@ -127,14 +141,10 @@ def cap_bound_table(frame: pd.DataFrame) -> pd.DataFrame:
     return out[cols + ["trials", "capped_share", "cap_bound"]]
 
 
-def parse_spectral(value) -> float:
-    """cfg.model.spectral as stored (a string number, or null/'None') -> float, NaN for none."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return math.nan
-    text = str(value).strip()
-    if text.lower() in ("", "none", "null", "nan"):
-        return math.nan
-    return float(text)
+def sigmas(values: pd.Series) -> pd.Series:
+    """cfg.model.spectral as floats, NaN for none (the column is typed; a hand-made frame's text
+    values, '0.5' or None, read the same)."""
+    return pd.to_numeric(values, errors="coerce").astype(float)
 
 
 def spectral_regime(sigma: float) -> str:
@@ -149,17 +159,17 @@ def spectral_regime(sigma: float) -> str:
 def split_sort_key(split: str, size) -> tuple:
     """'id' first, then OOD splits by size."""
     size_key = float(size) if size is not None and not pd.isna(size) else math.inf
-    return (0 if split == "id" else 1, size_key, split)
+    return (0 if split == ID_SPLIT else 1, size_key, split)
 
 
 def is_ood(split: pd.Series) -> pd.Series:
-    return split.astype(str).str.startswith("ood")
+    return split.astype(str).str.startswith(OOD_PREFIX)
 
 
 def variant_axes(df: pd.DataFrame) -> list[str]:
     """The cfg columns that define variants: ALWAYS_AXES present in the table, then every other
     cfg column with more than one distinct value (nulls included) within some task."""
-    cfg_cols = [c for c in df.columns if c.startswith("cfg.")]
+    cfg_cols = [c for c in df.columns if c.startswith(CONFIG_PREFIX)]
     axes = [c for c in ALWAYS_AXES if c in cfg_cols and df[c].notna().any()]
     for col in cfg_cols:
         if col in axes or col in NON_AXES:
@@ -177,8 +187,8 @@ def _short_names(axes: list[str]) -> dict[str, str]:
 
 
 def _axis_value(col: str, value) -> str:
-    if col == "cfg.model.spectral":
-        sigma = parse_spectral(value)
+    if col == SPECTRAL_AXIS:
+        sigma = float(sigmas(pd.Series([value])).iloc[0])
         return spectral_regime(sigma) if math.isnan(sigma) else f"{sigma:g} ({spectral_regime(sigma)})"
     return "null" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
 
@@ -215,17 +225,16 @@ def prepare(df: pd.DataFrame, min_id_acc: float | None = None) -> pd.DataFrame:
     default MIN_ID_ACC)."""
     out = df.copy()
     out["task_label"] = _task_labels(out)
-    out["recall"] = out["cfg.model.recall"].astype(object) if "cfg.model.recall" in out else None
-    out["outer_norm"] = out["cfg.model.outer_norm"].astype(object) if "cfg.model.outer_norm" in out else None
-    sigmas = out["cfg.model.spectral"].map(parse_spectral) if "cfg.model.spectral" in out else math.nan
-    out["sigma"] = sigmas
+    out["recall"] = out[RECALL_AXIS].astype(object) if RECALL_AXIS in out else None
+    out["outer_norm"] = out[NORM_AXIS].astype(object) if NORM_AXIS in out else None
+    out["sigma"] = sigmas(out[SPECTRAL_AXIS]) if SPECTRAL_AXIS in out else math.nan
     out["regime"] = pd.Series(out["sigma"], index=out.index).map(spectral_regime)
     axes = variant_axes(out)
     names = _short_names(axes)
     if axes:
         out["variant_label"] = [", ".join(f"{names[a]}={_axis_value(a, row[i])}" for i, a in enumerate(axes))
                                 for row in out[axes].itertuples(index=False)]
-        others = [a for a in axes if a != "cfg.model.recall"]
+        others = [a for a in axes if a != RECALL_AXIS]
         out["context_label"] = [", ".join(f"{names[a]}={_axis_value(a, row[i])}" for i, a in enumerate(others))
                                 for row in out[others].itertuples(index=False)] if others else ""
     else:  # no cfg columns filled in: fall back to the orchestrator's own label
@@ -264,7 +273,7 @@ def add_competence(frame: pd.DataFrame, min_id_acc: float = MIN_ID_ACC) -> pd.Da
     ok 'id' row) and ``learned`` (ok trial with id_acc_trial >= min_id_acc) on every row."""
     out = frame.copy()
     trained = out["halting"].fillna(TRAINED).eq(TRAINED) if "halting" in out.columns else True
-    id_rows = out[(out["split"] == "id") & out["status_ok"] & trained]  # the trial's own halting decides
+    id_rows = out[(out["split"] == ID_SPLIT) & out["status_ok"] & trained]  # the trial's own halting decides
     id_acc = id_rows.groupby("trial_id")["exact_acc"].max()
     out["id_acc_trial"] = out["trial_id"].map(id_acc).astype(float)
     out["learned"] = out["status_ok"] & (out["id_acc_trial"] >= min_id_acc)
@@ -348,9 +357,8 @@ def trial_summary(frame: pd.DataFrame) -> pd.DataFrame:
     ok = frame[frame["status_ok"] & trained].copy()  # one protocol: the trial's own
     ok["ood_acc"] = ok["exact_acc"].where(is_ood(ok["split"]))
     keys = ["trial_id", "task", "task_label", "variant_label", "context_label", "recall", "outer_norm", "regime"]
-    metrics = {"ood_acc": "mean", "id_acc_trial": "first", "learned": "first", "reachability": "mean",
-               "input_dependence": "mean", "input_derivative": "mean", "spectral_radius": "mean",
-               "iters_mean": "mean", "seed": "first", "sigma": "first"}
+    metrics = {"ood_acc": "mean", "id_acc_trial": "first", "learned": "first",
+               **{c.name: "mean" for c in COLUMNS if c.trial_mean}, "seed": "first", "sigma": "first"}
     ok = ok.astype({k: object for k in keys})
     return ok.groupby(keys, dropna=False, sort=False).agg(metrics).reset_index()
 

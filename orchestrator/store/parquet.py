@@ -26,6 +26,7 @@ trial file restored from a backup, clock skew).
 """
 from __future__ import annotations
 
+import ast
 import datetime as dt
 import errno
 import hashlib
@@ -47,6 +48,7 @@ import pyarrow.parquet as pq
 
 from fpr_core.config import TRAINED
 from orchestrator.store.schema import results_schema
+from orchestrator.sweep.columns import config_cell, config_kinds
 from orchestrator.store.space import DiskFull, is_disk_full
 from orchestrator.sweep.layout import SweepDir
 
@@ -245,12 +247,58 @@ def read_file(path: Path, columns: Optional[list[str]] = None) -> Optional[pa.Ta
 
 def _conform(table: pa.Table) -> pa.Table:
     """Cast a table to the current schema (columns missing from an older file become null; a row
-    without a halting protocol, written before protocols existed, is 'trained')."""
+    without a halting protocol, written before protocols existed, is 'trained'; a config column an
+    older schema stored as text gets its type back: ``_typed_text``)."""
     schema = results_schema()
-    cols = [table.column(f.name).cast(f.type) if f.name in table.column_names
-            else pa.nulls(table.num_rows, f.type) for f in schema]
+    kinds = config_kinds()
+    cols = []
+    for f in schema:
+        if f.name not in table.column_names:
+            cols.append(pa.nulls(table.num_rows, f.type))
+            continue
+        col = table.column(f.name)
+        if f.name in kinds and pa.types.is_string(col.type) and not pa.types.is_string(f.type):
+            cols.append(_typed_text(col, kinds[f.name], f.type))
+        else:
+            cols.append(col.cast(f.type))
     cols = [pc.fill_null(c, TRAINED) if f.name == "halting" else c for f, c in zip(schema, cols)]
     return pa.Table.from_arrays(cols, schema=schema)
+
+
+def _typed_text(col: pa.ChunkedArray, kind: str, type_: pa.DataType) -> pa.Array:
+    """A config column of a schema <= 3 table (``str(value)`` of each cell; TEXT_CONFIG_VERSIONS)
+    in its typed form: each distinct text read back as the Python literal it was written from
+    (``'True'``, ``'0.001'``, ``"['trained', 'long']"``), then checked against the column's kind."""
+    encoded = col.combine_chunks().dictionary_encode()
+    values = [_text_value(kind, text) for text in encoded.dictionary.to_pylist()]
+    return pa.array(values, type_).take(encoded.indices)
+
+
+def _text_value(kind: str, text: str) -> Any:
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        value = float(text) if kind == "float" else text  # 'nan', 'inf' are no literals
+    return config_cell(kind, value)
+
+
+def _scan(files: list[Path], columns: Optional[list[str]] = None,
+          where: Optional[pc.Expression] = None) -> pa.Table:
+    """Rows of our ``files`` with the fixed schema: one multi-threaded scan (~3x faster than
+    reading and conforming the files one by one, benchmarks/bench_orchestration.py). When the scan
+    fails (a file unreadable, or one of an older schema whose columns the scan cannot cast, such as
+    schema-3 text config columns), each file is read and conformed alone, and an unreadable one
+    quarantined."""
+    empty = results_schema().empty_table()
+    if not files:
+        return empty.select(columns) if columns else empty
+    try:
+        return ds.dataset([str(p) for p in files], schema=results_schema(), format="parquet").to_table(
+            columns=columns, filter=where)
+    except (pa.ArrowException, OSError):
+        table = pa.concat_tables([_conform(t) for t in (read_file(p) for p in files) if t is not None] or [empty])
+        table = table.filter(where) if where is not None else table
+        return table.select(columns) if columns else table
 
 
 def read_trial(sweep_dir: Path, trial_id: str) -> Optional[pa.Table]:
@@ -258,8 +306,7 @@ def read_trial(sweep_dir: Path, trial_id: str) -> Optional[pa.Table]:
     path = trial_path(sweep_dir, trial_id)
     table = read_file(path) if path.exists() else None
     if table is None and not path.exists() and fragment_files(sweep_dir):  # compacted
-        dataset = ds.dataset([str(p) for p in fragment_files(sweep_dir)], schema=results_schema(), format="parquet")
-        table = dataset.to_table(filter=pc.field("trial_id") == trial_id)
+        table = _scan(fragment_files(sweep_dir), where=pc.field("trial_id") == trial_id)
     return _conform(table) if table is not None and table.num_rows else None
 
 
@@ -276,17 +323,7 @@ def trial_summaries(sweep_dir: Path) -> list[dict[str, Any]]:
 
 def read_trial_files(files: list[Path], columns: Optional[list[str]] = None) -> pa.Table:
     """Every row of ``files`` with the fixed schema (missing columns of older files as null)."""
-    # One multi-threaded scan: ~3x faster than reading and conforming the files one by one
-    # (benchmarks/bench_orchestration.py). A file that fails the scan is found and quarantined.
-    empty = results_schema().empty_table()
-    if not files:
-        return empty.select(columns) if columns else empty
-    try:
-        return ds.dataset([str(p) for p in files], schema=results_schema(), format="parquet").to_table(columns=columns)
-    except (pa.ArrowException, OSError):
-        tables = [_conform(t) for t in (read_file(p) for p in files) if t is not None] or [empty]
-        table = pa.concat_tables(tables)
-        return table.select(columns) if columns else table
+    return _scan(files, columns)
 
 
 def collect(sweep_dir: Path) -> Optional[Path]:
@@ -308,10 +345,11 @@ def read_current(sweep_dir: Path) -> pa.Table:
 
 def read_results(sweep_dir: Path) -> pa.Table:
     """results.parquet when it is readable and current, else rebuilt from the trial files (a
-    broken or stale one is set aside first); an empty table when no trial finished."""
+    broken or stale one is set aside first), conformed to the schema; an empty table when no trial
+    finished."""
     table = read_current_results(sweep_dir)
     if table is not None:
-        return table
+        return _conform(table)
     if _is_read_only():  # status, report: build the table in memory, leave results.parquet alone
         return pa.concat_tables([_fragment_rows(sweep_dir), read_trial_files(trial_files(sweep_dir))])
     try:
@@ -320,7 +358,7 @@ def read_results(sweep_dir: Path) -> pa.Table:
         warn(f"cannot rebuild {results_path(sweep_dir)} ({e.strerror or e}); reading the trial files.")
         return pa.concat_tables([_fragment_rows(sweep_dir), read_trial_files(trial_files(sweep_dir))])
     table = read_file(path) if path is not None else None
-    return table if table is not None else results_schema().empty_table()
+    return _conform(table) if table is not None else results_schema().empty_table()
 
 
 def read_current_results(sweep_dir: Path) -> Optional[pa.Table]:
@@ -510,10 +548,7 @@ def _superseding(sweep_dir: Path) -> Optional[pc.Expression]:
 
 def _fragment_rows(sweep_dir: Path, columns: Optional[list[str]] = None) -> pa.Table:
     fragments = fragment_files(sweep_dir)
-    if not fragments:
-        return read_trial_files([], columns)
-    dataset = ds.dataset([str(p) for p in fragments], schema=results_schema(), format="parquet")
-    return dataset.to_table(columns=columns, filter=_superseding(sweep_dir))
+    return _scan(fragments, columns, _superseding(sweep_dir) if fragments else None)
 
 
 def trial_summary_table(sweep_dir: Path) -> pa.Table:

@@ -12,9 +12,9 @@ from typing import Any, Optional
 
 from fpr_core.config import TRAINED
 from fpr_core.evaluate import is_cap_bound
-from orchestrator.store.schema import config_columns
+from fpr_core.tasks.splits import ID_SPLIT, parse_split
+from orchestrator.sweep.columns import CAP_BOUND, CAPPED_SHARE, Kind, columns, config_cell, config_kinds
 from orchestrator.sweep.expand import Trial
-from orchestrator.sweep.metrics import INT_ROW_COLUMNS, SPLIT_ROW_COLUMNS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,14 +31,13 @@ class SweepMeta:
         return dataclasses.asdict(self)
 
 
-def config_cells(sections: dict[str, dict[str, Any]]) -> dict[str, Optional[str]]:
-    """``cfg.<section>.<field>`` -> str(value) (None stays null), for every schema config column."""
-    out: dict[str, Optional[str]] = {}
-    for col in config_columns():
+def config_cells(sections: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """``cfg.<section>.<field>`` -> the value as its typed column holds it (``columns.config_cell``;
+    None stays null), for every schema config column."""
+    out: dict[str, Any] = {}
+    for col, kind in config_kinds().items():
         _, section, fld = col.split(".", 2)
-        value = sections.get(section, {}).get(fld)
-        value = list(value) if isinstance(value, tuple) else value  # eval.halting: one spelling, as in JSON
-        out[col] = None if value is None else str(value)
+        out[col] = config_cell(kind, sections.get(section, {}).get(fld))
     return out
 
 
@@ -55,17 +54,13 @@ def base_row(trial: Trial, meta: SweepMeta, sections: Optional[dict] = None) -> 
             "finished_at": _now(), **config_cells(sections or trial.sections)}
 
 
-def _split_size(trial: Trial, split: str) -> int:
-    return trial.cell.train_size if split == "id" else int(split.split("_", 1)[1])
-
-
 def placeholder_rows(trial: Trial, meta: SweepMeta, status: str, error: str = "",
                      extra: Optional[dict[str, Any]] = None) -> list[dict[str, Any]]:
     """One row per expected split with no metrics: for failed, stopped or diverged trials."""
     rows = []
     for split in trial.cell.splits():
         row = base_row(trial, meta)
-        row.update({"split": split, "size": _split_size(trial, split), "halting": TRAINED, "status": status,
+        row.update({"split": split, "size": parse_split(split, trial.cell.train_size), "halting": TRAINED, "status": status,
                     "error": error or None, **(extra or {})})
         rows.append(row)
     return rows
@@ -97,25 +92,24 @@ def experiment_rows(trial: Trial, meta: SweepMeta, result: Any, worker: dict[str
     return rows
 
 
+_CONVERT: dict[Kind, Any] = {"int": int, "float": float, "bool": bool, "floats32": float, "floats": float,
+                             "ints": int, "bools": bool}
+"""How a value of a column's kind is made plain (numpy scalars -> Python ones; list kinds: per item)."""
+
+
 def split_fields(s: Any) -> dict[str, Any]:
     """The columns one evaluated split fills (``s`` is fpr_core's SplitResult): split, size, the
-    halting protocol, ok status, the SPLIT_METRICS, the capped share and cap-bound flag, and the
-    per-instance arrays."""
+    halting protocol, ok status, every ``metric`` column from ``s.result.metrics``, the cap-bound
+    flag, and every ``instance`` column from the ``EvalResult`` array of the same name."""
+    ev = s.result
     out: dict[str, Any] = {"split": s.split, "size": int(s.size), "halting": getattr(s, "halting", TRAINED),
                            "status": "ok", "error": None}
-    for key in SPLIT_ROW_COLUMNS:
-        value = s.metrics.get(key)
-        number = _float(value)  # NaN (a metric not measured, e.g. probes with eval.diagnostics off) -> null
-        out[key] = (None if number is None else int(number)) if key in INT_ROW_COLUMNS else number
-    out["capped_share"] = _float(s.metrics.get("capped_share"))
-    out["cap_bound"] = None if out["capped_share"] is None else is_cap_bound(out["capped_share"])
-    out["instance_iters"] = [float(v) for v in s.instance_iters]
-    out["instance_difficulty"] = [float(v) for v in s.instance_difficulty]
-    out["instance_correct"] = [bool(v) for v in s.instance_correct]
-    out["instance_converged"] = [bool(v) for v in s.instance_converged]
-    out["instance_cycled"] = [bool(v) for v in s.instance_cycled]
-    out["budget_iters"] = [int(v) for v in s.budget_iters]
-    out["budget_acc"] = [float(v) for v in s.budget_acc]
+    for col in columns("metric"):
+        number = _float(ev.metrics.get(col.name))  # NaN (not measured, e.g. probes with eval.diagnostics off) -> null
+        out[col.name] = None if number is None else _CONVERT[col.kind](number)
+    out[CAP_BOUND] = None if out[CAPPED_SHARE] is None else is_cap_bound(out[CAPPED_SHARE])
+    for col in columns("instance"):
+        out[col.name] = [_CONVERT[col.kind](v) for v in getattr(ev, col.name)]
     return out
 
 
@@ -135,7 +129,7 @@ def evaluated_rows(trial_rows: list[dict[str, Any]], new_splits: list[dict[str, 
     redone = {row_key(s) for s in new_splits}
     kept = [dict(r, halting=row_key(r)[1]) for r in trial_rows if row_key(r) not in redone]
     fresh = [{**template, **worker, **s, "finished_at": _now()} for s in new_splits]
-    return sorted(kept + fresh, key=lambda r: (r["halting"] != TRAINED, r["halting"], r["split"] != "id",
+    return sorted(kept + fresh, key=lambda r: (r["halting"] != TRAINED, r["halting"], r["split"] != ID_SPLIT,
                                                r["size"] or 0))
 
 
@@ -143,4 +137,4 @@ def residual_curves(result: Any) -> dict[str, list[float]]:
     """Mean residual per loop step, per split (for the convergence plot); a split evaluated under
     another halting protocol than the trial's own is keyed '<split>/<protocol>'."""
     return {s.split if getattr(s, "halting", TRAINED) == TRAINED else f"{s.split}/{s.halting}":
-            [float(v) for v in s.residual_curve] for s in result.splits}
+            [float(v) for v in s.result.residual_curve] for s in result.splits}

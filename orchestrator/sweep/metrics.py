@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
+from fpr_core.tasks.splits import split_name
+from orchestrator.sweep.columns import COLUMNS
+
 TRAIN_PREFIX = "train"
 """Training metrics, reported every ``train.log_every`` steps as ``train/<name>``."""
 TRAIN_METRICS = ("loss", "lr", "grad_norm", "token_acc", "exact_acc", "iters_mean")
@@ -33,17 +36,11 @@ STATUS_KEY = "fpr/status"
 DATASETS_KEY = "fpr/datasets"
 """Final report: the splits the trial generated (fpr_core DatasetInfo + generator_version), JSON."""
 
-SPLIT_METRIC_NAMES = {"exact_acc": "acc", "token_acc": "token_acc", "iters_mean": "iters_mean",
-                      "iters_p50": "iters_p50", "iters_p95": "iters_p95", "reachability": "reachability",
-                      "cycled_frac": "cycled_frac", "residual_median": "residual_median",
-                      "input_dependence": "input_dependence", "fixed_point_spread": "fixed_point_spread",
-                      "path_independence": "path_independence", "spectral_radius": "spectral_radius",
-                      "input_derivative": "input_derivative", "basin_jump_1e-4": "basin_jump_1e-4",
-                      "basin_jump_1e-3": "basin_jump_1e-3", "basin_jump_1e-2": "basin_jump_1e-2",
-                      "probe_verified": "probe_verified"}
-"""Row column -> metric prefix; logged to MLflow as ``<prefix>/<split>`` (e.g. ``acc/ood_64``)."""
-SIZE_SERIES = {"exact_acc": "by_size/exact_acc", "token_acc": "by_size/token_acc", "iters_mean": "by_size/iters_mean",
-               "iters_p95": "by_size/iters_p95", "reachability": "by_size/reachability"}
+SPLIT_METRIC_NAMES: dict[str, str] = {c.name: c.mlflow for c in COLUMNS if c.mlflow}
+"""Row column -> metric prefix; logged to MLflow as ``<prefix>/<split>`` (e.g. ``acc/ood_64``);
+from the ``mlflow`` of each column (sweep/columns.py)."""
+SIZE_PREFIX = "by_size"
+SIZE_SERIES: dict[str, str] = {c.name: f"{SIZE_PREFIX}/{c.name}" for c in COLUMNS if c.by_size}
 """Row column -> MLflow series logged with step = the split's size ('id' at the training size), so
 MLflow's chart view draws each metric against size and overlays runs. MLflow labels every x axis
 'Step' and offers no way to rename it, so the prefix (the charts' section title) says what the
@@ -54,24 +51,16 @@ BUDGET_SERIES = "by_loop_budget/exact_acc"
 per split."""
 WEIGHTS_BYTES = "model/weights_bytes"
 """Size on disk of a trial's kept model (logged once it is kept)."""
-FINAL_SPLIT_COLUMNS = ("exact_acc", "iters_mean")
+FINAL_SPLIT_COLUMNS: tuple[str, ...] = tuple(c.name for c in COLUMNS if c.final)
 """Row columns a trial's final Tune report carries per split (``acc/id``, ``iters_mean/ood_64``),
 so the Optuna search can optimise them."""
-TRIAL_SUMMARY_COLUMNS = ("train_seconds", "train_steps", "final_loss")
+TRIAL_SUMMARY_COLUMNS: tuple[str, ...] = tuple(c.name for c in COLUMNS if c.summary)
 """Row columns logged once per trial to MLflow, under their column name."""
 
-SPLIT_ROW_COLUMNS = ("n", "exact_acc", "token_acc", "iters_mean", "iters_p50", "iters_p95", "eval_cap",
-                     "reachability", "cycled_frac", "residual_median", "input_dependence",
-                     "fixed_point_spread", "path_independence", "spectral_radius", "input_derivative",
-                     "basin_jump_1e-4", "basin_jump_1e-3", "basin_jump_1e-2", "probe_n", "probe_verified",
-                     "eval_seconds")
-"""Per-split metrics copied from fpr_core's evaluation into the result row (schema columns)."""
-INT_ROW_COLUMNS = ("n", "eval_cap", "probe_n")
-"""Of SPLIT_ROW_COLUMNS, the integer ones."""
-
-DEFAULT_SEARCH_METRIC = "acc/id"
-DEFAULT_SCHEDULER_METRIC = "train/loss"
-PROGRESS_METRICS = ("acc/id", "train/loss")
+DEFAULT_SEARCH_METRIC = f"{SPLIT_METRIC_NAMES[FINAL_SPLIT_COLUMNS[0]]}/{split_name()}"
+"""``acc/id``."""
+DEFAULT_SCHEDULER_METRIC = f"{TRAIN_PREFIX}/loss"
+PROGRESS_METRICS = (DEFAULT_SEARCH_METRIC, DEFAULT_SCHEDULER_METRIC)
 """The progress display shows the first of these a report carries."""
 
 

@@ -83,7 +83,7 @@ def build_section(name: str, data: dict[str, Any]) -> Any:
 
 
 @functools.lru_cache(maxsize=None)
-def _hints(cls: type) -> dict[str, Any]:
+def field_types(cls: type) -> dict[str, Any]:
     """``typing.get_type_hints`` costs ~1 ms per dataclass: once per class, not once per cell."""
     return typing.get_type_hints(cls)
 
@@ -95,7 +95,7 @@ def resolved_sections(sections: dict[str, dict[str, Any]]) -> dict[str, dict[str
 
 def coerce_numbers(cls: type, data: dict[str, Any]) -> dict[str, Any]:
     """YAML 1.1 reads ``1e-3`` (no dot) as a string: turn such strings into floats for float fields."""
-    hints = _hints(cls)
+    hints = field_types(cls)
     out = dict(data)
     for key, value in data.items():
         if isinstance(value, str) and key in hints and _accepts_float(hints[key]):
@@ -114,7 +114,7 @@ def _accepts_float(hint: Any) -> bool:
 
 def check_types(cls: type, data: dict[str, Any], where: str) -> None:
     """Reject values of the wrong type (fpr_core's dataclasses check ranges, not types)."""
-    hints = _hints(cls)
+    hints = field_types(cls)
     for key, value in data.items():
         if key in hints and not _type_ok(hints[key], value):
             raise ConfigError(f"{where}.{key}: got {short_repr(value)}, expected {_type_name(hints[key])}")
