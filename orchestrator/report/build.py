@@ -180,7 +180,7 @@ def expected_cells(sweep_dir: Path) -> ExpectedCells | None:
         return None
     if spec.search is not None:
         return None
-    return {(c.task, c.variant, int(c.seed)): {"id", *(f"ood_{size}" for size in c.ood_sizes)}
+    return {(c.task, c.variant, int(c.seed)): set(c.splits())
             for c in expand(spec, path=path)}
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from fpr_core.config import ConfigError, TaskSpec, identity_sections, to_dict
+from fpr_core.tasks.splits import eval_split_names
 from orchestrator.sweep.metrics import CELL_KEY, SEARCH_KEY
 from orchestrator.sweep.sections import (SECTIONS, apply_overrides, base_sections, build_section, check_dotted,
                                          resolved_sections)
@@ -72,7 +73,7 @@ class Cell:
 
     def splits(self) -> list[str]:
         """Eval split names this trial reports, in order: 'id', then 'ood_<size>'."""
-        return ["id"] + [f"ood_{s}" for s in self.ood_sizes]
+        return eval_split_names(self.ood_sizes)
 
     def payload(self) -> dict[str, Any]:
         """JSON-able form carried inside the Tune config (``Cell.from_payload`` inverts it)."""
@@ -263,7 +264,7 @@ class TaskGrid:
         return math.prod(len(v) for v in self.values) * len(self.seeds)
 
     def splits(self) -> list[str]:
-        return ["id"] + [f"ood_{s}" for s in self.ood_sizes]
+        return eval_split_names(self.ood_sizes)
 
     def cells(self, start: int = 0) -> Iterator[Cell]:
         """Cells in order (grid cell, then seed), skipping the first ``start``."""
