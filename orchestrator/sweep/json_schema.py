@@ -6,59 +6,25 @@ docstring, unknown fields refused (``additionalProperties: false``), and nothing
 never a number or a boolean). Dotted keys (``axes``, ``tasks[].overrides``, ``tasks[].axes``,
 ``search.space``) are typed the same way, and task names are an enum. So an editor with a YAML
 language server flags ``model.recal``, ``model.recall: standrd``, ``name: mazess``, ``steps: many``
-and an unknown top-level key before anything runs. fpr_core itself stays free of pydantic: the
-models are generated here, from the dataclasses' fields and field docstrings.
+and an unknown top-level key before anything runs. Each section's schema is that of the pydantic
+adapter ``fpr-sweep validate`` checks config values with (sections.section_adapter: pydantic over
+the dataclass, its field docstrings as descriptions); fpr_core itself stays free of pydantic.
 """
 from __future__ import annotations
 
-import ast
 import copy
-import dataclasses
-import inspect
-import textwrap
-import typing
 from typing import Any
 
-from pydantic import ConfigDict, Field, create_model
-
+from fpr_core.tasks.splits import ID_SPLIT, OOD_PREFIX
 from orchestrator.sweep.metrics import FINAL_LOSS, FINAL_SPLIT_COLUMNS, SPLIT_METRIC_NAMES, scheduler_metrics
-from orchestrator.sweep.sections import SECTIONS, SHORTHAND_SECTION, field_names
+from orchestrator.sweep.sections import SECTIONS, SHORTHAND_SECTION, field_names, section_adapter
 from orchestrator.sweep.spec import SLUG, SweepSpec
 
 
-def field_docstrings(cls: type) -> dict[str, str]:
-    """The string literal under each annotated field of a (data)class body, by field name."""
-    try:
-        source = textwrap.dedent(inspect.getsource(cls))
-    except (OSError, TypeError):  # no source (e.g. a frozen app): fields stay undocumented
-        return {}
-    body = ast.parse(source).body[0].body
-    docs = {}
-    for stmt, following in zip(body, body[1:]):
-        if (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)
-                and isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant)
-                and isinstance(following.value.value, str)):
-            docs[stmt.target.id] = inspect.cleandoc(following.value.value)
-    return docs
-
-
-def _default(f: dataclasses.Field) -> Any:
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    if f.default_factory is not dataclasses.MISSING:
-        return f.default_factory()
-    return ...
-
-
 def section_schema(cls: type) -> dict[str, Any]:
-    """JSON schema of one fpr_core config dataclass: a strict pydantic model generated from it."""
-    hints = typing.get_type_hints(cls)
-    docs = field_docstrings(cls)
-    fields = {f.name: (hints[f.name], Field(_default(f), description=docs.get(f.name)))
-              for f in dataclasses.fields(cls)}
-    model = create_model(cls.__name__, __config__=ConfigDict(extra="forbid", strict=True),
-                         __doc__=inspect.cleandoc(cls.__doc__ or cls.__name__), **fields)
-    return model.model_json_schema()
+    """JSON schema of one fpr_core config dataclass: that of the pydantic adapter every config value
+    is validated with (``sections.section_adapter``), so the schema and the check cannot differ."""
+    return section_adapter(cls).json_schema()
 
 
 def _grad_shorthand(grad_schema: dict[str, Any]) -> dict[str, Any]:
@@ -133,7 +99,7 @@ def _cross_field_rules(schema: dict[str, Any]) -> None:
     props["name"]["pattern"] = f"^{SLUG.pattern}$"
     names = "|".join(SPLIT_METRIC_NAMES[c] for c in FINAL_SPLIT_COLUMNS)
     metric = defs["SearchSpec"]["properties"]["metric"]
-    metric["pattern"] = f"^(({names})/(id|ood_[1-9][0-9]*)|{FINAL_LOSS})$"
+    metric["pattern"] = f"^(({names})/({ID_SPLIT}|{OOD_PREFIX}[1-9][0-9]*)|{FINAL_LOSS})$"
     _also(metric, "The split must be one every task evaluates (id, or ood_<size> in every task's ood_sizes)")
     _also(defs["SearchSpec"]["properties"]["space"], "A field may be a grid axis or a search dimension, not both")
     _also(defs["TaskEntry"]["properties"]["axes"], "Keys must be axes of the sweep (top-level axes); this "

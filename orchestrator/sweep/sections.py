@@ -2,16 +2,21 @@
 
 A spec names a config value by ``<section>.<field>`` (``model.recall``, ``train.lr``; ``grad`` alone
 takes the shorthand ``truncated:4``). This module knows the sections, splits and checks dotted
-keys, applies them to plain per-section dicts, and builds fpr_core's dataclasses from those dicts
-(checking each value's type, which the dataclasses themselves do not).
+keys, applies them to plain per-section dicts, and builds fpr_core's dataclasses from those dicts.
+Each value's type is checked once, by pydantic over the dataclass (``section_adapter``, the same
+model `fpr-sweep schema` prints); the dataclasses' own ``validate`` then checks ranges and
+combinations.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import reprlib
 import typing
 from typing import Any, Literal, Optional, Union
+
+from pydantic import ConfigDict, TypeAdapter, ValidationError
 
 from fpr_core.config import EXPERIMENT_SECTIONS, ConfigError, GradConfig
 
@@ -112,31 +117,46 @@ def _accepts_float(hint: Any) -> bool:
     return hint is float
 
 
+@functools.lru_cache(maxsize=None)
+def section_adapter(cls: type) -> TypeAdapter:
+    """The one validation engine of a config section: pydantic over fpr_core's dataclass itself (a
+    subclass that only adds pydantic's config: strict, unknown fields refused, each field's
+    docstring as its description). `fpr-sweep schema` prints its JSON schema. fpr_core stays free
+    of pydantic; its dataclasses' ``validate`` keeps the rules between values (ranges, combinations)."""
+    config = ConfigDict(strict=True, extra="forbid", use_attribute_docstrings=True)
+    checked = type(cls.__name__, (cls,), {"__pydantic_config__": config, "__doc__": cls.__doc__,
+                                          "__module__": cls.__module__, "__qualname__": cls.__qualname__})
+    return TypeAdapter(checked)
+
+
 def check_types(cls: type, data: dict[str, Any], where: str) -> None:
-    """Reject values of the wrong type (fpr_core's dataclasses check ranges, not types)."""
+    """Reject values of the wrong type, and unknown fields, naming the first bad field.
+
+    Values are checked as JSON (what a YAML spec holds: a list stands for a tuple, a whole number
+    for a float), strictly: a string is never a number, a number never a boolean. The values
+    themselves are not replaced by pydantic's (``1`` stays ``1``, so trial ids do not move)."""
+    try:
+        section_adapter(cls).validate_json(json.dumps(data, default=_plain))
+    except ValidationError as e:
+        raise ConfigError(_first_problem(cls, data, where, e)) from None
+
+
+def _plain(value: Any) -> Any:
+    """JSON for what json.dumps cannot write: a numpy scalar as its number, anything else its repr
+    (which then fails the check, naming the value)."""
+    return value.item() if hasattr(value, "item") else repr(value)
+
+
+def _first_problem(cls: type, data: dict[str, Any], where: str, error: ValidationError) -> str:
     hints = field_types(cls)
-    for key, value in data.items():
-        if key in hints and not _type_ok(hints[key], value):
-            raise ConfigError(f"{where}.{key}: got {short_repr(value)}, expected {_type_name(hints[key])}")
-
-
-def _type_ok(hint: Any, value: Any) -> bool:
-    origin = typing.get_origin(hint)
-    if origin is Union:
-        return any(_type_ok(h, value) for h in typing.get_args(hint))
-    if origin is Literal:
-        return value in typing.get_args(hint)
-    if hint is type(None):
-        return value is None
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is str:
-        return isinstance(value, str)
-    return True
+    order = list(data)
+    bad = sorted({e["loc"][0] for e in error.errors() if e["loc"] and e["loc"][0] in hints and e["loc"][0] in data},
+                 key=order.index)
+    if bad:
+        key = bad[0]
+        return f"{where}.{key}: got {short_repr(data[key])}, expected {_type_name(hints[key])}"
+    unknown = sorted(set(data) - set(hints))
+    return f"{where}: unknown field(s) {unknown}; expected some of {sorted(hints)}"
 
 
 def _type_name(hint: Any) -> str:
@@ -145,6 +165,10 @@ def _type_name(hint: Any) -> str:
         return " or ".join(_type_name(h) for h in typing.get_args(hint))
     if origin is Literal:
         return f"one of {list(typing.get_args(hint))}"
+    if origin is tuple:
+        return f"a list of {_type_name(typing.get_args(hint)[0]).removeprefix('a ').removeprefix('an ')}s"
+    if origin is dict:
+        return "a mapping"
     if hint is type(None):
         return "null"
     return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(hint, str(hint))
