@@ -8,13 +8,17 @@ import dataclasses
 import datetime as dt
 import json
 import math
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from fpr_core.config import TRAINED
 from fpr_core.evaluate import is_cap_bound
 from fpr_core.tasks.splits import ID_SPLIT, parse_split
 from orchestrator.sweep.columns import CAP_BOUND, CAPPED_SHARE, Kind, columns, config_cell, config_kinds
 from orchestrator.sweep.expand import Trial
+from orchestrator.sweep.metrics import protocol_split
+
+if TYPE_CHECKING:
+    from fpr_core.experiment import SplitResult
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,12 +101,12 @@ _CONVERT: dict[Kind, Any] = {"int": int, "float": float, "bool": bool, "floats32
 """How a value of a column's kind is made plain (numpy scalars -> Python ones; list kinds: per item)."""
 
 
-def split_fields(s: Any) -> dict[str, Any]:
+def split_fields(s: SplitResult) -> dict[str, Any]:
     """The columns one evaluated split fills (``s`` is fpr_core's SplitResult): split, size, the
     halting protocol, ok status, every ``metric`` column from ``s.result.metrics``, the cap-bound
     flag, and every ``instance`` column from the ``EvalResult`` array of the same name."""
     ev = s.result
-    out: dict[str, Any] = {"split": s.split, "size": int(s.size), "halting": getattr(s, "halting", TRAINED),
+    out: dict[str, Any] = {"split": s.split, "size": int(s.size), "halting": s.halting,
                            "status": "ok", "error": None}
     for col in columns("metric"):
         number = _float(ev.metrics.get(col.name))  # NaN (not measured, e.g. probes with eval.diagnostics off) -> null
@@ -135,6 +139,5 @@ def evaluated_rows(trial_rows: list[dict[str, Any]], new_splits: list[dict[str, 
 
 def residual_curves(result: Any) -> dict[str, list[float]]:
     """Mean residual per loop step, per split (for the convergence plot); a split evaluated under
-    another halting protocol than the trial's own is keyed '<split>/<protocol>'."""
-    return {s.split if getattr(s, "halting", TRAINED) == TRAINED else f"{s.split}/{s.halting}":
-            [float(v) for v in s.result.residual_curve] for s in result.splits}
+    another halting protocol than the trial's own is keyed '<split>/<protocol>' (``protocol_split``)."""
+    return {protocol_split(s.split, s.halting): [float(v) for v in s.result.residual_curve] for s in result.splits}

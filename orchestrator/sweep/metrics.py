@@ -6,8 +6,9 @@ Names are ``<prefix>/<split-or-name>``: ``train/loss`` during training, ``acc/oo
 """
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
 
+from fpr_core.config import TRAINED
 from fpr_core.tasks.splits import split_name
 from orchestrator.sweep.columns import COLUMNS
 
@@ -97,6 +98,12 @@ def best_ood_metric(task: str) -> str:
 
 def best_variant_tag(task: str) -> str:
     return f"{BEST_VARIANT_TAG}/{task}"
+
+
+def protocol_split(split: str, halting: Optional[str]) -> str:
+    """The split as metric keys name it: itself under the trial's own halting ('trained', or none
+    recorded), ``<split>/<protocol>`` under another (``acc/ood_22/long``)."""
+    return split if (halting or TRAINED) == TRAINED else f"{split}/{halting}"
 
 
 def budget_metric(split: str) -> str:
