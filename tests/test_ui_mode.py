@@ -43,9 +43,11 @@ def _chromium(*args: str) -> str:
 def test_experiment_page_opens_in_training_mode(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracker = SweepTracker(uri, "uimode", tmp_path, tags={}, sweep_id="u" * 32, description="Does recall help?")
-    run = tracker.trial_run("t1", "prefix_sums v1", {}, {"model": {"recall": "none"}})
-    tracker.log_metrics(run, {"train/loss": 0.5}, 1)
-    tracker.end_trial("t1", "ok")
+    for trial, recall in (("t1", "none"), ("t2", "standard")):
+        run = tracker.trial_run(trial, f"prefix_sums/recall={recall}/s0/{trial}",
+                                {"task": "prefix_sums", "variant": f"recall={recall}"}, {"model": {"recall": recall}})
+        tracker.log_metrics(run, {"train/loss": 0.5}, 1)
+        tracker.end_trial(trial, "ok")
     assert tracker.end_sweep("FINISHED", drain_s=60) is None
 
     port = _free_port()
@@ -65,18 +67,25 @@ def test_experiment_page_opens_in_training_mode(tmp_path):
         exp_id = sweep_experiment_id(uri)
         assert exp_id == tracker.experiment_id
         url = training_url(f"http://127.0.0.1:{port}", exp_id)
-        assert url.endswith(f"/#/experiments/{exp_id}/runs?workflowType=machine_learning")
+        assert url.endswith(f"/#/experiments/{exp_id}/runs?workflowType=machine_learning&viewStateShareKey=trials")
 
         dom = _chromium("--dump-dom", url)
         assert "Model training" in dom and "uimode" in dom
         Path("/tmp/ui_training_mode.html").write_text(dom)
-        assert "Run Name" in dom and "matching runs" in dom  # the Runs table (the sweep's run, its trial's inside)
+        assert "Run Name" in dom and "matching runs" in dom  # the Runs table
         assert not [w for w in GENAI_ONLY if w in dom], "GenAI sidebar entries in training mode"
+        # The trials view: the trials are listed (not collapsed under the sweep's run), one group per
+        # task and variant; the bare page lists the sweep's run alone.
+        assert "Trials by task and variant" in dom
+        assert "prefix_sums/recall=none/s0/t1" in dom and "prefix_sums/recall=standard/s0/t2" in dom
+        assert "Group:" in dom
         _chromium(f"--screenshot={SCREENSHOT}", url)
         assert SCREENSHOT.stat().st_size > 10_000
 
         bare = _chromium("--dump-dom", f"http://127.0.0.1:{port}/#/experiments/{exp_id}")
         assert "Judges" in bare  # MLflow's default for a browser that never chose: GenAI
+        bare_runs = _chromium("--dump-dom", f"http://127.0.0.1:{port}/#/experiments/{exp_id}/runs?workflowType=machine_learning")
+        assert "matching runs" in bare_runs and "prefix_sums/recall=none/s0/t1" not in bare_runs  # collapsed
     finally:
         os.killpg(server.pid, signal.SIGKILL)  # uvicorn and its workers: the whole group we started
         server.wait(timeout=30)

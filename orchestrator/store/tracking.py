@@ -31,6 +31,7 @@ from mlflow.tracking import MlflowClient
 from orchestrator.store.mlflow_model import link_run_to_models, save_pyfunc
 from orchestrator.store.space import DiskFull, is_disk_full
 from orchestrator.store.sqlite_store import relocate_artifacts, store_creation_lock
+from orchestrator.store.ui_mode import save_trials_view
 from orchestrator.store.store_address import TrackingError
 from orchestrator.store.spool import PARENT, Sender, Spool, _first_line, operation
 from orchestrator.store.run_info import DatasetRecord
@@ -183,9 +184,11 @@ class SweepTracker:
         return self.client.create_experiment(name, artifact_location=self.artifacts.as_uri(), tags=tags)
 
     def _describe_experiment(self, description: str) -> None:
-        """Training experiment (the UI opens in model-training mode), described by the spec."""
+        """Training experiment (the UI opens in model-training mode) with its trials view
+        (orchestrator/store/ui_mode.py), described by the spec."""
         try:
             self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND_TAG, TRAINING_KIND)
+            save_trials_view(self.client, self.experiment_id)
             if description:
                 self.client.set_experiment_tag(self.experiment_id, NOTE_TAG, description)
         except Exception as e:
