@@ -97,8 +97,8 @@ def test_text_config_columns_of_older_tables_read_back_typed(tmp_path):
 
 
 def test_old_trial_files_and_fragments_scan_typed(tmp_path):
-    """A sweep folder of schema-3 trial files (text config columns the one-pass scan cannot cast to
-    lists) reads through the per-file path, typed."""
+    """A sweep folder of schema-3 trial files and fragments (text config columns the one-pass scan
+    cannot cast to lists) reads through the per-file path, typed."""
     from test_report import make_rows
 
     rows = make_rows(tasks=("prefix_sums",), recalls=("none",), norms=("rms",), spectrals=(0.5,), seeds=(0, 1))
@@ -110,3 +110,14 @@ def test_old_trial_files_and_fragments_scan_typed(tmp_path):
     table = parquet.read_results(tmp_path)
     assert table.num_rows == len(rows) and table.column("cfg.eval.halting").to_pylist()[0] == ["trained"]
     assert set(table.column("cfg.model.spectral").to_pylist()) == {0.5}
+    # a fragment an older sweep compacted: read, filtered and merged typed alike
+    (tmp_path / "fragments").mkdir()
+    first = rows[0]["trial_id"]
+    fragment = _text_table([dict(r, **{"cfg.eval.halting": ["trained"]}) for r in rows if r["trial_id"] == first])
+    pq.write_table(fragment, tmp_path / "fragments" / "part-00000000000000000001-old.parquet")
+    (tmp_path / "trials" / f"{first}.parquet").unlink()
+    assert parquet.read_trial(tmp_path, first).column("cfg.model.spectral").to_pylist()[0] == 0.5
+    with parquet.read_only():
+        assert parquet.read_current(tmp_path).num_rows == len(rows)
+    merged = pq.read_table(parquet.collect(tmp_path))
+    assert merged.num_rows == len(rows) and merged.schema.field("cfg.model.spectral").type == pa.float64()
