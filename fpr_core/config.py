@@ -10,7 +10,9 @@ Generalization in Looped Transformers (Labovich 2026); DT = Deep Thinking (Schwa
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Optional
 
@@ -59,6 +61,28 @@ def _check_choice(where: str, name: str, value: Any, choices: tuple) -> None:
 
 def _literal_choices(lit) -> tuple:
     return lit.__args__
+
+
+@functools.lru_cache(maxsize=None)
+def _literal_fields(cls: type) -> tuple[tuple[str, tuple, bool], ...]:
+    """(field, its choices, whether None is allowed) for every field of ``cls`` typed by a Literal
+    or an Optional Literal."""
+    out = []
+    for name, hint in typing.get_type_hints(cls).items():
+        args = typing.get_args(hint) if typing.get_origin(hint) is typing.Union else (hint,)
+        for arg in args:
+            if typing.get_origin(arg) is Literal:
+                out.append((name, _literal_choices(arg), type(None) in args))
+    return tuple(out)
+
+
+def check_literals(obj: Any, where: str) -> None:
+    """Every Literal-typed field of a config holds one of its choices (or None where Optional): the
+    Literal is the one list of choices, so a new option field is checked without being listed."""
+    for name, choices, optional in _literal_fields(type(obj)):
+        value = getattr(obj, name)
+        if not (optional and value is None):
+            _check_choice(where, name, value, choices)
 
 
 def check_protocol_name(where: str, name: Any) -> None:
@@ -218,13 +242,7 @@ class ModelConfig:
     step, ``LoopedModel.after_optimizer_step``). Needs spectral set and spectral_mode step."""
 
     def validate(self, where: str = "model") -> None:
-        for name, lit in [("recall", Recall), ("recall_form", RecallForm), ("outer_norm", Norm),
-                          ("residual_scale", ResidualScale), ("positions", Positions),
-                          ("conv", Conv), ("mlp", Mlp), ("mixer", Mixer), ("spectral_mode", SpectralMode),
-                          ("internal_norm", InternalNorm), ("z0", InitialState), ("loop_entry", LoopEntry),
-                          ("conv_form", ConvForm), ("spectral_hold", SpectralHold),
-                          ("attention_mask", AttentionMask)]:
-            _check_choice(where, name, getattr(self, name), _literal_choices(lit))
+        check_literals(self, where)
         self._validate_entry(where)
         if self.attention_mask == "board" and (self.mixer != "attention" or self.causal):
             raise ConfigError(f"{where}.attention_mask: 'board' masks the global attention mixer; got "
@@ -327,9 +345,7 @@ class SolverConfig:
     """History size for Anderson acceleration."""
 
     def validate(self, where: str = "solver") -> None:
-        _check_choice(where, "name", self.name, _literal_choices(SolverName))
-        _check_choice(where, "eval_cap_law", self.eval_cap_law, _literal_choices(CapLaw))
-        _check_choice(where, "residual", self.residual, _literal_choices(ResidualRule))
+        check_literals(self, where)
         if self.tol <= 0:
             raise ConfigError(f"{where}.tol: got {self.tol}, expected > 0")
         for name in ("train_cap", "eval_cap", "patience", "anderson_m"):
@@ -383,8 +399,7 @@ class GradConfig:
         return cfg
 
     def validate(self, where: str = "grad") -> None:
-        _check_choice(where, "mode", self.mode, _literal_choices(GradMode))
-        _check_choice(where, "progressive", self.progressive, _literal_choices(ProgressiveForm))
+        check_literals(self, where)
         if self.k < 1 or self.segments < 1:
             raise ConfigError(f"{where}: k={self.k}, segments={self.segments}, expected integers >= 1")
         if not 0 <= self.alpha <= 1:
@@ -449,7 +464,7 @@ class TrainConfig:
     once TorchInductor's on-disk cache holds them). Needs a C++ compiler on CPU."""
 
     def validate(self, where: str = "train") -> None:
-        _check_choice(where, "loss", self.loss, _literal_choices(LossName))
+        check_literals(self, where)
         for name in ("steps", "batch_size", "n_train", "log_every", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{where}.{name}: got {getattr(self, name)}, expected an integer >= 1")
@@ -505,8 +520,7 @@ class HaltingProtocol:
             raise ConfigError(f"{where}.tol: got {self.tol!r}, expected a number > 0 or null (the trial's)")
         if self.detect_cycles is not None and not isinstance(self.detect_cycles, bool):
             raise ConfigError(f"{where}.detect_cycles: got {self.detect_cycles!r}, expected true, false or null")
-        if self.cap_law is not None:
-            _check_choice(where, "cap_law", self.cap_law, _literal_choices(CapLaw))
+        check_literals(self, where)
         if isinstance(self.cap_scale, bool) or not isinstance(self.cap_scale, (int, float)) or not self.cap_scale > 0:
             raise ConfigError(f"{where}.cap_scale: got {self.cap_scale!r}, expected a number > 0")
 
