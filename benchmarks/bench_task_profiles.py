@@ -31,6 +31,7 @@ from fpr_core.config import ExperimentConfig  # noqa: E402
 from fpr_core.experiment import evaluate_sizes, run_experiment  # noqa: E402
 from orchestrator.sweep.expand import expand, resolve  # noqa: E402
 from orchestrator.store.provenance import git_commit  # noqa: E402
+from orchestrator.report.published import PUBLISHED  # noqa: E402
 from orchestrator.sweep.spec import load_spec  # noqa: E402
 
 SMOKE = {"train.steps": 3, "train.n_train": 64, "train.n_select": 16, "eval.n_eval": 8, "eval.diagnostics": False,
@@ -94,15 +95,10 @@ def run_one(cfg: ExperimentConfig, extra_sizes: list[int], extra_n: int) -> dict
             "final_train": train_cpu.get("last"), "splits": splits}
 
 
-PUBLISHED = {
-    "mazes": "Deep Thinking, trained 9×9 (our 11), 59×59: 97.30 ± 0.68 (recall + progressive loss, best "
-             "checkpoint by a held-out split, models < 99% train accuracy dropped); DART 9→31: 98.2 ± 0.6",
-    "prefix_sums": "Deep Thinking 32 → 512 bits (16×): 97.12 ± 1.88",
-    "state_tracking": "FPRM S5, trained at 32, at 128 (4×): 0.993 / 0.945 / 0.886, mean 0.941 (public config)",
-    "sudoku": "no 6×6 figure; FPRM Sudoku-Extreme 9×9: 94.2%",
-    "chess": "Deep Thinking: Lichess puzzles by rating (from/to of the first move); no mate-in-1 figure",
-}
-"""The published figure set beside each family (../shared/REFERENCES.md names the sources)."""
+def published(task: str) -> str:
+    """The published figure beside a family (one home: orchestrator/report/published.py)."""
+    figure = PUBLISHED.get(task)
+    return f"{figure.figure}: {figure.source}" if figure else "–"
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -113,7 +109,7 @@ def markdown_table(rows: list[dict]) -> str:
     for task in dict.fromkeys(r["task"] for r in rows):
         mine = [r for r in rows if r["task"] == task]
         splits = list(dict.fromkeys(s["split"] for r in mine for s in r["splits"]))
-        out.append(f"\n**{task}** {mine[0]['params'] or ''} — published: {PUBLISHED.get(task, '–')}\n")
+        out.append(f"\n**{task}** {mine[0]['params'] or ''} — published: {published(task)}\n")
         out.append("| seed | " + " | ".join(splits) + " | train CPU-min | total CPU-min | kept step |")
         out.append("|---" * (len(splits) + 4) + "|")
         for r in mine:

@@ -28,7 +28,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from orchestrator.report import bootstrap, claims, regimes
+from orchestrator.report import bootstrap, claims, published, regimes
 from orchestrator.report.claims import SUPPORTED, CONTRADICTED, Verdict
 from orchestrator.report.frame import (CAPPED, CONVERGED, CYCLED, STALLED, instance_outcomes, is_ood,
                                       load_results, ordered_variants, outcome_shares, prepare, split_sort_key)
@@ -374,7 +374,9 @@ def render_markdown(frame: pd.DataFrame, statuses: pd.DataFrame, missing: list[s
                "; claims are judged per protocol, learned = in-distribution accuracy under 'trained'")]
     out += [f"- **note**: {n}" for n in notes or []]
     out += ["- **every number below** is also in `estimates.parquet` beside this report"]
-    out += ["", "## Claim verdicts", "", md_table(*verdict_rows(verdicts)), "",
+    out += ["", "## Headline figures beside the published ones", "", published.__doc__.split("\n\n")[1].replace("\n", " "),
+            "", md_table(*published.headline_table(table, _fmt_learned)), ""]
+    out += ["## Claim verdicts", "", md_table(*verdict_rows(verdicts)), "",
             f"Rule: {claims.RULE}. Intervals: {bootstrap.LEVEL:.0%} t-intervals on seed means (accuracies with a "
             f"binomial SE floor), Clopper-Pearson for P(learned), Fisher z for rank correlations across trials; printed "
             f"to the interval's precision. Rules in `orchestrator/report/claims.py` and docs/statistics.md. Constants: "
