@@ -10,6 +10,7 @@ follow fpr_core's config dataclasses (``config_columns``).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import typing
 from dataclasses import dataclass
 from typing import Any, Literal, Optional, Union
@@ -164,8 +165,10 @@ def config_kind(hint: Any) -> Optional[Kind]:
     return {bool: "bool", int: "int", float: "float", str: "str"}.get(hint)
 
 
+@functools.lru_cache(maxsize=1)
 def config_kinds() -> dict[str, Kind]:
-    """``cfg.<section>.<field>`` -> its column kind (``config_kind``; 'str' for a mapping)."""
+    """``cfg.<section>.<field>`` -> its column kind (``config_kind``; 'str' for a mapping). Built
+    once; read-only."""
     return {config_column(section, f.name): config_kind(field_types(cls)[f.name]) or "str"
             for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
 

@@ -98,17 +98,22 @@ def resolved_sections(sections: dict[str, dict[str, Any]]) -> dict[str, dict[str
     return {name: dataclasses.asdict(obj) for name, obj in build_sections(sections).items()}
 
 
+def yaml_float(value: Any) -> Any:
+    """PyYAML (YAML 1.1) reads ``1e-3`` (no dot) as a string: such a string as its float, any other
+    value as it is (the one place this rule lives in the orchestrator; spec.py's ``Number``)."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
 def coerce_numbers(cls: type, data: dict[str, Any]) -> dict[str, Any]:
-    """YAML 1.1 reads ``1e-3`` (no dot) as a string: turn such strings into floats for float fields."""
+    """``yaml_float`` applied to the values of float fields."""
     hints = field_types(cls)
-    out = dict(data)
-    for key, value in data.items():
-        if isinstance(value, str) and key in hints and _accepts_float(hints[key]):
-            try:
-                out[key] = float(value)
-            except ValueError:
-                pass
-    return out
+    return {key: yaml_float(value) if key in hints and _accepts_float(hints[key]) else value
+            for key, value in data.items()}
 
 
 def _accepts_float(hint: Any) -> bool:

@@ -31,7 +31,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from fpr_core.config import ConfigError
 from orchestrator.sweep.metrics import DEFAULT_SCHEDULER_METRIC, DEFAULT_SEARCH_METRIC
 from orchestrator.sweep.sections import (SECTIONS, SHORTHAND_SECTION, apply_overrides, base_sections,
-                                         build_sections, check_dotted, excerpt, short_repr)
+                                         build_sections, check_dotted, excerpt, short_repr, yaml_float)
 
 SLUG = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 """A sweep name, matched against the whole string (``fullmatch``: ``$`` would accept a trailing newline)."""
@@ -53,17 +53,7 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
-def _yaml_float(value: Any) -> Any:
-    """PyYAML (YAML 1.1) reads ``1e-3`` (no dot) as a string: accept a string that is a float literal."""
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
-
-
-Number = Annotated[float, BeforeValidator(_yaml_float)]
+Number = Annotated[float, BeforeValidator(yaml_float)]
 """A float field of the spec: strict, except for YAML 1.1's dot-less exponent strings."""
 
 
