@@ -1,6 +1,7 @@
-"""Live terminal progress of a sweep (rich), and the Ray/Tune messages we keep off the terminal.
+"""What the terminal shows (rich): a sweep's live progress, the commands' tables (a plan, a run's
+summary, `status`), and the Ray/Tune messages we keep off the terminal.
 
-Fed by the driver's Tune callback; knows nothing of Ray. Every trial event (start, retry, end) is
+The progress is fed by the driver's Tune callback; it knows nothing of Ray. Every trial event (start, retry, end) is
 printed once as a plain line, so the scrollback is a clean log. On a terminal a small live region
 under those lines shows the trials running now, the counts (done, running, pending, failed) and an
 ETA; it is cut to the terminal's height, so rich can always redraw it in place (a region taller
@@ -10,12 +11,16 @@ live console while it runs, for the same reason. Long variant labels are shown a
 """
 from __future__ import annotations
 
+import csv
+import itertools
 import logging
 import re
+import shlex
 import sys
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable, Optional
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -357,3 +362,158 @@ def quiet_ray_messages() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _Drop) for f in logger.filters):
             logger.addFilter(_Drop(*needles))
+
+
+# ---------------------------------------------------------------- the commands' tables
+# What `run` (its plan, its summary), `validate` and `status` print, from plain data the rooms
+# return: these functions read no file.
+
+PLAN_SAMPLE = 20
+"""Trials `--dry-run` shows in its table; `--all FILE` writes every one."""
+PLAN_COLUMNS = ("#", "trial", "task", "variant", "seed", "train", "ood sizes", "samples", "done")
+
+
+def _plan_row(i: int, c: Any, samples: int, done: dict[str, str]) -> tuple[str, ...]:
+    return (str(i), c.cell_id, c.task, c.variant, str(c.seed), str(c.train_size),
+            ",".join(map(str, c.ood_sizes)), str(samples), done.get(c.cell_id, ""))
+
+
+def print_plan(console: Console, plan: Any, done: dict[str, str], all_path: Optional[Path]) -> None:
+    """A sweep plan (sweep/plan.py): the first PLAN_SAMPLE trials, a summary per task and the
+    totals; ``done``: trial_id -> status of the trials its folder holds already. With ``all_path``
+    every trial is written as CSV (as the grid is walked, so a 10^6-cell grid never sits in memory)."""
+    spec, smoke, grid = plan.spec, plan.smoke, plan.grid
+    samples = spec.search.num_samples if spec.search else 1
+    shown = min(PLAN_SAMPLE, len(grid))
+    table = Table(title=f"{spec.name}{' (smoke)' if smoke else ''}: trials"
+                        + (f" (first {shown} of {len(grid)})" if shown < len(grid) else ""))
+    for col in PLAN_COLUMNS:
+        table.add_column(col)
+    for i, c in enumerate(itertools.islice(grid.cells(), shown), 1):
+        table.add_row(*_plan_row(i, c, samples, done))
+    console.print(table)
+    if all_path is not None:
+        with open(all_path, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(PLAN_COLUMNS)
+            writer.writerows(_plan_row(i, c, samples, done) for i, c in enumerate(grid.cells(), 1))
+        console.print(f"all {len(grid)} trials written to {all_path}", highlight=False)
+    elif shown < len(grid):
+        console.print(f"... {len(grid) - shown} more (--all FILE writes every trial as CSV)", highlight=False)
+    summary = Table(title="per task")
+    for col in ("task", "train", "ood sizes", "grid cells", "seeds", "trials"):
+        summary.add_column(col)
+    for t in grid.tasks:
+        summary.add_row(t.task, str(t.train_size), ",".join(map(str, t.ood_sizes)), str(t.count() // len(t.seeds)),
+                        str(len(t.seeds)), str(t.count() * samples))
+    console.print(summary)
+    per_task = [t.count() // len(t.seeds) for t in grid.tasks]
+    seeds = {len(t.seeds) for t in grid.tasks}
+    grid_text = (f"{per_task[0]} grid cells x {len(spec.tasks)} tasks" if len(set(per_task)) == 1
+                 else f"({' + '.join(map(str, per_task))}) grid cells over {len(spec.tasks)} tasks")
+    seeds_text = f"{seeds.pop()} seeds" if len(seeds) == 1 else "seeds per task"
+    finished = ""
+    if done:  # a folder's trials may be another spec's (an edited spec): say how many are this one's
+        mine = sum(1 for c in grid.cells() if c.cell_id in done)
+        other = len(done) - mine
+        finished = f"; {mine} of them finished" + (f" ({other} finished trials in the sweep folder are not this "
+                                                   "spec's)" if other else "")
+    console.print(f"{grid_text} x {seeds_text} x {samples} samples = {plan.trial_count} trials{finished}",
+                  highlight=False)
+
+
+def print_destinations(console: Console, d: Any) -> None:
+    """Where a run writes rows, models and tracking (run/launch.py ``Destinations``, issue 33): a
+    spec that writes outside the working tree, or to a remote tracker, says so before anything runs."""
+    where = "  (outside the working tree)" if d.outside_cwd else ""
+    models = f"{d.root / 'models'}" if d.keep_models != "none" else "none kept (keep_models: none)"
+    console.print(f"rows:     {d.root / 'trials'}, {d.root / 'results.parquet'}{where}\n"
+                  f"models:   {models}\n"
+                  f"tracking: {d.tracking_uri}" + ("  (a remote tracker: params, metrics and models leave this "
+                                                   "machine)" if d.remote else ""), highlight=False, soft_wrap=True)
+
+
+def shown_path(path: Path) -> str:
+    """``path`` relative to the working directory when it is under it (as a user would type it)."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def print_outcome(console: Console, err_console: Console, outcome: Any) -> None:
+    """The closing summary of a run (run/session.py ``SweepOutcome``): why it stopped, the counts,
+    accuracy per task, where the results, models and MLflow runs are, and each failed trial."""
+    from fpr_core.saved_model import human_bytes
+
+    if outcome.stopped:
+        err_console.print(f"[bold red]stopped:[/] {outcome.stopped}", highlight=False, soft_wrap=True)
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(outcome.counts.items())) or "no trials finished"
+    console.print(f"\ntrials: {counts}" + (f"; {outcome.unfinished} unfinished (interrupted: run the same "
+                                           "command again to resume)" if outcome.unfinished else ""),
+                  highlight=False)
+    if outcome.results_path is not None and outcome.results_path.exists():
+        print_accuracy(console, outcome.accuracy)
+        console.print(f"results: {outcome.results_path}", highlight=False)
+    if outcome.models:
+        sizes = sorted(outcome.models.values())
+        console.print(f"models:  {len(sizes)} kept in {outcome.sweep_dir.models} ({human_bytes(sum(sizes))}; "
+                      f"{human_bytes(sizes[0])}" + (f" to {human_bytes(sizes[-1])}" if sizes[-1] != sizes[0] else "")
+                      + " per trial)", highlight=False)
+    console.print(f"MLflow:  {outcome.tracking_uri}   (fpr-sweep ui {shlex.quote(shown_path(outcome.sweep_dir.root))})",
+                  highlight=False)
+    if outcome.tracking_problem:
+        err_console.print(f"[bold red]MLflow incomplete:[/] {outcome.tracking_problem}", highlight=False,
+                          soft_wrap=True)
+    for s in outcome.failures:
+        err_console.print(f"[red]failed[/] {s['trial_id']} {s['task']} {s['variant']} seed={s['seed']}: "
+                          f"{s['error']}", highlight=False)
+
+
+def print_accuracy(console: Console, rows: list[dict]) -> None:
+    """Per task: exact accuracy and mean loop iterations per variant (mean over seeds) and split."""
+    for task in sorted({r["task"] for r in rows}):
+        mine = [r for r in rows if r["task"] == task]
+        splits = sorted({r["split"] for r in mine}, key=lambda s: (s != "id", int(s.split("_")[1]) if s != "id" else 0))
+        table = Table(title=f"{task}: exact accuracy / mean loop iterations (mean over seeds)")
+        for col in ["variant", *splits]:
+            table.add_column(col)
+        keyed: dict[str, dict] = {}
+        for r in mine:
+            keyed.setdefault(r["variant"], {})[r["split"]] = r
+        for variant, by_split in sorted(keyed.items()):
+            table.add_row(variant, *[_accuracy_cell(by_split.get(s)) for s in splits])
+        console.print(table)
+
+
+def _accuracy_cell(row: Optional[dict]) -> str:
+    if not row or row.get("exact_acc") is None:
+        return ""
+    iters = row.get("iters_mean")
+    return f"{100 * row['exact_acc']:.1f}%" + ("" if iters is None else f" / {iters:.0f}")
+
+
+STATUS_ROWS = 50
+"""Trials `status` lists (failed, running and pending first); `--all` lists every one."""
+STATE_ORDER = {"failed": 0, "running": 1, "pending": 2, "diverged": 3, "stopped": 4, "ok": 5}
+
+
+def print_status(console: Console, name: str, states: dict[str, dict], unplanned: int, all_trials: bool) -> None:
+    """Every trial of a sweep in one state (run/live.py ``trial_states``): failed, running and
+    pending first, the first STATUS_ROWS unless ``all_trials``; then the counts."""
+    lines = sorted((STATE_ORDER.get(s["status"], 9), tid, (s["task"], s["variant"], str(s["seed"])), s["status"],
+                    (s.get("error") or "")[:80]) for tid, s in states.items())
+    counts: dict[str, int] = {}
+    for line in lines:
+        counts[line[3]] = counts.get(line[3], 0) + 1
+    shown = lines if all_trials else lines[:STATUS_ROWS]
+    more = "" if len(shown) == len(lines) else f" ({len(shown)} of {len(lines)}; --all lists every one)"
+    table = Table(title=f"{name}: trials{more}")
+    for col in ("trial", "task", "variant", "seed", "status", "error"):
+        table.add_column(col)
+    for _, tid, row, state, error in shown:
+        table.add_row(tid, *row, state, error)
+    console.print(table)
+    if unplanned:
+        counts["pending"] = counts.get("pending", 0) + unplanned
+    console.print(", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no trials yet", highlight=False)

@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parent.parent
 JOIN_AND_LEAVE = """
 import json, sys, ray
 from rich.console import Console
-from orchestrator.run.driver import ensure_ray, stop_ray
+from orchestrator.run.ray_session import ensure_ray, stop_ray
 ensure_ray(sys.argv[1] or None, Console(stderr=True))
 node = ray._private.worker._global_node
 pids = [i.process.pid for infos in node.all_processes.values() for i in infos]

@@ -13,7 +13,6 @@ import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from ray import tune
 from rich.console import Console
 from rich.markup import escape
 
@@ -23,6 +22,7 @@ from orchestrator.store.rows import SweepMeta, placeholder_rows
 from orchestrator.store.run_info import dataset_records, trial_description
 from orchestrator.store.schema import FINAL_STATUSES
 from orchestrator.store.space import DiskFull, failed_path, is_disk_full
+from orchestrator.run import tune_api
 from orchestrator.run.members import member_views, view_checkpoint, view_result
 from orchestrator.run.signals import StopRequests
 from orchestrator.run.trainable import MODEL_FILE
@@ -68,14 +68,15 @@ def results_from(result: dict[str, Any]) -> tuple[list[dict], dict]:
 class DriverHub:
     """Everything the driver does when trials start, report and end: MLflow, Parquet, progress."""
 
-    def __init__(self, sweep_dir: Path, meta: SweepMeta, tracker: SweepTracker,
+    def __init__(self, sweep_dir: SweepDir, meta: SweepMeta, tracker: SweepTracker,
                  progress: SweepProgress, console: Console, done_before: frozenset[str] = frozenset(),
                  stops: Optional[StopRequests] = None, fence: Optional[Callable[[], None]] = None) -> None:
         """``fence``: raises LockLost once another driver took the sweep over (run/lock.py);
         checked before every hook, so a fenced-off driver writes no rows, models or spool lines."""
         self.fence = fence or (lambda: None)
         self.lock_lost: Optional[str] = None
-        self.sweep_dir = sweep_dir
+        self.layout = sweep_dir
+        self.sweep_dir = sweep_dir.root
         self.meta = meta
         self.tracker = tracker
         self.progress = progress
@@ -87,7 +88,7 @@ class DriverHub:
         self.live = LiveFile(sweep_dir)
         self.warnings: list[str] = []
         self._trials: dict[str, Trial] = {}
-        self._compacted = parquet.compacted_ids(sweep_dir)
+        self._compacted = parquet.compacted_ids(sweep_dir.root)
         self._to_compact: list[str] = []
 
     def trial(self, tune_trial: Any) -> Trial:
@@ -190,7 +191,7 @@ class DriverHub:
         """Copy the saved model of a trial's final checkpoint to models/<trial_id>.pt and log it to
         the trial's run (once: a model already kept is left alone)."""
         t = self.trial(tune_trial)
-        dest = SweepDir(self.sweep_dir).model_file(t.trial_id)
+        dest = self.layout.model_file(t.trial_id)
         if checkpoint is None or dest.exists():
             return
         try:  # read through the checkpoint's own filesystem: local, NFS or s3:// storage alike
@@ -208,7 +209,7 @@ class DriverHub:
         self.tracker.log_weights(t.trial_id, dest, int((tune_trial.last_result or {}).get(STEP, 0)),
                                  f"{c.task}-{t.trial_id}", t.experiment_config())
 
-    def recover_models(self, storage: str) -> None:
+    def recover_models(self, storage: str, ok_trials: list[str]) -> None:
         """Keep the model of every ok trial that has none, from its final Tune checkpoint: a driver
         killed between a trial's rows file and its checkpoint's callback, then resumed without
         Tune's saved state (set aside: untrusted, cut short, or the folder moved), never got the
@@ -216,10 +217,9 @@ class DriverHub:
         MLflow reconcile after the run then logs it."""
         if self.meta.keep_models == "none" or "://" in storage:
             return
-        layout = SweepDir(self.sweep_dir)
-        for trial_id, status in sorted(parquet.finished_statuses(self.sweep_dir).items()):
-            dest = layout.model_file(trial_id)
-            if status != "ok" or dest.exists():
+        for trial_id in ok_trials:
+            dest = self.layout.model_file(trial_id)
+            if dest.exists():
                 continue
             found = sorted(Path(storage).glob(f"*/*-{trial_id}/checkpoint_*/{MODEL_FILE}"),
                            key=lambda p: p.stat().st_mtime)
@@ -288,7 +288,7 @@ def activate(hub: Optional[DriverHub]) -> None:
     _ACTIVE = hub
 
 
-class ForwardingCallback(tune.Callback):
+class ForwardingCallback(tune_api.Callback):
     """Driver-side Tune callback: forwards trial events to the active DriverHub, once per trial the
     Tune trial runs (a group of ``seeds_per_trial`` seeds is one Tune trial: run/members.py)."""
 

@@ -17,29 +17,29 @@ from orchestrator.run.record import read_info
 from orchestrator.sweep.spec import SpecError
 
 
-def read_live(sweep_dir: Path) -> dict[str, dict[str, Any]]:
+def read_live(sweep_dir: SweepDir | Path) -> dict[str, dict[str, Any]]:
     """trial_id -> {status, task, variant, seed} of the trials a driver is running or retrying
     ({} when no driver runs or the file is unreadable)."""
     holder = read_holder(sweep_dir)
     if holder is None or is_stale(holder):  # left behind by a driver that was killed
         return {}
     try:
-        data = json.loads(SweepDir(Path(sweep_dir)).live.read_text())
+        data = json.loads(SweepDir.of(sweep_dir).live.read_text())
     except (OSError, ValueError):
         return {}
     return data.get("trials", {}) if isinstance(data, dict) else {}
 
 
-def planned_trials(sweep_dir: Path) -> tuple[dict[str, dict[str, Any]], int]:
+def planned_trials(sweep_dir: SweepDir | Path) -> tuple[dict[str, dict[str, Any]], int]:
     """The stored spec's trials (trial_id -> task, variant, seed) and how many more it plans whose
     ids are not known up front (Optuna samples)."""
     from orchestrator.sweep.plan import plan_sweep
 
-    layout = SweepDir(Path(sweep_dir))
+    layout = SweepDir.of(sweep_dir)
     if not layout.spec_copy.exists():
         return {}, 0
     try:
-        plan = plan_sweep(layout.spec_copy, smoke=bool(read_info(sweep_dir).get("smoke")))
+        plan = plan_sweep(layout.spec_copy, smoke=bool(read_info(layout).get("smoke")))
     except (SpecError, ImportError, ValueError):  # e.g. a task plugin this shell does not load
         return {}, 0
     if plan.spec.search is not None:
@@ -47,7 +47,7 @@ def planned_trials(sweep_dir: Path) -> tuple[dict[str, dict[str, Any]], int]:
     return {c.cell_id: {"task": c.task, "variant": c.variant, "seed": c.seed} for c in plan.cells()}, 0
 
 
-def trial_states(sweep_dir: Path, planned: dict[str, dict[str, Any]], unplanned: int = 0
+def trial_states(sweep_dir: SweepDir | Path, planned: dict[str, dict[str, Any]], unplanned: int = 0
                  ) -> tuple[dict[str, dict[str, Any]], int]:
     """Every trial of a sweep in one state: finished ones (ok, diverged, stopped, failed...) from
     their rows (``store.parquet.trial_summaries``, the one record of finished trials), running or
@@ -58,7 +58,7 @@ def trial_states(sweep_dir: Path, planned: dict[str, dict[str, Any]], unplanned:
     from orchestrator.store import parquet
 
     with parquet.read_only():  # an unreadable file is named, never moved
-        states = {s["trial_id"]: dict(s) for s in parquet.trial_summaries(sweep_dir)}
+        states = {s["trial_id"]: dict(s) for s in parquet.trial_summaries(SweepDir.of(sweep_dir).root)}
     for tid, entry in read_live(sweep_dir).items():
         if tid not in states:
             states[tid] = {**entry, "status": entry.get("status", "running"), "error": None}
@@ -71,8 +71,8 @@ def trial_states(sweep_dir: Path, planned: dict[str, dict[str, Any]], unplanned:
 class LiveFile:
     """The driver side: records trials as they start, retry and end."""
 
-    def __init__(self, sweep_dir: Path) -> None:
-        self.path = SweepDir(Path(sweep_dir)).live
+    def __init__(self, sweep_dir: SweepDir) -> None:
+        self.path = sweep_dir.live
         self.trials: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
 

@@ -105,9 +105,9 @@ def is_stale(holder: Holder) -> bool:
     return bool(holder.cmdline) and now is not None and now != holder.cmdline  # pid reused
 
 
-def read_holder(sweep_dir: Path) -> Optional[Holder]:
+def read_holder(sweep_dir: SweepDir | Path) -> Optional[Holder]:
     try:
-        data = json.loads(SweepDir(Path(sweep_dir)).lock.read_text())
+        data = json.loads(SweepDir.of(sweep_dir).lock.read_text())
         known = {k: v for k, v in data.items() if k in Holder.__dataclass_fields__}
         return Holder(**known)
     except FileNotFoundError:
@@ -119,12 +119,13 @@ def read_holder(sweep_dir: Path) -> Optional[Holder]:
 class SweepLock:
     """``with SweepLock(sweep_dir, force=...):`` holds the sweep for one driver."""
 
-    def __init__(self, sweep_dir: Path, force: bool = False,
+    def __init__(self, sweep_dir: SweepDir | Path, force: bool = False,
                  on_lost: Optional[Callable[[Optional[Holder]], None]] = None) -> None:
         """``on_lost(new_holder)``: called once when this driver finds its lock taken over (from
         ``check`` or the lease thread); it should stop the process. ``check`` raises LockLost
         after it (or without it)."""
-        self.path = SweepDir(Path(sweep_dir)).lock
+        self.sweep_dir = SweepDir.of(sweep_dir)
+        self.path = self.sweep_dir.lock
         self.force = force
         self.holder = Holder(os.getpid(), socket.gethostname(), uuid.uuid4().hex,
                              dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), time.time(),
@@ -139,7 +140,7 @@ class SweepLock:
 
     def acquire(self) -> None:
         while not self._create():
-            current = read_holder(self.path.parent)
+            current = read_holder(self.sweep_dir)
             if current is None:
                 continue  # released between our attempt and the read: try again
             if current.host == self.holder.host and current.pid == self.holder.pid:
@@ -158,7 +159,7 @@ class SweepLock:
         names this hold. Called before every write of rows, spool and MLflow."""
         if not self._held:
             return
-        current = read_holder(self.path.parent)
+        current = read_holder(self.sweep_dir)
         if current is not None and current.token == self.holder.token:
             return
         self._lose(current)
@@ -227,7 +228,7 @@ class SweepLock:
 
     def _refresh(self) -> None:
         while not self._stop.wait(lease_refresh_s()):
-            current = read_holder(self.path.parent)
+            current = read_holder(self.sweep_dir)
             if current is None or current.token != self.holder.token:
                 self._lose(current)  # taken over: never overwrite the new holder, stop writing
                 return
@@ -244,7 +245,7 @@ class SweepLock:
         if self._thread is not None:
             self._thread.join(timeout=5)
         self._held = False
-        current = read_holder(self.path.parent)
+        current = read_holder(self.sweep_dir)
         if current is not None and current.token == self.holder.token:
             self.path.unlink(missing_ok=True)
 

@@ -99,3 +99,40 @@ def local_memory() -> tuple[int, str]:
     if limit is not None and limit < total:
         return limit, "this cgroup's memory limit"
     return total, "this machine's memory"
+
+
+MEMORY_CHECKED_TRIALS = 10_000
+"""`validate` estimates the memory of at most this many trials (the grid's first ones)."""
+
+
+def check_fits(plan: Any, yes: bool) -> Optional[str]:
+    """Refuse (DoesNotFit) a plan whose largest trial is estimated not to fit in this machine's
+    memory (or the largest GPU's, for a GPU spec), naming the trial and the estimate; with ``yes``
+    the same message comes back as a warning. None when every checked trial fits."""
+    import itertools
+
+    from fpr_core.config import ExperimentConfig
+    from orchestrator.sweep.errors import DoesNotFit
+    from orchestrator.sweep.expand import resolve
+
+    worst = None
+    for cell in itertools.islice(plan.cells(), MEMORY_CHECKED_TRIALS):
+        trial = resolve(cell)
+        est = estimate(ExperimentConfig.from_dict(trial.experiment_config()))
+        if worst is None or est.total > worst[1].total:
+            worst = (trial, est)
+    if worst is None:
+        return None
+    have, source = local_memory()
+    if plan.spec.resources.gpu > 0 and have < LARGEST_GPU:  # its trials run on GPU nodes, not here
+        have, source = LARGEST_GPU, "the largest GPU's memory"
+    trial, est = worst
+    if est.total <= FIT_FRACTION * have:
+        return None
+    c = trial.cell
+    message = (f"trial {trial.trial_id} ({c.task} {c.variant} seed {c.seed}) needs an estimated {est.describe()}, "
+               f"more than {FIT_FRACTION:.0%} of {source} ({gib(have)}); shrink model.dim, the batch "
+               "sizes, solver.train_cap or the largest ood size, or pass --yes to validate it anyway.")
+    if yes:
+        return message
+    raise DoesNotFit(message)

@@ -28,10 +28,10 @@ def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def read_info(sweep_dir: Path) -> dict[str, Any]:
+def read_info(sweep_dir: SweepDir | Path) -> dict[str, Any]:
     """sweep.json as a dict ({} when missing or unreadable)."""
     try:
-        data = json.loads(SweepDir(Path(sweep_dir)).info.read_text())
+        data = json.loads(SweepDir.of(sweep_dir).info.read_text())
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
@@ -49,9 +49,9 @@ def _write_atomic(path: Path, text: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def stored_science(sweep_dir: Path) -> Optional[dict[str, Any]]:
+def stored_science(sweep_dir: SweepDir | Path) -> Optional[dict[str, Any]]:
     """The science part of the stored spec.yaml (None if there is none or it cannot be parsed)."""
-    path = SweepDir(Path(sweep_dir)).spec_copy
+    path = SweepDir.of(sweep_dir).spec_copy
     if not path.exists():
         return None
     try:
@@ -79,9 +79,10 @@ def changed_fields(old: Any, new: Any, prefix: str = "") -> list[str]:
             f"{excerpt(json.dumps(new, default=str), 60)}"]
 
 
-def check_spec(spec: SweepSpec, sweep_dir: Path, extend: bool) -> Optional[str]:
+def check_spec(spec: SweepSpec, sweep_dir: SweepDir | Path, extend: bool) -> Optional[str]:
     """Refuse a spec whose science differs from the stored one (unless ``extend``); returns the
     stored spec hash it replaces when extending, else None."""
+    sweep_dir = SweepDir.of(sweep_dir)
     info = read_info(sweep_dir)
     old_hash = info.get("spec_hash")
     if old_hash is None or old_hash == spec.spec_hash():
@@ -93,19 +94,19 @@ def check_spec(spec: SweepSpec, sweep_dir: Path, extend: bool) -> Optional[str]:
     shown = changes[:MAX_CHANGES_SHOWN] + ([f"... and {len(changes) - MAX_CHANGES_SHOWN} more"]
                                            if len(changes) > MAX_CHANGES_SHOWN else [])
     raise SpecChanged(
-        f"{sweep_dir} holds sweep {info.get('name', sweep_dir.name)!r} run with another spec "
+        f"{sweep_dir.root} holds sweep {info.get('name', sweep_dir.name)!r} run with another spec "
         f"(spec hash {old_hash}, now {spec.spec_hash()}); changed:\n  " + "\n  ".join(shown) +
         f"\nTrials of two specs must not pool under one name: give the changed spec a new `name`, or "
         f"pass --results-dir to run it elsewhere. To add these trials to this sweep on purpose, pass "
-        f"--extend (recorded in {SweepDir(sweep_dir).info.name}).")
+        f"--extend (recorded in {sweep_dir.info.name}).")
 
 
-def write_record(sweep_dir: Path, spec: SweepSpec, spec_text: str, spec_path: Path, uri: str, smoke: bool,
+def write_record(sweep_dir: SweepDir | Path, spec: SweepSpec, spec_text: str, spec_path: Path, uri: str, smoke: bool,
                  extended_from: Optional[str]) -> dict[str, Any]:
     """Create or update sweep.json (keeping its sweep_id and history) and store the spec the
     first time (or when extending); returns the record."""
-    layout = SweepDir(Path(sweep_dir))
-    info = read_info(sweep_dir)
+    layout = SweepDir.of(sweep_dir)
+    info = read_info(layout)
     created = "sweep_id" not in info
     action = "created" if created else ("extended" if extended_from else "resumed")
     history = list(info.get("history", []))

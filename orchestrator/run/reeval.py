@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-import ray
 from rich.console import Console
 
 from fpr_core.config import BUILTIN_HALTING, TRAINED, ConfigError, HaltingProtocol, check_protocol_name
@@ -79,6 +78,39 @@ class EvalOutcome:
     """Wall time from the first submitted task to the last row written (Ray start-up excluded)."""
 
 
+@dataclass(frozen=True)
+class EvalRequest:
+    """What `fpr-sweep eval` was asked, as typed (checked by ``plan_request``)."""
+
+    sizes: Optional[str] = None
+    """New eval sizes, comma-separated ('25,33')."""
+    halting: Optional[str] = None
+    """Halting protocols, comma-separated ('trained,paper,long')."""
+    cap_law: str = "trained"
+    """One of CAP_LAWS."""
+    trials: Optional[str] = None
+    """Trial ids, comma-separated (default: every ok trial)."""
+    force: bool = False
+    """Evaluate pairs a trial already has again."""
+    n_eval: Optional[int] = None
+    """Instances per evaluated split (default: each trial's eval.n_eval)."""
+    address: Optional[str] = None
+    """The Ray cluster (default: $RAY_ADDRESS, else a local Ray)."""
+
+
+def plan_request(sweep_dir: SweepDir, request: EvalRequest) -> tuple[list[EvalJob], dict[str, str]]:
+    """``plan_jobs`` for a request, its options checked first (EvalError naming the option)."""
+    if request.cap_law not in CAP_LAWS:
+        raise EvalError(f"--cap-law: got {request.cap_law!r}, expected one of {', '.join(CAP_LAWS)}")
+    if request.sizes is None and request.halting is None:
+        raise EvalError("expected --sizes (new sizes under the trials' own halting), --halting (protocols, on "
+                        "every split each trial has), or both")
+    wanted = parse_sizes(request.sizes) if request.sizes is not None else []
+    protocols = parse_halting(request.halting) if request.halting is not None else None
+    ids = [t.strip() for t in request.trials.split(",") if t.strip()] if request.trials else None
+    return plan_jobs(sweep_dir, wanted, ids, request.force, protocols, request.cap_law)
+
+
 def parse_sizes(text: str) -> list[int]:
     """'25,33' -> [25, 33]; anything else raises EvalError naming what was expected."""
     try:
@@ -120,24 +152,24 @@ def _with_cap_law(name: str, protocol: HaltingProtocol, cap_law: str) -> tuple[s
     return f"{name}_cap_{cap_law}", HaltingProtocol(protocol.tol, protocol.detect_cycles, cap_law, protocol.cap_scale)
 
 
-def plan_jobs(sweep_dir: Path, sizes: list[int], trial_ids: Optional[list[str]], force: bool,
+def plan_jobs(sweep_dir: SweepDir, sizes: list[int], trial_ids: Optional[list[str]], force: bool,
               halting: Optional[list[str]] = None, cap_law: str = "trained"
               ) -> tuple[list[EvalJob], dict[str, str]]:
     """The (trial, protocol) jobs and the splits each lacks; and why the trials left out are.
 
     halting None: the new ``sizes`` under the trials' own halting (``cap_law`` applied); a list:
     every split each trial has plus the new sizes, under each protocol named."""
-    known = set(results.finished_statuses(sweep_dir))  # trial files and compacted fragments
+    known = set(results.finished_statuses(sweep_dir.root))  # trial files and compacted fragments
     unknown = sorted(set(trial_ids or ()) - known)
     if unknown:
-        raise EvalError(f"--trials: no finished trial {unknown} in {sweep_dir} (see `fpr-sweep status`)")
+        raise EvalError(f"--trials: no finished trial {unknown} in {sweep_dir.root} (see `fpr-sweep status`)")
     jobs, skipped = [], {}
     for tid in sorted(trial_ids or known):
-        rows = results.read_trial(sweep_dir, tid).to_pylist()
+        rows = results.read_trial(sweep_dir.root, tid).to_pylist()
         if rows[0]["status"] != "ok":
             skipped[tid] = f"status {rows[0]['status']}: nothing to evaluate"
             continue
-        if not SweepDir(sweep_dir).model_file(tid).exists():
+        if not sweep_dir.model_file(tid).exists():
             skipped[tid] = "no saved model (trained with keep_models: none, or before models were kept)"
             continue
         protocols = trial_protocols(rows[0])
@@ -208,19 +240,20 @@ def evaluate_saved_model(model_bytes: bytes, splits: list[str], halting: str, pr
             "worker": {**worker_info(), "device": str(device)}}
 
 
-def run_eval(sweep_dir: Path, jobs: list[EvalJob], tracker: Any, resources: dict[str, float],
+def run_eval(sweep_dir: SweepDir, jobs: list[EvalJob], tracker: Any, resources: dict[str, float],
              console: Console, n_eval: Optional[int] = None) -> EvalOutcome:
     """Evaluate every job as one Ray task (as many at once as the cluster allows) and record each
     job's rows and metrics as soon as its task returns, with a progress line per job."""
+    from orchestrator.run import ray_session
+
     outcome = EvalOutcome()
-    task = ray.remote(evaluate_saved_model).options(num_cpus=resources.get("cpu", 1),
-                                                    num_gpus=resources.get("gpu", 0), max_retries=1)
+    task = ray_session.remote_tasks(evaluate_saved_model, resources)
     total = len(jobs)
     pairs = sum(len(j.splits) for j in jobs)
     console.print(f"evaluating {pairs} (split, protocol) pairs of {len({j.trial_id for j in jobs})} trials "
                   f"as {total} tasks", highlight=False)
     started = time.perf_counter()
-    pending = {task.remote(SweepDir(sweep_dir).model_file(j.trial_id).read_bytes(), j.splits, j.halting,
+    pending = {task.remote(sweep_dir.model_file(j.trial_id).read_bytes(), j.splits, j.halting,
                            j.protocol, n_eval): j for j in jobs}
 
     def describe() -> str:  # what the heartbeat shows between results (a job may take minutes)
@@ -231,12 +264,12 @@ def run_eval(sweep_dir: Path, jobs: list[EvalJob], tracker: Any, resources: dict
 
     with Heartbeat(console, describe, HEARTBEAT_S) as heartbeat:
         while pending:
-            done, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
-            if not done:
+            ref = ray_session.next_done(list(pending), timeout_s=1.0)
+            if ref is None:
                 heartbeat.tick()
                 continue
-            job = pending.pop(done[0])
-            _report_job(sweep_dir, job, done[0], tracker, outcome, f"[{total - len(pending)}/{total} "
+            job = pending.pop(ref)
+            _report_job(sweep_dir, job, ref, tracker, outcome, f"[{total - len(pending)}/{total} "
                         f"{time.perf_counter() - started:.0f}s]", console)
             heartbeat.news()
     outcome.seconds = time.perf_counter() - started
@@ -247,17 +280,19 @@ HEARTBEAT_S = 30.0
 """In a pipe, `eval` prints a progress line after this long without a finished task."""
 
 
-def _report_job(sweep_dir: Path, job: EvalJob, ref: Any, tracker: Any, outcome: EvalOutcome, prefix: str,
+def _report_job(sweep_dir: SweepDir, job: EvalJob, ref: Any, tracker: Any, outcome: EvalOutcome, prefix: str,
                 console: Console) -> None:
     """Record one finished task's rows and metrics and print its line (a failure leaves the trial as it was)."""
+    from orchestrator.run import ray_session
+
     try:
-        answer = ray.get(ref)
+        answer = ray_session.task_result(ref)
     except Exception as e:
         outcome.failed[f"{job.trial_id}@{job.halting}"] = f"{type(e).__name__}: {str(e).strip().splitlines()[-1]}"
         console.print(f"{prefix} [red]failed[/] {job.label}: {outcome.failed[f'{job.trial_id}@{job.halting}']}",
                       highlight=False)
         return
-    record(sweep_dir, job, answer, tracker)
+    record(sweep_dir.root, job, answer, tracker)
     outcome.evaluated.setdefault(job.trial_id, []).extend(f"{s}@{job.halting}" for s in job.splits)
     accs = ", ".join(f"{s['split']}={s['exact_acc']:.3f} (reach {s['reachability']:.2f}, capped "
                      f"{s['capped_share']:.2f})" for s in answer["splits"])

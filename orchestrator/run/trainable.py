@@ -4,7 +4,7 @@ The config carries ``cell`` (a grid cell x task x seed, see expand.Cell), ``meta
 spec hash, git commit) and, in search sweeps, ``search`` (the sampled values). Every reported name
 comes from sweep/metrics.py.
 
-Reports, all through ``tune.report`` (the trial may run on another node than the driver):
+Reports, all through Tune's ``report`` (run/tune_api.py; the trial may run on another node than the driver):
   - every ``train.log_every`` steps: ``step`` and ``train/<metric>`` (loss, accuracy, iterations);
   - every ``train.checkpoint_every`` steps (at most every MIN_CHECKPOINT_INTERVAL_S): the training
     state as a Tune checkpoint, so a retried or resumed trial continues where it stopped;
@@ -28,9 +28,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from ray import tune
-
-from orchestrator.run import members
+from orchestrator.run import members, tune_api
 from orchestrator.run.members import MEMBER_RESULTS_KEY, MEMBERS_KEY
 from orchestrator.store.provenance import hostname, package_versions
 from orchestrator.store.rows import SweepMeta, experiment_rows, placeholder_rows, residual_curves
@@ -130,13 +128,9 @@ class CutOff:
                 self._raise_in(None)
 
 def worker_info() -> dict[str, str]:
-    import ray
+    from orchestrator.run.ray_session import node_id
 
-    try:
-        node_id = ray.get_runtime_context().get_node_id()
-    except Exception:  # outside a Ray worker (never in a sweep)
-        node_id = None
-    return {"hostname": hostname(), "node_id": node_id, "versions": package_versions()}
+    return {"hostname": hostname(), "node_id": node_id(), "versions": package_versions()}
 
 
 def final_result(rows: list[dict[str, Any]], curves: dict[str, list[float]]) -> dict[str, Any]:
@@ -159,7 +153,7 @@ def _report_final(result: dict[str, Any], save_model=None) -> None:
         Path(tmp, ROWS_FILE).write_text(json.dumps(kept))
         if save_model is not None:
             save_model(Path(tmp, MODEL_FILE))
-        tune.report(result, checkpoint=tune.Checkpoint.from_directory(tmp))
+        tune_api.report(result, checkpoint=tune_api.Checkpoint.from_directory(tmp))
 
 
 def _datasets(result: Any, task_name: str, task_params: dict[str, Any]) -> str:
@@ -197,7 +191,7 @@ def fpr_trainable(config: dict[str, Any]) -> None:
     trial = trial_of_config(config)
     meta = SweepMeta(**config[META_KEY])
     resume_state = None
-    checkpoint = tune.get_checkpoint()
+    checkpoint = tune_api.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             rows_file, state_file = Path(d, ROWS_FILE), Path(d, STATE_FILE)
@@ -207,7 +201,7 @@ def fpr_trainable(config: dict[str, Any]) -> None:
                 again = final_result(rows, json.loads(saved[CURVES_KEY]))
                 if DATASETS_KEY in saved:
                     again[DATASETS_KEY] = saved[DATASETS_KEY]
-                tune.report(again)
+                tune_api.report(again)
                 return
             if state_file.exists():
                 resume_state = load_checkpoint(state_file)
@@ -217,7 +211,7 @@ def fpr_trainable(config: dict[str, Any]) -> None:
     def on_log(step: int, metrics: dict[str, float]) -> None:
         deadline.step = step
         deadline()
-        tune.report({STEP: step, **train_report(metrics)})
+        tune_api.report({STEP: step, **train_report(metrics)})
 
     checkpoint_due = CheckpointGate()
 
@@ -228,7 +222,7 @@ def fpr_trainable(config: dict[str, Any]) -> None:
             return
         with tempfile.TemporaryDirectory() as tmp:
             save_checkpoint(Path(tmp, STATE_FILE), state)
-            tune.report({STEP: step}, checkpoint=tune.Checkpoint.from_directory(tmp))
+            tune_api.report({STEP: step}, checkpoint=tune_api.Checkpoint.from_directory(tmp))
 
     cfg = ExperimentConfig.from_dict(trial.experiment_config())
     try:
@@ -259,7 +253,7 @@ def _restored_group(trials) -> tuple[Optional[dict[str, Any]], Optional[list[dic
     members' training states, when every member has one), else (None, None)."""
     from fpr_core.train import load_checkpoint
 
-    checkpoint = tune.get_checkpoint()
+    checkpoint = tune_api.get_checkpoint()
     if checkpoint is None:
         return None, None
     with checkpoint.as_directory() as d:
@@ -289,14 +283,14 @@ def _group_trainable(config: dict[str, Any]) -> None:
     meta = SweepMeta(**config[META_KEY])
     again, resume_states = _restored_group(trials)
     if again is not None:  # finished before the driver went down: report again, don't retrain
-        tune.report(again)
+        tune_api.report(again)
         return
     deadline = Deadline(config.get(TIME_LIMIT_KEY))
 
     def on_log(step: int, per_member: list) -> None:
         deadline.step = step
         deadline()
-        tune.report(members.training_report(step, trials, per_member))
+        tune_api.report(members.training_report(step, trials, per_member))
 
     checkpoint_due = CheckpointGate()
 
@@ -308,7 +302,7 @@ def _group_trainable(config: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             for t, state in zip(trials, states):
                 save_checkpoint(Path(tmp, members.STATE_FILE.format(trial_id=t.trial_id)), state)
-            tune.report({STEP: step}, checkpoint=tune.Checkpoint.from_directory(tmp))
+            tune_api.report({STEP: step}, checkpoint=tune_api.Checkpoint.from_directory(tmp))
 
     cfgs = [ExperimentConfig.from_dict(t.experiment_config()) for t in trials]
     try:
@@ -339,4 +333,4 @@ def _group_trainable(config: dict[str, Any]) -> None:
 def _report_group(finals: dict[str, dict[str, Any]], save_models: dict[str, Any]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         members.final_checkpoint_dir(tmp, finals, save_models, ROWS_FILE, MODEL_FILE)
-        tune.report(members.group_final(finals), checkpoint=tune.Checkpoint.from_directory(tmp))
+        tune_api.report(members.group_final(finals), checkpoint=tune_api.Checkpoint.from_directory(tmp))

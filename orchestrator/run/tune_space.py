@@ -6,9 +6,7 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
-from ray import tune
-from ray.tune.search import Searcher
-
+from orchestrator.run import tune_api
 from orchestrator.run.members import CellGroups, group_config
 from orchestrator.run.trainable import TIME_LIMIT_KEY
 from orchestrator.store.rows import SweepMeta
@@ -27,7 +25,7 @@ def param_space(spec: SweepSpec, cell: Optional[Cell], meta: SweepMeta) -> dict[
             SEARCH_KEY: {k: search_domain(d) for k, d in spec.search.space.items()}}
 
 
-class GridFeed(Searcher):
+class GridFeed(tune_api.Searcher):
     """Feeds a grid sweep's cells to Tune one at a time, walking the lazy grid.
 
     ``tune.grid_search`` over a list of payloads deep-copies the whole list for every variant it
@@ -56,7 +54,7 @@ class GridFeed(Searcher):
             self._groups, self._start = CellGroups(cells, self.spec.seeds_per_trial, self.skip), self.position
         group = self._groups.next_group()
         self.position = self._start + self._groups.walked
-        return Searcher.FINISHED if group is None else group_config(group)
+        return tune_api.Searcher.FINISHED if group is None else group_config(group)
 
     def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:
         pass  # a grid learns nothing from results
@@ -76,12 +74,12 @@ def search_domain(dist: Any) -> Any:
     """Tune's domain for one distribution of the spec's ``search.space``."""
     kind = dist.type
     if kind == "loguniform":
-        return tune.loguniform(dist.low, dist.high)
+        return tune_api.loguniform(dist.low, dist.high)
     if kind == "uniform":
-        return tune.uniform(dist.low, dist.high)
+        return tune_api.uniform(dist.low, dist.high)
     if kind == "int":
-        return (tune.lograndint if dist.log else tune.randint)(dist.low, dist.high + 1)
-    return tune.choice(list(dist.values))
+        return (tune_api.lograndint if dist.log else tune_api.randint)(dist.low, dist.high + 1)
+    return tune_api.choice(list(dist.values))
 
 
 def search_algorithm(spec: SweepSpec, cell: Optional[Cell], smoke: bool, skip: frozenset[str]) -> Any:
@@ -89,7 +87,7 @@ def search_algorithm(spec: SweepSpec, cell: Optional[Cell], smoke: bool, skip: f
     per cell, seeded by the cell's seed."""
     if cell is None:
         return GridFeed(spec, smoke, skip)
-    return optuna_search(spec.search.metric, spec.search.mode, cell.seed)
+    return tune_api.optuna_search(spec.search.metric, spec.search.mode, cell.seed)
 
 
 def scheduler(spec: SweepSpec, grid: SweepGrid) -> Optional[Any]:
@@ -97,27 +95,8 @@ def scheduler(spec: SweepSpec, grid: SweepGrid) -> Optional[Any]:
     s = spec.scheduler
     if s.type == "none":
         return None
-    from ray.tune.schedulers import ASHAScheduler
-
     max_t = s.max_t or grid.max_train_steps()
     # stop_last_trials=False: a trial reaching max_t has finished training and must still evaluate.
-    return ASHAScheduler(time_attr=STEP, metric=s.metric, mode=s.mode, max_t=max_t,
-                         grace_period=min(s.grace_period, max_t), reduction_factor=s.reduction_factor,
-                         stop_last_trials=False)
-
-
-def optuna_search(metric: str, mode: str, seed: int) -> Any:
-    """Tune's OptunaSearch, told only final results: our intermediate reports carry training
-    metrics, the search metric (e.g. acc/ood_64) arrives once at the end. ASHA-stopped trials
-    never report it and reach Optuna as PRUNED, so their early values do not bias TPE."""
-    import optuna
-    from ray.tune.search.optuna import OptunaSearch
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-    class FinalResultOptunaSearch(OptunaSearch):
-        def on_trial_result(self, trial_id: str, result: dict) -> None:
-            if self.metric in result:
-                super().on_trial_result(trial_id, result)
-
-    return FinalResultOptunaSearch(metric=metric, mode=mode, seed=seed)
+    return tune_api.asha_scheduler(time_attr=STEP, metric=s.metric, mode=s.mode, max_t=max_t,
+                                   grace_period=min(s.grace_period, max_t), reduction_factor=s.reduction_factor,
+                                   stop_last_trials=False)

@@ -1,6 +1,6 @@
 """Where a sweep's MLflow store is, and whether a tracking server answers: what `fpr-sweep` decides
 before it opens the store. No mlflow import here (about 1 s): `fpr-sweep run` imports mlflow in the
-thread that opens the store, while Ray starts (orchestrator/run/driver.py)."""
+thread that opens the store, while Ray starts (orchestrator/run/driver.py, session.py)."""
 from __future__ import annotations
 
 import urllib.error

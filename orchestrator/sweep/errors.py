@@ -37,6 +37,10 @@ class GpuUnavailable(SweepError):
     """Trials ask for GPUs that this cluster does not have and cannot get."""
 
 
+class DoesNotFit(UserError):
+    """A trial is estimated not to fit in the memory of the machine that would run it (run/memory.py)."""
+
+
 class AddressError(UserError, ValueError):
     """The --address is malformed or nothing Ray-like answers there."""
 

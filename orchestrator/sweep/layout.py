@@ -54,6 +54,25 @@ class SweepDir:
                               f"{root}; remove the link or pick another name / --results-dir.")
         return cls(path)
 
+    @classmethod
+    def of(cls, where: "SweepDir | str | Path") -> "SweepDir":
+        """``where`` as a SweepDir: one as is, a path as the sweep folder it names (what a caller
+        outside the run passes, e.g. a test or a script)."""
+        return where if isinstance(where, SweepDir) else cls(Path(where))
+
+    @classmethod
+    def find(cls, sweep: str, results_dir: Optional[str] = None) -> "SweepDir":
+        """The sweep a command names: a sweep directory, else ``<results_dir>/<sweep>`` (default
+        results/), resolved; LayoutError naming both places when neither holds a sweep."""
+        candidate = cls(Path(sweep))
+        if candidate.holds_sweep():
+            return cls(candidate.root.resolve())
+        in_results = cls.under(results_dir or DEFAULT_RESULTS_DIR, sweep)
+        if in_results.root.is_dir():
+            return cls(in_results.root.resolve())
+        raise LayoutError(f"no sweep {sweep!r}: neither {candidate.root} nor {in_results.root} holds a sweep "
+                          "(run `fpr-sweep run SPEC` first, or pass --results-dir).")
+
     @property
     def name(self) -> str:
         return self.root.name
