@@ -569,6 +569,15 @@ class EvalConfig:
     protocols: Optional[dict[str, dict[str, Any]]] = field(default=None, metadata=ADDED_AFTER_IDS)
     """More named halting protocols: name -> HaltingProtocol fields (tol, detect_cycles, cap_law,
     cap_scale), e.g. {strict: {tol: 0.001, cap_scale: 4}}. A name may not shadow a built-in."""
+    protocol_gate: float = field(default=0.0, metadata=ADDED_AFTER_IDS)
+    """The protocols after 'trained' run only when the trial's in-distribution exact accuracy under
+    'trained' reaches this (0: always). The report judges claims on learned trials, learned meaning
+    in distribution under 'trained' (docs/statistics.md), so a model below the gate is never read
+    under another protocol; and such a model seldom settles, so it is the one that runs every
+    instance to a cap x16 under 'long'. Set it to the report's min_id_acc to skip that work.
+    Under the other protocols the stability probes and the test-time compute curve are not run
+    either (they are read under 'trained'): accuracy, iterations, reachability, the capped share and
+    rho at the in-distribution fixed points are."""
 
     def __post_init__(self) -> None:
         if isinstance(self.halting, list):  # YAML and JSON give lists; the identity compares tuples
@@ -578,6 +587,8 @@ class EvalConfig:
         for name in ("n_eval", "batch_size", "diag_n", "power_iters"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{where}.{name}: got {getattr(self, name)}, expected an integer >= 1")
+        if not 0.0 <= self.protocol_gate <= 1.0:
+            raise ConfigError(f"{where}.protocol_gate: got {self.protocol_gate}, expected an accuracy in [0, 1]")
         self.halting_protocols(where)
         if TRAINED not in self.halting:
             raise ConfigError(f"{where}.halting: got {list(self.halting)}, expected a list that includes "

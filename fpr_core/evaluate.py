@@ -179,7 +179,7 @@ def probe_subset(n: int, diag_n: int, seed: int) -> np.ndarray:
 
 
 def evaluate_split(model: nn.Module, task: Task, data: TaskData, *, cap: int, cfg: EvalConfig,
-                   device, seed: int = 0) -> EvalResult:
+                   device, seed: int = 0, curve: bool = True) -> EvalResult:
     """Evaluate ``model`` on every instance of ``data`` with loop cap ``cap``.
 
     Exact accuracy comes from ``task.verify`` on ``task.decode(logits)``; token accuracy counts
@@ -187,11 +187,12 @@ def evaluate_split(model: nn.Module, task: Task, data: TaskData, *, cap: int, cf
     (implicit input-derivative, basin jumps, spread, path independence, spectral radius) run on a
     random subset of ``cfg.diag_n`` instances drawn with ``seed`` when ``cfg.diagnostics``;
     ``seed`` also seeds the probes' random directions. The test-time compute curve reads every
-    instance out at each of ``compute_budgets(cap)``.
+    instance out at each of ``compute_budgets(cap)``; with ``curve=False`` at the cap alone (one
+    point, no solve repeated).
     """
     started = time.perf_counter()
     device = torch.device(device)
-    budgets = compute_budgets(cap)
+    budgets = compute_budgets(cap) if curve else np.array([int(cap)], dtype=np.int64)
     with eval_mode(model):
         preds, token_acc, traces, curve, budget_preds = _run_batches(model, task, data, cap, cfg.batch_size,
                                                                      device, budgets)

@@ -176,9 +176,11 @@ def run_experiment(cfg: ExperimentConfig, *, cache_dir: str | os.PathLike | None
     result = train(model, task, train_data, train_cfg, on_log=on_log, on_checkpoint=on_checkpoint,
                    resume_state=resume_state, should_stop=should_stop, select=select)
     evaluated: list[SplitResult] = []
-    if result.status == "ok":
-        for halting in cfg.eval.halting:  # 'trained' (the trial's own rows), then any other protocol
-            evaluated += evaluate_splits(result.eval_model, task, splits, cfg, train_size, dev, halting=halting)
+    if result.status == "ok":  # 'trained' (the trial's own rows), then any other protocol if it learned
+        evaluated += evaluate_splits(result.eval_model, task, splits, cfg, train_size, dev, halting=TRAINED)
+        if cfg.eval.protocol_gate <= 0 or id_exact(evaluated) >= cfg.eval.protocol_gate:
+            for halting in (h for h in cfg.eval.halting if h != TRAINED):
+                evaluated += evaluate_splits(result.eval_model, task, splits, cfg, train_size, dev, halting=halting)
     return ExperimentResult(result, evaluated, model_cfg, train_size, task.difficulty_key, str(dev),
                             model=model, train_tokens=train_tokens, datasets=dataset_infos(splits))
 
@@ -198,19 +200,27 @@ def held_out_selection(task: Task, data: TaskData, cfg: ExperimentConfig, device
     return fit, select
 
 
+def id_exact(results: list[SplitResult]) -> float:
+    """In-distribution exact accuracy among ``results`` (NaN when there is no 'id' split)."""
+    return next((r.metrics["exact_acc"] for r in results if r.split == "id"), float("nan"))
+
+
 def evaluate_splits(model: torch.nn.Module, task: Task, splits: dict[str, TaskData], cfg: ExperimentConfig,
                     train_size: int, device: torch.device, halting: str = TRAINED) -> list[SplitResult]:
     """Evaluate every split but 'train' ('id' first, then OOD by size), each with the loop cap of
     ``evaluate.scaled_eval_cap``, under the halting protocol ``halting`` (a name ``cfg.eval`` knows:
-    the built-ins or ``eval.protocols``) applied to ``cfg.solver``; 'trained' is ``cfg.solver`` itself."""
+    the built-ins or ``eval.protocols``) applied to ``cfg.solver``; 'trained' is ``cfg.solver`` itself.
+    Under another protocol the probes and the compute curve are left out (``eval.protocol_gate``)."""
     solver = cfg.eval.defined_protocols()[halting].apply(cfg.solver) if halting != TRAINED else cfg.solver
+    own = halting == TRAINED
+    eval_cfg = cfg.eval if own else dataclasses.replace(cfg.eval, diagnostics=False)
     out: list[SplitResult] = []
     names = sorted((n for n in splits if n != "train"), key=lambda n: _eval_order(n, splits[n].size))
     with halting_solver(model, solver):
         for name in names:
             data = splits[name]
             cap = scaled_eval_cap(solver, data.size, train_size, task.cap_law)
-            ev = evaluate_split(model, task, data, cap=cap, cfg=cfg.eval, device=device, seed=cfg.seed)
+            ev = evaluate_split(model, task, data, cap=cap, cfg=eval_cfg, device=device, seed=cfg.seed, curve=own)
             if name == "id":  # the trained regime: rho at every verified fixed point, not only the probes'
                 ev.metrics["spectral_radius"] = id_spectral_radius(model, data, cap, cfg, device)
             out.append(SplitResult(name, int(data.size), ev.metrics, ev.instance_iters,
