@@ -31,7 +31,7 @@ from mlflow.tracking import MlflowClient
 from orchestrator.store.mlflow_model import link_run_to_models, save_pyfunc
 from orchestrator.store.space import DiskFull, is_disk_full
 from orchestrator.store.sqlite_store import relocate_artifacts, store_creation_lock
-from orchestrator.store.ui_mode import save_trials_view
+from orchestrator.store.ui_mode import EXPERIMENT_KIND_TAG, TRAINING_KIND, save_trials_view
 from orchestrator.store.store_address import TrackingError
 from orchestrator.store.spool import PARENT, Sender, Spool, _first_line, operation
 from orchestrator.store.run_info import DatasetRecord
@@ -44,8 +44,6 @@ WEIGHTS_ARTIFACT_DIR = "weights"
 """Child-run artifact folder holding the trial's saved model."""
 NOTE_TAG = "mlflow.note.content"
 """Run and experiment description, as the MLflow UI shows and edits it."""
-EXPERIMENT_KIND_TAG, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
-"""The experiment type the MLflow 3 UI opens in (model training rather than GenAI)."""
 RUN_COLOR_TAG = "mlflow.runColor"
 """A run's colour in the MLflow UI's charts and runs table: the UI reads it from this tag (and its
 colour picker writes it there); without it the UI picks colours from the run id, often alike."""

@@ -24,6 +24,9 @@ import json
 import time
 from typing import Any, Optional
 
+EXPERIMENT_KIND_TAG, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
+"""The experiment type tag of MLflow 3 (model training rather than GenAI): set on every sweep
+experiment, and how ``sweep_experiment_id`` finds the training experiment of a store."""
 WORKFLOW_PARAM = "workflowType=machine_learning"
 """The query parameter that opens MLflow 3's UI in model-training mode."""
 
@@ -68,8 +71,6 @@ def sweep_experiment_id(uri: str) -> Optional[str]:
     read: the caller then links the experiments list."""
     try:
         from mlflow.tracking import MlflowClient
-
-        from orchestrator.store.tracking import EXPERIMENT_KIND_TAG, TRAINING_KIND
 
         client = MlflowClient(tracking_uri=uri)
         found = client.search_experiments(
