@@ -38,7 +38,7 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 BASELINE = "6d7ad83"
 """main before issue 17 (grid_search list, per-cell validation, per-file collect)."""
-TEMPLATE = REPO / "results" / "ood_generalization_cpu" / "results.parquet"
+TEMPLATE = REPO / "results" / "ood_generalization_cpu_previous" / "results.parquet"
 """Committed rows whose shapes (per-instance lists, cfg columns) the synthetic table copies."""
 TINY_BASE = {"model": {"dim": 16, "heads": 2}, "solver": {"train_cap": 6, "eval_cap": 8},
              "grad": "truncated:2",

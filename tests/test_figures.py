@@ -18,7 +18,7 @@ from orchestrator.report import claims, plots
 from orchestrator.report.frame import load_results, prepare
 from orchestrator.store import parquet
 
-STUDY = Path(__file__).resolve().parent.parent / "results" / "ood_generalization_cpu"
+STUDY = Path(__file__).resolve().parent.parent / "results" / "ood_generalization_cpu_previous"
 
 
 @pytest.fixture(scope="module")
