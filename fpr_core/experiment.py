@@ -26,7 +26,7 @@ from fpr_core.device import select_device
 from fpr_core.diagnostics import SPECTRAL_RADIUS
 from fpr_core.evaluate import EvalResult, evaluate_split, held_out_exact, scaled_eval_cap
 from fpr_core.tasks.base import Task, TaskData
-from fpr_core.tasks.splits import ID_SPLIT, TRAIN_SPLIT
+from fpr_core.split_names import ID_SPLIT, TRAIN_SPLIT
 from fpr_core.train import CheckpointFn, LogFn, TrainResult, train
 
 SEED_STRIDE = 1_000_003

@@ -11,7 +11,7 @@ import pytest
 
 from fpr_core.config import EvalConfig, ModelConfig
 from fpr_core.evaluate import METRIC_KEYS, EvalResult
-from fpr_core.tasks.splits import eval_split_names, parse_split, split_name
+from fpr_core.split_names import eval_split_names, parse_split, split_name
 from orchestrator.report.frame import load_results, prepare
 from orchestrator.store import parquet
 from orchestrator.store.rows import config_cells

@@ -25,7 +25,7 @@ import pyarrow as pa
 
 from fpr_core.config import TRAINED
 from fpr_core.evaluate import CAP_BOUND_SHARE
-from fpr_core.tasks.splits import ID_SPLIT, OOD_PREFIX
+from fpr_core.split_names import ID_SPLIT, OOD_PREFIX
 from orchestrator.store import parquet
 from orchestrator.sweep.columns import COLUMNS, CONFIG_PREFIX, config_column
 

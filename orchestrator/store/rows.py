@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from fpr_core.config import TRAINED
 from fpr_core.evaluate import is_cap_bound
-from fpr_core.tasks.splits import ID_SPLIT, parse_split
+from fpr_core.split_names import ID_SPLIT, parse_split
 from orchestrator.sweep.columns import CAP_BOUND, CAPPED_SHARE, Kind, columns, config_cell, config_kinds
 from orchestrator.sweep.expand import Trial
 from orchestrator.sweep.metrics import protocol_split

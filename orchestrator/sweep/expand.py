@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from fpr_core.config import ConfigError, TaskSpec, identity_sections, to_dict
-from fpr_core.tasks.splits import eval_split_names
+from fpr_core.split_names import eval_split_names
 from orchestrator.sweep.metrics import CELL_KEY, SEARCH_KEY
 from orchestrator.sweep.sections import (SECTIONS, apply_overrides, base_sections, build_section, check_dotted,
                                          resolved_sections)

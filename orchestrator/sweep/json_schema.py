@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from fpr_core.tasks.splits import ID_SPLIT, OOD_PREFIX
+from fpr_core.split_names import ID_SPLIT, OOD_PREFIX
 from orchestrator.sweep.metrics import FINAL_LOSS, FINAL_SPLIT_COLUMNS, SPLIT_METRIC_NAMES, scheduler_metrics
 from orchestrator.sweep.sections import SECTIONS, SHORTHAND_SECTION, field_names, section_adapter
 from orchestrator.sweep.spec import SLUG, SweepSpec

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any, Iterable, Optional
 
 from fpr_core.config import TRAINED
-from fpr_core.tasks.splits import split_name
+from fpr_core.split_names import split_name
 from orchestrator.sweep.columns import COLUMNS
 
 TRAIN_PREFIX = "train"
