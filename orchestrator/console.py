@@ -27,6 +27,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from fpr_core.split_names import ID_SPLIT, parse_split
+
 STYLE = {"ok": "green", "failed": "red", "diverged": "yellow", "stopped": "yellow", "timed_out": "red",
          "running": "cyan", "pending": "dim", "retrying": "magenta"}
 FINAL = ("ok", "failed", "diverged", "stopped", "timed_out")
@@ -474,7 +476,7 @@ def print_accuracy(console: Console, rows: list[dict]) -> None:
     """Per task: exact accuracy and mean loop iterations per variant (mean over seeds) and split."""
     for task in sorted({r["task"] for r in rows}):
         mine = [r for r in rows if r["task"] == task]
-        splits = sorted({r["split"] for r in mine}, key=lambda s: (s != "id", int(s.split("_")[1]) if s != "id" else 0))
+        splits = sorted({r["split"] for r in mine}, key=lambda s: (s != ID_SPLIT, parse_split(s, 0)))
         table = Table(title=f"{task}: exact accuracy / mean loop iterations (mean over seeds)")
         for col in ["variant", *splits]:
             table.add_column(col)

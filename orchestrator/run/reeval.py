@@ -25,6 +25,7 @@ from typing import Any, Literal, Optional
 from rich.console import Console
 
 from fpr_core.config import BUILTIN_HALTING, TRAINED, ConfigError, HaltingProtocol, check_protocol_name
+from fpr_core.split_names import ID_SPLIT, parse_split, split_name
 from orchestrator.console import Heartbeat, duration
 from orchestrator.store import parquet as results
 from orchestrator.store.rows import evaluated_rows, row_key
@@ -56,7 +57,7 @@ class EvalJob:
     @property
     def sizes(self) -> list[int]:
         """The OOD sizes among ``splits``."""
-        return [int(s.split("_", 1)[1]) for s in self.splits if s != "id"]
+        return [parse_split(s, 0) for s in self.splits if s != ID_SPLIT]
 
     @property
     def label(self) -> str:
@@ -180,7 +181,7 @@ def plan_jobs(sweep_dir: SweepDir, sizes: list[int], trial_ids: Optional[list[st
         have = {row_key(r) for r in rows}
         own = sorted({(r["split"], r["size"]) for r in rows if row_key(r)[1] == TRAINED},
                      key=lambda s: (s[0] != "id", s[1] or 0))
-        new = [f"ood_{s}" for s in sizes if s != rows[0]["train_size"]]
+        new = [split_name(s) for s in sizes if s != rows[0]["train_size"]]
         wanted = (new if halting is None else
                   [s for s, _ in own] + [s for s in new if s not in {o for o, _ in own}])
         found = False
@@ -226,7 +227,7 @@ def evaluate_saved_model(model_bytes: bytes, splits: list[str], halting: str, pr
         cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, n_eval=n_eval))
     device = select_device(cfg.train.device)
     task, train_size = task_of(cfg)
-    sizes = [int(s.split("_", 1)[1]) for s in splits if s != "id"]
+    sizes = [parse_split(s, 0) for s in splits if s != ID_SPLIT]
     # Sizes never share an instance (their inputs differ in shape or content), so building only the
     # sizes asked for gives the very instances the trial's full ladder gave.
     built = make_splits(task, train_size=train_size, ood_sizes=tuple(sizes), n_train=cfg.train.n_train,
