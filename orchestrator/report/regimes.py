@@ -31,21 +31,23 @@ def trial_regimes(frame: pd.DataFrame) -> pd.DataFrame:
     ok = frame[frame["status_ok"]]
     if "halting" in ok:
         ok = ok[ok["halting"].fillna("trained") == "trained"]
+    # only the columns read here: the per-instance arrays make every row copy slow at 10^3+ trials
+    ok = ok[["task_label", "trial_id", "split", "size", "exact_acc", "n", "spectral_radius", "variant_label",
+             "regime", "learned"]]
+    ident = ok[ok["split"] == "id"].drop_duplicates(["task_label", "trial_id"]).sort_values(["task_label", "trial_id"])
+    ood = ok[is_ood(ok["split"])]
+    ood = ood.assign(_key=[split_sort_key(s, z) for s, z in zip(ood["split"], ood["size"])])
+    largest = ood.sort_values("_key").groupby(["task_label", "trial_id"]).tail(1).set_index(["task_label", "trial_id"])
     out = []
-    for (task, trial), rows in ok.groupby(["task_label", "trial_id"], sort=True):
-        ident = rows[rows["split"] == "id"]
-        if ident.empty:
-            continue
-        first = ident.iloc[0]
-        ood = rows[is_ood(rows["split"])]
-        largest = (max(ood.itertuples(), key=lambda r: split_sort_key(r.split, r.size)) if len(ood) else None)
-        rho = float(first["spectral_radius"]) if pd.notna(first["spectral_radius"]) else math.nan
-        out.append({"task_label": task, "trial_id": trial, "arm": arm_label(first["variant_label"]),
-                    "label_regime": first["regime"], "rho": rho,
-                    "measured_regime": measured_regime(rho), "learned": bool(first["learned"]),
-                    "largest_split": None if largest is None else largest.split,
-                    "largest_correct": math.nan if largest is None else round(largest.exact_acc * largest.n),
-                    "largest_n": 0 if largest is None else int(largest.n)})
+    for row in ident.itertuples(index=False):
+        big = largest.loc[(row.task_label, row.trial_id)] if (row.task_label, row.trial_id) in largest.index else None
+        rho = float(row.spectral_radius) if pd.notna(row.spectral_radius) else math.nan
+        out.append({"task_label": row.task_label, "trial_id": row.trial_id, "arm": arm_label(row.variant_label),
+                    "label_regime": row.regime, "rho": rho,
+                    "measured_regime": measured_regime(rho), "learned": bool(row.learned),
+                    "largest_split": None if big is None else big["split"],
+                    "largest_correct": math.nan if big is None else round(big["exact_acc"] * big["n"]),
+                    "largest_n": 0 if big is None else int(big["n"])})
     return pd.DataFrame(out)
 
 
