@@ -63,7 +63,7 @@ def split_summary(split) -> dict:
 def by_difficulty(split, min_n: int = 8) -> dict:
     """Exact accuracy per value of the task's difficulty key (sudoku: propagation depth; mazes:
     dead-end depth), for values held by at least ``min_n`` instances: {value: [exact, n]}."""
-    diff, ok = split.instance_difficulty, split.instance_correct
+    diff, ok = split.result.instance_difficulty, split.result.instance_correct
     values, counts = np.unique(diff, return_counts=True)
     return {"exact_by_difficulty": {int(v): [round(float(ok[diff == v].mean()), 3), int(c)]
                                     for v, c in zip(values, counts) if c >= min_n}}

@@ -120,7 +120,7 @@ def test_models_kept_series_fields_and_eval_on_new_sizes(spec_dir, ray_session):
         cfg = ExperimentConfig.from_dict(saved.config)
         (ev,), _ = evaluate_sizes(load_model(local), cfg, (), include_id=True)
         assert ev.metrics["exact_acc"] == mine.exact_acc["id"]
-        assert ev.instance_correct.tolist() == list(mine.instance_correct["id"])
+        assert ev.result.instance_correct.tolist() == list(mine.instance_correct["id"])
 
     train_loss = {c.info.run_id: _history(client, c.info.run_id, "train/loss") for c in children}
     tune_files = sorted(p.relative_to(sweep_dir) for p in (sweep_dir / "tune").rglob("*"))
