@@ -205,7 +205,7 @@ def evaluate_splits(model: torch.nn.Module, task: Task, splits: dict[str, TaskDa
     """Evaluate every split but 'train' ('id' first, then OOD by size), each with the loop cap of
     ``evaluate.scaled_eval_cap``, under the halting protocol ``halting`` (a name ``cfg.eval`` knows:
     the built-ins or ``eval.protocols``) applied to ``cfg.solver``; 'trained' is ``cfg.solver`` itself.
-    Under another protocol the probes and the compute curve are left out (``eval.protocol_gate``)."""
+    Under another protocol the probes and the compute curve are left out (they are read under 'trained')."""
     solver = cfg.eval.defined_protocols()[halting].apply(cfg.solver) if halting != TRAINED else cfg.solver
     own = halting == TRAINED
     eval_cfg = cfg.eval if own else dataclasses.replace(cfg.eval, diagnostics=False)

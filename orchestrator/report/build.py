@@ -374,7 +374,7 @@ def render_markdown(frame: pd.DataFrame, statuses: pd.DataFrame, missing: list[s
                "; claims are judged per protocol, learned = in-distribution accuracy under 'trained'")]
     out += [f"- **note**: {n}" for n in notes or []]
     out += ["- **every number below** is also in `estimates.parquet` beside this report"]
-    out += ["", "## Headline figures beside the published ones", "", published.__doc__.split("\n\n")[1].replace("\n", " "),
+    out += ["", "## Headline figures beside the published ones", "", published.HEADLINE_RULE,
             "", md_table(*published.headline_table(table, _fmt_learned)), ""]
     out += ["## Claim verdicts", "", md_table(*verdict_rows(verdicts)), "",
             f"Rule: {claims.RULE}. Intervals: {bootstrap.LEVEL:.0%} t-intervals on seed means (accuracies with a "
