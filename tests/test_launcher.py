@@ -13,6 +13,7 @@ they are missing.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -341,6 +342,23 @@ def _wait_for_worker(hosts: Hosts, timeout: float = 240) -> None:
                              + "\n".join(p.read_text()[-3000:] for p in logs))
 
 
+def _wait_for_two_alive_nodes(hosts: Hosts, ray: str, timeout: float = 240) -> None:
+    """A worker's raylet process exists a while before the head's GCS counts the node: a sweep
+    submitted in between runs every trial on the head (seen under load in CI)."""
+    deadline = time.time() + timeout
+    alive = []
+    while time.time() < deadline:
+        listed = hosts.client(ray, "list", "nodes", "--address", "http://127.0.0.1:8265", "--filter", "state=ALIVE",
+                              "--format", "json", check=False, timeout=60)
+        if listed.returncode == 0:
+            out = listed.stdout
+            alive = json.loads(out[out.find("["):] or "[]") if "[" in out else []
+            if len(alive) == 2:
+                return
+        time.sleep(2)
+    raise AssertionError(f"the head's GCS never counted both hosts alive: {alive}")
+
+
 def _submit(hosts: Hosts, ray: str, tmp_path: Path) -> subprocess.CompletedProcess:
     deadline = time.time() + 120
     while time.time() < deadline:  # the tunnel is up when the Jobs API answers
@@ -351,6 +369,7 @@ def _submit(hosts: Hosts, ray: str, tmp_path: Path) -> subprocess.CompletedProce
     else:
         raise AssertionError("Jobs API not reachable through `ray dashboard`:\n" + probe.stdout + probe.stderr
                              + (tmp_path / "dashboard.log").read_text())
+    _wait_for_two_alive_nodes(hosts, ray)
     # Checkpoints on storage both hosts reach (a folder outside their own /root), as s3:// in the recipe.
     # .git goes up with the code (Ray leaves it out by default), so the run can name its commit.
     job = hosts.client("env", "RAY_OVERRIDE_RUNTIME_ENV_DEFAULT_EXCLUDES=.venv,venv,__pycache__",
