@@ -15,7 +15,8 @@ one after the other, so machine load hits both alike. A "before" that cannot fin
    report at 10^4 trials (goal < 60 s). "Before" collect and status run on 10^4 uncompacted trial
    files (10^5 would need tens of GB: 10^4 files already took 3.8 GB).
 
-Run: python benchmarks/bench_scale.py [--smoke]   (--smoke: 10^3 cells/trials, short timeouts)
+Run: python benchmarks/bench_scale.py [--smoke]   (--smoke: 10^3 cells, 10^2 trials, short timeouts, and
+the "before" first trial left out: it starts a second Ray)
 """
 from __future__ import annotations
 
@@ -297,16 +298,16 @@ def results_figures(before: Optional[Path], scratch: Path, trials_exp: int, repo
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="10^3 cells and trials, short timeouts")
+    parser.add_argument("--smoke", action="store_true", help="10^3 cells, 10^2 trials, short timeouts, no 'before' Ray start")
     parser.add_argument("--before-timeout", type=float, default=None,
                         help="seconds before a 'before' command is stopped (default 120, smoke 30)")
     parser.add_argument("--skip-run", action="store_true", help="skip figures 2 and 3 (start Ray twice)")
     parser.add_argument("--results-exp", type=int, default=None, help="10^N trial files for collect/status "
-                                                                     "(default 5, smoke 3)")
-    parser.add_argument("--report-exp", type=int, default=None, help="10^N trials for report (default 4, smoke 3)")
+                                                                     "(default 5, smoke 2)")
+    parser.add_argument("--report-exp", type=int, default=None, help="10^N trials for report (default 4, smoke 2)")
     parser.add_argument("--only", choices=["expansion", "run", "results"], default=None, help="one group of figures")
     args = parser.parse_args()
-    cells_exp, trials_exp, report_exp = (3, 3, 3) if args.smoke else (6, 5, 4)
+    cells_exp, trials_exp, report_exp = (3, 2, 2) if args.smoke else (6, 5, 4)
     results_exp = args.results_exp or trials_exp
     report_exp = args.report_exp or report_exp
     timeout = args.before_timeout or (30.0 if args.smoke else 120.0)
@@ -319,7 +320,7 @@ def main() -> None:
         if args.only in (None, "expansion"):
             expansion(before, scratch, cells_exp, timeout)
         if args.only in (None, "run") and not args.skip_run:
-            first_trial_figures(before, scratch, trials_exp, timeout)
+            first_trial_figures(None if args.smoke else before, scratch, trials_exp, timeout)
         if args.only in (None, "results"):
             results_figures(before, scratch, results_exp, report_exp, timeout)
 
