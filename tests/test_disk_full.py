@@ -38,6 +38,7 @@ def test_disk_full_stops_with_one_message_and_the_next_run_resumes(tmp_path, sma
         {"name": "prefix_sums", "train_size": 8, "ood_sizes": [16]},
         {"name": "held_parity", "params": {"hold": str(hold)}, "train_size": 8, "ood_sizes": [16]}])
     sweep_dir = small_disk / "full"
+    (small_disk / "filler").touch()
     log_path = tmp_path / "first.log"
     with open(log_path, "w") as log:
         driver = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "run", str(path)], stdout=log,

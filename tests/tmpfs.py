@@ -24,9 +24,11 @@ def mounted_tmpfs(mount: Path, size: str) -> Iterator[Path]:
 
 
 def fill(directory: Path, name: str = "filler") -> Path:
-    """Write ``directory/name`` until the file system refuses more (the loop ends only on OSError)."""
+    """Append to ``directory/name`` until the file system refuses more (the loop ends only on
+    OSError). Create the file beforehand (``touch``) where the run under test may already have
+    filled the disk: creating a file on a full tmpfs can itself fail with ENOSPC (seen once in CI)."""
     filler = directory / name
-    with open(filler, "wb") as f:
+    with open(filler, "ab") as f:
         try:
             while True:
                 f.write(b"\0" * 65536)
