@@ -289,7 +289,7 @@ def test_ray_up_job_submit_rsync_down_ray_down(hosts, sentinel, tmp_path):
 
     tunnel = hosts.popen_client(ray, "dashboard", "--port", "8265", str(config), log=tmp_path / "dashboard.log")
     try:
-        job = _submit(hosts, ray, tmp_path)
+        job, nodes = _submit(hosts, ray, tmp_path)
     finally:
         os.killpg(tunnel.pid, signal.SIGTERM)
         tunnel.wait(timeout=30)
@@ -301,7 +301,11 @@ def test_ray_up_job_submit_rsync_down_ray_down(hosts, sentinel, tmp_path):
     rows = pd.read_parquet(results / "quickstart-smoke" / "results.parquet")
     assert rows.trial_id.nunique() == 8 and set(rows.status) == {"ok"}
     assert len(rows) == 8 * 3 and not rows.duplicated(["trial_id", "split"]).any()  # id + 2 OOD sizes
-    assert rows.node_id.nunique() == 2, rows[["trial_id", "node_id"]].drop_duplicates()  # both hosts trained
+    # Trained on the cluster's nodes. Not necessarily on both: Tune hands a pending trial to a finished
+    # trial's actor rather than wait for a new one, so on a loaded machine the head ran all 8 smoke
+    # trials before the worker's first actor was up (twice in CI, with both nodes alive). Trials
+    # spreading over two nodes is test_multinode's test_two_sweeps_share_the_cluster_and_use_both_nodes.
+    assert set(rows.node_id) <= nodes, (rows[["trial_id", "node_id"]].drop_duplicates(), nodes)
     head_commit = _sh("git", "-C", str(REPO), "rev-parse", "HEAD").stdout.strip()
     dirty = bool(_sh("git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no").stdout.strip())
     assert set(rows.git_commit) == {head_commit + ("+dirty" if dirty else "")}  # from the uploaded .git
@@ -342,9 +346,9 @@ def _wait_for_worker(hosts: Hosts, timeout: float = 240) -> None:
                              + "\n".join(p.read_text()[-3000:] for p in logs))
 
 
-def _wait_for_two_alive_nodes(hosts: Hosts, ray: str, timeout: float = 240) -> None:
-    """A worker's raylet process exists a while before the head's GCS counts the node: a sweep
-    submitted in between runs every trial on the head (seen under load in CI)."""
+def _wait_for_two_alive_nodes(hosts: Hosts, ray: str, timeout: float = 240) -> set[str]:
+    """The node ids of both hosts, once the head's GCS counts both alive (a worker's raylet process
+    exists a while before that)."""
     deadline = time.time() + timeout
     alive = []
     while time.time() < deadline:
@@ -354,12 +358,12 @@ def _wait_for_two_alive_nodes(hosts: Hosts, ray: str, timeout: float = 240) -> N
             out = listed.stdout
             alive = json.loads(out[out.find("["):] or "[]") if "[" in out else []
             if len(alive) == 2:
-                return
+                return {node["node_id"] for node in alive}
         time.sleep(2)
     raise AssertionError(f"the head's GCS never counted both hosts alive: {alive}")
 
 
-def _submit(hosts: Hosts, ray: str, tmp_path: Path) -> subprocess.CompletedProcess:
+def _submit(hosts: Hosts, ray: str, tmp_path: Path) -> tuple[subprocess.CompletedProcess, set[str]]:
     deadline = time.time() + 120
     while time.time() < deadline:  # the tunnel is up when the Jobs API answers
         probe = hosts.client(ray, "job", "list", "--address", "http://127.0.0.1:8265", check=False, timeout=60)
@@ -369,7 +373,7 @@ def _submit(hosts: Hosts, ray: str, tmp_path: Path) -> subprocess.CompletedProce
     else:
         raise AssertionError("Jobs API not reachable through `ray dashboard`:\n" + probe.stdout + probe.stderr
                              + (tmp_path / "dashboard.log").read_text())
-    _wait_for_two_alive_nodes(hosts, ray)
+    nodes = _wait_for_two_alive_nodes(hosts, ray)
     # Checkpoints on storage both hosts reach (a folder outside their own /root), as s3:// in the recipe.
     # .git goes up with the code (Ray leaves it out by default), so the run can name its commit.
     job = hosts.client("env", "RAY_OVERRIDE_RUNTIME_ENV_DEFAULT_EXCLUDES=.venv,venv,__pycache__",
@@ -378,7 +382,7 @@ def _submit(hosts: Hosts, ray: str, tmp_path: Path) -> subprocess.CompletedProce
                        "--results-dir", "~/results", "--tracking-uri", "http://127.0.0.1:5000",
                        "--storage-path", str(hosts.base / "shared"), check=False, timeout=STEP_TIMEOUT + 180)
     (tmp_path / "job.log").write_text(job.stdout + job.stderr)
-    return job
+    return job, nodes
 
 
 def _run_configs(artifacts: Path) -> list[Path]:
