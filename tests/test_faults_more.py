@@ -61,16 +61,6 @@ def kill_group(proc: subprocess.Popen) -> None:
     proc.wait(timeout=30)
 
 
-def tune_state_has_running_trial(sweep_dir: Path) -> bool:
-    for state in (sweep_dir / "tune").glob("*/experiment_state-*.json"):
-        try:
-            if "RUNNING" in state.read_text():
-                return True
-        except OSError:
-            pass
-    return False
-
-
 def saved_status(state: Path, task: str) -> str | None:
     """The status Tune's saved experiment state gives the trial of ``task`` (None: not whole, or no such trial)."""
     try:
@@ -130,9 +120,12 @@ def test_a_failed_retry_never_replaces_a_finished_trials_ok_rows(tmp_path):
         driver = subprocess.Popen(cli("run", str(path)), stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO,
                                   start_new_session=True)
         try:
-            # Tune saves its state with the trial RUNNING (the trial stalls while `hold` exists) ...
-            wait_for(lambda: tune_state_has_running_trial(sweep_dir), 120, "Tune's state with a running trial",
-                     driver, log)
+            # Tune saves its state with this trial RUNNING (it stalls while `hold` exists; any trial
+            # RUNNING was not enough: under load the other one was, and this one went from pending
+            # to finished between two saves, so no saved state ever showed it running) ...
+            wait_for(lambda: any(saved_status(s, "retry_fails") == "RUNNING"
+                                 for s in (sweep_dir / "tune").glob("*/experiment_state-*.json")),
+                     120, "Tune's state with retry_fails running", driver, log)
             hold.unlink()
             # ... and the driver dies right after the trial's rows file, its saved state (signed,
             # whole) still showing the trial running.
