@@ -176,6 +176,9 @@ FAST_TEST_S = 5.0
 """A fast-tier test slower than this is listed at the end of the run as a candidate for `slow`."""
 
 
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+"""Thread-count variables a parallel run sets to 1 (pytest_configure)."""
+
 SHORT_TMP_KEPT = 3
 """Runs whose temp folders under /tmp/fprt are kept (as pytest keeps its last 3 pytest-N)."""
 
@@ -193,9 +196,16 @@ def _short_basetemp() -> str:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
-    if config.getoption("numprocesses", None) and not hasattr(config, "workerinput") \
-            and not config.option.basetemp:
+    parallel = config.getoption("numprocesses", None) and not hasattr(config, "workerinput")
+    if parallel and not config.option.basetemp:
         config.option.basetemp = _short_basetemp()
+    if parallel:
+        # One intra-op thread per process, set before the workers start so that they, and every
+        # fpr-sweep, benchmark and Ray process they spawn, inherit it. With torch's default (one
+        # thread per core) three workers on 2 cores spin-wait on each other's cores: the every-step
+        # spectral hold's 20 steps took 42 s that way beside a busy process, 3.1 s on one thread.
+        for var in THREAD_VARS:
+            os.environ[var] = "1"
     # The state-signing key is created once here, before pytest-xdist's workers race to create it.
     from orchestrator.run import trust
 
