@@ -191,6 +191,7 @@ def synthetic_trials(sweep: Path, n_trials: int, compact_every: Optional[int]) -
     import pyarrow.parquet as pq
 
     from orchestrator.store import parquet as results
+    from orchestrator.sweep.layout import SweepDir
 
     template = pq.read_table(TEMPLATE)
     own = {b"fpr_sweep.schema_version": results.results_schema().metadata[b"fpr_sweep.schema_version"]}
@@ -207,7 +208,7 @@ def synthetic_trials(sweep: Path, n_trials: int, compact_every: Optional[int]) -
                  .set_column(base.schema.get_field_index("seed"), "seed",
                              pa.array([k // len(by_trial)] * base.num_rows, pa.int64())))
         meta = {**(table.schema.metadata or {}), **own, b"fpr_sweep.trial_id": trial_id.encode()}
-        pq.write_table(table.replace_schema_metadata(meta), results.trial_path(sweep, trial_id))
+        pq.write_table(table.replace_schema_metadata(meta), SweepDir.of(sweep).trial_file(trial_id))
         pending.append(trial_id)
         if compact_every and len(pending) >= compact_every:
             results.compact(sweep, pending)

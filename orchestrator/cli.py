@@ -192,9 +192,9 @@ def report(sweep: str = SWEEP_ARG, results_dir: Optional[str] = RESULTS_OPT) -> 
     sweep_dir = _sweep_dir(sweep, results_dir)
     try:
         with _user_errors(), parquet.read_only():  # reads the files as they are; rewrites no table, moves no file
-            build_report(sweep_dir.root, console=console)  # prints its summary and the report's path
+            build_report(sweep_dir, console=console)  # prints its summary and the report's path
     except FileNotFoundError:
-        _fail(f"{sweep_dir.root}: no trial has finished yet (no results.parquet, no trials/*.parquet); "
+        _fail(f"{sweep_dir}: no trial has finished yet (no results.parquet, no trials/*.parquet); "
               "run the sweep first.")
     launch.log_report(sweep_dir, err_console)
 

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from orchestrator.cli import app
 from orchestrator.store import parquet as results
+from orchestrator.sweep.layout import SweepDir
 from orchestrator.store.rows import SweepMeta, placeholder_rows
 from orchestrator.run import record
 from orchestrator.sweep.expand import expand, resolve
@@ -49,7 +50,7 @@ def _invoke(*args):
 
 def test_truncated_trial_file_is_quarantined_and_its_trial_runs_again(sweep):
     sweep_dir, trials = sweep
-    broken = results.trial_path(sweep_dir, trials[0].trial_id)
+    broken = SweepDir.of(sweep_dir).trial_file(trials[0].trial_id)
     broken.write_bytes(broken.read_bytes()[:100])  # what a full disk or a crashed tool leaves
     status = _invoke("status", str(sweep_dir))
     assert status.exit_code == 0, status.output

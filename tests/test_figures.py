@@ -15,6 +15,7 @@ from matplotlib.markers import MarkerStyle
 from PIL import Image
 
 from orchestrator.report import claims, plots
+from orchestrator.sweep.layout import SweepDir
 from orchestrator.report.frame import load_results, prepare
 from orchestrator.store import parquet
 
@@ -38,7 +39,7 @@ def _task(frame, task):
 
 def test_each_figure_is_png_and_pdf_at_half_a_page_width(study, tmp_path):
     _copy, frame = study
-    written = plots.plot_task(frame, "prefix_sums", tmp_path)
+    written = plots.plot_task(frame, "prefix_sums", SweepDir(tmp_path))
     assert len(written) == 4
     for png in written:
         assert png.with_suffix(".pdf").read_bytes()[:5] == b"%PDF-"

@@ -8,6 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from orchestrator.store import parquet as results
+from orchestrator.sweep.layout import SweepDir
 from orchestrator.sweep.expand import expand, resolve
 from orchestrator.store.rows import SweepMeta, placeholder_rows
 from orchestrator.store.schema import SCHEMA_VERSION, config_columns, results_schema
@@ -139,9 +140,9 @@ def test_compacted_fragments_collect_to_the_same_sorted_table(tmp_path, monkeypa
 
 def test_a_trial_left_in_both_a_fragment_and_its_file_counts_once(tmp_path):
     ids = _many_trials(tmp_path, 12)
-    keep = results.trial_path(tmp_path, ids[0]).read_bytes()
+    keep = SweepDir(tmp_path).trial_file(ids[0]).read_bytes()
     results.compact(tmp_path, ids[:6])
-    results.trial_path(tmp_path, ids[0]).write_bytes(keep)  # as if killed before deleting it
+    SweepDir(tmp_path).trial_file(ids[0]).write_bytes(keep)  # as if killed before deleting it
     df = pd.read_parquet(results.collect(tmp_path))
     assert len(df) == 36 and not df.duplicated(["trial_id", "split"]).any()
     assert len(results.finished_statuses(tmp_path)) == 12

@@ -34,7 +34,7 @@ from orchestrator.report.frame import (CAPPED, CONVERGED, CYCLED, STALLED, insta
                                       load_results, ordered_variants, outcome_shares, prepare, split_sort_key)
 from orchestrator.report.plots import plot_task
 from orchestrator.store.schema import STATUSES
-from orchestrator.sweep.layout import SweepDir
+from orchestrator.sweep.layout import SweepDir, SweepPath
 from orchestrator.sweep.spec import ReportSpec, SpecError
 ERROR_CHARS = 160
 """Error messages are cut to their first line and this many characters in the report."""
@@ -166,14 +166,14 @@ ExpectedCells = dict[tuple[str, str, int], set[str]]
 """(task, variant, seed) -> the splits its trial should have: what the sweep's spec expands to."""
 
 
-def expected_cells(sweep_dir: Path) -> ExpectedCells | None:
+def expected_cells(sweep_dir: SweepPath) -> ExpectedCells | None:
     """The grid the spec copy beside the results expands to (None without one, or for a search
     sweep, whose trials are samples rather than cells). Task entries may differ in seeds and OOD
     sizes, so what a trial lacks is judged against its own entry, not the task's union."""
     from orchestrator.sweep.expand import expand
     from orchestrator.sweep.spec import load_spec
 
-    path = SweepDir(sweep_dir).spec_copy
+    path = SweepDir.of(sweep_dir).spec_copy
     try:
         spec = load_spec(path)
     except (OSError, SpecError):
@@ -433,9 +433,9 @@ def print_summary(console: Console, frame: pd.DataFrame, statuses: pd.DataFrame,
     console.print(rich_verdicts)
 
 
-def report_settings(sweep_dir: Path) -> ReportSpec:
+def report_settings(sweep_dir: SweepPath) -> ReportSpec:
     """The ``report`` section of the spec.yaml the sweep was run with (defaults when absent)."""
-    path = SweepDir(Path(sweep_dir)).spec_copy
+    path = SweepDir.of(sweep_dir).spec_copy
     if not path.exists():
         return ReportSpec()
     try:
@@ -457,18 +457,19 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def build_report(sweep_dir: Path, *, console: Console | None = None, min_id_acc: float | None = None) -> Path:
+def build_report(sweep_dir: SweepPath, *, console: Console | None = None, min_id_acc: float | None = None) -> Path:
     """Write ``sweep_dir/report.md`` and its PNG figures from the sweep's results; print the
     summary tables with rich; return the report's path. ``min_id_acc`` overrides the spec's
     ``report.min_id_acc`` (raises SpecError when spec.yaml's report section is invalid)."""
-    sweep_dir = Path(sweep_dir)
+    layout = SweepDir.of(sweep_dir)
+    sweep_dir = layout.root
     console = console or Console()
-    gate = report_settings(sweep_dir).min_id_acc if min_id_acc is None else float(min_id_acc)
+    gate = report_settings(layout).min_id_acc if min_id_acc is None else float(min_id_acc)
     try:  # every halting protocol's rows (a store that predates protocols has only the trials' own)
         df = load_results(sweep_dir, halting=None)
     except TypeError:
         df = load_results(sweep_dir)
-    report_path = SweepDir(sweep_dir).report
+    report_path = layout.report
     if df.empty:
         _write_atomic(report_path, f"# Sweep report: {sweep_dir.name}\n\nThe results table has no rows yet.\n")
         console.print(f"[yellow]{sweep_dir}: the results table has no rows yet[/yellow]")
@@ -478,11 +479,11 @@ def build_report(sweep_dir: Path, *, console: Console | None = None, min_id_acc:
         frame = claims.trained_competence(frame, gate)
     frame, notes = recompute_sudoku_depth(frame)
     statuses = trial_statuses(frame)
-    missing = missing_items(frame, statuses, expected_cells(sweep_dir))
+    missing = missing_items(frame, statuses, expected_cells(layout))
     table = ood_table(frame)
     own = claims.with_halting(frame)
     own = own[own["halting"] == claims.TRAINED] if (own["halting"] == claims.TRAINED).any() else own
-    figures = {task: plot_task(own, task, sweep_dir) for task in sorted(own["task_label"].unique())}
+    figures = {task: plot_task(own, task, layout) for task in sorted(own["task_label"].unique())}
     analysis = claims.analyse(frame, gate=gate)
     regime_bodies, regime_estimates = regimes.regime_tables(frame)
     if regime_estimates:
@@ -491,13 +492,11 @@ def build_report(sweep_dir: Path, *, console: Console | None = None, min_id_acc:
             ignore_index=True))
     _write_atomic(report_path, render_markdown(frame, statuses, missing, table, figures, analysis, gate, notes,
                                                regime_bodies))
-    write_estimates(SweepDir(sweep_dir).root / ESTIMATES_FILE, table, analysis)
+    write_estimates(layout.estimates, table, analysis)
     print_summary(console, frame, statuses, missing, table, analysis.verdicts)
     console.print(f"report: {report_path}")
     return report_path
 
-
-ESTIMATES_FILE = "estimates.parquet"
 ESTIMATE_COLUMNS = claims.Recorder.COLUMNS
 """kind, task, variant, split, halting, n_seeds, n_learned, estimate, lo, hi, method, p."""
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -28,6 +27,7 @@ from fpr_core.evaluate import CAP_BOUND_SHARE
 from fpr_core.split_names import ID_SPLIT, OOD_PREFIX
 from orchestrator.store import parquet
 from orchestrator.sweep.columns import COLUMNS, CONFIG_PREFIX, config_column
+from orchestrator.sweep.layout import SweepPath
 
 CRITICAL_TOL = 0.05
 """|sigma - 1| <= CRITICAL_TOL counts as the critical spectral regime."""
@@ -47,7 +47,7 @@ vocabulary/class counts that are set from the task, and which halting protocols 
 (the ``halting`` column says which protocol a row is)."""
 
 
-def load_results(sweep_dir: Path, halting: str | tuple[str, ...] | None = TRAINED) -> pd.DataFrame:
+def load_results(sweep_dir: SweepPath, halting: str | tuple[str, ...] | None = TRAINED) -> pd.DataFrame:
     """The sweep's rows as they are now (``store.parquet.read_current``: results.parquet, or the
     sweep's own trial files while a sweep runs or when the table is broken), every schema column
     present. Other ``*.parquet`` files in the folder are never read.
@@ -56,7 +56,7 @@ def load_results(sweep_dir: Path, halting: str | tuple[str, ...] | None = TRAINE
     row per (trial, split), as before protocols existed), a tuple of names, or None for every row
     (then a trial has one row per (split, protocol): group or pick with ``claim_rows``). Rows
     written before ``capped_share`` existed get it from their per-instance flags (``instance_outcomes``)."""
-    df = _to_pandas(parquet.read_current(Path(sweep_dir)))
+    df = _to_pandas(parquet.read_current(sweep_dir))
     if halting is not None:
         df = df[df["halting"].isin((halting,) if isinstance(halting, str) else tuple(halting))]
     return add_capped(df.reset_index(drop=True))

@@ -204,7 +204,7 @@ def accuracy_panels(rows: pd.DataFrame) -> tuple[str, list[tuple[str, pd.DataFra
     return "recall", [(c, rows[_context(rows) == c]) for c in contexts]
 
 
-def plot_ood_accuracy(rows: pd.DataFrame, task: str, out_dir: Path) -> Path:
+def plot_ood_accuracy(rows: pd.DataFrame, task: str, layout: SweepDir) -> Path:
     """Exact accuracy vs size: every trial a point (learned filled, not learned a cross), a line per
     variant through the mean of its learned trials, with a band from >= 3 learned seeds."""
     line_by, panels = accuracy_panels(rows)
@@ -240,7 +240,7 @@ def plot_ood_accuracy(rows: pd.DataFrame, task: str, out_dir: Path) -> Path:
                        "(>= 3 learned seeds)", 70), fontsize=FONT)
     fig.tight_layout()
     _legend(fig, axes)
-    return _save(fig, SweepDir(out_dir).figure(f"{slug(task)}_ood_accuracy"))
+    return _save(fig, layout.figure(f"{slug(task)}_ood_accuracy"))
 
 
 def _accuracy_line(ax, sub: pd.DataFrame, style: dict, label: str, dodge: float, rng) -> None:
@@ -280,7 +280,7 @@ def _binned_median(diff: np.ndarray, iters: np.ndarray, edges: np.ndarray | None
     return (np.array([diff[idx == b].mean() for b in bins]), np.array([np.median(iters[idx == b]) for b in bins]))
 
 
-def plot_halting(rows: pd.DataFrame, task: str, out_dir: Path) -> Path:
+def plot_halting(rows: pd.DataFrame, task: str, layout: SweepDir) -> Path:
     """Rows of panels per recall placement: converged iterations vs size with the cap drawn; share
     of instances at the cap vs size; converged iterations vs difficulty. Every ok trial."""
     panels, contexts = _panels(rows), _contexts(rows)
@@ -325,10 +325,10 @@ def plot_halting(rows: pd.DataFrame, task: str, out_dir: Path) -> Path:
     fig.suptitle(_wrap(f"{task}{note}: halting (converged apart from capped; dashed: loop cap)", 70), fontsize=FONT)
     fig.tight_layout()
     _legend(fig, axes)
-    return _save(fig, SweepDir(out_dir).figure(f"{slug(task)}_halting"))
+    return _save(fig, layout.figure(f"{slug(task)}_halting"))
 
 
-def plot_stability(rows: pd.DataFrame, task: str, out_dir: Path) -> Path:
+def plot_stability(rows: pd.DataFrame, task: str, layout: SweepDir) -> Path:
     """Each stability axis vs OOD accuracy, one point per ok trial; learned filled, others hollow."""
     trials = trial_summary(rows)
     axes_used = list(STABILITY_AXES)
@@ -369,10 +369,10 @@ def plot_stability(rows: pd.DataFrame, task: str, out_dir: Path) -> Path:
                        "hollow: not learned)", 70), fontsize=FONT)
     fig.tight_layout()
     _legend(fig, axes)
-    return _save(fig, SweepDir(out_dir).figure(f"{slug(task)}_stability"))
+    return _save(fig, layout.figure(f"{slug(task)}_stability"))
 
 
-def plot_compute_curve(rows: pd.DataFrame, task: str, out_dir: Path) -> Path | None:
+def plot_compute_curve(rows: pd.DataFrame, task: str, layout: SweepDir) -> Path | None:
     """Exact accuracy vs loop budget per split (panels), mean over learned trials per variant;
     None when the table holds no curve (schema 1)."""
     curves = rows[rows["learned"] & rows["budget_iters"].notna()]
@@ -402,14 +402,14 @@ def plot_compute_curve(rows: pd.DataFrame, task: str, out_dir: Path) -> Path | N
     fig.suptitle(f"{task}: test-time compute (accuracy read out at each budget)", fontsize=FONT)
     fig.tight_layout()
     _legend(fig, axes)
-    return _save(fig, SweepDir(out_dir).figure(f"{slug(task)}_compute_curve"))
+    return _save(fig, layout.figure(f"{slug(task)}_compute_curve"))
 
 
-def plot_task(frame: pd.DataFrame, task: str, out_dir: Path) -> list[Path]:
+def plot_task(frame: pd.DataFrame, task: str, layout: SweepDir) -> list[Path]:
     """All figures for one task, from its ok rows; returns the written paths."""
     rows = frame[(frame["task_label"] == task) & frame["status_ok"]]
     if rows.empty:
         return []
-    paths = [plot_ood_accuracy(rows, task, out_dir), plot_halting(rows, task, out_dir),
-             plot_stability(rows, task, out_dir), plot_compute_curve(rows, task, out_dir)]
+    paths = [plot_ood_accuracy(rows, task, layout), plot_halting(rows, task, layout),
+             plot_stability(rows, task, layout), plot_compute_curve(rows, task, layout)]
     return [p for p in paths if p is not None]

@@ -194,7 +194,7 @@ def log_sweep_outcome(tracker: SweepTracker, sweep_dir: SweepDir) -> None:
     """The parent run's summary metrics (trials per status, best OOD accuracy per task) and files
     (the spec and results.parquet; `fpr-sweep report` adds the report and its plots)."""
     if sweep_dir.results.exists():
-        table = parquet.read_current(sweep_dir.root).select(["trial_id", "task", "variant", "split", "size",
+        table = parquet.read_current(sweep_dir).select(["trial_id", "task", "variant", "split", "size",
                                                              "halting", "status", "exact_acc"])
         tracker.log_sweep_summary(*sweep_summary(table.to_pylist()))
     tracker.log_sweep_files([sweep_dir.spec_copy, sweep_dir.results])
@@ -204,13 +204,13 @@ def reconcile_tracking(tracker: SweepTracker, hub: DriverHub) -> None:
     """After every run, the MLflow runs are made to agree with the table (finished trials without
     a run, RUNNING runs of finished trials, final metrics or models a torn spool lost): see
     SweepTracker.reconcile. Each repair is named among the run's warnings."""
-    layout = hub.layout
-    if not layout.results.exists():
+    sweep_dir = hub.sweep_dir
+    if not sweep_dir.results.exists():
         return
     by_trial: dict[str, list[dict[str, Any]]] = {}
-    for row in parquet.read_results(hub.sweep_dir).to_pylist():
+    for row in parquet.read_results(sweep_dir).to_pylist():
         by_trial.setdefault(row["trial_id"], []).append(row)
-    models = {t: layout.model_file(t) for t in layout.kept_models()}
+    models = {t: sweep_dir.model_file(t) for t in sweep_dir.kept_models()}
     hub.warnings.extend(tracker.reconcile(by_trial, models))
 
 
@@ -230,8 +230,8 @@ def run_sweep(session: RunSession, console: Console) -> SweepOutcome:
     from orchestrator.store.provenance import git_commit
 
     ray_session.quiet_tune()
-    plan, opts, layout = session.plan, session.opts, session.sweep_dir
-    spec, name, sweep_dir = plan.spec, plan.name, layout.root
+    plan, opts, sweep_dir = session.plan, session.opts, session.sweep_dir
+    spec, name = plan.spec, plan.name
     meta = SweepMeta(name, spec.spec_hash(), git_commit(), spec.keep_models)
     done = parquet.finished_statuses(sweep_dir)
     skip = frozenset(t for t, st in done.items() if st in FINAL_STATUSES)
@@ -240,7 +240,7 @@ def run_sweep(session: RunSession, console: Console) -> SweepOutcome:
     studies = itertools.chain([first], studies) if first is not None else iter(())
     total = plan.trial_count
     already = sum(1 for c in plan.cells() if c.cell_id in skip) if spec.search is None and skip else 0
-    outcome = SweepOutcome(layout, session.tracking_uri)
+    outcome = SweepOutcome(sweep_dir, session.tracking_uri)
     # Opening a new SQLite store runs MLflow's migrations (~10 s here): overlap it with Ray's start.
     with ThreadPoolExecutor(1) as pool:
         opening = pool.submit(session.open_tracker, meta)
@@ -263,11 +263,11 @@ def run_sweep(session: RunSession, console: Console) -> SweepOutcome:
         ray_session.drop_disk_full_logs()
     variants = variants_in_order(plan)
     tracker.set_run_colours(variants, list(dict.fromkeys(s for t in plan.grid.tasks for s in t.seeds)))
-    storage = layout.tune_storage(opts.storage)
+    storage = sweep_dir.tune_storage(opts.storage)
     progress = SweepProgress(console, total, already, title=name, variants=variants,
                              trial_seconds=mean_trial_seconds(sweep_dir) if skip else None)
     with StopRequests() as stops:
-        hub = DriverHub(layout, meta, tracker, progress, console, done_before=skip, stops=stops,
+        hub = DriverHub(sweep_dir, meta, tracker, progress, console, done_before=skip, stops=stops,
                         fence=session.lock.check)
         hubs.activate(hub)
         progress.start()
@@ -305,7 +305,7 @@ def variants_in_order(plan: SweepPlan) -> list[str]:
     return list(labels)
 
 
-def mean_trial_seconds(sweep_dir: Path) -> Optional[float]:
+def mean_trial_seconds(sweep_dir: SweepDir) -> Optional[float]:
     """Mean training + evaluation seconds of the trials finished so far (None without any)."""
     try:
         table = parquet.read_current(sweep_dir).select(["trial_id", "train_seconds", "eval_seconds"])
@@ -394,14 +394,14 @@ def _finish(outcome: SweepOutcome, hub: DriverHub, tracker: SweepTracker, stops:
         tracker.abandon()
         outcome.stopped = hub.lock_lost
         return outcome
-    states, unplanned = closing_states(plan, hub.layout)
+    states, unplanned = closing_states(plan, hub.sweep_dir)
     outcome.counts, outcome.unfinished = count_states(states, unplanned)
     outcome.failures = [{"trial_id": t, **s} for t, s in states.items() if s["status"] == "failed"]
     hub.guarded("keeping missed models", hub.recover_models, storage,
                 sorted(t for t, s in states.items() if s["status"] == "ok"))
-    outcome.models = hub.layout.kept_models()
+    outcome.models = hub.sweep_dir.kept_models()
     hub.guarded("MLflow reconcile", reconcile_tracking, tracker, hub)
-    hub.guarded("sweep summary", log_sweep_outcome, tracker, hub.layout)
+    hub.guarded("sweep summary", log_sweep_outcome, tracker, hub.sweep_dir)
     outcome.stopped = str(hub.disk_full) if hub.disk_full else stops.reason
     ended = "KILLED" if outcome.unfinished or outcome.stopped else (
         "FAILED" if outcome.counts.get("failed") else "FINISHED")

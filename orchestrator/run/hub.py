@@ -75,8 +75,7 @@ class DriverHub:
         checked before every hook, so a fenced-off driver writes no rows, models or spool lines."""
         self.fence = fence or (lambda: None)
         self.lock_lost: Optional[str] = None
-        self.layout = sweep_dir
-        self.sweep_dir = sweep_dir.root
+        self.sweep_dir = sweep_dir
         self.meta = meta
         self.tracker = tracker
         self.progress = progress
@@ -88,7 +87,7 @@ class DriverHub:
         self.live = LiveFile(sweep_dir)
         self.warnings: list[str] = []
         self._trials: dict[str, Trial] = {}
-        self._compacted = parquet.compacted_ids(sweep_dir.root)
+        self._compacted = parquet.compacted_ids(sweep_dir)
         self._to_compact: list[str] = []
 
     def trial(self, tune_trial: Any) -> Trial:
@@ -114,7 +113,7 @@ class DriverHub:
     def is_final(self, t: Trial) -> bool:
         if t.trial_id in self._compacted:  # only final trials are compacted
             return True
-        if not parquet.trial_path(self.sweep_dir, t.trial_id).exists():
+        if not self.sweep_dir.trial_file(t.trial_id).exists():
             return False
         table = parquet.read_trial(self.sweep_dir, t.trial_id)
         return table is not None and table.column("status")[0].as_py() in FINAL_STATUSES
@@ -191,7 +190,7 @@ class DriverHub:
         """Copy the saved model of a trial's final checkpoint to models/<trial_id>.pt and log it to
         the trial's run (once: a model already kept is left alone)."""
         t = self.trial(tune_trial)
-        dest = self.layout.model_file(t.trial_id)
+        dest = self.sweep_dir.model_file(t.trial_id)
         if checkpoint is None or dest.exists():
             return
         try:  # read through the checkpoint's own filesystem: local, NFS or s3:// storage alike
@@ -218,7 +217,7 @@ class DriverHub:
         if self.meta.keep_models == "none" or "://" in storage:
             return
         for trial_id in ok_trials:
-            dest = self.layout.model_file(trial_id)
+            dest = self.sweep_dir.model_file(trial_id)
             if dest.exists():
                 continue
             found = sorted(Path(storage).glob(f"*/*-{trial_id}/checkpoint_*/{MODEL_FILE}"),

@@ -81,7 +81,7 @@ def run(plan: SweepPlan, opts: RunOptions, console: Console, err_console: Consol
         _remove(new_dir)  # with the MLflow store this run created in it
         raise
     if outcome.results_path is not None and outcome.results_path.exists():
-        outcome.accuracy = parquet.accuracy_table(sweep_dir.root)
+        outcome.accuracy = parquet.accuracy_table(sweep_dir)
     return outcome
 
 
@@ -108,7 +108,7 @@ def check_pooling(spec: SweepSpec, sweep_dir: SweepDir, extend: bool, extended_f
     known = ({spec.spec_hash(), extended_from}
              | {h.get("spec_hash") for h in record.read_info(sweep_dir).get("history", [])})
     with parquet.read_only():
-        foreign = {h: n for h, n in parquet.spec_hashes(sweep_dir.root).items() if h and h not in known}
+        foreign = {h: n for h, n in parquet.spec_hashes(sweep_dir).items() if h and h not in known}
     if foreign and not extend:
         shown = ", ".join(f"{n} trial{'s' if n > 1 else ''} of spec hash {h}" for h, n in sorted(foreign.items()))
         raise SpecChanged(f"{sweep_dir.trials} holds {shown}, not of this spec (hash {spec.spec_hash()}), "
@@ -304,7 +304,7 @@ def evaluate(sweep_dir: SweepDir, request: Any, console: Console, err_console: C
         ray_session.quiet_tune()
         ray_session.ensure_ray(request.address, console)
         outcome = reeval.run_eval(sweep_dir, jobs, tracker, trial_resources(sweep_dir), console, request.n_eval)
-        parquet.collect(sweep_dir.root)
+        parquet.collect(sweep_dir)
         log_sweep_outcome(tracker, sweep_dir)
         problem = tracker.close()
         if problem:

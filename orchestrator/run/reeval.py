@@ -160,13 +160,13 @@ def plan_jobs(sweep_dir: SweepDir, sizes: list[int], trial_ids: Optional[list[st
 
     halting None: the new ``sizes`` under the trials' own halting (``cap_law`` applied); a list:
     every split each trial has plus the new sizes, under each protocol named."""
-    known = set(results.finished_statuses(sweep_dir.root))  # trial files and compacted fragments
+    known = set(results.finished_statuses(sweep_dir))  # trial files and compacted fragments
     unknown = sorted(set(trial_ids or ()) - known)
     if unknown:
-        raise EvalError(f"--trials: no finished trial {unknown} in {sweep_dir.root} (see `fpr-sweep status`)")
+        raise EvalError(f"--trials: no finished trial {unknown} in {sweep_dir} (see `fpr-sweep status`)")
     jobs, skipped = [], {}
     for tid in sorted(trial_ids or known):
-        rows = results.read_trial(sweep_dir.root, tid).to_pylist()
+        rows = results.read_trial(sweep_dir, tid).to_pylist()
         if rows[0]["status"] != "ok":
             skipped[tid] = f"status {rows[0]['status']}: nothing to evaluate"
             continue
@@ -293,14 +293,14 @@ def _report_job(sweep_dir: SweepDir, job: EvalJob, ref: Any, tracker: Any, outco
         console.print(f"{prefix} [red]failed[/] {job.label}: {outcome.failed[f'{job.trial_id}@{job.halting}']}",
                       highlight=False)
         return
-    record(sweep_dir.root, job, answer, tracker)
+    record(sweep_dir, job, answer, tracker)
     outcome.evaluated.setdefault(job.trial_id, []).extend(f"{s}@{job.halting}" for s in job.splits)
     accs = ", ".join(f"{s['split']}={s['exact_acc']:.3f} (reach {s['reachability']:.2f}, capped "
                      f"{s['capped_share']:.2f})" for s in answer["splits"])
     console.print(f"{prefix} evaluated {job.label}: {accs}", highlight=False)
 
 
-def record(sweep_dir: Path, job: EvalJob, answer: dict[str, Any], tracker: Any) -> None:
+def record(sweep_dir: SweepDir, job: EvalJob, answer: dict[str, Any], tracker: Any) -> None:
     """One job's new rows into its trial's Parquet file (its rows read again now: another job of the
     same trial may have added some); its metrics and datasets into the trial's MLflow run."""
     from orchestrator.store.run_info import dataset_records

@@ -50,7 +50,7 @@ from fpr_core.config import TRAINED
 from orchestrator.store.schema import results_schema
 from orchestrator.sweep.columns import config_cell, config_kinds
 from orchestrator.store.space import DiskFull, is_disk_full
-from orchestrator.sweep.layout import SweepDir
+from orchestrator.sweep.layout import SweepDir, SweepPath
 
 VERSION_KEY = b"fpr_sweep.schema_version"
 TRIAL_KEY = b"fpr_sweep.trial_id"
@@ -95,18 +95,6 @@ warn: Callable[[str], None] = _print_warning
 """Where quarantine and stray-file warnings go (stderr; the CLI may redirect it)."""
 
 
-def trials_dir(sweep_dir: Path) -> Path:
-    return SweepDir(Path(sweep_dir)).trials
-
-
-def results_path(sweep_dir: Path) -> Path:
-    return SweepDir(Path(sweep_dir)).results
-
-
-def trial_path(sweep_dir: Path, trial_id: str) -> Path:
-    return SweepDir(Path(sweep_dir)).trial_file(trial_id)
-
-
 def _atomic_write(table: pa.Table, path: Path, **options: Any) -> None:
     """Write under a temp name, fsync, then rename: a crash or a full disk never leaves a partial
     file under the final name (the temp file is removed on any failure)."""
@@ -142,11 +130,11 @@ def rows_table(rows: Iterable[dict[str, Any]]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=results_schema())
 
 
-def write_trial_rows(sweep_dir: Path, trial_id: str, rows: list[dict[str, Any]]) -> Path:
+def write_trial_rows(sweep_dir: SweepPath, trial_id: str, rows: list[dict[str, Any]]) -> Path:
     """Atomically (re)write one trial's rows."""
     if not rows:
         raise ValueError(f"trial {trial_id}: no rows to write")
-    path = trial_path(sweep_dir, trial_id)
+    path = SweepDir.of(sweep_dir).trial_file(trial_id)
     adopt_table(sweep_dir)
     table = rows_table(rows)
     meta = {**(table.schema.metadata or {}), TRIAL_KEY: trial_id.encode(),
@@ -155,8 +143,8 @@ def write_trial_rows(sweep_dir: Path, trial_id: str, rows: list[dict[str, Any]])
     return path
 
 
-def _candidate_files(sweep_dir: Path) -> list[Path]:
-    d = trials_dir(sweep_dir)
+def _candidate_files(sweep_dir: SweepPath) -> list[Path]:
+    d = SweepDir.of(sweep_dir).trials
     return sorted(p for p in d.glob("*.parquet") if not p.name.startswith(".")) if d.is_dir() else []
 
 
@@ -217,7 +205,7 @@ def is_own_trial_file(path: Path, schema: pa.Schema) -> bool:
     return meta.get(TRIAL_KEY, path.stem.encode()) == path.stem.encode()
 
 
-def trial_files(sweep_dir: Path) -> list[Path]:
+def trial_files(sweep_dir: SweepPath) -> list[Path]:
     """The sweep's own readable trial files (unreadable ones quarantined, foreign ones ignored)."""
     out = []
     for path in _candidate_files(sweep_dir):
@@ -301,22 +289,22 @@ def _scan(files: list[Path], columns: Optional[list[str]] = None,
         return table.select(columns) if columns else table
 
 
-def read_trial(sweep_dir: Path, trial_id: str) -> Optional[pa.Table]:
+def read_trial(sweep_dir: SweepPath, trial_id: str) -> Optional[pa.Table]:
     """A trial's rows; None when it has no (readable) rows file."""
-    path = trial_path(sweep_dir, trial_id)
+    path = SweepDir.of(sweep_dir).trial_file(trial_id)
     table = read_file(path) if path.exists() else None
     if table is None and not path.exists() and fragment_files(sweep_dir):  # compacted
         table = _scan(fragment_files(sweep_dir), where=pc.field("trial_id") == trial_id)
     return _conform(table) if table is not None and table.num_rows else None
 
 
-def finished_statuses(sweep_dir: Path) -> dict[str, str]:
+def finished_statuses(sweep_dir: SweepPath) -> dict[str, str]:
     """trial_id -> status (the status of its first row) for every trial with rows (file or fragment)."""
     table = trial_summary_table(sweep_dir)
     return dict(zip(table.column("trial_id").to_pylist(), table.column("status").to_pylist()))
 
 
-def trial_summaries(sweep_dir: Path) -> list[dict[str, Any]]:
+def trial_summaries(sweep_dir: SweepPath) -> list[dict[str, Any]]:
     """One dict per finished trial: trial_id, task, variant, seed, status, error."""
     return trial_summary_table(sweep_dir).select(SUMMARY_COLUMNS).to_pylist()
 
@@ -326,24 +314,24 @@ def read_trial_files(files: list[Path], columns: Optional[list[str]] = None) -> 
     return _scan(files, columns)
 
 
-def collect(sweep_dir: Path) -> Optional[Path]:
+def collect(sweep_dir: SweepPath) -> Optional[Path]:
     """Rebuild results.parquet from every trial's rows (atomic); None if no trial finished yet.
     Bounded memory at any sweep size: see collect_merged."""
     return collect_merged(sweep_dir)
 
 
-def read_current(sweep_dir: Path) -> pa.Table:
+def read_current(sweep_dir: SweepPath) -> pa.Table:
     """The sweep's rows as they are now, every schema column present: results.parquet, or the
     sweep's own trial files when they are newer (a sweep still running, or interrupted before its
     last collect) or it is broken; FileNotFoundError when no trial finished yet."""
     table = read_results(sweep_dir)
     if table.num_rows == 0:
-        raise FileNotFoundError(f"{sweep_dir}: no {results_path(sweep_dir).name} and no finished trial files "
-                                f"under {trials_dir(sweep_dir)}")
+        raise FileNotFoundError(f"{sweep_dir}: no {SweepDir.of(sweep_dir).results.name} and no finished trial files "
+                                f"under {SweepDir.of(sweep_dir).trials}")
     return _conform(table)
 
 
-def read_results(sweep_dir: Path) -> pa.Table:
+def read_results(sweep_dir: SweepPath) -> pa.Table:
     """results.parquet when it is readable and current, else rebuilt from the trial files (a
     broken or stale one is set aside first), conformed to the schema; an empty table when no trial
     finished."""
@@ -355,17 +343,17 @@ def read_results(sweep_dir: Path) -> pa.Table:
     try:
         path = collect(sweep_dir)
     except OSError as e:  # a read-only folder (someone else's sweep): build the table in memory
-        warn(f"cannot rebuild {results_path(sweep_dir)} ({e.strerror or e}); reading the trial files.")
+        warn(f"cannot rebuild {SweepDir.of(sweep_dir).results} ({e.strerror or e}); reading the trial files.")
         return pa.concat_tables([_fragment_rows(sweep_dir), read_trial_files(trial_files(sweep_dir))])
     table = read_file(path) if path is not None else None
     return _conform(table) if table is not None else results_schema().empty_table()
 
 
-def read_current_results(sweep_dir: Path) -> Optional[pa.Table]:
+def read_current_results(sweep_dir: SweepPath) -> Optional[pa.Table]:
     """results.parquet if it exists, is readable, is ours and was built from the trial files and
     fragments there now (by their write ids; by mtime for a table written before the digest);
     else None."""
-    path = results_path(sweep_dir)
+    path = SweepDir.of(sweep_dir).results
     try:
         built = path.stat().st_mtime
     except FileNotFoundError:
@@ -410,7 +398,7 @@ def _inputs_digest(fragments: list[Path], loose: list[Path]) -> bytes:
     return h.hexdigest().encode()
 
 
-def spec_hashes(sweep_dir: Path) -> dict[str, int]:
+def spec_hashes(sweep_dir: SweepPath) -> dict[str, int]:
     """spec hash -> trials with rows of it, from the trial files and fragments alone (not sweep.json)."""
     table = pa.concat_tables([_fragment_rows(sweep_dir, ["trial_id", "spec_hash"]),
                               read_trial_files(trial_files(sweep_dir), ["trial_id", "spec_hash"])])
@@ -420,7 +408,7 @@ def spec_hashes(sweep_dir: Path) -> dict[str, int]:
     return out
 
 
-def accuracy_table(sweep_dir: Path) -> list[dict[str, Any]]:
+def accuracy_table(sweep_dir: SweepPath) -> list[dict[str, Any]]:
     """Mean exact accuracy and iterations per (task, variant, split) over the ok rows (seeds pooled)
     evaluated under the trials' own halting ('trained'; other protocols' rows are not pooled in)."""
     table = _conform(read_results(sweep_dir))
@@ -454,16 +442,12 @@ ORDER_COLUMNS = [name for name, _ in ORDER]
 SUMMARY_COLUMNS = ["trial_id", "task", "variant", "seed", "status", "error"]
 
 
-def fragments_dir(sweep_dir: Path) -> Path:
-    return SweepDir(Path(sweep_dir)).fragments
-
-
-def _candidate_fragments(sweep_dir: Path) -> list[Path]:
-    d = fragments_dir(sweep_dir)
+def _candidate_fragments(sweep_dir: SweepPath) -> list[Path]:
+    d = SweepDir.of(sweep_dir).fragments
     return sorted(p for p in d.glob("*.parquet") if not p.name.startswith(".")) if d.is_dir() else []
 
 
-def fragment_files(sweep_dir: Path) -> list[Path]:
+def fragment_files(sweep_dir: SweepPath) -> list[Path]:
     """The sweep's own readable fragments (unreadable ones quarantined, foreign ones ignored); in a
     folder that holds results.parquet alone, that table (see ``_table_only``)."""
     out = []
@@ -478,12 +462,12 @@ def fragment_files(sweep_dir: Path) -> list[Path]:
     return out
 
 
-def _table_only(sweep_dir: Path) -> list[Path]:
+def _table_only(sweep_dir: SweepPath) -> list[Path]:
     """[results.parquet] when it is the only record of the sweep's trials (no trial file, no
     fragment, nothing set aside as corrupt: a folder copied or committed without trials/), else [].
     Its rows are then the finished trials, for every reader alike (status, --dry-run, run, report,
     eval); ``adopt_table`` makes it a real fragment before anything else is written there."""
-    layout = SweepDir(Path(sweep_dir))
+    layout = SweepDir.of(sweep_dir)
     if not layout.results.exists() or any(_has_parquet(d) for d in (layout.trials, layout.fragments, layout.corrupt)):
         return []
     return [layout.results]
@@ -499,16 +483,16 @@ def _has_parquet(folder: Path) -> bool:
         return False
 
 
-def adopt_table(sweep_dir: Path) -> Optional[Path]:
+def adopt_table(sweep_dir: SweepPath) -> Optional[Path]:
     """Copy a results.parquet that is the folder's only record of its trials into fragments/,
     before the first trial file is written beside it: the table is rebuilt from trial files and
     fragments, so without this its trials would be dropped (and trained again)."""
     if not _table_only(sweep_dir):
         return None
-    table = read_file(results_path(sweep_dir))
+    table = read_file(SweepDir.of(sweep_dir).results)
     if table is None or table.num_rows == 0:
         return None
-    path = fragments_dir(sweep_dir) / f"part-{0:020d}-adopted.parquet"
+    path = SweepDir.of(sweep_dir).fragments / f"part-{0:020d}-adopted.parquet"
     _atomic_write(_in_order(_conform(table)), path, row_group_size=FRAGMENT_ROW_GROUP)
     return path
 
@@ -517,28 +501,28 @@ def _in_order(table: pa.Table) -> pa.Table:
     return table.take(pc.sort_indices(table, sort_keys=ORDER))
 
 
-def compact(sweep_dir: Path, trial_ids: Iterable[str]) -> Optional[Path]:
+def compact(sweep_dir: SweepPath, trial_ids: Iterable[str]) -> Optional[Path]:
     """Move the files of these finished trials into one sorted fragment, then delete them.
 
     Only for final trials. A crash between the fragment's write and the deletions leaves a trial in
     both places; readers then take the loose file (see ``_superseding``)."""
-    paths = [p for p in (trial_path(sweep_dir, t) for t in trial_ids) if p.exists()]
+    paths = [p for p in (SweepDir.of(sweep_dir).trial_file(t) for t in trial_ids) if p.exists()]
     if not paths:
         return None
-    path = fragments_dir(sweep_dir) / f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
+    path = SweepDir.of(sweep_dir).fragments / f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
     _atomic_write(_in_order(read_trial_files(paths)), path, row_group_size=FRAGMENT_ROW_GROUP)
     for p in paths:
         p.unlink(missing_ok=True)
     return path
 
 
-def compacted_ids(sweep_dir: Path) -> set[str]:
+def compacted_ids(sweep_dir: SweepPath) -> set[str]:
     """Trial ids held by fragments."""
     ids = read_trial_files(fragment_files(sweep_dir), ["trial_id"]).column("trial_id")
     return set(pc.unique(ids).to_pylist())
 
 
-def _superseding(sweep_dir: Path) -> Optional[pc.Expression]:
+def _superseding(sweep_dir: SweepPath) -> Optional[pc.Expression]:
     """Fragment rows to keep: those of trials without a loose file. A loose file of a compacted
     trial is newer (rows rewritten later, e.g. by `fpr-sweep eval`) or identical (a crash between
     a fragment's write and the deletions), so it wins either way."""
@@ -546,12 +530,12 @@ def _superseding(sweep_dir: Path) -> Optional[pc.Expression]:
     return ~pc.field("trial_id").isin(loose) if loose else None
 
 
-def _fragment_rows(sweep_dir: Path, columns: Optional[list[str]] = None) -> pa.Table:
+def _fragment_rows(sweep_dir: SweepPath, columns: Optional[list[str]] = None) -> pa.Table:
     fragments = fragment_files(sweep_dir)
     return _scan(fragments, columns, _superseding(sweep_dir) if fragments else None)
 
 
-def trial_summary_table(sweep_dir: Path) -> pa.Table:
+def trial_summary_table(sweep_dir: SweepPath) -> pa.Table:
     """trial_id, task, variant, seed, status, error: the first row of every trial, fragments and
     loose files alike (one projected scan, not one read per file)."""
     table = pa.concat_tables([_fragment_rows(sweep_dir, SUMMARY_COLUMNS),
@@ -561,14 +545,14 @@ def trial_summary_table(sweep_dir: Path) -> pa.Table:
     return first.rename_columns([c if c == "trial_id" else c.removesuffix("_first") for c in first.column_names])
 
 
-def collect_merged(sweep_dir: Path) -> Optional[Path]:
+def collect_merged(sweep_dir: SweepPath) -> Optional[Path]:
     """Rebuild results.parquet from fragments and loose trial files in bounded memory (atomic);
     None if no trial finished yet. Loose files are sorted in batches of COMPACT_EVERY (to temporary
     runs when there is more than one batch), then every sorted run is merged chunk by chunk."""
     fragments, loose = fragment_files(sweep_dir), trial_files(sweep_dir)
     if not fragments and not loose:
         return None
-    path = results_path(sweep_dir)
+    path = SweepDir.of(sweep_dir).results
     keep = _superseding(sweep_dir)
     digest = _inputs_digest(fragments, loose)  # before reading them: a file replaced meanwhile reads as stale
     with tempfile.TemporaryDirectory(prefix="fpr-collect-") as scratch:

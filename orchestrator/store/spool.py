@@ -40,7 +40,7 @@ import zlib
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
-from orchestrator.sweep.layout import SweepDir
+from orchestrator.sweep.layout import SweepDir, SweepPath
 from orchestrator.sweep.errors import LockLost
 
 SPOOL_FILE = "spool.jsonl"
@@ -79,8 +79,8 @@ class PermanentError(RuntimeError):
 class Spool:
     """The append-only operation log of one sweep, and how far it has been sent."""
 
-    def __init__(self, sweep_dir: Path) -> None:
-        self.dir = SweepDir(Path(sweep_dir)).spool
+    def __init__(self, sweep_dir: SweepPath) -> None:
+        self.dir = SweepDir.of(sweep_dir).spool
         self.dir.mkdir(parents=True, exist_ok=True)
         self.path = self.dir / SPOOL_FILE
         self._lock = threading.Lock()

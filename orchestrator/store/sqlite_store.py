@@ -17,7 +17,7 @@ import sqlite3
 from pathlib import Path
 from typing import Iterator, Optional
 
-from orchestrator.sweep.layout import SweepDir
+from orchestrator.sweep.layout import SweepDir, SweepPath
 
 ARTIFACT_COLUMNS = (("experiments", "artifact_location"), ("runs", "artifact_uri"),
                     ("logged_models", "artifact_location"), ("model_versions", "source"),
@@ -56,23 +56,23 @@ def store_creation_lock(uri: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def own_store(uri: str, sweep_dir: Path) -> Optional[Path]:
+def own_store(uri: str, sweep_dir: SweepPath) -> Optional[Path]:
     """The database of ``uri`` when it is the sweep folder's own ``mlflow.db``, else None (a
     shared store or a tracking server: its artifact locations are not the folder's to change)."""
     db = sqlite_path(uri)
-    layout = SweepDir(Path(sweep_dir).resolve())
+    layout = SweepDir.of(sweep_dir).resolved()
     if db is None or not db.exists() or db.resolve() != layout.mlflow_db.resolve():
         return None
     return db
 
 
-def relocate_artifacts(uri: str, sweep_dir: Path) -> list[str]:
+def relocate_artifacts(uri: str, sweep_dir: SweepPath) -> list[str]:
     """Point every artifact location of the folder's own store that names another folder's
     ``mlartifacts/`` at this folder's; returns the old locations rewritten (none: nothing moved)."""
     db = own_store(uri, sweep_dir)
     if db is None:
         return []
-    new = SweepDir(Path(sweep_dir).resolve()).mlflow_artifacts.as_uri()
+    new = SweepDir.of(sweep_dir).resolved().mlflow_artifacts.as_uri()
     suffix = "/" + Path(new).name
     with store_creation_lock(uri), contextlib.closing(sqlite3.connect(db, timeout=60)) as con, con:
         columns = _columns(con)

@@ -8,12 +8,12 @@ import urllib.request
 from pathlib import Path
 
 from orchestrator.sweep.errors import TrackingError
-from orchestrator.sweep.layout import SweepDir
+from orchestrator.sweep.layout import SweepDir, SweepPath
 
 
-def default_tracking_uri(sweep_dir: Path) -> str:
+def default_tracking_uri(sweep_dir: SweepPath) -> str:
     """SQLite store inside the sweep's results dir (MLflow 3 refuses the plain ./mlruns store)."""
-    return f"sqlite:///{SweepDir(Path(sweep_dir).resolve()).mlflow_db}"
+    return f"sqlite:///{SweepDir.of(sweep_dir).resolved().mlflow_db}"
 
 
 def store_exists(uri: str) -> bool:

@@ -35,7 +35,7 @@ from orchestrator.store.ui_mode import EXPERIMENT_KIND_TAG, TRAINING_KIND, save_
 from orchestrator.store.store_address import TrackingError
 from orchestrator.store.spool import PARENT, Sender, Spool, _first_line, operation
 from orchestrator.store.run_info import DatasetRecord
-from orchestrator.sweep.layout import SweepDir
+from orchestrator.sweep.layout import SweepDir, SweepPath
 from orchestrator.sweep.metrics import (SIZE_SERIES, SPLIT_METRIC_NAMES, TRIAL_SUMMARY_COLUMNS, WEIGHTS_BYTES,
                                         budget_metric, split_metric, sweep_count_metric)
 
@@ -124,7 +124,7 @@ class SweepTracker:
     the sweep's spool. Run handles (what ``trial_run`` returns, ``PARENT`` for the sweep) name a
     run before MLflow has created it; ``run_id(handle)`` gives the MLflow id once sent."""
 
-    def __init__(self, uri: str, sweep: str, sweep_dir: Path, tags: dict[str, str],
+    def __init__(self, uri: str, sweep: str, sweep_dir: SweepPath, tags: dict[str, str],
                  sweep_id: Optional[str] = None, description: str = "", reopen: bool = True,
                  fence: Optional[Callable[[], None]] = None) -> None:
         """``sweep_id``: the sweep folder's id (sweep.json), which keys the experiment. ``reopen``:
@@ -137,7 +137,7 @@ class SweepTracker:
         self.uri = uri
         self.tags = dict(tags)
         self.sweep_id = sweep_id
-        self.artifacts = SweepDir(Path(sweep_dir).resolve()).mlflow_artifacts
+        self.artifacts = SweepDir.of(sweep_dir).resolved().mlflow_artifacts
         self.relocated = relocate_artifacts(uri, sweep_dir)  # a copied or moved folder: its own artifacts
         with store_creation_lock(uri):  # the client's store creates (or migrates) the database
             self.client = MlflowClient(tracking_uri=uri)

@@ -26,7 +26,7 @@ from typing import Optional
 
 from orchestrator.store.sqlite_store import relocate_artifacts
 from orchestrator.sweep.errors import UiError
-from orchestrator.sweep.layout import SweepDir
+from orchestrator.sweep.layout import SweepDir, SweepPath
 
 SERVER_STORE = Path("mlflow") / "mlflow.db"
 """Where cluster/mlflow-server.sh keeps the tracking server's store, relative to the results root
@@ -54,10 +54,10 @@ def _sqlite_path(uri: str) -> Optional[Path]:
     return Path(uri[len("sqlite:///"):] if uri.startswith("sqlite:////") else "/" + uri[len("sqlite:///"):])
 
 
-def tracking_uri_of(sweep_dir: Path) -> str:
+def tracking_uri_of(sweep_dir: SweepPath) -> str:
     """The sweep's tracking URI as sweep.json records it, except that a default store (the folder's
     own mlflow.db) is looked up in ``sweep_dir`` itself, wherever the folder is now."""
-    layout = SweepDir(Path(sweep_dir).resolve())
+    layout = SweepDir.of(sweep_dir).resolved()
     info = json.loads(layout.info.read_text()) if layout.info.exists() else {}
     uri = info.get("tracking_uri", "")
     return f"sqlite:///{layout.mlflow_db}" if not uri or _was_default(uri, info, layout) else uri
@@ -70,7 +70,7 @@ def _was_default(uri: str, info: dict, layout: SweepDir) -> bool:
         and recorded.parent.name == info.get("name", layout.name)
 
 
-def resolve_store(sweep_dir: Path) -> Store:
+def resolve_store(sweep_dir: SweepPath) -> Store:
     """The sweep's store, found from ``sweep_dir`` itself.
 
     - default store: ``<sweep>/mlflow.db`` (whatever absolute path sweep.json recorded);
@@ -78,7 +78,7 @@ def resolve_store(sweep_dir: Path) -> Store:
       cluster recipe, else the server's URL (to open in a browser);
     - a SQLite store outside the sweep folder (``--tracking-uri sqlite:///...``) is used as is.
     """
-    layout = SweepDir(Path(sweep_dir).resolve())
+    layout = SweepDir.of(sweep_dir).resolved()
     sweep_dir = layout.root
     info = json.loads(layout.info.read_text()) if layout.info.exists() else {}
     uri = info.get("tracking_uri", "")

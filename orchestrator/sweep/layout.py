@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 from orchestrator.sweep.errors import LayoutError
 
@@ -59,6 +59,16 @@ class SweepDir:
         """``where`` as a SweepDir: one as is, a path as the sweep folder it names (what a caller
         outside the run passes, e.g. a test or a script)."""
         return where if isinstance(where, SweepDir) else cls(Path(where))
+
+    def __fspath__(self) -> str:  # a SweepDir goes wherever its folder's path does (open, Path, shutil)
+        return str(self.root)
+
+    def __str__(self) -> str:  # in messages, the folder
+        return str(self.root)
+
+    def resolved(self) -> "SweepDir":
+        """The same folder with an absolute, symlink-free root (what a store address is built on)."""
+        return SweepDir(self.root.resolve())
 
     @classmethod
     def find(cls, sweep: str, results_dir: Optional[str] = None) -> "SweepDir":
@@ -153,6 +163,11 @@ class SweepDir:
     def report(self) -> Path:
         return self.root / "report.md"
 
+    @property
+    def estimates(self) -> Path:
+        """Every number the report prints, one row each (``report.build.write_estimates``)."""
+        return self.root / "estimates.parquet"
+
     def figure(self, stem: str) -> Path:
         """A report figure, ``<stem>.png``."""
         return self.root / f"{stem}.png"
@@ -160,3 +175,8 @@ class SweepDir:
     def holds_sweep(self) -> bool:
         """Does this directory look like a sweep (a run started here)?"""
         return self.info.exists() or self.trials.is_dir()
+
+
+SweepPath = Union[SweepDir, str, Path]
+"""A sweep folder as the run passes it (a SweepDir) or as a user, test or script names it (a path);
+``SweepDir.of`` turns either into a SweepDir."""
