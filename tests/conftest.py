@@ -2,7 +2,7 @@
 dirs) and the test tiers.
 
 The tiers (docs/testing.md):
-- `make test-fast` = `pytest -m "not slow"`: every in-process test, about 2 minutes on 2 cores.
+- `make test-fast` = `pytest -m "not slow"`: every in-process test, under a minute on 2 cores.
 - `make test` = everything, as CI runs it, on two pytest workers (pytest-xdist).
 
 A test is `slow` when it leaves the process or waits on real services: it starts Ray, runs
