@@ -129,6 +129,10 @@ class FirstTrial:
     """From SIGINT to the driver's exit."""
 
 
+STARTED = re.compile(r"(?m)(: |^\[\d+/\d+\] )started\b")
+"""A trial's start line: `[0/100] started  <task> ...` now, `...: started` in BASELINE's code."""
+
+
 def first_trial(tree: Path, spec: Path, extra: list[str], timeout: float) -> FirstTrial:
     """Start `run`, wait for the first 'started' line, send SIGINT, time the exit."""
     with tempfile.NamedTemporaryFile("w+", suffix=".log") as log:
@@ -138,7 +142,7 @@ def first_trial(tree: Path, spec: Path, extra: list[str], timeout: float) -> Fir
         first, peak = None, 0.0
         while proc.poll() is None and time.perf_counter() - started < timeout:
             peak = max(peak, _rss_mb(proc.pid))
-            if re.search(r": started", Path(log.name).read_text()):
+            if STARTED.search(Path(log.name).read_text()):
                 first = time.perf_counter() - started
                 break
             time.sleep(0.2)

@@ -93,7 +93,8 @@ PRINTED: dict[str, list[tuple[str, str, float, float]]] = {
     "bench_report": [("seconds for the report", rf"total {N} s", 0.001, 900)],
     "bench_scale": [
         ("collect / one dataset scan", rf"= {N}x one dataset scan", 0.01, 100),
-        ("seconds per figure", rf"(?m)after {N} s", 0.001, 900)],
+        ("seconds per figure", rf"(?m)after {N} s", 0.001, 900),
+        ("seconds to the first trial's start", rf"first trial starts.*after {N} s,", 0.1, 600)],
     "bench_task_generation": [
         ("instances per second", rf"(?m)^\S+\s+\d+\s+\d+\s+[\d.e+-]+\s+{N}", 0.01, 1e9)],
     "bench_task_profiles": [
