@@ -161,16 +161,16 @@ def collection(directory: Path, rows: int, splits: int = 10, n: int = 64) -> dic
     import duckdb
     import pandas as pd
 
-    from orchestrator.store import parquet as results
+    from orchestrator.store import parquet
 
     sweep = directory / "collect"
     n_trials = rows // splits
     started = time.perf_counter()
     for t in range(n_trials):
-        results.write_trial_rows(sweep, f"t{t:06d}", fake_rows(f"t{t:06d}", splits, n))
+        parquet.write_trial_rows(sweep, f"t{t:06d}", fake_rows(f"t{t:06d}", splits, n))
     out = {"write_trial_files": time.perf_counter() - started}
     started = time.perf_counter()
-    path = results.collect(sweep)
+    path = parquet.collect(sweep)
     out["collect"] = time.perf_counter() - started
     started = time.perf_counter()
     df = pd.read_parquet(path)

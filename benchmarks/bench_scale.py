@@ -194,11 +194,11 @@ def synthetic_trials(sweep: Path, n_trials: int, compact_every: Optional[int]) -
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from orchestrator.store import parquet as results
+    from orchestrator.store import parquet
     from orchestrator.sweep.layout import SweepDir
 
     template = pq.read_table(TEMPLATE)
-    own = {b"fpr_sweep.schema_version": results.results_schema().metadata[b"fpr_sweep.schema_version"]}
+    own = {b"fpr_sweep.schema_version": parquet.results_schema().metadata[b"fpr_sweep.schema_version"]}
     ids = pc.unique(template.column("trial_id")).to_pylist()
     by_trial = [template.filter(pc.equal(template.column("trial_id"), t)) for t in ids]
     sweep.joinpath("trials").mkdir(parents=True, exist_ok=True)
@@ -215,7 +215,7 @@ def synthetic_trials(sweep: Path, n_trials: int, compact_every: Optional[int]) -
         pq.write_table(table.replace_schema_metadata(meta), SweepDir.of(sweep).trial_file(trial_id))
         pending.append(trial_id)
         if compact_every and len(pending) >= compact_every:
-            results.compact(sweep, pending)
+            parquet.compact(sweep, pending)
             pending = []
     return time.perf_counter() - started
 

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from orchestrator.cli import app
-from orchestrator.store import parquet as results
+from orchestrator.store import parquet
 from orchestrator.sweep.layout import SweepDir
 from orchestrator.store.rows import SweepMeta, placeholder_rows
 from orchestrator.run import record
@@ -37,8 +37,8 @@ def sweep(tmp_path):
         rows = placeholder_rows(t, meta, "ok")
         for r in rows:
             r.update(exact_acc=0.5, n=8)
-        results.write_trial_rows(sweep_dir, t.trial_id, rows)
-    results.collect(sweep_dir)
+        parquet.write_trial_rows(sweep_dir, t.trial_id, rows)
+    parquet.collect(sweep_dir)
     return sweep_dir, trials
 
 
@@ -59,7 +59,7 @@ def test_truncated_trial_file_is_quarantined_and_its_trial_runs_again(sweep):
     assert broken.exists() and not (sweep_dir / "trials" / ".corrupt").exists()
     row = next(line for line in status.output.splitlines() if trials[0].trial_id in line and "│" in line)
     assert "pending" in row and "1 ok, 2 pending" in status.output
-    assert results.finished_statuses(sweep_dir) == {trials[1].trial_id: "ok"}  # the next run trains it again
+    assert parquet.finished_statuses(sweep_dir) == {trials[1].trial_id: "ok"}  # the next run trains it again
     assert not broken.exists() and len(list((sweep_dir / "trials" / ".corrupt").iterdir())) == 1  # set aside
 
 
@@ -69,7 +69,7 @@ def test_garbage_results_table_is_rebuilt_and_report_works_from_trial_files(swee
     report = _invoke("report", str(sweep_dir))
     assert report.exit_code == 0, report.output
     assert (sweep_dir / "results.parquet").read_bytes() == b"PAR1 not really parquet"  # report only reads
-    assert results.read_results(sweep_dir).num_rows == 4  # a writer rebuilds it: 2 trials x 2 splits
+    assert parquet.read_results(sweep_dir).num_rows == 4  # a writer rebuilds it: 2 trials x 2 splits
     assert pq.read_table(sweep_dir / "results.parquet").num_rows == 4
     (sweep_dir / "results.parquet").unlink()  # as after a SIGTERM before the table was collected
     assert _invoke("report", str(sweep_dir)).exit_code == 0
@@ -83,7 +83,7 @@ def test_only_the_sweeps_own_files_are_read(sweep, capsys):
     pq.write_table(pq.read_table(sweep_dir / "results.parquet").replace_schema_metadata({}),
                    sweep_dir / "trials" / "zz_export.parquet")  # even under trials/, without our metadata
     (sweep_dir / "results.parquet").unlink()
-    table = results.read_results(sweep_dir)
+    table = parquet.read_results(sweep_dir)
     assert table.num_rows == 4 and sorted(set(table.column("trial_id").to_pylist())) == sorted(
         t.trial_id for t in trials[:2])
     assert "zz_export.parquet was not written by this sweep" in capsys.readouterr().err

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from orchestrator.cli import app
-from orchestrator.store import parquet as results
+from orchestrator.store import parquet
 from orchestrator.store.rows import SweepMeta, placeholder_rows
 from orchestrator.run import record
 from orchestrator.sweep.expand import expand, resolve
@@ -38,8 +38,8 @@ def table_only(tmp_path):
         rows = placeholder_rows(t, meta, status)
         for r in rows:
             r.update(exact_acc=0.5, n=8)
-        results.write_trial_rows(original, t.trial_id, rows)
-    results.collect(original)
+        parquet.write_trial_rows(original, t.trial_id, rows)
+    parquet.collect(original)
     copy = tmp_path / "copy" / "done"
     copy.mkdir(parents=True)
     for name in ("spec.yaml", "sweep.json", "results.parquet"):
@@ -50,9 +50,9 @@ def table_only(tmp_path):
 def test_a_folder_with_only_results_parquet_reads_the_same_everywhere(table_only):
     spec_path, copy, trials = table_only
     expected = {trials[0].trial_id: "ok", trials[1].trial_id: "ok", trials[2].trial_id: "diverged"}
-    with results.read_only():
-        assert results.finished_statuses(copy) == expected
-        assert set(results.read_current(copy).column("trial_id").to_pylist()) == set(expected)
+    with parquet.read_only():
+        assert parquet.finished_statuses(copy) == expected
+        assert set(parquet.read_current(copy).column("trial_id").to_pylist()) == set(expected)
     status = runner.invoke(app, ["status", str(copy)])
     assert status.exit_code == 0, status.output
     assert status.output.strip().splitlines()[-1] == "1 diverged, 2 ok"  # was "3 pending"
@@ -72,10 +72,10 @@ def test_the_first_write_keeps_the_tables_trials(table_only):
     _, copy, trials = table_only
     before = pq.read_table(copy / "results.parquet")
     rows = placeholder_rows(trials[2], SweepMeta("done", "h", "abc"), "ok")  # trial 3 trained again, now ok
-    results.write_trial_rows(copy, trials[2].trial_id, rows)
-    assert results.finished_statuses(copy) == {trials[0].trial_id: "ok", trials[1].trial_id: "ok",
+    parquet.write_trial_rows(copy, trials[2].trial_id, rows)
+    assert parquet.finished_statuses(copy) == {trials[0].trial_id: "ok", trials[1].trial_id: "ok",
                                                trials[2].trial_id: "ok"}
-    after = pq.read_table(results.collect(copy))
+    after = pq.read_table(parquet.collect(copy))
     assert after.num_rows == before.num_rows
     kept = [r["exact_acc"] for r in after.to_pylist() if r["trial_id"] == trials[0].trial_id]
     assert kept == [0.5, 0.5]

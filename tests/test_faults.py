@@ -124,7 +124,7 @@ THREADS, TRIALS_PER_THREAD = 3, 6
 def _sweep_driver(sweep_dir: str, start: "multiprocessing.synchronize.Barrier") -> None:
     """One sweep's driver: THREADS trials finish at the same moment, again and again; each writes
     its rows file and re-collects results.parquet; a last collect at the end (as run_sweep does)."""
-    from orchestrator.store import parquet as results
+    from orchestrator.store import parquet
 
     sweep = Path(sweep_dir)
 
@@ -134,8 +134,8 @@ def _sweep_driver(sweep_dir: str, start: "multiprocessing.synchronize.Barrier") 
             rows = [{"sweep": sweep.name, "trial_id": trial_id, "task": "prefix_sums", "variant": "v",
                      "seed": 0, "split": split, "size": size, "status": "ok", "exact_acc": 0.5,
                      "instance_iters": [1.0] * 64} for split, size in (("id", 8), ("ood_16", 16))]
-            results.write_trial_rows(sweep, trial_id, rows)
-            results.collect(sweep)
+            parquet.write_trial_rows(sweep, trial_id, rows)
+            parquet.collect(sweep)
 
     start.wait()
     threads = [threading.Thread(target=finish_trials, args=(t,)) for t in range(THREADS)]
@@ -143,7 +143,7 @@ def _sweep_driver(sweep_dir: str, start: "multiprocessing.synchronize.Barrier") 
         t.start()
     for t in threads:
         t.join()
-    results.collect(sweep)
+    parquet.collect(sweep)
 
 
 def _read_everything(root: Path, stop: threading.Event, seen: dict, errors: list) -> None:

@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 
 from orchestrator.cli import app
 from orchestrator.console import STOPPING, Heartbeat, SweepProgress, quiet_ray_messages
-from orchestrator.store import parquet as results
+from orchestrator.store import parquet
 from orchestrator.store.rows import SweepMeta, placeholder_rows
 from orchestrator.run import record
 from orchestrator.sweep.expand import resolve
@@ -112,7 +112,7 @@ def _folder(tmp_path, statuses):
     record.write_record(sweep_dir, plan.spec, spec_path.read_text(), spec_path, "sqlite:///x.db", False, None)
     meta = SweepMeta("intr", plan.spec.spec_hash(), "abc")
     for cell, status in zip(plan.cells(), statuses):
-        results.write_trial_rows(sweep_dir, cell.cell_id, placeholder_rows(resolve(cell), meta, status))
+        parquet.write_trial_rows(sweep_dir, cell.cell_id, placeholder_rows(resolve(cell), meta, status))
     return plan, sweep_dir
 
 

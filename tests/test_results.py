@@ -7,7 +7,7 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
-from orchestrator.store import parquet as results
+from orchestrator.store import parquet
 from orchestrator.sweep.layout import SweepDir
 from orchestrator.sweep.expand import expand, resolve
 from orchestrator.store.rows import SweepMeta, placeholder_rows
@@ -35,7 +35,7 @@ def _ok_rows(trial, acc):
 
 
 def test_trial_file_is_written_atomically_with_the_schema(tmp_path, trials):
-    path = results.write_trial_rows(tmp_path, trials[0].trial_id, _ok_rows(trials[0], 0.5))
+    path = parquet.write_trial_rows(tmp_path, trials[0].trial_id, _ok_rows(trials[0], 0.5))
     assert path == tmp_path / "trials" / f"{trials[0].trial_id}.parquet"
     assert [p.name for p in (tmp_path / "trials").iterdir()] == [path.name]  # no temp files left
     table = pq.read_table(path)
@@ -48,27 +48,27 @@ def test_trial_file_is_written_atomically_with_the_schema(tmp_path, trials):
 
 def test_rewrite_replaces_rows_instead_of_appending(tmp_path, trials):
     t = trials[0]
-    results.write_trial_rows(tmp_path, t.trial_id, placeholder_rows(t, META, "failed", "boom"))
-    assert results.finished_statuses(tmp_path) == {t.trial_id: "failed"}
-    results.write_trial_rows(tmp_path, t.trial_id, _ok_rows(t, 1.0))
-    assert results.finished_statuses(tmp_path) == {t.trial_id: "ok"}
-    assert results.read_trial(tmp_path, t.trial_id).num_rows == 3
+    parquet.write_trial_rows(tmp_path, t.trial_id, placeholder_rows(t, META, "failed", "boom"))
+    assert parquet.finished_statuses(tmp_path) == {t.trial_id: "failed"}
+    parquet.write_trial_rows(tmp_path, t.trial_id, _ok_rows(t, 1.0))
+    assert parquet.finished_statuses(tmp_path) == {t.trial_id: "ok"}
+    assert parquet.read_trial(tmp_path, t.trial_id).num_rows == 3
 
 
 def test_unknown_columns_are_rejected(tmp_path, trials):
     rows = _ok_rows(trials[0], 0.5)
     rows[0]["not_a_column"] = 1
     with pytest.raises(ValueError, match="not_a_column"):
-        results.write_trial_rows(tmp_path, trials[0].trial_id, rows)
+        parquet.write_trial_rows(tmp_path, trials[0].trial_id, rows)
 
 
 def test_collect_gives_one_row_per_trial_and_split_for_every_reader(tmp_path, trials):
-    assert results.collect(tmp_path) is None
-    results.write_trial_rows(tmp_path, trials[0].trial_id, _ok_rows(trials[0], 0.25))
-    results.write_trial_rows(tmp_path, trials[1].trial_id, placeholder_rows(trials[1], META, "failed", "boom"))
+    assert parquet.collect(tmp_path) is None
+    parquet.write_trial_rows(tmp_path, trials[0].trial_id, _ok_rows(trials[0], 0.25))
+    parquet.write_trial_rows(tmp_path, trials[1].trial_id, placeholder_rows(trials[1], META, "failed", "boom"))
     (tmp_path / "trials" / ".half-written.parquet.tmp").write_bytes(b"partial")  # a crashed writer
-    path = results.collect(tmp_path)
-    results.collect(tmp_path)  # idempotent: collecting again never duplicates rows
+    path = parquet.collect(tmp_path)
+    parquet.collect(tmp_path)  # idempotent: collecting again never duplicates rows
     df = pd.read_parquet(path)
     assert len(df) == 6 and not df.duplicated(["trial_id", "split"]).any()
     assert set(config_columns()) <= set(df.columns)
@@ -77,16 +77,16 @@ def test_collect_gives_one_row_per_trial_and_split_for_every_reader(tmp_path, tr
     assert n_ok == 3
     failed = df[df.status == "failed"]
     assert set(failed.error) == {"boom"} and failed.exact_acc.isna().all()
-    acc = {(r["variant"], r["split"]): r["exact_acc"] for r in results.accuracy_table(tmp_path)}
+    acc = {(r["variant"], r["split"]): r["exact_acc"] for r in parquet.accuracy_table(tmp_path)}
     assert acc == {("recall=none", "id"): 0.25, ("recall=none", "ood_16"): 0.25, ("recall=none", "ood_32"): 0.25}
 
 
 def test_older_files_missing_a_column_are_conformed(tmp_path, trials):
     t = trials[0]
-    table = results.rows_table(_ok_rows(t, 0.5)).drop_columns(["node_id"])
+    table = parquet.rows_table(_ok_rows(t, 0.5)).drop_columns(["node_id"])
     (tmp_path / "trials").mkdir()
     pq.write_table(table, tmp_path / "trials" / f"{t.trial_id}.parquet")
-    out = pq.read_table(results.collect(tmp_path))
+    out = pq.read_table(parquet.collect(tmp_path))
     assert "node_id" in out.column_names and out.column("node_id").null_count == 3
 
 
@@ -103,7 +103,7 @@ def test_diverged_trial_gives_diverged_rows_for_every_split(trials):
     assert [r["split"] for r in rows] == ["id", "ood_16", "ood_32"]
     assert {r["status"] for r in rows} == {"diverged"} and rows[0]["error"] == train.message
     assert rows[0]["train_steps"] == 7 and rows[0]["final_loss"] is None
-    table = results.rows_table(rows)
+    table = parquet.rows_table(rows)
     assert table.column("exact_acc").null_count == 3
 
 
@@ -116,55 +116,55 @@ def _many_trials(sweep, n):
                  "variant": f"recall={('none', 'standard')[k % 2]}", "seed": k // 6, "split": split, "size": size,
                  "status": "failed" if k % 5 == 0 else "ok", "exact_acc": k / n, "instance_iters": [float(k)] * (k % 4)}
                 for split, size in (("id", 8), ("ood_16", 16), ("ood_32", 32))]
-        results.write_trial_rows(sweep, tid, rows)
+        parquet.write_trial_rows(sweep, tid, rows)
         ids.append(tid)
     return ids
 
 
 def test_compacted_fragments_collect_to_the_same_sorted_table(tmp_path, monkeypatch):
-    monkeypatch.setattr(results, "MERGE_CHUNK_ROWS", 7)  # many chunks, runs split across them
-    monkeypatch.setattr(results, "FRAGMENT_ROW_GROUP", 5)
+    monkeypatch.setattr(parquet, "MERGE_CHUNK_ROWS", 7)  # many chunks, runs split across them
+    monkeypatch.setattr(parquet, "FRAGMENT_ROW_GROUP", 5)
     ids = _many_trials(tmp_path, 60)
-    everything = pd.concat([pd.read_parquet(p) for p in results.trial_files(tmp_path)])
+    everything = pd.concat([pd.read_parquet(p) for p in parquet.trial_files(tmp_path)])
     expected = everything.sort_values(["task", "variant", "seed", "trial_id", "size"]).reset_index(drop=True)
-    statuses = results.finished_statuses(tmp_path)
-    results.compact(tmp_path, ids[:25])
-    results.compact(tmp_path, ids[25:50])
-    assert len(results.fragment_files(tmp_path)) == 2 and len(results.trial_files(tmp_path)) == 10
-    got = pd.read_parquet(results.collect(tmp_path))
+    statuses = parquet.finished_statuses(tmp_path)
+    parquet.compact(tmp_path, ids[:25])
+    parquet.compact(tmp_path, ids[25:50])
+    assert len(parquet.fragment_files(tmp_path)) == 2 and len(parquet.trial_files(tmp_path)) == 10
+    got = pd.read_parquet(parquet.collect(tmp_path))
     pd.testing.assert_frame_equal(got, expected, check_like=False)
-    assert results.finished_statuses(tmp_path) == statuses
-    assert results.read_trial(tmp_path, ids[3]).num_rows == 3  # compacted: read from its fragment
-    assert len(results.trial_summaries(tmp_path)) == 60
+    assert parquet.finished_statuses(tmp_path) == statuses
+    assert parquet.read_trial(tmp_path, ids[3]).num_rows == 3  # compacted: read from its fragment
+    assert len(parquet.trial_summaries(tmp_path)) == 60
 
 
 def test_a_trial_left_in_both_a_fragment_and_its_file_counts_once(tmp_path):
     ids = _many_trials(tmp_path, 12)
     keep = SweepDir(tmp_path).trial_file(ids[0]).read_bytes()
-    results.compact(tmp_path, ids[:6])
+    parquet.compact(tmp_path, ids[:6])
     SweepDir(tmp_path).trial_file(ids[0]).write_bytes(keep)  # as if killed before deleting it
-    df = pd.read_parquet(results.collect(tmp_path))
+    df = pd.read_parquet(parquet.collect(tmp_path))
     assert len(df) == 36 and not df.duplicated(["trial_id", "split"]).any()
-    assert len(results.finished_statuses(tmp_path)) == 12
+    assert len(parquet.finished_statuses(tmp_path)) == 12
 
 
 def test_many_loose_files_are_sorted_in_bounded_runs(tmp_path, monkeypatch):
-    monkeypatch.setattr(results, "COMPACT_EVERY", 8)  # 30 loose files -> 4 temporary sorted runs
+    monkeypatch.setattr(parquet, "COMPACT_EVERY", 8)  # 30 loose files -> 4 temporary sorted runs
     _many_trials(tmp_path, 30)
-    expected = pd.concat([pd.read_parquet(p) for p in results.trial_files(tmp_path)])
+    expected = pd.concat([pd.read_parquet(p) for p in parquet.trial_files(tmp_path)])
     expected = expected.sort_values(["task", "variant", "seed", "trial_id", "size"]).reset_index(drop=True)
-    pd.testing.assert_frame_equal(pd.read_parquet(results.collect(tmp_path)), expected)
+    pd.testing.assert_frame_equal(pd.read_parquet(parquet.collect(tmp_path)), expected)
 
 
 def test_a_compacted_trial_rewritten_later_reads_its_new_rows(tmp_path):
     ids = _many_trials(tmp_path, 12)
-    results.compact(tmp_path, ids)
-    rows = results.read_trial(tmp_path, ids[4]).to_pylist()
+    parquet.compact(tmp_path, ids)
+    rows = parquet.read_trial(tmp_path, ids[4]).to_pylist()
     rows.append(dict(rows[-1], split="ood_64", size=64))  # e.g. `fpr-sweep eval` adding a size
-    results.write_trial_rows(tmp_path, ids[4], rows)
-    df = pd.read_parquet(results.collect(tmp_path))
+    parquet.write_trial_rows(tmp_path, ids[4], rows)
+    df = pd.read_parquet(parquet.collect(tmp_path))
     assert len(df) == 37 and sorted(df[df.trial_id == ids[4]]["size"]) == [8, 16, 32, 64]
-    assert len(results.trial_summaries(tmp_path)) == 12
+    assert len(parquet.trial_summaries(tmp_path)) == 12
 
 def test_unmeasured_integer_metrics_are_null_not_an_error():
     """eval.diagnostics: false leaves probe counts NaN; the row holds null (cpu_profiles --smoke failed here)."""

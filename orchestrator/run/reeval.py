@@ -27,7 +27,7 @@ from rich.console import Console
 from fpr_core.config import BUILTIN_HALTING, TRAINED, ConfigError, HaltingProtocol, check_protocol_name
 from fpr_core.split_names import ID_SPLIT, parse_split, split_name
 from orchestrator.console import Heartbeat, duration
-from orchestrator.store import parquet as results
+from orchestrator.store import parquet
 from orchestrator.store.rows import evaluated_rows, row_key
 from orchestrator.sweep.errors import EvalError
 from orchestrator.sweep.layout import SweepDir
@@ -160,13 +160,13 @@ def plan_jobs(sweep_dir: SweepDir, sizes: list[int], trial_ids: Optional[list[st
 
     halting None: the new ``sizes`` under the trials' own halting (``cap_law`` applied); a list:
     every split each trial has plus the new sizes, under each protocol named."""
-    known = set(results.finished_statuses(sweep_dir))  # trial files and compacted fragments
+    known = set(parquet.finished_statuses(sweep_dir))  # trial files and compacted fragments
     unknown = sorted(set(trial_ids or ()) - known)
     if unknown:
         raise EvalError(f"--trials: no finished trial {unknown} in {sweep_dir} (see `fpr-sweep status`)")
     jobs, skipped = [], {}
     for tid in sorted(trial_ids or known):
-        rows = results.read_trial(sweep_dir, tid).to_pylist()
+        rows = parquet.read_trial(sweep_dir, tid).to_pylist()
         if rows[0]["status"] != "ok":
             skipped[tid] = f"status {rows[0]['status']}: nothing to evaluate"
             continue
@@ -305,10 +305,10 @@ def record(sweep_dir: SweepDir, job: EvalJob, answer: dict[str, Any], tracker: A
     same trial may have added some); its metrics and datasets into the trial's MLflow run."""
     from orchestrator.store.run_info import dataset_records
 
-    current = results.read_trial(sweep_dir, job.trial_id)
+    current = parquet.read_trial(sweep_dir, job.trial_id)
     trial_rows = current.to_pylist() if current is not None else job.rows
     rows = evaluated_rows(trial_rows, answer["splits"], answer["worker"])
-    results.write_trial_rows(sweep_dir, job.trial_id, rows)
+    parquet.write_trial_rows(sweep_dir, job.trial_id, rows)
     if tracker is None:
         return
     run_id = tracker.find_trial_run(job.trial_id)
