@@ -93,7 +93,7 @@ def run_loop(lm, z0: torch.Tensor, solver_cfg: SolverConfig, grad_cfg: GradConfi
 
 def _no_grad_solve(lm, z0, solver_cfg, cap):
     with torch.no_grad():
-        z, trace = solve(lm.f_subset, z0, solver_cfg, cap, train=True, measured=lm.measured_subset())
+        z, trace = solve(lm.f_subset, z0, solver_cfg, cap, train=True, with_residual=lm.step_with_residual_subset())
     return z.detach(), trace
 
 
@@ -101,7 +101,7 @@ def _no_grad_solve(lm, z0, solver_cfg, cap):
 @GRAD_MODES.register("progressive")
 def bptt(lm, z0, solver_cfg, grad_cfg, cap):
     """Full unroll with grad (the solver is differentiable, per-sample halting included)."""
-    return solve(lm.f_subset, z0, solver_cfg, cap, train=True, measured=lm.measured_subset())
+    return solve(lm.f_subset, z0, solver_cfg, cap, train=True, with_residual=lm.step_with_residual_subset())
 
 
 @GRAD_MODES.register("truncated")

@@ -30,7 +30,7 @@ from fpr_core.config import SolverConfig
 from fpr_core.registry import Registry
 
 SubsetMap = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-MeasuredMap = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+StepWithResidual = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 SOLVERS: Registry = Registry("solver.name")
 _TINY = 1e-12
 
@@ -181,10 +181,10 @@ class _HaltState:
 
 
 def solve(f: SubsetMap, z0: torch.Tensor, cfg: SolverConfig, cap: int, *, train: bool,
-          measured: Optional[MeasuredMap] = None) -> tuple[torch.Tensor, LoopTrace]:
+          with_residual: Optional[StepWithResidual] = None) -> tuple[torch.Tensor, LoopTrace]:
     """Iterate z <- update(z, F(z)) from z0 (B, T, d) for at most ``cap`` steps; see module doc.
 
-    measured(z_active, idx_active) -> (F(z), r): F and the residual r (A,) of ``cfg.residual`` in
+    with_residual(z_active, idx_active) -> (F(z), r): F and the residual r (A,) of ``cfg.residual`` in
     one call, used instead of f when given (a compiled loop step computes both in one graph).
 
     Returns z_star (B, T, d) (after the last applied update of each sample) and its LoopTrace.
@@ -208,7 +208,7 @@ def solve(f: SubsetMap, z0: torch.Tensor, cfg: SolverConfig, cap: int, *, train:
     for steps in range(1, cap + 1):
         if idx.numel() == 0:
             break
-        fz, r = measured(z, idx) if measured is not None else (f(z, idx), None)
+        fz, r = with_residual(z, idx) if with_residual is not None else (f(z, idx), None)
         z_new = fz if plain else rule.update(z, fz, state.eta)
         with torch.no_grad():
             r = (measure(z, fz) if r is None else r).float()

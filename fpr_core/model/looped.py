@@ -75,8 +75,8 @@ class LoopMap:
     with no outer norm (F_pre = F)."""
     z0_std: float = 1.0
     """Std of ``random_start``."""
-    measured_step: Optional[Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]] = None
-    """measured_step(z, x_rows) -> (F(z; x_rows), the solver's residual (A,) of that step) in one call
+    step_with_residual: Optional[Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]] = None
+    """step_with_residual(z, x_rows) -> (F(z; x_rows), the solver's residual (A,) of that step) in one call
     (the compiled training step fuses them); None = not offered, the solver measures."""
     _rows: Optional[tuple] = field(default=None, repr=False)
 
@@ -101,11 +101,11 @@ class LoopMap:
         the active set changes)."""
         return self.step(z, self._x_rows(idx))
 
-    def measured_subset(self) -> Optional[Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]]:
-        """The solver's ``measured``: (z, idx) -> (F on the samples idx, their residuals), or None."""
-        if self.measured_step is None:
+    def step_with_residual_subset(self) -> Optional[Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]]:
+        """The solver's ``with_residual``: (z, idx) -> (F on the samples idx, their residuals), or None."""
+        if self.step_with_residual is None:
             return None
-        return lambda z, idx: self.measured_step(z, self._x_rows(idx))
+        return lambda z, idx: self.step_with_residual(z, self._x_rows(idx))
 
     def _x_rows(self, idx: torch.Tensor) -> torch.Tensor:
         if idx.numel() == self.x.shape[0]:
@@ -362,7 +362,7 @@ class LoopedModel(nn.Module):
         compiled = self.training and self.compile_training
         cpu = x.device.type == "cpu"
         run = _compiled(LoopedModel._step, cpu) if compiled else LoopedModel._step
-        run_measured = _compiled(LoopedModel._measured_step, cpu) if compiled else None
+        run_with_residual = _compiled(LoopedModel._step_with_residual, cpu) if compiled else None
 
         def step(z: torch.Tensor, x_rows: torch.Tensor) -> torch.Tensor:
             return run(self, z, x_rows, shape, rope, scale, coeffs())
@@ -370,11 +370,11 @@ class LoopedModel(nn.Module):
         def step_pre(z: torch.Tensor, x_rows: torch.Tensor) -> torch.Tensor:
             return self._step(z, x_rows, shape, rope, scale, coeffs(), outer=False)
 
-        def measured_step(z: torch.Tensor, x_rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            return run_measured(self, z, x_rows, shape, rope, scale, coeffs(), self.solver_cfg.residual)
+        def step_with_residual(z: torch.Tensor, x_rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return run_with_residual(self, z, x_rows, shape, rope, scale, coeffs(), self.solver_cfg.residual)
 
         lm = LoopMap(x=x, z0=x, shape=shape, step=step, step_pre=step_pre, z0_std=c.z0_std,
-                     measured_step=measured_step if compiled else None)
+                     step_with_residual=step_with_residual if compiled else None)
         lm.z0 = self.initial_state(lm)
         return lm
 
@@ -410,7 +410,7 @@ class LoopedModel(nn.Module):
             z = block(z, x, self.recall, coeffs, 2 * i, shape, rope, scale, post=outer)
         return self.outer_norm(z) if outer else z
 
-    def _measured_step(self, z, x, shape, rope, scale, coeffs, residual: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def _step_with_residual(self, z, x, shape, rope, scale, coeffs, residual: str) -> tuple[torch.Tensor, torch.Tensor]:
         """F(z) and the solver's residual of this step (``solver.residual``), one compiled graph."""
         fz = self._step(z, x, shape, rope, scale, coeffs)
         with torch.no_grad():
