@@ -326,8 +326,9 @@ def read_current(sweep_dir: SweepPath) -> pa.Table:
     last collect) or it is broken; FileNotFoundError when no trial finished yet."""
     table = read_results(sweep_dir)
     if table.num_rows == 0:
-        raise FileNotFoundError(f"{sweep_dir}: no {SweepDir.of(sweep_dir).results.name} and no finished trial files "
-                                f"under {SweepDir.of(sweep_dir).trials}")
+        layout = SweepDir.of(sweep_dir)
+        raise FileNotFoundError(f"{sweep_dir}: no {layout.results.name} and no finished trial files "
+                                f"under {layout.trials}")
     return _conform(table)
 
 
@@ -489,10 +490,11 @@ def adopt_table(sweep_dir: SweepPath) -> Optional[Path]:
     fragments, so without this its trials would be dropped (and trained again)."""
     if not _table_only(sweep_dir):
         return None
-    table = read_file(SweepDir.of(sweep_dir).results)
+    layout = SweepDir.of(sweep_dir)
+    table = read_file(layout.results)
     if table is None or table.num_rows == 0:
         return None
-    path = SweepDir.of(sweep_dir).fragments / f"part-{0:020d}-adopted.parquet"
+    path = layout.fragments / f"part-{0:020d}-adopted.parquet"
     _atomic_write(_in_order(_conform(table)), path, row_group_size=FRAGMENT_ROW_GROUP)
     return path
 
@@ -506,10 +508,11 @@ def compact(sweep_dir: SweepPath, trial_ids: Iterable[str]) -> Optional[Path]:
 
     Only for final trials. A crash between the fragment's write and the deletions leaves a trial in
     both places; readers then take the loose file (see ``_superseding``)."""
-    paths = [p for p in (SweepDir.of(sweep_dir).trial_file(t) for t in trial_ids) if p.exists()]
+    layout = SweepDir.of(sweep_dir)
+    paths = [p for p in (layout.trial_file(t) for t in trial_ids) if p.exists()]
     if not paths:
         return None
-    path = SweepDir.of(sweep_dir).fragments / f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
+    path = layout.fragments / f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
     _atomic_write(_in_order(read_trial_files(paths)), path, row_group_size=FRAGMENT_ROW_GROUP)
     for p in paths:
         p.unlink(missing_ok=True)
