@@ -28,11 +28,12 @@ def fill(directory: Path, name: str = "filler") -> Path:
     OSError). Create the file beforehand (``touch``) where the run under test may already have
     filled the disk: creating a file on a full tmpfs can itself fail with ENOSPC (seen once in CI)."""
     filler = directory / name
-    with open(filler, "ab") as f:
+    # Unbuffered: a buffered file keeps the bytes the disk refused and raises ENOSPC again when the
+    # ``with`` closes it (seen in CI); a raw write either lands (perhaps in part) or raises.
+    with open(filler, "ab", buffering=0) as f:
         try:
             while True:
                 f.write(b"\0" * 65536)
-                f.flush()
         except OSError:
             pass
     return filler
