@@ -116,3 +116,42 @@ def test_explicit_small_attention_matches_the_fused_kernel(causal):
     fused_grads = torch.autograd.grad(fused.square().sum(), (q, k, v))
     for a, b in zip(grads, fused_grads):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["1d", "2d"])
+@pytest.mark.parametrize("kernel", [3, 4])
+@pytest.mark.parametrize("causal", [False, True], ids=["centred", "causal"])
+def test_token_conv_is_the_padded_depthwise_conv_of_its_definition(kind, kernel, causal):
+    """The channels-last fast path computes the textbook form: zero-pad (k-1 before the token when
+    causal, else centred with the extra one after), then the depthwise conv1d/conv2d, no padding."""
+    import torch.nn.functional as F
+    from fpr_core.model.positions import DepthwiseTokenConv
+
+    torch.manual_seed(0)
+    b, d, shape = 3, 8, ((5, 7) if kind == "2d" else (11,))
+    conv = DepthwiseTokenConv(kind, d, kernel, causal, init_std=0.5)
+    z = torch.randn(b, int(torch.tensor(shape).prod()), d, requires_grad=True)
+    before = kernel - 1 if causal else (kernel - 1) // 2
+    after = kernel - 1 - before
+    pads = (before, after) * len(shape) if kind == "1d" else (before, after, before, after)
+    image = z.transpose(1, 2).reshape(b, d, *shape)
+    textbook = F.conv2d if kind == "2d" else F.conv1d
+    weight = conv.conv.weight.reshape(d, 1, *([kernel] * len(shape)))
+    expected = textbook(F.pad(image, pads), weight, groups=d).reshape(b, d, -1).transpose(1, 2)
+    got = conv(z, shape)
+    assert torch.allclose(got, expected, atol=1e-6)
+    (g_got,) = torch.autograd.grad(got.square().sum(), z)
+    (g_expected,) = torch.autograd.grad(expected.square().sum(), z)
+    assert torch.allclose(g_got, g_expected, atol=1e-5)
+
+
+def test_a_sequence_conv_saved_in_the_conv1d_form_loads_and_computes_the_same():
+    from fpr_core.model.positions import DepthwiseTokenConv
+
+    torch.manual_seed(0)
+    saved = DepthwiseTokenConv("1d", 8, 4, True, init_std=0.5)
+    old_form = {"conv.weight": saved.conv.weight.detach().reshape(8, 1, 4).clone()}  # nn.Conv1d's shape
+    loaded = DepthwiseTokenConv("1d", 8, 4, True, init_std=0.5)
+    loaded.load_state_dict(old_form)
+    z = torch.randn(2, 9, 8)
+    assert torch.equal(loaded(z, (9,)), saved(z, (9,)))
