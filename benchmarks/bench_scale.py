@@ -201,7 +201,8 @@ def synthetic_trials(sweep: Path, n_trials: int, compact_every: Optional[int]) -
     own = {b"fpr_sweep.schema_version": parquet.results_schema().metadata[b"fpr_sweep.schema_version"]}
     ids = pc.unique(template.column("trial_id")).to_pylist()
     by_trial = [template.filter(pc.equal(template.column("trial_id"), t)) for t in ids]
-    sweep.joinpath("trials").mkdir(parents=True, exist_ok=True)
+    layout = SweepDir.of(sweep)
+    layout.trials.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     pending: list[str] = []
     for k in range(n_trials):
@@ -212,10 +213,10 @@ def synthetic_trials(sweep: Path, n_trials: int, compact_every: Optional[int]) -
                  .set_column(base.schema.get_field_index("seed"), "seed",
                              pa.array([k // len(by_trial)] * base.num_rows, pa.int64())))
         meta = {**(table.schema.metadata or {}), **own, b"fpr_sweep.trial_id": trial_id.encode()}
-        pq.write_table(table.replace_schema_metadata(meta), SweepDir.of(sweep).trial_file(trial_id))
+        pq.write_table(table.replace_schema_metadata(meta), layout.trial_file(trial_id))
         pending.append(trial_id)
         if compact_every and len(pending) >= compact_every:
-            parquet.compact(sweep, pending)
+            parquet.compact(layout, pending)
             pending = []
     return time.perf_counter() - started
 
