@@ -85,19 +85,17 @@ class MemberEmbedding(nn.Embedding):
 
 
 class _MemberDepthwise:
-    """A depthwise conv with weight (K, C, 1, *kernel): the K*B samples become one sample of K*B*C
-    channel groups, each member's kernel repeated over its B rows (a view until the conv reads it)."""
+    """A depthwise conv with weight (K, C, 1, *kernel): one conv per member, on that member's block
+    of rows with its own kernel, the rows' memory left as it is. DepthwiseTokenConv hands over
+    channels-last views, on which PyTorch's CPU depthwise kernel is fast; folding the K*B samples
+    into K*B*C channel groups of one conv needed a contiguous copy and ran 3.3x slower than the K
+    separate convs (9x9 mazes, K=4, batch 64, dim 32, forward + backward: 11.9 against 3.6 ms)."""
 
     _conv: Callable
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (K*B, C, *spatial) -> (K*B, C, *spatial')
-        k, c = self.weight.shape[:2]
-        rows = x.shape[0] // k
-        w = self.weight.unsqueeze(1).expand(k, rows, *self.weight.shape[1:]).reshape(k * rows * c, 1,
-                                                                                    *self.weight.shape[3:])
-        y = type(self)._conv(x.reshape(1, -1, *x.shape[2:]), w, None, self.stride, self.padding, self.dilation,
-                             k * rows * c)
-        return y.reshape(x.shape[0], c, *y.shape[2:])
+        return torch.cat([type(self)._conv(rows, weight, None, self.stride, self.padding, self.dilation, self.groups)
+                          for rows, weight in zip(x.chunk(self.weight.shape[0]), self.weight)])
 
 
 class MemberConv1d(_MemberDepthwise, nn.Conv1d):
