@@ -13,7 +13,7 @@ parameter names and each parameter stacked to (K, *shape):
 - ``nn.Linear`` -> one ``torch.baddbmm`` over the member axis (measured against torch.func's
   ``vmap(functional_call)`` in benchmarks/bench_ensemble.py: batched matmuls won on CPU at dim 32);
 - ``nn.Embedding`` -> one lookup in the (K*V, d) table with per-member offsets;
-- depthwise ``nn.Conv1d/2d`` -> one grouped conv with the members folded into the channel groups;
+- depthwise ``nn.Conv2d`` (every token conv, 1-D ones as 1 x T images) -> one conv per member on its rows;
 - ``ResidualCoefficients`` -> per-member coefficients (K, d) repeated over each member's rows.
 
 The switch changes a module's class in place (as torch.nn.utils.parametrize does), so the model's
@@ -84,30 +84,20 @@ class MemberEmbedding(nn.Embedding):
         return F.embedding(tokens + offsets.view(-1, *([1] * (tokens.dim() - 1))), self.weight.reshape(k * v, d))
 
 
-class _MemberDepthwise:
-    """A depthwise conv with weight (K, C, 1, *kernel): one conv per member, on that member's block
+class MemberConv2d(nn.Conv2d):
+    """A depthwise conv with weight (K, C, 1, kh, kw): one conv per member, on that member's block
     of rows with its own kernel, the rows' memory left as it is. DepthwiseTokenConv hands over
     channels-last views, on which PyTorch's CPU depthwise kernel is fast; folding the K*B samples
     into K*B*C channel groups of one conv needed a contiguous copy and ran 3.3x slower than the K
     separate convs (9x9 mazes, K=4, batch 64, dim 32, forward + backward: 11.9 against 3.6 ms)."""
 
-    _conv: Callable
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (K*B, C, *spatial) -> (K*B, C, *spatial')
-        return torch.cat([type(self)._conv(rows, weight, None, self.stride, self.padding, self.dilation, self.groups)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (K*B, C, H, W) -> (K*B, C, H', W')
+        return torch.cat([F.conv2d(rows, weight, None, self.stride, self.padding, self.dilation, self.groups)
                           for rows, weight in zip(x.chunk(self.weight.shape[0]), self.weight)])
 
 
-class MemberConv1d(_MemberDepthwise, nn.Conv1d):
-    _conv = staticmethod(F.conv1d)
-
-
-class MemberConv2d(_MemberDepthwise, nn.Conv2d):
-    _conv = staticmethod(F.conv2d)
-
-
 MEMBER_FORMS: dict[type, type] = {nn.Linear: MemberLinear, nn.Embedding: MemberEmbedding,
-                                  nn.Conv1d: MemberConv1d, nn.Conv2d: MemberConv2d,
+                                  nn.Conv2d: MemberConv2d,
                                   ResidualCoefficients: ResidualCoefficients}
 """The modules with weights a member-batched model knows, and their member-batched forms
 (ResidualCoefficients is elementwise in its logits: stacked (K, d) logits give (K, d) coefficients,
@@ -236,7 +226,7 @@ def stack_models(models: Sequence[LoopedModel]) -> MemberLoopedModel:
         if not own:
             continue
         form = MEMBER_FORMS.get(type(mod))
-        if form is None or (isinstance(mod, (nn.Conv1d, nn.Conv2d)) and mod.groups != mod.in_channels):
+        if form is None or (isinstance(mod, nn.Conv2d) and mod.groups != mod.in_channels):
             raise ConfigError(f"seeds_per_trial > 1: module {prefix or 'model'} ({type(mod).__name__}) "
                               "has no member-batched form")
         for name, _ in own:

@@ -145,10 +145,12 @@ class DepthwiseTokenConv(nn.Module):
         if kind not in ("1d", "2d"):
             raise ValueError(f"model.conv: got {kind!r}, expected '1d' or '2d'")
         self.kind, self.kernel, self.causal = kind, kernel, causal
-        self.pads = window_padding((1, 1) if kind == "2d" else (1,), kernel, causal)
-        (top, bottom), (left, right) = self.pads
+        (top, bottom), (left, right) = window_padding((1, 1) if kind == "2d" else (1,), kernel, causal)
+        padding = (max(top, bottom), max(left, right))
+        self.window_start = (padding[0] - top, padding[1] - left)
+        """Where the output's first row and column start in the symmetrically padded conv's output."""
         window = (kernel, kernel) if kind == "2d" else (1, kernel)
-        self.conv = nn.Conv2d(dim, dim, window, groups=dim, bias=False, padding=(max(top, bottom), max(left, right)))
+        self.conv = nn.Conv2d(dim, dim, window, groups=dim, bias=False, padding=padding)
         nn.init.normal_(self.conv.weight, std=init_std)
         self._register_load_state_dict_pre_hook(self._sequence_weight_as_image)
 
@@ -158,8 +160,7 @@ class DepthwiseTokenConv(nn.Module):
             raise ValueError(f"model.conv=2d: needs grid inputs (B, H, W), got token shape {shape}")
         height, width = tuple(shape) if self.kind == "2d" else (1, t)
         out = self.conv(z.reshape(b, height, width, d).permute(0, 3, 1, 2))
-        (top, _), (left, _) = self.pads
-        row, col = self.conv.padding[0] - top, self.conv.padding[1] - left  # where the window starts
+        row, col = self.window_start
         return out[..., row:row + height, col:col + width].permute(0, 2, 3, 1).reshape(b, t, d)
 
     def _sequence_weight_as_image(self, state: dict, prefix: str, *args) -> None:
