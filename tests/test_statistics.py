@@ -14,7 +14,8 @@ from rich.console import Console
 
 from orchestrator.report import bootstrap
 from orchestrator.report.build import ESTIMATE_COLUMNS, build_report
-from orchestrator.report.claims import (NO_CONTROL, PROTOCOL_SENSITIVE, SUPPORTED, analyse, compute_verdicts)
+from orchestrator.report.claims import (NO_CONTROL, PROTOCOL_SENSITIVE, SUPPORTED, UNDERTRAINED, Verdict, analyse,
+                                        combine_protocols, compute_verdicts)
 from test_report import _ood_acc, make_rows, write_table
 
 
@@ -105,6 +106,23 @@ def test_verdicts_per_halting_protocol_and_protocol_sensitive():
     assert claim4.verdict == PROTOCOL_SENSITIVE
     assert claim4.by_protocol == {"long": "contradicted", "trained": "supported"}
     assert "long: contradicted" in claim4.label and "trained: supported" in claim4.label
+
+
+def test_the_same_verdict_under_every_protocol_is_not_protocol_sensitive():
+    """Undertrained under both protocols, with different learned counts: the claim reads
+    undertrained (each protocol's counts beside it), not protocol-sensitive; a verdict that differs
+    still does."""
+    def verdict(verdict: str, detail: str) -> Verdict:
+        return Verdict(1, "Recall beats no recall", verdict, detail, "evidence", "+0.05", "reason")
+
+    same = combine_protocols({"trained": [verdict(UNDERTRAINED, "(0/5 learned; 6 of 14 parts)")],
+                              "long": [verdict(UNDERTRAINED, "(7/7 learned; 3 of 4 parts)")]})[0]
+    assert same.verdict == UNDERTRAINED
+    assert same.detail == "(trained: 0/5 learned; 6 of 14 parts; long: 7/7 learned; 3 of 4 parts)"
+    differ = combine_protocols({"trained": [verdict(UNDERTRAINED, "(0/5 learned; 6 of 14 parts)")],
+                                "long": [verdict(SUPPORTED, "")]})[0]
+    assert differ.verdict == PROTOCOL_SENSITIVE
+    assert "long: supported" in differ.label and "trained: inconclusive: undertrained (0/5" in differ.label
 
 
 def test_cap_bound_splits_are_left_out_and_listed():

@@ -18,7 +18,8 @@ Deep Thinking, Bansal et al. 2022). The rules are documented in docs/statistics.
    contradicts when it clears it the other way; parts combine by intersection-union (supported =
    every part supported) and Holm over the parts with data (contradicted).
 5. **Halting protocols.** Rows may carry ``halting`` (absent = 'trained'); verdicts are computed per
-   protocol and a claim whose verdicts differ reads ``protocol-sensitive``. Cap-bound (task,
+   protocol and a claim whose verdicts differ reads ``protocol-sensitive`` (the same verdict with
+   different details, e.g. learned counts, is that verdict, each protocol's detail beside it). Cap-bound (task,
    variant, split) cells (more than ``CAP_BOUND_SHARE`` of instances at the cap; the row's
    ``cap_bound`` when stored, else derived from the instance iterations) are left out, and listed.
 
@@ -1024,7 +1025,9 @@ def _gate_of(frame: pd.DataFrame) -> float:
 
 def combine_protocols(per_protocol: dict[str, list[Verdict]]) -> list[Verdict]:
     """One verdict per claim: the protocol's when there is one, the common one when all agree,
-    else PROTOCOL_SENSITIVE with each protocol's verdict."""
+    else PROTOCOL_SENSITIVE with each protocol's verdict. Protocols agree when their verdicts do
+    ('inconclusive: undertrained' under each, whatever the learned counts in its detail); the
+    combined detail then lists each protocol's own."""
     names = list(per_protocol)
     if not names:
         return []
@@ -1037,8 +1040,11 @@ def combine_protocols(per_protocol: dict[str, list[Verdict]]) -> list[Verdict]:
                 first.reason += f" (the same under halting protocols {', '.join(names)})"
             out.append(first)
             continue
-        both = "; ".join(f"{h}: {label}" for h, label in labels.items())
-        out.append(Verdict(first.claim_id, first.claim, PROTOCOL_SENSITIVE, f"({both})",
+        verdicts = {per_protocol[h][i].verdict for h in names}
+        common = verdicts.pop() if len(verdicts) == 1 else None
+        shown = {h: per_protocol[h][i].detail if common else label for h, label in labels.items()}
+        both = "; ".join(f"{h}: {text.strip('()') or '-'}" for h, text in shown.items())
+        out.append(Verdict(first.claim_id, first.claim, common or PROTOCOL_SENSITIVE, f"({both})",
                            " || ".join(f"[{h}] {per_protocol[h][i].evidence}" for h in names), first.min_effect,
                            " || ".join(f"[{h}] {per_protocol[h][i].reason}" for h in names),
                            first.parts, " || ".join(f"[{h}] {per_protocol[h][i].itt}" for h in names), labels,
