@@ -118,7 +118,7 @@ def test_the_same_verdict_under_every_protocol_is_not_protocol_sensitive():
     same = combine_protocols({"trained": [verdict(UNDERTRAINED, "(0/5 learned; 6 of 14 parts)")],
                               "long": [verdict(UNDERTRAINED, "(7/7 learned; 3 of 4 parts)")]})[0]
     assert same.verdict == UNDERTRAINED
-    assert same.detail == "(trained: 0/5 learned; 6 of 14 parts; long: 7/7 learned; 3 of 4 parts)"
+    assert same.detail == "(trained [0/5 learned; 6 of 14 parts]; long [7/7 learned; 3 of 4 parts])"
     differ = combine_protocols({"trained": [verdict(UNDERTRAINED, "(0/5 learned; 6 of 14 parts)")],
                                 "long": [verdict(SUPPORTED, "")]})[0]
     assert differ.verdict == PROTOCOL_SENSITIVE

@@ -1042,8 +1042,10 @@ def combine_protocols(per_protocol: dict[str, list[Verdict]]) -> list[Verdict]:
             continue
         verdicts = {per_protocol[h][i].verdict for h in names}
         common = verdicts.pop() if len(verdicts) == 1 else None
-        shown = {h: per_protocol[h][i].detail if common else label for h, label in labels.items()}
-        both = "; ".join(f"{h}: {text.strip('()') or '-'}" for h, text in shown.items())
+        if common:  # each protocol's detail in brackets: a detail has semicolons of its own
+            both = "; ".join(f"{h} [{per_protocol[h][i].detail.strip('()') or '-'}]" for h in names)
+        else:
+            both = "; ".join(f"{h}: {label}" for h, label in labels.items())
         out.append(Verdict(first.claim_id, first.claim, common or PROTOCOL_SENSITIVE, f"({both})",
                            " || ".join(f"[{h}] {per_protocol[h][i].evidence}" for h in names), first.min_effect,
                            " || ".join(f"[{h}] {per_protocol[h][i].reason}" for h in names),
