@@ -111,7 +111,7 @@ def test_verdicts_per_halting_protocol_and_protocol_sensitive():
 def test_the_same_verdict_under_every_protocol_is_not_protocol_sensitive():
     """Undertrained under both protocols, with different learned counts: the claim reads
     undertrained (each protocol's counts beside it), not protocol-sensitive; a verdict that differs
-    still does."""
+    still does; and a verdict common to every protocol lists every protocol's parts, not the first's."""
     def verdict(verdict: str, detail: str) -> Verdict:
         return Verdict(1, "Recall beats no recall", verdict, detail, "evidence", "+0.05", "reason")
 
@@ -119,6 +119,10 @@ def test_the_same_verdict_under_every_protocol_is_not_protocol_sensitive():
                               "long": [verdict(UNDERTRAINED, "(7/7 learned; 3 of 4 parts)")]})[0]
     assert same.verdict == UNDERTRAINED
     assert same.detail == "(trained [0/5 learned; 6 of 14 parts]; long [7/7 learned; 3 of 4 parts])"
+    alike = {h: verdict("inconclusive", "") for h in ("long", "trained")}
+    alike["long"].details, alike["trained"].details = ["**supported**: S5"], ["**supported**: mazes"]
+    one = combine_protocols({h: [v] for h, v in alike.items()})[0]
+    assert one.verdict == "inconclusive" and one.details == ["[long] **supported**: S5", "[trained] **supported**: mazes"]
     differ = combine_protocols({"trained": [verdict(UNDERTRAINED, "(0/5 learned; 6 of 14 parts)")],
                                 "long": [verdict(SUPPORTED, "")]})[0]
     assert differ.verdict == PROTOCOL_SENSITIVE

@@ -1036,8 +1036,10 @@ def combine_protocols(per_protocol: dict[str, list[Verdict]]) -> list[Verdict]:
         labels = {h: per_protocol[h][i].label for h in names}
         first.by_protocol = labels
         if len(names) == 1 or len(set(labels.values())) == 1:
-            if len(names) > 1:
+            if len(names) > 1:  # one verdict, but every protocol's parts (they differ in what they read)
                 first.reason += f" (the same under halting protocols {', '.join(names)})"
+                first.details = [f"[{h}] {d}" for h in names for d in per_protocol[h][i].details]
+                first.itt = " || ".join(f"[{h}] {per_protocol[h][i].itt}" for h in names if per_protocol[h][i].itt)
             out.append(first)
             continue
         verdicts = {per_protocol[h][i].verdict for h in names}
