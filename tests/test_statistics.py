@@ -123,6 +123,7 @@ def test_the_same_verdict_under_every_protocol_is_not_protocol_sensitive():
     alike["long"].details, alike["trained"].details = ["**supported**: S5"], ["**supported**: mazes"]
     one = combine_protocols({h: [v] for h, v in alike.items()})[0]
     assert one.verdict == "inconclusive" and one.details == ["[long] **supported**: S5", "[trained] **supported**: mazes"]
+    assert one.reason.startswith("[long] reason || [trained] reason")
     differ = combine_protocols({"trained": [verdict(UNDERTRAINED, "(0/5 learned; 6 of 14 parts)")],
                                 "long": [verdict(SUPPORTED, "")]})[0]
     assert differ.verdict == PROTOCOL_SENSITIVE

@@ -1037,7 +1037,8 @@ def combine_protocols(per_protocol: dict[str, list[Verdict]]) -> list[Verdict]:
         first.by_protocol = labels
         if len(names) == 1 or len(set(labels.values())) == 1:
             if len(names) > 1:  # one verdict, but every protocol's parts (they differ in what they read)
-                first.reason += f" (the same under halting protocols {', '.join(names)})"
+                first.reason = (" || ".join(f"[{h}] {per_protocol[h][i].reason}" for h in names)
+                                + f" (the same verdict under halting protocols {', '.join(names)})")
                 first.details = [f"[{h}] {d}" for h in names for d in per_protocol[h][i].details]
                 first.itt = " || ".join(f"[{h}] {per_protocol[h][i].itt}" for h in names if per_protocol[h][i].itt)
             out.append(first)
