@@ -1033,27 +1033,31 @@ def combine_protocols(per_protocol: dict[str, list[Verdict]]) -> list[Verdict]:
         return []
     out = []
     for i, first in enumerate(per_protocol[names[0]]):
-        labels = {h: per_protocol[h][i].label for h in names}
+        mine = {h: per_protocol[h][i] for h in names}
+        labels = {h: v.label for h, v in mine.items()}
         first.by_protocol = labels
-        if len(names) == 1 or len(set(labels.values())) == 1:
-            if len(names) > 1:  # one verdict, but every protocol's parts (they differ in what they read)
-                first.reason = (" || ".join(f"[{h}] {per_protocol[h][i].reason}" for h in names)
-                                + f" (the same verdict under halting protocols {', '.join(names)})")
-                first.details = [f"[{h}] {d}" for h in names for d in per_protocol[h][i].details]
-                first.itt = " || ".join(f"[{h}] {per_protocol[h][i].itt}" for h in names if per_protocol[h][i].itt)
+        if len(names) == 1:
             out.append(first)
             continue
-        verdicts = {per_protocol[h][i].verdict for h in names}
+
+        def joined(field: str, skip_empty: bool = False) -> str:
+            return " || ".join(f"[{h}] {getattr(v, field)}" for h, v in mine.items()
+                               if getattr(v, field) or not skip_empty)
+        details = [f"[{h}] {d}" for h, v in mine.items() for d in v.details]
+        if len(set(labels.values())) == 1:  # one verdict, but every protocol's parts (they differ in what they read)
+            first.reason = joined("reason") + f" (the same verdict under halting protocols {', '.join(names)})"
+            first.details, first.itt = details, joined("itt", skip_empty=True)
+            out.append(first)
+            continue
+        verdicts = {v.verdict for v in mine.values()}
         common = verdicts.pop() if len(verdicts) == 1 else None
         if common:  # each protocol's detail in brackets: a detail has semicolons of its own
-            both = "; ".join(f"{h} [{per_protocol[h][i].detail.strip('()') or '-'}]" for h in names)
+            both = "; ".join(f"{h} [{v.detail.strip('()') or '-'}]" for h, v in mine.items())
         else:
             both = "; ".join(f"{h}: {label}" for h, label in labels.items())
         out.append(Verdict(first.claim_id, first.claim, common or PROTOCOL_SENSITIVE, f"({both})",
-                           " || ".join(f"[{h}] {per_protocol[h][i].evidence}" for h in names), first.min_effect,
-                           " || ".join(f"[{h}] {per_protocol[h][i].reason}" for h in names),
-                           first.parts, " || ".join(f"[{h}] {per_protocol[h][i].itt}" for h in names), labels,
-                           [f"[{h}] {d}" for h in names for d in per_protocol[h][i].details]))
+                           joined("evidence"), first.min_effect, joined("reason"), first.parts, joined("itt"),
+                           labels, details))
     return out
 
 
