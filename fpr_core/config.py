@@ -37,6 +37,9 @@ LoopEntry = Literal["auto", "plain", "shrink", "outer_only"]
 ConvForm = Literal["add", "replace"]
 SpectralHold = Literal["init", "every_step"]
 CapLaw = Literal["task", "linear", "quadratic", "fixed"]
+CAP_EXPONENTS = {"fixed": 0, "linear": 1, "quadratic": 2}
+"""Exponent p of each cap law: cap = ceil(eval_cap * (size / train_size)^p) above the training size
+('task' is the task's own law, one of these)."""
 
 
 class ConfigError(ValueError):

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fpr_core.config import EvalConfig, SolverConfig
+from fpr_core.config import CAP_EXPONENTS, EvalConfig, SolverConfig
 from fpr_core.diagnostics import PROBE_KEYS, eval_mode, probe_loop, reachability
 from fpr_core.tasks.base import Task, TaskData
 
@@ -71,8 +71,6 @@ class EvalResult:
     test-time iteration); at the cap it is the split's exact accuracy."""
 
 
-CAP_EXPONENTS = {"fixed": 0, "linear": 1, "quadratic": 2}
-"""Exponent p of each cap law: cap = ceil(eval_cap * (size / train_size)^p) above the training size."""
 
 
 def resolve_cap_law(solver: SolverConfig, task_law: str = "linear") -> str:

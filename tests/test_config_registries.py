@@ -7,8 +7,7 @@ import typing
 
 import pytest
 
-from fpr_core.config import EXPERIMENT_SECTIONS, CapLaw, LossName
-from fpr_core.evaluate import CAP_EXPONENTS
+from fpr_core.config import CAP_EXPONENTS, EXPERIMENT_SECTIONS, CapLaw, LossName
 from fpr_core.gradients import GRAD_MODES
 from fpr_core.losses import LOSSES
 from fpr_core.model.mixers import MIXERS

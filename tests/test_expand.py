@@ -117,6 +117,18 @@ def test_smoke_shrinks_budget_and_keeps_ids_distinct(spec_dir):
     assert smoke[0].cell_id != full[0].cell_id
 
 
+@pytest.mark.parametrize("law, smoke_law", [("task", "linear"), ("quadratic", "linear"), ("fixed", "fixed")])
+def test_smoke_caps_grow_at_most_linearly_with_size(spec_dir, law, smoke_law):
+    """Mazes' own law is quadratic: --smoke bounds it to linear (its models never settle, so every
+    instance runs to the cap), and keeps a slower law as it is."""
+    path = write_spec(spec_dir, name="cl", tasks=[{"name": "mazes", "train_size": 9, "ood_sizes": [17, 33]}],
+                      base={"solver": {"eval_cap": 52, "eval_cap_law": law}})
+    spec = load_spec(path)
+    (full,), (smoke,) = expand(spec), expand(spec, smoke=True)
+    assert full.sections["solver"]["eval_cap_law"] == law
+    assert smoke.sections["solver"]["eval_cap_law"] == smoke_law and smoke.sections["solver"]["eval_cap"] == 12
+
+
 def test_search_values_change_the_trial_id(spec_dir):
     path = write_spec(spec_dir, name="sv", tasks=TASKS[:1])
     cell = expand(load_spec(path))[0]

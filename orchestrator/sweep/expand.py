@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from fpr_core.config import ConfigError, TaskSpec, identity_sections, to_dict
+from fpr_core.config import CAP_EXPONENTS, ConfigError, TaskSpec, identity_sections, to_dict
 from fpr_core.split_names import eval_split_names
 from orchestrator.sweep.metrics import CELL_KEY, SEARCH_KEY
 from orchestrator.sweep.sections import (SECTIONS, apply_overrides, base_sections, build_section, check_dotted,
@@ -38,6 +38,11 @@ because a 30-step model never settles: every instance runs to the cap, under eve
 (``long`` is x16), and at a study's caps that was most of a smoke run's compute."""
 SMOKE_OOD_SIZES = 2
 """``--smoke`` keeps this many OOD sizes per task (the smallest ones)."""
+SMOKE_CAP_LAW = "linear"
+"""``--smoke`` grows OOD caps at most this fast with size (a slower law stays). The bounded
+``solver.eval_cap`` alone did not bound the OOD caps: the mazes' quadratic law made the smoke cap
+at 33x33 161 steps, 13x the training size's, and those never-settling evaluations were three
+quarters of a maze smoke trial."""
 
 
 @dataclass(frozen=True)
@@ -157,9 +162,14 @@ def task_spec(entry: TaskEntry, smoke: bool = False) -> TaskSpec:
                     tuple(sorted(ood)[:SMOKE_OOD_SIZES]) if smoke else ood)
 
 
-def _smoke_bounds(section: str, values: dict[str, Any]) -> dict[str, Any]:
-    """``--smoke`` budget of one resolved section: min(spec value, bound) for its SMOKE_BUDGET fields."""
-    out = {}
+def _smoke_bounds(section: str, values: dict[str, Any], task_cap_law: str) -> dict[str, Any]:
+    """``--smoke`` budget of one resolved section: min(spec value, bound) for its SMOKE_BUDGET fields,
+    and a cap law no faster than SMOKE_CAP_LAW (``task_cap_law``: the task's own, which 'task' means)."""
+    out: dict[str, Any] = {}
+    if section == "solver":
+        law = task_cap_law if values["eval_cap_law"] == "task" else values["eval_cap_law"]
+        if CAP_EXPONENTS[law] > CAP_EXPONENTS[SMOKE_CAP_LAW]:
+            out["eval_cap_law"] = SMOKE_CAP_LAW
     for key, bound in SMOKE_BUDGET.items():
         sec, fld = check_dotted(key)
         if sec == section:
@@ -241,7 +251,7 @@ class TaskGrid:
                 built = build_section(section, raw)
                 if self._smoke:
                     values = dataclasses.asdict(built)
-                    built = build_section(section, {**values, **_smoke_bounds(section, values)})
+                    built = build_section(section, {**values, **_smoke_bounds(section, values, self._task_obj.cap_law)})
                 values = dataclasses.asdict(built)
                 if section == "model":  # absolute positions and a board mask need a task with a board
                     from fpr_core.experiment import task_model_inputs
