@@ -121,7 +121,9 @@ def test_the_same_verdict_under_every_protocol_is_not_protocol_sensitive():
     assert same.detail == "(trained [0/5 learned; 6 of 14 parts]; long [7/7 learned; 3 of 4 parts])"
     alike = {h: verdict("inconclusive", "") for h in ("long", "trained")}
     alike["long"].details, alike["trained"].details = ["**supported**: S5"], ["**supported**: mazes"]
+    alike["long"].evidence, alike["trained"].evidence = "S5: +0.1", "mazes: +0.2"
     one = combine_protocols({h: [v] for h, v in alike.items()})[0]
+    assert one.evidence == "[long] S5: +0.1 || [trained] mazes: +0.2"  # every protocol's, as the details
     assert one.verdict == "inconclusive" and one.details == ["[long] **supported**: S5", "[trained] **supported**: mazes"]
     assert one.reason.startswith("[long] reason || [trained] reason")
     differ = combine_protocols({"trained": [verdict(UNDERTRAINED, "(0/5 learned; 6 of 14 parts)")],

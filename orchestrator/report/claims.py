@@ -1046,7 +1046,7 @@ def combine_protocols(per_protocol: dict[str, list[Verdict]]) -> list[Verdict]:
         details = [f"[{h}] {d}" for h, v in mine.items() for d in v.details]
         if len(set(labels.values())) == 1:  # one verdict, but every protocol's parts (they differ in what they read)
             first.reason = joined("reason") + f" (the same verdict under halting protocols {', '.join(names)})"
-            first.details, first.itt = details, joined("itt", skip_empty=True)
+            first.details, first.itt, first.evidence = details, joined("itt", skip_empty=True), joined("evidence")
             out.append(first)
             continue
         verdicts = {v.verdict for v in mine.values()}
