@@ -105,8 +105,9 @@ def run(spec_path: Path = SPEC_ARG,
                                                               "trials; run nothing."),
         all_path: Optional[Path] = typer.Option(None, "--all", help="With --dry-run: write every trial to this "
                                                                     "CSV file.", show_default=False),
-        smoke: bool = typer.Option(False, "--smoke", help="Tiny budget (few steps, small eval sets, first seed, "
-                                                          "two OOD sizes), written to <sweep>-smoke/."),
+        smoke: bool = typer.Option(False, "--smoke", help="Tiny budget (few steps, small eval sets, short loop "
+                                                          "caps, first seed, two OOD sizes), written to "
+                                                          "<sweep>-smoke/."),
         system_metrics: bool = typer.Option(False, "--system-metrics", help="Log the driver host's CPU, memory, "
                                             "disk and network use to the sweep's MLflow run (also a spec option)."),
         force: bool = typer.Option(False, "--force", help="Take over the sweep's lock when its holder is gone "
