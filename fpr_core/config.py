@@ -362,6 +362,14 @@ class SolverConfig:
         return _from_dict(cls, data, where)
 
 
+def resolve_cap_law(solver: SolverConfig, task_law: str = "linear") -> str:
+    """The cap law in force: ``solver.eval_cap_law``, or the task's own law when that is 'task'."""
+    law = task_law if solver.eval_cap_law == "task" else solver.eval_cap_law
+    if law not in CAP_EXPONENTS:
+        raise ValueError(f"cap law: got {law!r}, expected one of {sorted(CAP_EXPONENTS)}")
+    return law
+
+
 @dataclass(frozen=True)
 class GradConfig:
     """How gradients flow through the loop (DESIGN.md, 'Gradient modes')."""

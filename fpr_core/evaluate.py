@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fpr_core.config import CAP_EXPONENTS, EvalConfig, SolverConfig
+from fpr_core.config import CAP_EXPONENTS, EvalConfig, SolverConfig, resolve_cap_law
 from fpr_core.diagnostics import PROBE_KEYS, eval_mode, probe_loop, reachability
 from fpr_core.tasks.base import Task, TaskData
 
@@ -69,16 +69,6 @@ class EvalResult:
     budget_acc: np.ndarray
     """(K,) float64 exact accuracy read out after each budget (Deep Thinking's accuracy per
     test-time iteration); at the cap it is the split's exact accuracy."""
-
-
-
-
-def resolve_cap_law(solver: SolverConfig, task_law: str = "linear") -> str:
-    """The cap law in force: ``solver.eval_cap_law``, or the task's own law when that is 'task'."""
-    law = task_law if solver.eval_cap_law == "task" else solver.eval_cap_law
-    if law not in CAP_EXPONENTS:
-        raise ValueError(f"cap law: got {law!r}, expected one of {sorted(CAP_EXPONENTS)}")
-    return law
 
 
 def scaled_eval_cap(solver: SolverConfig, size: int, train_size: int, task_law: str = "linear") -> int:

@@ -31,7 +31,8 @@ SHORT = {  # family -> budget; every other setting is the profile's
     "mazes": {"train.steps": 300},
     "sudoku": {"train.steps": 200},
     "state_tracking": {"train.steps": 300},
-    "chess": {"train.steps": 120, "train.n_train": 512, "train.n_select": 64},  # token acc. 0.973 at 120 and 200 steps (required 0.957)
+    # chess: token accuracy 0.973 at 120 steps as at 200 (required 0.957)
+    "chess": {"train.steps": 120, "train.n_train": 512, "train.n_select": 64},
 }
 COMMON = {"train.n_train": 1024, "eval.n_eval": 128, "eval.diagnostics": False,
           "train.checkpoint_every": 10_000, "train.log_every": 10_000}

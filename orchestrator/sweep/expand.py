@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from fpr_core.config import CAP_EXPONENTS, ConfigError, TaskSpec, identity_sections, to_dict
+from fpr_core.config import CAP_EXPONENTS, ConfigError, TaskSpec, identity_sections, resolve_cap_law, to_dict
 from fpr_core.split_names import eval_split_names
 from orchestrator.sweep.metrics import CELL_KEY, SEARCH_KEY
 from orchestrator.sweep.sections import (SECTIONS, apply_overrides, base_sections, build_section, check_dotted,
@@ -162,20 +162,19 @@ def task_spec(entry: TaskEntry, smoke: bool = False) -> TaskSpec:
                     tuple(sorted(ood)[:SMOKE_OOD_SIZES]) if smoke else ood)
 
 
-def _smoke_bounds(section: str, values: dict[str, Any], task_cap_law: str) -> dict[str, Any]:
-    """``--smoke`` budget of one resolved section: min(spec value, bound) for its SMOKE_BUDGET fields,
-    and a cap law no faster than SMOKE_CAP_LAW (``task_cap_law``: the task's own, which 'task' means)."""
-    out: dict[str, Any] = {}
-    if section == "solver":
-        law = task_cap_law if values["eval_cap_law"] == "task" else values["eval_cap_law"]
-        if CAP_EXPONENTS[law] > CAP_EXPONENTS[SMOKE_CAP_LAW]:
-            out["eval_cap_law"] = SMOKE_CAP_LAW
+def _smoke_bounded(section: str, built: Any, task_cap_law: str) -> dict[str, Any]:
+    """The values of one resolved section under the ``--smoke`` budget: min(spec value, bound) for
+    its SMOKE_BUDGET fields, and a cap law no faster than SMOKE_CAP_LAW (``task_cap_law``: the
+    task's own, which 'task' means)."""
+    values = dataclasses.asdict(built)
+    if section == "solver" and CAP_EXPONENTS[resolve_cap_law(built, task_cap_law)] > CAP_EXPONENTS[SMOKE_CAP_LAW]:
+        values["eval_cap_law"] = SMOKE_CAP_LAW
     for key, bound in SMOKE_BUDGET.items():
         sec, fld = check_dotted(key)
         if sec == section:
             current = values.get(fld)
-            out[fld] = bound if current is None else min(current, bound)
-    return out
+            values[fld] = bound if current is None else min(current, bound)
+    return values
 
 
 def _canonical(obj: Any) -> str:
@@ -250,8 +249,7 @@ class TaskGrid:
             try:
                 built = build_section(section, raw)
                 if self._smoke:
-                    values = dataclasses.asdict(built)
-                    built = build_section(section, {**values, **_smoke_bounds(section, values, self._task_obj.cap_law)})
+                    built = build_section(section, _smoke_bounded(section, built, self._task_obj.cap_law))
                 values = dataclasses.asdict(built)
                 if section == "model":  # absolute positions and a board mask need a task with a board
                     from fpr_core.experiment import task_model_inputs
